@@ -1,0 +1,133 @@
+//! The one error type of the library, [`LeaseError`]; every message says what to do next.
+//!
+//! Messages never contain a secret: passwords and tokens live in [`crate::Secret`], and errors
+//! from the Redis driver are reduced to their kind and server code before they get here
+//! (see `store::redis::map_error`).
+
+use std::fmt;
+
+use crate::info::LeaseInfo;
+
+/// Result alias for the library.
+pub type Result<T, E = LeaseError> = std::result::Result<T, E>;
+
+/// Why a held lease stopped being held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// The local deadline passed before a renewal succeeded (the server may have expired it).
+    Expired,
+    /// The store no longer has the lease (deleted, expired, or the server lost its data).
+    Missing,
+    /// Another holder has the lease now.
+    HeldByOther,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Expired => "its deadline passed before a renewal succeeded",
+            Self::Missing => "the store no longer has it (deleted, expired or the server lost its data)",
+            Self::HeldByOther => "another holder has it now",
+        })
+    }
+}
+
+impl LostReason {
+    /// A short machine-readable name: `expired`, `missing`, `held_by_other`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Missing => "missing",
+            Self::HeldByOther => "held_by_other",
+        }
+    }
+}
+
+/// What kind of backend failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// The server could not be reached or the connection broke.
+    Unreachable,
+    /// Authentication or authorization failed.
+    Auth,
+    /// The operation did not finish within the configured timeout.
+    Timeout,
+    /// The key at the lease name holds something other than a lease.
+    WrongType,
+    /// Anything else the store reported.
+    Other,
+}
+
+/// Every error of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The lease is held by someone else (after waiting, if a wait was asked for).
+    #[error("lease '{name}' is unavailable: {}; retry later, or pass wait=<seconds> to wait for it", describe_holder(holder.as_deref()))]
+    Unavailable {
+        /// The lease name.
+        name: String,
+        /// The current holder, from the same round trip as the refused acquire.
+        holder: Option<Box<LeaseInfo>>,
+    },
+    /// The lease was lost while held.
+    #[error("lease '{name}' was lost: {reason}; stop work that relies on it, and acquire it again")]
+    Lost {
+        /// The lease name.
+        name: String,
+        /// Why it was lost.
+        reason: LostReason,
+    },
+    /// Configuration is missing or invalid.
+    #[error("{0}")]
+    Config(String),
+    /// An argument is out of range or malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The store failed.
+    #[error("{message}")]
+    Backend {
+        /// What kind of failure.
+        kind: BackendErrorKind,
+        /// A message without secrets that says what to do next.
+        message: String,
+    },
+}
+
+impl LeaseError {
+    /// Shorthand for a backend error.
+    #[must_use]
+    pub fn backend(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self::Backend {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for failures worth retrying (unreachable, timeout).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Backend {
+                kind: BackendErrorKind::Unreachable | BackendErrorKind::Timeout,
+                ..
+            }
+        )
+    }
+}
+
+fn describe_holder(holder: Option<&LeaseInfo>) -> String {
+    let Some(h) = holder else {
+        return "it is held by another holder".to_owned();
+    };
+    let who = match (h.metadata.get("instanceId"), h.metadata.get("region")) {
+        (Some(i), Some(r)) => format!("{i} ({r})"),
+        (Some(i), None) => i.clone(),
+        _ => format!("lease id {}", h.lease_id),
+    };
+    match h.ttl {
+        Some(ttl) => format!("held by {who} for up to {:.1}s more", ttl.as_secs_f64()),
+        None => format!("held by {who}"),
+    }
+}

@@ -1,0 +1,4 @@
+//! (being written)
+/// Lease.
+#[derive(Debug)]
+pub struct Lease;

@@ -1,0 +1,40 @@
+//! distributed-leasing: leases (locks with a time limit) shared by many processes on many machines.
+//!
+//! One holder at a time per lease name; the holder keeps the lease alive by renewing it in the
+//! background; if the holder dies the lease expires by itself; anyone may look at who holds it.
+//! Every acquisition carries a fencing token that strictly increases per name, so a resource can
+//! refuse a holder whose lease has silently expired.
+//!
+//! The core is plain Rust on tokio and usable without Python: [`LeaseClient`] over a
+//! [`store::LeaseStore`] (Redis for many machines, SQLite for one). The Python module lives under
+//! `src/python/` behind the `python` feature and is the only place that touches PyO3.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), distributed_leasing::LeaseError> {
+//! use distributed_leasing::{LeaseClient, LeaseOptions};
+//! let client = LeaseClient::connect("redis://127.0.0.1:6379", Default::default()).await?;
+//! let lease = client.acquire("critical-section-lock", &LeaseOptions::default(), Some(std::time::Duration::ZERO)).await?;
+//! println!("fencing token {}", lease.fencing_token());
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod info;
+pub mod lease;
+pub mod renewal;
+pub mod secret;
+pub mod store;
+pub mod wait;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
+pub use error::{BackendErrorKind, LeaseError, LostReason, Result};
+pub use info::LeaseInfo;
+pub use lease::Lease;
+pub use secret::Secret;

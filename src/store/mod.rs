@@ -1,0 +1,147 @@
+//! The storage abstraction: [`LeaseStore`], implemented once per backend.
+//!
+//! A store performs each operation atomically (one Lua script in Redis, one write transaction in
+//! SQLite) and reports "held by someone else" as a normal outcome carrying the holder, so the
+//! client can raise `Unavailable { holder }` without a second query. Stores know nothing of
+//! renewal cadence, deadlines or waiting: that lives in the client, lease and renewal modules.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::{LostReason, Result};
+use crate::info::LeaseInfo;
+
+pub mod redis;
+pub mod sqlite;
+
+/// Longest lease name accepted (bytes). Long enough for paths and URLs, short enough to keep
+/// keys cheap.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// What an acquire asks the store for.
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireRequest<'a> {
+    /// Lease name (validated by [`validate_name`]).
+    pub name: &'a str,
+    /// The new holder's id (a fresh UUID).
+    pub lease_id: &'a str,
+    /// How long the store keeps the lease without a renewal.
+    pub duration: Duration,
+    /// The holder's wall-clock time of acquisition, stored for people to read.
+    pub acquired_at: DateTime<Utc>,
+    /// Metadata stored with the lease.
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// The result of an acquire attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// The lease is ours, with this fencing token.
+    Acquired {
+        /// Strictly greater than every token handed out before for this name in this store.
+        fencing_token: u64,
+    },
+    /// Someone else holds it.
+    Held(LeaseInfo),
+}
+
+/// The result of a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The lease is ours for another `duration`.
+    Renewed,
+    /// The lease is no longer ours.
+    Lost(LostReason),
+}
+
+/// A backend that keeps leases. Every method is one atomic operation on the store.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + Debug {
+    /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`.
+    fn kind(&self) -> &'static str;
+
+    /// Takes the lease if nobody holds it; otherwise returns the holder.
+    ///
+    /// Taking it again with the same lease id while still held succeeds with the same token,
+    /// which makes a retry after a lost reply safe.
+    ///
+    /// # Errors
+    /// Backend failures; `WrongType` if the stored record is not a lease.
+    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome>;
+
+    /// Extends the lease to `duration` from now if `lease_id` still holds it.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome>;
+
+    /// Deletes the lease if `lease_id` still holds it; returns whether it did.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn release(&self, name: &str, lease_id: &str) -> Result<bool>;
+
+    /// The current holder, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>>;
+
+    /// Every held lease whose name starts with `prefix`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>>;
+
+    /// Deletes the lease whoever holds it (an administrator's tool); returns whether one existed.
+    /// The fencing counter is kept, so tokens stay increasing.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn force_release(&self, name: &str) -> Result<bool>;
+}
+
+/// Checks a lease name: not empty, at most [`MAX_NAME_LEN`] bytes, no control characters.
+///
+/// # Errors
+/// `InvalidArgument` naming the problem.
+pub fn validate_name(name: &str) -> Result<()> {
+    use crate::error::LeaseError;
+    if name.is_empty() {
+        return Err(LeaseError::InvalidArgument(
+            "lease name is empty; give a non-empty name such as 'critical-section-lock'".into(),
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(LeaseError::InvalidArgument(format!(
+            "lease name is {} bytes long; the limit is {MAX_NAME_LEN} bytes: use a shorter name",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(LeaseError::InvalidArgument(format!(
+            "lease name {name:?} contains a control character; use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks metadata keys: not empty, no control characters (values may be anything).
+///
+/// # Errors
+/// `InvalidArgument` naming the key.
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
+    use crate::error::LeaseError;
+    for key in metadata.keys() {
+        if key.is_empty() || key.chars().any(char::is_control) {
+            return Err(LeaseError::InvalidArgument(format!(
+                "metadata key {key:?} is empty or contains a control character; use a printable name such as 'instanceId'"
+            )));
+        }
+    }
+    Ok(())
+}
