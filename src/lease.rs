@@ -1,4 +1,305 @@
-//! (being written)
-/// Lease.
+//! [`Lease`]: the handle of a held lease.
+//!
+//! Owns the lease's identity (name, lease id, fencing token), its local deadline and counters,
+//! and its end: lost (exactly once, with a reason) or released. Dropping a handle that was not
+//! released stops renewal and releases the lease in the background; `Drop` never blocks.
+//!
+//! Invariants: the state moves `Held → Lost` or `Held → Released` once, under one mutex, and the
+//! watch channel publishes that move to every waiter; a lost lease is never renewed again.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::clock;
+use crate::error::{LeaseError, LostReason, Result};
+use crate::store::{LeaseStore, RenewOutcome};
+
+/// How a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// Lost while held, for this reason.
+    Lost(LostReason),
+    /// Released by its holder (explicitly or by dropping the handle).
+    Released,
+}
+
 #[derive(Debug)]
-pub struct Lease;
+pub(crate) struct State {
+    pub(crate) deadline: Instant,
+    pub(crate) renewals: u64,
+    pub(crate) renewal_failures: u64,
+    pub(crate) end: Option<LeaseEnd>,
+    pub(crate) renewal_task: Option<AbortHandle>,
+    /// Whether a release was already sent to the store (explicitly or on drop).
+    pub(crate) release_sent: bool,
+}
+
+/// What the handle, the renewal task and pending futures share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) lease_id: String,
+    pub(crate) fencing_token: u64,
+    pub(crate) acquired_at: DateTime<Utc>,
+    pub(crate) duration: Duration,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) ended: watch::Sender<Option<LeaseEnd>>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated (every update is a
+        // plain field store), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the lease if it is still held; returns whether this call ended it. This is the one
+    /// place a lease ends, which is what makes "lost exactly once" hold.
+    pub(crate) fn end(&self, end: LeaseEnd) -> bool {
+        let task = {
+            let mut st = self.lock();
+            if st.end.is_some() {
+                return false;
+            }
+            st.end = Some(end);
+            st.renewal_task.take()
+        };
+        if let LeaseEnd::Lost(reason) = end {
+            tracing::warn!(lease = %self.name, fencing_token = self.fencing_token, reason = reason.as_str(), "lease lost");
+        }
+        self.ended.send_replace(Some(end));
+        // Aborting the renewal task from inside itself is harmless: it only stops at its next
+        // await, and it returns right after calling `end` anyway.
+        if let Some(task) = task {
+            task.abort();
+        }
+        true
+    }
+
+    /// Marks the release as sent; returns false if it already was (release runs once).
+    pub(crate) fn take_release(&self) -> bool {
+        let mut st = self.lock();
+        !std::mem::replace(&mut st.release_sent, true)
+    }
+
+    /// Records a renewal that was sent at `t_sent` and succeeded.
+    pub(crate) fn renewed(&self, t_sent: Instant) {
+        let mut st = self.lock();
+        if st.end.is_none() {
+            st.deadline = st.deadline.max(clock::deadline(t_sent, self.duration));
+            st.renewals += 1;
+        }
+    }
+
+    /// One renewal round trip; moves the deadline on success, ends the lease when the store says
+    /// it is gone.
+    pub(crate) async fn renew_once(&self) -> Result<()> {
+        let end = self.lock().end;
+        if end.is_some() {
+            return Err(self.ended_error(reason_of(end)));
+        }
+        let t_sent = Instant::now();
+        match self
+            .store
+            .renew(&self.name, &self.lease_id, self.duration)
+            .await?
+        {
+            RenewOutcome::Renewed => {
+                self.renewed(t_sent);
+                Ok(())
+            }
+            RenewOutcome::Lost(reason) => {
+                self.end(LeaseEnd::Lost(reason));
+                Err(self.ended_error(reason))
+            }
+        }
+    }
+
+    fn ended_error(&self, reason: LostReason) -> LeaseError {
+        LeaseError::Lost {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+fn reason_of(end: Option<LeaseEnd>) -> LostReason {
+    match end {
+        Some(LeaseEnd::Lost(r)) => r,
+        // A released lease is gone from the store as far as its holder is concerned.
+        _ => LostReason::Missing,
+    }
+}
+
+/// A held lease. Renewed in the background (unless auto-renew is off) until released, dropped
+/// or lost.
+#[derive(Debug)]
+pub struct Lease {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Lease {
+    pub(crate) fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Self {
+        Self { shared, runtime }
+    }
+
+    /// The lease name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// This holder's lease id (a UUID v4).
+    #[must_use]
+    pub fn lease_id(&self) -> &str {
+        &self.shared.lease_id
+    }
+
+    /// The fencing token: strictly greater than that of every earlier holder of this name.
+    #[must_use]
+    pub fn fencing_token(&self) -> u64 {
+        self.shared.fencing_token
+    }
+
+    /// Wall-clock time of acquisition (UTC), as stored.
+    #[must_use]
+    pub fn acquired_at(&self) -> DateTime<Utc> {
+        self.shared.acquired_at
+    }
+
+    /// The lease duration (the server-side TTL set at each renewal).
+    #[must_use]
+    pub fn duration(&self) -> Duration {
+        self.shared.duration
+    }
+
+    /// Successful renewals so far.
+    #[must_use]
+    pub fn renewals(&self) -> u64 {
+        self.shared.lock().renewals
+    }
+
+    /// Failed renewal attempts so far (each was retried until the deadline).
+    #[must_use]
+    pub fn renewal_failures(&self) -> u64 {
+        self.shared.lock().renewal_failures
+    }
+
+    /// Local validity left: time until the deadline, zero once lost or released.
+    #[must_use]
+    pub fn expires_in(&self) -> Duration {
+        let st = self.shared.lock();
+        if st.end.is_some() {
+            return Duration::ZERO;
+        }
+        st.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// True once the lease is lost. A lease past its deadline counts as lost even if the
+    /// renewal task has not run yet (for example while the process was paused).
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
+    /// Why the lease was lost, if it was.
+    #[must_use]
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        let passed = {
+            let st = self.shared.lock();
+            match st.end {
+                Some(LeaseEnd::Lost(r)) => return Some(r),
+                Some(LeaseEnd::Released) => return None,
+                None => Instant::now() >= st.deadline,
+            }
+        };
+        if passed {
+            self.shared.end(LeaseEnd::Lost(LostReason::Expired));
+            if let Some(LeaseEnd::Lost(r)) = self.shared.lock().end {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// How the lease ended, if it has.
+    #[must_use]
+    pub fn end(&self) -> Option<LeaseEnd> {
+        let _ = self.lost_reason();
+        self.shared.lock().end
+    }
+
+    /// A future that resolves when the lease ends (lost or released). It does not borrow the
+    /// handle, so it can be awaited elsewhere.
+    pub fn ended(&self) -> impl Future<Output = LeaseEnd> + Send + 'static {
+        let mut rx = self.shared.ended.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.unwrap_or(LeaseEnd::Released),
+                // The sender lives in `Shared`, which this future does not keep alive; if it is
+                // gone the lease was dropped, which releases it.
+                Err(_) => LeaseEnd::Released,
+            }
+        }
+    }
+
+    /// Renews now, whatever the schedule.
+    ///
+    /// # Errors
+    /// `Lost` if the lease is no longer held; backend errors (the lease stays held until its
+    /// deadline and the background renewal keeps trying).
+    pub async fn renew(&self) -> Result<()> {
+        if self.is_lost() {
+            return Err(LeaseError::Lost {
+                name: self.shared.name.clone(),
+                reason: self.lost_reason().unwrap_or(LostReason::Expired),
+            });
+        }
+        self.shared.renew_once().await
+    }
+
+    /// Releases the lease: stops renewal and deletes it in the store if this holder still has it.
+    /// Returns whether the store still had it. Calling it again returns `Ok(false)` at once.
+    ///
+    /// # Errors
+    /// Backend errors (the lease then expires by itself after its duration).
+    pub async fn release(&self) -> Result<bool> {
+        // A lost lease may still be ours on the server (its deadline passed during a
+        // partition): the owner-checked delete is sent once all the same, and is harmless.
+        self.shared.end(LeaseEnd::Released);
+        if !self.shared.take_release() {
+            return Ok(false);
+        }
+        let released = self
+            .shared
+            .store
+            .release(&self.shared.name, &self.shared.lease_id)
+            .await?;
+        tracing::debug!(lease = %self.shared.name, released, "lease released");
+        Ok(released)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shared.end(LeaseEnd::Released);
+        if self.shared.take_release() {
+            let shared = Arc::clone(&self.shared);
+            // Spawning never blocks; if the runtime is shutting down the task is dropped and
+            // the lease expires by itself.
+            self.runtime.spawn(async move {
+                if let Err(e) = shared.store.release(&shared.name, &shared.lease_id).await {
+                    tracing::warn!(lease = %shared.name, error = %e, "background release of a dropped lease failed; it will expire by itself");
+                }
+            });
+        }
+    }
+}

@@ -122,6 +122,11 @@ pub fn validate_name(name: &str) -> Result<()> {
             name.len()
         )));
     }
+    if name.ends_with(":fence") {
+        return Err(LeaseError::InvalidArgument(format!(
+            "lease name {name:?} ends with ':fence', which is reserved for fencing counters; choose another name"
+        )));
+    }
     if name.chars().any(char::is_control) {
         return Err(LeaseError::InvalidArgument(format!(
             "lease name {name:?} contains a control character; use printable characters only"

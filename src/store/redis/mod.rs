@@ -1,1 +1,511 @@
-//! (being written)
+//! The Redis store: leases as hashes with a TTL, one Lua script per operation.
+//!
+//! Owns the connection (a reconnecting multiplexed connection to one server, or the `redis`
+//! crate's cluster client when the server says it is a cluster node), the scripts (sent with
+//! EVALSHA and reloaded on NOSCRIPT by `redis::Script`) and the mapping of Redis errors to
+//! [`LeaseError`]s without secrets. Every operation is one script, so one round trip and atomic
+//! on the server; every operation is idempotent, so one retry after a dropped connection is safe
+//! (the connection manager reconnects after the first failure).
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script, ScriptInvocation, Value};
+
+use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
+use crate::info::{format_timestamp, LeaseInfo};
+use crate::secret::Secret;
+use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
+
+pub mod keys;
+
+use keys::{info_from_hash, Keys, META_PREFIX};
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
+static FORCE_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/force_release.lua")));
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` URLs with credentials and database (one per cluster seed node).
+    pub urls: Vec<Secret>,
+    /// Key prefix, `lease:` by default.
+    pub key_prefix: String,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for one command's reply.
+    pub response_timeout: Duration,
+    /// PEM file of the CA that signed the server certificate (TLS only); the system's roots
+    /// otherwise.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            key_prefix: "lease:".into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Leases in Redis (standalone, TLS, ACL users, or Redis Cluster).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    keys: Keys,
+    /// `host:port` of the first node, for messages.
+    addr: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("addr", &self.addr)
+            .field("kind", &self.kind())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, and switches to the cluster client if the server is a cluster node.
+    ///
+    /// # Errors
+    /// `Config` for an unusable URL or CA file; `Backend` (unreachable, auth, timeout).
+    pub async fn connect(options: RedisOptions) -> Result<Self> {
+        let first = options.urls.first().ok_or_else(|| {
+            LeaseError::Config("no Redis URL given: pass redis://host:port or rediss://host:port".into())
+        })?;
+        let client = open_client(first, options.ca_file.as_ref())?;
+        let info = client.get_connection_info();
+        let addr = info.addr().to_string();
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let mut single = client
+            .get_connection_manager_with_config(cfg)
+            .await
+            .map_err(|e| map_error(&e, &addr, None))?;
+        let server_info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut single)
+            .await
+            .map_err(|e| map_error(&e, &addr, None))?;
+        let cluster = server_info.contains("cluster_enabled:1");
+        let conn = if cluster {
+            Conn::Cluster(connect_cluster(&options).await?)
+        } else {
+            Conn::Single(single)
+        };
+        tracing::debug!(%addr, cluster, "connected to Redis");
+        Ok(Self {
+            conn,
+            keys: Keys::new(options.key_prefix, cluster),
+            addr,
+        })
+    }
+
+    /// The key names this store uses.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn invoke(&self, inv: &ScriptInvocation<'_>, key: &str) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let result = match &self.conn {
+                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                // The connection manager reconnects after a failed command: one retry of an
+                // idempotent script is safe and hides a connection that dropped while idle.
+                Err(e) if attempt == 0 && (e.is_connection_dropped() || e.is_io_error()) => {
+                    tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
+                    attempt += 1;
+                }
+                Err(e) => return Err(map_error(&e, &self.addr, Some(key))),
+            }
+        }
+    }
+
+    async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        match &self.conn {
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                scan_node(&mut c, pattern, &mut out)
+                    .await
+                    .map_err(|e| map_error(&e, &self.addr, None))?;
+            }
+            Conn::Cluster(c) => {
+                let mut c = c.clone();
+                for (host, port) in cluster_masters(&mut c)
+                    .await
+                    .map_err(|e| map_error(&e, &self.addr, None))?
+                {
+                    let mut node = ByNode {
+                        conn: c.clone(),
+                        host,
+                        port,
+                    };
+                    scan_node(&mut node, pattern, &mut out)
+                        .await
+                        .map_err(|e| map_error(&e, &self.addr, None))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn open_client(url: &Secret, ca_file: Option<&PathBuf>) -> Result<redis::Client> {
+    let bad_url = |e: &RedisError| {
+        LeaseError::Config(format!(
+            "the Redis URL is not valid ({}): use redis://[user:password@]host:port[/db] or rediss://... for TLS",
+            e.kind_description()
+        ))
+    };
+    match ca_file {
+        None => redis::Client::open(url.expose()).map_err(|e| bad_url(&e)),
+        Some(path) => {
+            let root_cert = std::fs::read(path).map_err(|e| {
+                LeaseError::Config(format!(
+                    "cannot read the CA file {}: {e}; give the path of a PEM certificate",
+                    path.display()
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+            .map_err(|e| bad_url(&e))
+        }
+    }
+}
+
+async fn connect_cluster(options: &RedisOptions) -> Result<ClusterConnection> {
+    let mut builder = redis::cluster::ClusterClient::builder(
+        options
+            .urls
+            .iter()
+            .map(|u| u.expose().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .connection_timeout(options.connect_timeout)
+    .response_timeout(options.response_timeout);
+    if let Some(path) = &options.ca_file {
+        let root_cert = std::fs::read(path).map_err(|e| {
+            LeaseError::Config(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        });
+    }
+    let client = builder.build().map_err(|e| {
+        LeaseError::Config(format!(
+            "cannot configure the Redis Cluster client ({})",
+            e.kind_description()
+        ))
+    })?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(|e| map_error(&e, "the cluster", None))
+}
+
+/// One cluster node, addressed by host and port, seen as a plain connection (for SCAN, which
+/// is per node).
+struct ByNode {
+    conn: ClusterConnection,
+    host: String,
+    port: u16,
+}
+
+impl ConnectionLike for ByNode {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: self.host.clone(),
+                port: self.port,
+            },
+        );
+        Box::pin(self.conn.route_command(cmd.clone(), routing))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+async fn cluster_masters(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut masters = Vec::new();
+    if let Value::Array(ranges) = slots {
+        for range in ranges {
+            if let Value::Array(parts) = range {
+                if let Some(Value::Array(master)) = parts.get(2) {
+                    if let (Some(host), Some(Value::Int(port))) =
+                        (master.first().and_then(keys::as_string), master.get(1))
+                    {
+                        if let Ok(port) = u16::try_from(*port) {
+                            if !masters.contains(&(host.clone(), port)) {
+                                masters.push((host, port));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(masters)
+}
+
+async fn scan_node<C: ConnectionLike + Send>(
+    c: &mut C,
+    pattern: &str,
+    out: &mut Vec<String>,
+) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        out.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Reduces a Redis error to a message without secrets that says what to do next. Redis error
+/// texts carry no credentials (the URL is never part of them), but only the kind, the server's
+/// code and its detail are used, to be sure.
+fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
+    let code = e.code().unwrap_or("");
+    if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
+        let key = key.unwrap_or("?");
+        return LeaseError::backend(
+            BackendErrorKind::WrongType,
+            format!("Redis key '{key}' holds something other than a lease (WRONGTYPE); it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stale"),
+        );
+    }
+    if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+        || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
+    {
+        return LeaseError::backend(
+            BackendErrorKind::Auth,
+            format!("authentication to Redis at {addr} failed ({}): check the user and password (or access key) in the connection string, or the Entra ID identity's access to the cache", if code.is_empty() { "rejected" } else { code }),
+        );
+    }
+    if e.is_timeout() {
+        return LeaseError::backend(
+            BackendErrorKind::Timeout,
+            format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
+        );
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        return LeaseError::backend(
+            BackendErrorKind::Unreachable,
+            format!("cannot reach Redis at {addr} ({}): check the host, the port, TLS (rediss:// or ssl=True needs a TLS port) and firewall rules", io_reason(e)),
+        );
+    }
+    let detail = e.detail().unwrap_or("");
+    LeaseError::backend(
+        BackendErrorKind::Other,
+        format!("Redis at {addr} failed: {} {code} {detail}", e.kind_description()).trim_end().to_owned(),
+    )
+}
+
+fn io_reason(e: &RedisError) -> String {
+    let text = e.to_string();
+    // The driver's IO error text is the OS error ("Connection refused (os error 111)"); keep it
+    // short and never longer than one line.
+    text.lines().next().unwrap_or("connection failed").chars().take(160).collect()
+}
+
+trait KindDescription {
+    fn kind_description(&self) -> &'static str;
+}
+
+impl KindDescription for RedisError {
+    fn kind_description(&self) -> &'static str {
+        match self.kind() {
+            redis::ErrorKind::Parse => "parse error",
+            redis::ErrorKind::AuthenticationFailed => "authentication failed",
+            redis::ErrorKind::UnexpectedReturnType => "unexpected reply",
+            redis::ErrorKind::InvalidClientConfig => "invalid client configuration",
+            redis::ErrorKind::Io => "I/O error",
+            redis::ErrorKind::Client => "client error",
+            redis::ErrorKind::Server(_) => "server error",
+            _ => "error",
+        }
+    }
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Int(i) => Some(*i),
+        other => keys::as_string(other)?.parse().ok(),
+    }
+}
+
+fn unexpected(what: &str, addr: &str) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::Other,
+        format!("Redis at {addr} gave an unexpected reply to {what}: is it a Redis-compatible server of version 6 or later?"),
+    )
+}
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        match self.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster(_) => "redis-cluster",
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
+        let key = self.keys.lease(req.name);
+        let mut inv = ACQUIRE.key(&key);
+        inv.key(self.keys.fence(req.name))
+            .arg(req.lease_id)
+            .arg(millis(req.duration))
+            .arg(format_timestamp(req.acquired_at));
+        for (k, v) in req.metadata {
+            inv.arg(format!("{META_PREFIX}{k}")).arg(v);
+        }
+        let reply = self.invoke(&inv, &key).await?;
+        let Value::Array(items) = reply else {
+            return Err(unexpected("acquire", &self.addr));
+        };
+        match int(items.first()) {
+            Some(1) => {
+                let token = int(items.get(1))
+                    .and_then(|t| u64::try_from(t).ok())
+                    .ok_or_else(|| unexpected("acquire", &self.addr))?;
+                Ok(AcquireOutcome::Acquired {
+                    fencing_token: token,
+                })
+            }
+            Some(0) => {
+                let pttl = int(items.get(1)).unwrap_or(-1);
+                let fields = match items.get(2) {
+                    Some(Value::Array(f)) => f.as_slice(),
+                    _ => &[],
+                };
+                Ok(AcquireOutcome::Held(info_from_hash(req.name, pttl, fields)))
+            }
+            _ => Err(unexpected("acquire", &self.addr)),
+        }
+    }
+
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
+        let key = self.keys.lease(name);
+        let mut inv = RENEW.key(&key);
+        inv.arg(lease_id).arg(millis(duration));
+        match int(Some(&self.invoke(&inv, &key).await?)) {
+            Some(1) => Ok(RenewOutcome::Renewed),
+            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
+            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
+            _ => Err(unexpected("renew", &self.addr)),
+        }
+    }
+
+    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
+        let key = self.keys.lease(name);
+        let mut inv = RELEASE.key(&key);
+        inv.arg(lease_id);
+        Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        let key = self.keys.lease(name);
+        let inv = INSPECT.key(&key);
+        match self.invoke(&inv, &key).await? {
+            Value::Nil => Ok(None),
+            Value::Array(items) => {
+                let pttl = int(items.first()).unwrap_or(-1);
+                let fields = match items.get(1) {
+                    Some(Value::Array(f)) => f.as_slice(),
+                    _ => &[],
+                };
+                Ok(Some(info_from_hash(name, pttl, fields)))
+            }
+            _ => Err(unexpected("inspect", &self.addr)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let mut out = Vec::new();
+        for key in self.scan_keys(&self.keys.scan_pattern(prefix)).await? {
+            let Some(name) = self.keys.name_of(&key) else {
+                continue;
+            };
+            match self.inspect(&name).await {
+                Ok(Some(info)) => out.push(info),
+                Ok(None) => {}
+                // Other data under the prefix is not a lease: skip it rather than fail the list.
+                Err(LeaseError::Backend {
+                    kind: BackendErrorKind::WrongType,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn force_release(&self, name: &str) -> Result<bool> {
+        let key = self.keys.lease(name);
+        let inv = FORCE_RELEASE.key(&key);
+        Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,528 @@
+//! The cases of the conformance suite; every store runs each of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distributed_leasing::lease::LeaseEnd;
+use distributed_leasing::store::{AcquireOutcome, AcquireRequest, RenewOutcome};
+use distributed_leasing::{LeaseError, LeaseOptions, LostReason, TryAcquire};
+
+use crate::{unique, Harness};
+
+fn short(ms: u64) -> LeaseOptions {
+    LeaseOptions {
+        duration: Some(Duration::from_millis(ms)),
+        auto_renew: Some(false),
+        ..LeaseOptions::default()
+    }
+}
+
+fn meta(pairs: &[(&str, &str)]) -> LeaseOptions {
+    LeaseOptions {
+        metadata: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..LeaseOptions::default()
+    }
+}
+
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+pub async fn acquire_release_reacquire(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("arr");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(a.name(), name);
+    assert!(!a.is_lost());
+    assert!(a.expires_in() > Duration::from_secs(25));
+    assert!(a.release().await.unwrap());
+    assert!(c.inspect(&name).await.unwrap().is_none());
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert_ne!(a.lease_id(), b.lease_id());
+    b.release().await.unwrap();
+}
+
+pub async fn second_acquirer_is_refused_with_the_holder(h: &Harness) {
+    let c = h.client().await;
+    let other = h.client().await;
+    let name = unique("second");
+    let a = c
+        .acquire(
+            &name,
+            &meta(&[("instanceId", "us-east-1"), ("region", "us-east")]),
+            NOW,
+        )
+        .await
+        .unwrap();
+    match other
+        .try_acquire(&name, &LeaseOptions::default())
+        .await
+        .unwrap()
+    {
+        TryAcquire::Held(holder) => {
+            assert_eq!(holder.lease_id, a.lease_id());
+            assert_eq!(holder.fencing_token, Some(a.fencing_token()));
+            assert_eq!(holder.metadata["instanceId"], "us-east-1");
+            let ttl = holder.ttl.expect("ttl");
+            assert!(
+                ttl > Duration::from_secs(20) && ttl <= Duration::from_secs(30),
+                "{ttl:?}"
+            );
+        }
+        TryAcquire::Acquired(_) => panic!("a held lease was acquired twice"),
+    }
+    match other.acquire(&name, &LeaseOptions::default(), NOW).await {
+        Err(LeaseError::Unavailable {
+            holder: Some(h), ..
+        }) => assert_eq!(h.metadata["region"], "us-east"),
+        other => panic!("expected Unavailable with the holder, got {other:?}"),
+    }
+    a.release().await.unwrap();
+}
+
+pub async fn unusual_names_work_and_bad_names_are_refused(h: &Harness) {
+    let c = h.client().await;
+    let base = unique("n");
+    let long = format!("{base}-{}", "x".repeat(1024 - base.len() - 1));
+    assert_eq!(long.len(), 1024);
+    for name in [
+        format!("{base}:with:colons"),
+        format!("{base}{{braces}}"),
+        format!("{base} with spaces"),
+        format!("{base}-ünïcødé-锁-🔒"),
+        format!("{base}}}{{odd"),
+        long,
+    ] {
+        let l = c
+            .acquire(&name, &LeaseOptions::default(), NOW)
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        let seen = c.inspect(&name).await.unwrap().expect("held");
+        assert_eq!(seen.name, name);
+        assert_eq!(seen.lease_id, l.lease_id());
+        assert!(matches!(
+            c.try_acquire(&name, &LeaseOptions::default())
+                .await
+                .unwrap(),
+            TryAcquire::Held(_)
+        ));
+        assert!(l.release().await.unwrap());
+    }
+    for (bad, needle) in [
+        (String::new(), "empty"),
+        ("y".repeat(1025), "1024"),
+        (format!("{base}:fence"), ":fence"),
+        (format!("{base}\nx"), "control"),
+    ] {
+        match c.acquire(&bad, &LeaseOptions::default(), NOW).await {
+            Err(LeaseError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{bad:?} should be refused, got {other:?}"),
+        }
+    }
+}
+
+pub async fn metadata_round_trips_exactly(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("meta");
+    let pairs = [
+        ("instanceId", "us-east-1"),
+        ("empty", ""),
+        ("unicode", "ünïcødé 锁 🔒"),
+        ("k=v,x", "a=b,c=d"),
+        ("multi", "line1\nline2\r\n\ttab"),
+        ("spaces in key", "  padded  "),
+    ];
+    let l = c.acquire(&name, &meta(&pairs), NOW).await.unwrap();
+    let seen = c.inspect(&name).await.unwrap().unwrap();
+    let expected: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    assert_eq!(seen.metadata, expected);
+    let bad = meta(&[("", "x")]);
+    assert!(matches!(
+        c.acquire(&unique("m"), &bad, NOW).await,
+        Err(LeaseError::InvalidArgument(_))
+    ));
+    l.release().await.unwrap();
+}
+
+pub async fn release_is_idempotent(h: &Harness) {
+    let c = h.client().await;
+    let l = c
+        .acquire(&unique("idem"), &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(l.release().await.unwrap());
+    assert!(!l.release().await.unwrap());
+    assert!(!l.release().await.unwrap());
+    assert!(!l.is_lost(), "a released lease is not lost");
+}
+
+pub async fn foreign_lease_id_cannot_renew_or_release(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("foreign");
+    let l = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    let store = c.store();
+    assert!(!store.release(&name, "not-the-holder").await.unwrap());
+    assert_eq!(
+        store
+            .renew(&name, "not-the-holder", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        RenewOutcome::Lost(LostReason::HeldByOther)
+    );
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        l.lease_id()
+    );
+    assert!(c.inspect(&name).await.unwrap().unwrap().ttl.unwrap() <= Duration::from_secs(30));
+    l.release().await.unwrap();
+}
+
+pub async fn renew_extends_the_ttl(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("renew");
+    let l = c.acquire(&name, &short(3_000), NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let before = c.inspect(&name).await.unwrap().unwrap().ttl.unwrap();
+    let expires_before = l.expires_in();
+    l.renew().await.unwrap();
+    let after = c.inspect(&name).await.unwrap().unwrap().ttl.unwrap();
+    assert!(after > before, "ttl {before:?} -> {after:?}");
+    assert!(l.expires_in() > expires_before);
+    assert_eq!(l.renewals(), 1);
+    l.release().await.unwrap();
+}
+
+pub async fn renew_after_expiry_reports_lost(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("expired");
+    let l = c.acquire(&name, &short(200), NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(l.is_lost());
+    assert!(matches!(l.renew().await, Err(LeaseError::Lost { .. })));
+    // The store agrees: the holder's id no longer renews.
+    assert_eq!(
+        c.store()
+            .renew(&name, l.lease_id(), Duration::from_secs(1))
+            .await
+            .unwrap(),
+        RenewOutcome::Lost(LostReason::Missing)
+    );
+}
+
+pub async fn expiry_allows_takeover(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("takeover");
+    let a = c.acquire(&name, &short(300), NOW).await.unwrap();
+    assert!(matches!(
+        c.try_acquire(&name, &LeaseOptions::default())
+            .await
+            .unwrap(),
+        TryAcquire::Held(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(b.fencing_token() > a.fencing_token());
+    assert_eq!(a.end(), Some(LeaseEnd::Lost(LostReason::Expired)));
+    // The old holder cannot release its successor.
+    assert!(!a.release().await.unwrap());
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        b.lease_id()
+    );
+    b.release().await.unwrap();
+}
+
+pub async fn fencing_token_strictly_increases(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("fence");
+    let mut last = 0;
+    for round in 0..9 {
+        let l = c.acquire(&name, &short(200), NOW).await.unwrap();
+        assert!(
+            l.fencing_token() > last,
+            "round {round}: {} after {last}",
+            l.fencing_token()
+        );
+        last = l.fencing_token();
+        match round % 3 {
+            0 => {
+                l.release().await.unwrap();
+            }
+            1 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert!(l.is_lost());
+            }
+            _ => {
+                assert!(c.force_release(&name).await.unwrap());
+            }
+        }
+    }
+}
+
+pub async fn concurrent_acquirers_exactly_one_wins(h: &Harness) {
+    let c = h.client().await;
+    let c2 = h.client().await;
+    let name = Arc::new(unique("race"));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let c = if i % 2 == 0 { c.clone() } else { c2.clone() };
+        let name = Arc::clone(&name);
+        tasks.push(tokio::spawn(async move {
+            c.try_acquire(&name, &LeaseOptions::default())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            TryAcquire::Acquired(l) => winners.push(l),
+            TryAcquire::Held(_) => refused += 1,
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one of 50 must win");
+    assert_eq!(refused, 49);
+    winners.pop().unwrap().release().await.unwrap();
+}
+
+pub async fn lost_fires_exactly_once(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("lost");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_secs(3)),
+        renew_interval: Some(Duration::from_millis(200)),
+        ..LeaseOptions::default()
+    };
+    let l = c.acquire(&name, &opts, NOW).await.unwrap();
+    let first = l.ended();
+    let second = l.ended();
+    assert!(c.force_release(&name).await.unwrap());
+    let end = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("lost within the interval");
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Missing));
+    assert_eq!(second.await, end);
+    // Someone else takes it; the old handle stays lost for its first reason and renews no more.
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(l.lost_reason(), Some(LostReason::Missing));
+    assert!(matches!(
+        l.renew().await,
+        Err(LeaseError::Lost {
+            reason: LostReason::Missing,
+            ..
+        })
+    ));
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        b.lease_id()
+    );
+    b.release().await.unwrap();
+}
+
+pub async fn dropped_handle_is_released(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("drop");
+    drop(
+        c.acquire(&name, &LeaseOptions::default(), NOW)
+            .await
+            .unwrap(),
+    );
+    let mut freed = false;
+    for _ in 0..100 {
+        if c.inspect(&name).await.unwrap().is_none() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "a dropped lease must be released in the background");
+}
+
+pub async fn inspect_and_list(h: &Harness) {
+    let c = h.client().await;
+    let prefix = unique("list");
+    assert!(c
+        .inspect(&format!("{prefix}-none"))
+        .await
+        .unwrap()
+        .is_none());
+    let a = c
+        .acquire(&format!("{prefix}/a"), &meta(&[("who", "a")]), NOW)
+        .await
+        .unwrap();
+    let b = c
+        .acquire(&format!("{prefix}/b"), &meta(&[("who", "b")]), NOW)
+        .await
+        .unwrap();
+    let other = c
+        .acquire(&unique("elsewhere"), &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    let listed = c.list(&prefix).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, [format!("{prefix}/a"), format!("{prefix}/b")]);
+    assert_eq!(listed[0].metadata["who"], "a");
+    assert_eq!(listed[1].fencing_token, Some(b.fencing_token()));
+    let info = c.inspect(&format!("{prefix}/a")).await.unwrap().unwrap();
+    assert_eq!(info.lease_id, a.lease_id());
+    assert!(info.acquired_at.is_some());
+    for l in [a, b, other] {
+        l.release().await.unwrap();
+    }
+    assert!(c.list(&prefix).await.unwrap().is_empty());
+}
+
+pub async fn force_release_frees_the_lease(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("force");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(c.force_release(&name).await.unwrap());
+    assert!(!c.force_release(&name).await.unwrap());
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(b.fencing_token() > a.fencing_token());
+    b.release().await.unwrap();
+}
+
+pub async fn auto_renew_keeps_the_lease_past_its_duration(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("auto");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_millis(1_500)),
+        renew_interval: Some(Duration::from_millis(300)),
+        ..LeaseOptions::default()
+    };
+    let l = c.acquire(&name, &opts, NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(
+        !l.is_lost(),
+        "auto-renewed lease lost: {:?}",
+        l.lost_reason()
+    );
+    assert!(l.renewals() >= 3, "renewals: {}", l.renewals());
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        l.lease_id()
+    );
+    l.release().await.unwrap();
+}
+
+pub async fn acquire_waits_for_release(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("wait");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    let n2 = name.clone();
+    let waiter = tokio::spawn(async move {
+        c2.acquire(&n2, &LeaseOptions::default(), Some(Duration::from_secs(20)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    a.release().await.unwrap();
+    let b = waiter
+        .await
+        .unwrap()
+        .expect("the waiter acquires after the release");
+    assert!(b.fencing_token() > a.fencing_token());
+    b.release().await.unwrap();
+}
+
+pub async fn wait_runs_out_with_the_holder(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("timeout");
+    let a = c
+        .acquire(&name, &meta(&[("instanceId", "holder")]), NOW)
+        .await
+        .unwrap();
+    let r = c
+        .acquire(
+            &name,
+            &LeaseOptions::default(),
+            Some(Duration::from_millis(400)),
+        )
+        .await;
+    match r {
+        Err(LeaseError::Unavailable {
+            holder: Some(h), ..
+        }) => assert_eq!(h.metadata["instanceId"], "holder"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    a.release().await.unwrap();
+}
+
+pub async fn invalid_durations_are_refused(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("dur");
+    for opts in [
+        LeaseOptions {
+            duration: Some(Duration::ZERO),
+            ..LeaseOptions::default()
+        },
+        LeaseOptions {
+            duration: Some(Duration::from_secs(400 * 24 * 3600)),
+            ..LeaseOptions::default()
+        },
+        LeaseOptions {
+            duration: Some(Duration::from_secs(10)),
+            renew_interval: Some(Duration::from_secs(10)),
+            ..LeaseOptions::default()
+        },
+    ] {
+        assert!(
+            matches!(
+                c.acquire(&name, &opts, NOW).await,
+                Err(LeaseError::InvalidArgument(_))
+            ),
+            "{opts:?}"
+        );
+    }
+    assert!(
+        c.inspect(&name).await.unwrap().is_none(),
+        "a refused acquire writes nothing"
+    );
+    // A store-level acquire with the same id is idempotent (safe retry after a lost reply).
+    let meta = BTreeMap::new();
+    let req = AcquireRequest {
+        name: &name,
+        lease_id: "retry-id",
+        duration: Duration::from_secs(5),
+        acquired_at: chrono::Utc::now(),
+        metadata: &meta,
+    };
+    let first = c.store().try_acquire(&req).await.unwrap();
+    let again = c.store().try_acquire(&req).await.unwrap();
+    assert!(matches!(first, AcquireOutcome::Acquired { .. }));
+    assert_eq!(first, again);
+    assert!(c.store().release(&name, "retry-id").await.unwrap());
+}
