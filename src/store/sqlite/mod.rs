@@ -1,1 +1,1046 @@
 //! The embedded store: leases in a SQLite file shared by the processes of one machine.
+//!
+//! [`SqliteStore`] gives the same semantics as the Redis store (DESIGN.md §3, §7) without a
+//! server: one row per held lease, one fencing counter per name ever used.
+//!
+//! Invariants:
+//! - Every write is one `BEGIN IMMEDIATE` transaction. The write lock is taken before anything is
+//!   read, so two acquirers (threads or processes) can never both see a lease free; the others
+//!   wait for it (busy timeout, 5 s) instead of failing.
+//! - A lease row whose `expires_at` is not after now is exactly an absent lease (Redis would
+//!   have expired the key): nobody may renew, release or see it, anyone may take it. Such rows
+//!   are purged by the next acquire.
+//! - `fences` rows are never deleted, so fencing tokens strictly increase per name across
+//!   release, expiry and force release. `synchronous=FULL` makes a token durable before it is
+//!   handed out, so a power cut cannot hand the same token out twice.
+//! - Expiry is by a stored deadline on the machine's wall clock (ms since the Unix epoch): the
+//!   only clock every process on the machine shares. A wall-clock jump therefore moves every
+//!   lease's expiry: a jump back lengthens leases, a jump forward expires them early and can let
+//!   a second holder in before the first holder's own (monotonic) deadline passes. The Redis store
+//!   uses the server's clock instead. Where that matters, resources check the fencing token.
+//! - The file must be on a local filesystem: WAL mode shares memory between processes
+//!   (`<file>-shm`), which network filesystems do not support.
+//!
+//! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
+//! schema version; a file of another application or of a newer schema is refused, never altered.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::{validate_name, AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
+use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
+use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
+
+/// How long an operation waits for another process's write transaction before giving up.
+/// Lease transactions last microseconds, so 5 s only runs out if something is wrong.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema this version writes and understands (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of our files: "DLse" in ASCII, so `file(1)` and people can tell a
+/// leases database from other SQLite files.
+const APPLICATION_ID: i64 = 0x444C_7365;
+
+const SCHEMA_V1: &str = "
+    CREATE TABLE leases (
+        name          TEXT    PRIMARY KEY NOT NULL,
+        lease_id      TEXT    NOT NULL,
+        acquired_at   TEXT    NOT NULL,  -- 2025-12-25T21:00:00.000Z, holder's clock, for people
+        fencing_token INTEGER NOT NULL,
+        metadata      TEXT    NOT NULL,  -- JSON object of strings
+        expires_at    INTEGER NOT NULL   -- ms since the Unix epoch, this machine's wall clock
+    );
+    -- Lets an acquire purge expired rows without scanning the table.
+    CREATE INDEX leases_expires_at ON leases (expires_at);
+    -- One row per name ever acquired, never deleted: tokens only grow.
+    CREATE TABLE fences (
+        name       TEXT    PRIMARY KEY NOT NULL,
+        last_token INTEGER NOT NULL
+    );
+";
+
+const SELECT_LEASE: &str =
+    "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at FROM leases WHERE name = ?1";
+
+/// Leases in a SQLite database file, shared safely by the processes of one machine.
+///
+/// One connection per store, behind a `std::sync::Mutex`, used only from
+/// `tokio::task::spawn_blocking`: SQLite lets one writer at a time into a file anyway and every
+/// operation but `inspect`/`list` writes, so a pool would only add parallel readers while costing
+/// one open file, WAL index mapping and statement cache each. The blocking pool keeps the runtime's
+/// workers free while a call waits on the file lock. A cancelled call still runs to completion
+/// (like a Redis reply that is lost); acquiring again with the same lease id is idempotent.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    busy_timeout: Duration,
+    /// `None` only while `Inner` is dropped.
+    conn: Mutex<Option<Connection>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the last connection checkpoints the WAL into the file (disk writes and fsync):
+        // keep that off the runtime's worker threads when there is a runtime.
+        let conn = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
+            drop(rt.spawn_blocking(move || drop(conn)));
+        }
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the leases database at `path`.
+    ///
+    /// Blocks the calling thread for as long as another process holds the file's write lock
+    /// (at most [`BUSY_TIMEOUT`]); from async code prefer [`SqliteStore::open_async`]. The
+    /// directory must exist: it is not created, so a typo in the path fails here rather than
+    /// silently giving this process a lock file of its own.
+    ///
+    /// # Errors
+    /// `Backend` naming the file if the directory does not exist, the path is a directory, the
+    /// file is not a SQLite database, belongs to another application or has a newer schema,
+    /// is read-only, or stays locked by another process for more than [`BUSY_TIMEOUT`].
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// [`SqliteStore::open`] on tokio's blocking pool, so the runtime is never blocked.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub async fn open_async(path: &Path) -> Result<Self> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open(&path))
+            .await
+            .map_err(|e| join_error(&e))?
+    }
+
+    /// The absolute path of the database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        if path.as_os_str().is_empty() {
+            return Err(LeaseError::backend(
+                BackendErrorKind::Other,
+                "the SQLite lease database path is empty: give a file path such as /var/lib/myapp/leases.db",
+            ));
+        }
+        // Absolute, so messages name the file unambiguously and a relative name beginning with
+        // "file:" is not taken for a URI (the bundled SQLite enables URI file names globally).
+        let path = std::path::absolute(path).map_err(|e| {
+            LeaseError::backend(
+                BackendErrorKind::Other,
+                format!(
+                    "cannot open SQLite database {}: {e}: give an absolute path",
+                    path.display()
+                ),
+            )
+        })?;
+        if path.is_dir() {
+            return Err(LeaseError::backend(
+                BackendErrorKind::Other,
+                format!(
+                    "cannot open SQLite database {}: it is a directory; give the path of a file inside it, such as {}",
+                    path.display(),
+                    path.join("leases.db").display()
+                ),
+            ));
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.is_dir() {
+                return Err(LeaseError::backend(
+                    BackendErrorKind::Other,
+                    format!(
+                        "cannot open SQLite database {}: directory {} does not exist; create it (the store does not create directories) or fix the path",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        let conn =
+            open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                busy_timeout,
+                conn: Mutex::new(Some(conn)),
+            }),
+        })
+    }
+
+    /// Runs `op` on the connection on tokio's blocking pool.
+    async fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held cannot leave a transaction open (a `Transaction`
+            // rolls back when dropped), so a poisoned connection is still good to use.
+            let mut guard = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = match guard.as_mut() {
+                Some(conn) => op(conn),
+                None => Err(Failure::Closed),
+            };
+            result.map_err(|f| f.into_error(&inner.path, inner.busy_timeout))
+        })
+        .await
+        .map_err(|e| join_error(&e))?
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
+        validate_name(req.name)?;
+        let name = req.name.to_owned();
+        let lease_id = req.lease_id.to_owned();
+        let duration_ms = duration_ms(req.duration);
+        let acquired_at = format_timestamp(req.acquired_at);
+        let metadata = serde_json::to_string(req.metadata).map_err(|e| {
+            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
+        })?;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Read the clock only once the write lock is ours: the wait for it may be long.
+            let now = now_ms();
+            tx.prepare_cached("DELETE FROM leases WHERE expires_at <= ?1")?
+                .execute([now])?;
+            let held = tx
+                .prepare_cached(SELECT_LEASE)?
+                .query_row([&name], StoredLease::from_row)
+                .optional()?;
+            let outcome = match held {
+                Some(held) if held.lease_id == lease_id => {
+                    // A retry by the same holder (its first reply was lost): same token, and
+                    // the full duration from now, as a fresh acquire would give.
+                    tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                        .execute(params![name, now.saturating_add(duration_ms)])?;
+                    let fencing_token = held.fencing_token.ok_or_else(|| {
+                        Failure::bad_record(&name, "its fencing token is invalid")
+                    })?;
+                    AcquireOutcome::Acquired { fencing_token }
+                }
+                Some(held) => AcquireOutcome::Held(held.into_info(name.clone(), now)?),
+                None => {
+                    let token: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO fences (name, last_token) VALUES (?1, 1)
+                             ON CONFLICT (name) DO UPDATE SET last_token = last_token + 1
+                             RETURNING last_token",
+                        )?
+                        .query_row([&name], |r| r.get(0))?;
+                    let fencing_token = u64::try_from(token).map_err(|_| {
+                        Failure::bad_record(&name, "its fencing counter is negative")
+                    })?;
+                    tx.prepare_cached(
+                        "INSERT INTO leases
+                             (name, lease_id, acquired_at, fencing_token, metadata, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        name,
+                        lease_id,
+                        acquired_at,
+                        token,
+                        metadata,
+                        now.saturating_add(duration_ms)
+                    ])?;
+                    AcquireOutcome::Acquired { fencing_token }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
+        validate_name(name)?;
+        let name = name.to_owned();
+        let lease_id = lease_id.to_owned();
+        let duration_ms = duration_ms(duration);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let current: Option<(String, i64)> = tx
+                .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
+                .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let outcome = match current {
+                None => RenewOutcome::Lost(LostReason::Missing),
+                Some((_, expires_at)) if expires_at <= now => {
+                    RenewOutcome::Lost(LostReason::Missing)
+                }
+                Some((holder, _)) if holder != lease_id => {
+                    RenewOutcome::Lost(LostReason::HeldByOther)
+                }
+                Some(_) => {
+                    tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                        .execute(params![name, now.saturating_add(duration_ms)])?;
+                    RenewOutcome::Renewed
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
+        validate_name(name)?;
+        let name = name.to_owned();
+        let lease_id = lease_id.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // Our own expired row goes too (it is absent in all but storage), but only a live one
+            // counts as released.
+            let expires_at: Option<i64> = tx
+                .prepare_cached(
+                    "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
+                )?
+                .query_row([&name, &lease_id], |r| r.get(0))
+                .optional()?;
+            tx.commit()?;
+            Ok(expires_at.is_some_and(|e| e > now))
+        })
+        .await
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        validate_name(name)?;
+        let name = name.to_owned();
+        // One statement reads one consistent snapshot: no transaction needed.
+        self.run(move |conn| {
+            let now = now_ms();
+            let held = conn
+                .prepare_cached(SELECT_LEASE)?
+                .query_row([&name], StoredLease::from_row)
+                .optional()?;
+            match held {
+                Some(held) if held.expires_at > now => Ok(Some(held.into_info(name, now)?)),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let prefix = prefix.to_owned();
+        // substr() counts characters, not bytes, on text.
+        let prefix_chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let now = now_ms();
+            // Not LIKE: it treats `%` and `_` in names as wildcards and ignores ASCII case.
+            // `name >= prefix` lets the primary key index skip every name sorting before it.
+            let mut stmt = conn.prepare_cached(
+                "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at, name
+                 FROM leases
+                 WHERE name >= ?1 AND substr(name, 1, ?2) = ?1 AND expires_at > ?3
+                 ORDER BY name",
+            )?;
+            let rows = stmt.query_map(params![prefix, prefix_chars, now], |r| {
+                Ok((r.get::<_, String>(5)?, StoredLease::from_row(r)?))
+            })?;
+            let mut leases = Vec::new();
+            for row in rows {
+                let (name, held) = row?;
+                leases.push(held.into_info(name, now)?);
+            }
+            Ok(leases)
+        })
+        .await
+    }
+
+    async fn force_release(&self, name: &str) -> Result<bool> {
+        validate_name(name)?;
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // The fence row stays: the next holder's token must still be greater.
+            let expires_at: Option<i64> = tx
+                .prepare_cached("DELETE FROM leases WHERE name = ?1 RETURNING expires_at")?
+                .query_row([&name], |r| r.get(0))
+                .optional()?;
+            tx.commit()?;
+            Ok(expires_at.is_some_and(|e| e > now))
+        })
+        .await
+    }
+}
+
+/// Opens the connection, sets it up for several processes, and checks or creates the schema.
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Failure> {
+    // No SQLITE_OPEN_URI: the path is a file name, never a URI. NO_MUTEX: our Mutex serializes.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    // First, so every later statement (including switching to WAL) waits for other processes.
+    conn.busy_timeout(busy_timeout)?;
+    if conn.is_readonly("main")? {
+        return Err(Failure::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            None,
+        )));
+    }
+    // WAL: readers (inspect, list) never wait for a writer, and a commit is one append. The mode
+    // is stored in the file, so this is a no-op after the first open. It is also the first read
+    // of the file, so a file that is not a database fails here.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            "SQLite lease database could not switch to WAL mode; it still works, but readers wait for writers"
+        );
+    }
+    // FULL: a committed fencing token must survive a power cut, or it could be handed out twice.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+
+    // Check and create in one write transaction, so two processes opening a new file at once
+    // cannot both create the schema.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(Failure::Schema(format!(
+            "belongs to another application (application_id {app_id:#x}); use a separate file for leases"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Failure::Schema(format!(
+            "has schema version {version}, newer than this version of distributed-leasing understands ({SCHEMA_VERSION}); upgrade distributed-leasing in this program, or use another file"
+        )));
+    }
+    if version == 0 {
+        let objects: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        if objects > 0 {
+            return Err(Failure::Schema(
+                "is a SQLite database with tables of another application; use a separate file for leases"
+                    .to_owned(),
+            ));
+        }
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    } else if version != SCHEMA_VERSION {
+        return Err(Failure::Schema(format!(
+            "has unknown schema version {version}; use another file"
+        )));
+    }
+    tx.commit()?;
+    Ok(conn)
+}
+
+/// A lease row as stored.
+struct StoredLease {
+    lease_id: String,
+    acquired_at: String,
+    /// `None` if the stored value is negative (never written by us).
+    fencing_token: Option<u64>,
+    metadata: String,
+    expires_at: i64,
+}
+
+impl StoredLease {
+    /// Reads columns 0..=4 in the order of [`SELECT_LEASE`].
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            lease_id: row.get(0)?,
+            acquired_at: row.get(1)?,
+            fencing_token: row
+                .get::<_, Option<i64>>(2)?
+                .and_then(|t| u64::try_from(t).ok()),
+            metadata: row.get(3)?,
+            expires_at: row.get(4)?,
+        })
+    }
+
+    fn into_info(self, name: String, now: i64) -> Result<LeaseInfo, Failure> {
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_str(&self.metadata).map_err(|e| {
+                Failure::bad_record(
+                    &name,
+                    &format!("its metadata is not a JSON object of strings ({e})"),
+                )
+            })?;
+        let left = u64::try_from(self.expires_at.saturating_sub(now)).unwrap_or(0);
+        Ok(LeaseInfo {
+            name,
+            lease_id: self.lease_id,
+            acquired_at: parse_timestamp(&self.acquired_at),
+            fencing_token: self.fencing_token,
+            metadata,
+            ttl: Some(Duration::from_millis(left)),
+        })
+    }
+}
+
+/// What went wrong inside a blocking operation; turned into a [`LeaseError`] naming the file.
+#[derive(Debug)]
+enum Failure {
+    Sql(rusqlite::Error),
+    /// The file is a database, but not one this version may use.
+    Schema(String),
+    /// A lease row that this library would not have written.
+    BadRecord {
+        name: String,
+        detail: String,
+    },
+    Closed,
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl Failure {
+    fn bad_record(name: &str, detail: &str) -> Self {
+        Self::BadRecord {
+            name: name.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn into_error(self, path: &Path, busy_timeout: Duration) -> LeaseError {
+        let p = path.display();
+        let (kind, message) = match self {
+            Self::Schema(detail) => (
+                BackendErrorKind::Other,
+                format!("SQLite database {p} {detail}"),
+            ),
+            Self::BadRecord { name, detail } => (
+                BackendErrorKind::WrongType,
+                format!(
+                    "SQLite database {p} holds a record for lease '{name}' that is not a lease written by distributed-leasing: {detail}; force-release the lease to clear it"
+                ),
+            ),
+            Self::Closed => (
+                BackendErrorKind::Other,
+                format!("SQLite database {p}: the store is closed; open it again"),
+            ),
+            Self::Sql(e) => sql_error(&e, path, busy_timeout),
+        };
+        LeaseError::backend(kind, message)
+    }
+}
+
+/// Names the file and says what to do; rusqlite's messages carry no secrets, but also no path.
+fn sql_error(
+    e: &rusqlite::Error,
+    path: &Path,
+    busy_timeout: Duration,
+) -> (BackendErrorKind, String) {
+    use BackendErrorKind::{Other, Timeout, WrongType};
+    let p = path.display();
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => (
+                Timeout,
+                format!(
+                    "SQLite database {p} is locked by another process for more than {}s; retry, or find the process keeping a write transaction open on it",
+                    busy_timeout.as_secs_f64()
+                ),
+            ),
+            ErrorCode::NotADatabase => (
+                Other,
+                format!(
+                    "{p} is not a SQLite database (or it is encrypted or damaged); point the lease store at a new file, or at one created by distributed-leasing"
+                ),
+            ),
+            ErrorCode::CannotOpen => (
+                Other,
+                format!(
+                    "cannot open SQLite database {p}: check the directory exists and is writable by this process"
+                ),
+            ),
+            ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::AuthorizationForStatementDenied => (
+                Other,
+                format!(
+                    "SQLite database {p} is read-only for this process: it needs write access to the file and its directory (SQLite writes {p}-wal and {p}-shm beside it)"
+                ),
+            ),
+            ErrorCode::DiskFull => (
+                Other,
+                format!("cannot write SQLite database {p}: the disk is full; free some space"),
+            ),
+            ErrorCode::DatabaseCorrupt => (
+                Other,
+                format!(
+                    "SQLite database {p} is damaged; move it aside and use a new file (fencing tokens then start again from 1, so first make sure no resource relies on them)"
+                ),
+            ),
+            ErrorCode::SystemIoFailure | ErrorCode::FileLockingProtocolFailed => (
+                Other,
+                format!(
+                    "disk I/O error on SQLite database {p} ({e}); check the disk, and keep the file on a local filesystem (network filesystems are not supported)"
+                ),
+            ),
+            _ => (Other, format!("SQLite database {p}: {e}")),
+        },
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => (
+            WrongType,
+            format!(
+                "SQLite database {p} holds a lease record that distributed-leasing did not write ({e}); use a separate file for leases"
+            ),
+        ),
+        _ => (Other, format!("SQLite database {p}: {e}")),
+    }
+}
+
+fn join_error(e: &tokio::task::JoinError) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::Other,
+        format!("a SQLite lease operation did not finish ({e}); retry it"),
+    )
+}
+
+/// Now on the wall clock, in ms since the Unix epoch (see the module docs for why this clock).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Whole milliseconds, rounded up so that a non-zero duration never stores an expired lease.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    /// A fresh database path in the temp directory, removed (with its WAL files) on drop.
+    struct TempDb(PathBuf);
+
+    impl TempDb {
+        fn new() -> Self {
+            Self(std::env::temp_dir().join(format!("leases-test-{}.db", uuid::Uuid::new_v4())))
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    async fn acquire(
+        store: &SqliteStore,
+        name: &str,
+        lease_id: &str,
+        duration: Duration,
+        metadata: &BTreeMap<String, String>,
+    ) -> AcquireOutcome {
+        store
+            .try_acquire(&AcquireRequest {
+                name,
+                lease_id,
+                duration,
+                acquired_at: Utc::now(),
+                metadata,
+            })
+            .await
+            .unwrap()
+    }
+
+    fn token(outcome: &AcquireOutcome) -> u64 {
+        match outcome {
+            AcquireOutcome::Acquired { fencing_token } => *fencing_token,
+            AcquireOutcome::Held(h) => panic!("expected Acquired, got Held({h:?})"),
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+    const SHORT: Duration = Duration::from_millis(50);
+    const PAST_SHORT: Duration = Duration::from_millis(150);
+
+    #[tokio::test]
+    async fn acquire_release_reacquire() {
+        let db = TempDb::new();
+        let store = SqliteStore::open_async(&db.0).await.unwrap();
+        assert_eq!(store.kind(), "sqlite");
+        let m = meta(&[]);
+        let t1 = token(&acquire(&store, "job", "a", LONG, &m).await);
+        assert!(store.release("job", "a").await.unwrap());
+        assert_eq!(store.inspect("job").await.unwrap(), None);
+        let t2 = token(&acquire(&store, "job", "b", LONG, &m).await);
+        assert!(t2 > t1);
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "b");
+    }
+
+    #[tokio::test]
+    async fn second_acquirer_sees_holder_with_metadata_and_ttl() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[("instanceId", "us-east-1"), ("region", "us-east")]);
+        let t = token(&acquire(&store, "job", "a", LONG, &m).await);
+        match acquire(&store, "job", "b", LONG, &meta(&[])).await {
+            AcquireOutcome::Held(h) => {
+                assert_eq!(h.name, "job");
+                assert_eq!(h.lease_id, "a");
+                assert_eq!(h.metadata, m);
+                assert_eq!(h.fencing_token, Some(t));
+                assert!(h.acquired_at.is_some());
+                let ttl = h.ttl.unwrap();
+                assert!(ttl > Duration::from_secs(25) && ttl <= LONG, "{ttl:?}");
+            }
+            other @ AcquireOutcome::Acquired { .. } => panic!("expected Held, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_id_reacquire_is_idempotent_and_extends() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[("k", "v")]);
+        let t1 = token(&acquire(&store, "job", "a", Duration::from_secs(2), &m).await);
+        let t2 = token(&acquire(&store, "job", "a", LONG, &m).await);
+        assert_eq!(t1, t2);
+        let ttl = store.inspect("job").await.unwrap().unwrap().ttl.unwrap();
+        assert!(ttl > Duration::from_secs(25), "{ttl:?}");
+    }
+
+    #[tokio::test]
+    async fn renew_extends() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", Duration::from_millis(200), &meta(&[])).await);
+        assert_eq!(
+            store.renew("job", "a", LONG).await.unwrap(),
+            RenewOutcome::Renewed
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let info = store.inspect("job").await.unwrap().expect("still held");
+        assert!(info.ttl.unwrap() > Duration::from_secs(25));
+    }
+
+    #[tokio::test]
+    async fn renew_after_expiry_is_lost_missing() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", SHORT, &meta(&[])).await);
+        tokio::time::sleep(PAST_SHORT).await;
+        assert_eq!(
+            store.renew("job", "a", LONG).await.unwrap(),
+            RenewOutcome::Lost(LostReason::Missing)
+        );
+        assert_eq!(
+            store.renew("never-held", "a", LONG).await.unwrap(),
+            RenewOutcome::Lost(LostReason::Missing)
+        );
+        assert_eq!(store.inspect("job").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn renew_with_foreign_id_is_lost_held_by_other() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        assert_eq!(
+            store.renew("job", "b", LONG).await.unwrap(),
+            RenewOutcome::Lost(LostReason::HeldByOther)
+        );
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "a");
+    }
+
+    #[tokio::test]
+    async fn release_with_foreign_id_is_refused() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        assert!(!store.release("job", "b").await.unwrap());
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "a");
+    }
+
+    #[tokio::test]
+    async fn release_is_idempotent() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        assert!(store.release("job", "a").await.unwrap());
+        assert!(!store.release("job", "a").await.unwrap());
+        assert!(!store.release("never-held", "a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn expiry_allows_takeover() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[]);
+        let t1 = token(&acquire(&store, "job", "a", SHORT, &m).await);
+        tokio::time::sleep(PAST_SHORT).await;
+        let t2 = token(&acquire(&store, "job", "b", LONG, &m).await);
+        assert!(t2 > t1);
+        // The old holder's expired lease is gone for it in every way.
+        assert!(!store.release("job", "a").await.unwrap());
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "b");
+    }
+
+    #[tokio::test]
+    async fn fencing_token_strictly_increases_across_release_expiry_and_force_release() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[]);
+        let mut tokens = vec![token(&acquire(&store, "job", "a", LONG, &m).await)];
+        assert!(store.release("job", "a").await.unwrap());
+        tokens.push(token(&acquire(&store, "job", "b", SHORT, &m).await));
+        tokio::time::sleep(PAST_SHORT).await;
+        tokens.push(token(&acquire(&store, "job", "c", LONG, &m).await));
+        assert!(store.force_release("job").await.unwrap());
+        assert!(!store.force_release("job").await.unwrap());
+        tokens.push(token(&acquire(&store, "job", "d", LONG, &m).await));
+        // And across reopening the file.
+        drop(store);
+        let store = SqliteStore::open(&db.0).unwrap();
+        assert!(store.force_release("job").await.unwrap());
+        tokens.push(token(&acquire(&store, "job", "e", LONG, &m).await));
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+        // Counters are per name.
+        assert_eq!(token(&acquire(&store, "other", "a", LONG, &m).await), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_on_one_file_admit_exactly_one_of_twenty_racers() {
+        let db = TempDb::new();
+        let stores = [
+            SqliteStore::open_async(&db.0).await.unwrap(),
+            SqliteStore::open_async(&db.0).await.unwrap(),
+        ];
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let store = stores[i % 2].clone();
+            let barrier = Arc::clone(&barrier);
+            tasks.push(tokio::spawn(async move {
+                let m = meta(&[("instanceId", &format!("racer-{i}"))]);
+                barrier.wait().await;
+                acquire(&store, "race", &format!("id-{i}"), LONG, &m).await
+            }));
+        }
+        let mut acquired = 0;
+        for t in tasks {
+            if let AcquireOutcome::Acquired { fencing_token } = t.await.unwrap() {
+                assert_eq!(fencing_token, 1);
+                acquired += 1;
+            }
+        }
+        assert_eq!(acquired, 1);
+    }
+
+    #[tokio::test]
+    async fn names_with_colons_braces_unicode_and_1_kib_round_trip() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        // 512 two-byte characters: exactly the 1 KiB limit, but half as many characters.
+        let long = "é".repeat(crate::store::MAX_NAME_LEN / 2);
+        assert_eq!(long.len(), crate::store::MAX_NAME_LEN);
+        let names = [
+            "lease:{critical-section-lock}:fence",
+            "with space and 'quote' \"double\"",
+            "日本語/ключ/🔒",
+            "100%_done\\",
+            long.as_str(),
+        ];
+        let m = meta(&[]);
+        for name in names {
+            token(&acquire(&store, name, "a", LONG, &m).await);
+            assert_eq!(store.inspect(name).await.unwrap().unwrap().name, name);
+        }
+        let listed: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let mut expected: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+        for name in names {
+            assert!(store.release(name, "a").await.unwrap());
+        }
+        assert!(store.inspect(&"x".repeat(1025)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn metadata_round_trips_exactly() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[
+            ("a=b", "c=d,e=f"),
+            ("comma,key", ""),
+            ("multi", "line one\nline two\r\n\ttabbed"),
+            ("unicode ключ", "值 🔒 \u{0} nul"),
+            ("json", "{\"x\": [1, 2]}"),
+            ("quote'\"", "\\backslash\\"),
+        ]);
+        token(&acquire(&store, "job", "a", LONG, &m).await);
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().metadata, m);
+        match acquire(&store, "job", "b", LONG, &meta(&[])).await {
+            AcquireOutcome::Held(h) => assert_eq!(h.metadata, m),
+            other @ AcquireOutcome::Acquired { .. } => panic!("expected Held, got {other:?}"),
+        }
+        assert_eq!(store.list("job").await.unwrap()[0].metadata, m);
+    }
+
+    #[tokio::test]
+    async fn list_matches_prefix_literally_and_skips_expired() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let m = meta(&[]);
+        for name in [
+            "50%_a", "50%_b", "50%xa", "50X_a", "50%", "5", "60%_a", "Ab",
+        ] {
+            token(&acquire(&store, name, "a", LONG, &m).await);
+        }
+        token(&acquire(&store, "50%_expired", "a", SHORT, &m).await);
+        tokio::time::sleep(PAST_SHORT).await;
+        let names = |v: Vec<LeaseInfo>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        assert_eq!(names(store.list("50%_").await.unwrap()), ["50%_a", "50%_b"]);
+        assert_eq!(
+            names(store.list("50%").await.unwrap()),
+            ["50%", "50%_a", "50%_b", "50%xa"]
+        );
+        // Case-sensitive, unlike LIKE.
+        assert_eq!(names(store.list("a").await.unwrap()), Vec::<String>::new());
+        assert_eq!(store.list("").await.unwrap().len(), 8);
+        assert!(store
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.ttl.unwrap() > Duration::from_secs(25)));
+    }
+
+    #[tokio::test]
+    async fn non_sqlite_file_is_refused_naming_the_path() {
+        let db = TempDb::new();
+        std::fs::write(&db.0, "this is not a database\n".repeat(100)).unwrap();
+        let err = SqliteStore::open_async(&db.0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&db.0.display().to_string()), "{err}");
+        assert!(err.contains("not a SQLite database"), "{err}");
+        // Left untouched.
+        assert_eq!(
+            std::fs::read_to_string(&db.0).unwrap(),
+            "this is not a database\n".repeat(100)
+        );
+    }
+
+    #[tokio::test]
+    async fn newer_schema_version_is_refused() {
+        let db = TempDb::new();
+        drop(SqliteStore::open(&db.0).unwrap());
+        Connection::open(&db.0)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = SqliteStore::open(&db.0).unwrap_err().to_string();
+        assert!(err.contains(&db.0.display().to_string()), "{err}");
+        assert!(err.contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn database_of_another_application_is_refused() {
+        let db = TempDb::new();
+        Connection::open(&db.0)
+            .unwrap()
+            .execute_batch("CREATE TABLE leases (x)")
+            .unwrap();
+        let err = SqliteStore::open(&db.0).unwrap_err().to_string();
+        assert!(err.contains("another application"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_refused_not_created() {
+        let dir = std::env::temp_dir().join(format!("leases-missing-{}", uuid::Uuid::new_v4()));
+        let err = SqliteStore::open(&dir.join("leases.db"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.exists());
+    }
+
+    #[tokio::test]
+    async fn long_write_lock_by_another_process_is_a_clear_timeout() {
+        let db = TempDb::new();
+        let store = SqliteStore::open_with_busy_timeout(&db.0, Duration::from_millis(100)).unwrap();
+        let mut other = Connection::open(&db.0).unwrap();
+        let tx = other
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let err = store
+            .try_acquire(&AcquireRequest {
+                name: "job",
+                lease_id: "a",
+                duration: LONG,
+                acquired_at: Utc::now(),
+                metadata: &meta(&[]),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("is locked by another process"), "{msg}");
+        assert!(msg.contains(&db.0.display().to_string()), "{msg}");
+        drop(tx);
+        token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+    }
+}
