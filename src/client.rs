@@ -20,6 +20,7 @@ use crate::lease::{Lease, Shared, State};
 use crate::renewal;
 use crate::secret::Secret;
 use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::sqlite::SqliteStore;
 use crate::store::{validate_metadata, validate_name, AcquireOutcome, AcquireRequest, LeaseStore};
 use crate::wait::Backoff;
 
@@ -98,7 +99,9 @@ impl LeaseClient {
     /// # Errors
     /// `Config` for an unknown scheme; backend errors from connecting.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Self> {
-        let store: Arc<dyn LeaseStore> = if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let store: Arc<dyn LeaseStore> = if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+        {
             Arc::new(
                 RedisStore::connect(RedisOptions {
                     urls: vec![Secret::new(url)],
@@ -109,8 +112,8 @@ impl LeaseClient {
                 })
                 .await?,
             )
-        } else if url.starts_with("sqlite://") {
-            return Err(LeaseError::Config("the SQLite store is not built yet".into()));
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Arc::new(SqliteStore::open_async(std::path::Path::new(path)).await?)
         } else {
             return Err(LeaseError::Config(
                 "unknown store URL scheme: use redis://host:port, rediss://host:port (TLS) or sqlite:///path/leases.db".into(),
@@ -231,7 +234,12 @@ impl LeaseClient {
     ///
     /// # Errors
     /// `Unavailable` with the holder when the wait runs out; as [`Self::try_acquire`].
-    pub async fn acquire(&self, name: &str, opts: &LeaseOptions, wait: Option<Duration>) -> Result<Lease> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        opts: &LeaseOptions,
+        wait: Option<Duration>,
+    ) -> Result<Lease> {
         validate_name(name)?;
         validate_metadata(&opts.metadata)?;
         let (duration, interval) = self.resolve(opts)?;

@@ -26,7 +26,9 @@ impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Expired => "its deadline passed before a renewal succeeded",
-            Self::Missing => "the store no longer has it (deleted, expired or the server lost its data)",
+            Self::Missing => {
+                "the store no longer has it (deleted, expired or the server lost its data)"
+            }
             Self::HeldByOther => "another holder has it now",
         })
     }
@@ -71,7 +73,9 @@ pub enum LeaseError {
         holder: Option<Box<LeaseInfo>>,
     },
     /// The lease was lost while held.
-    #[error("lease '{name}' was lost: {reason}; stop work that relies on it, and acquire it again")]
+    #[error(
+        "lease '{name}' was lost: {reason}; stop work that relies on it, and acquire it again"
+    )]
     Lost {
         /// The lease name.
         name: String,

@@ -57,7 +57,9 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state half-updated (every update is a
         // plain field store), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ends the lease if it is still held; returns whether this call ended it. This is the one

@@ -21,7 +21,11 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Starts the task and registers its abort handle with the lease.
-pub(crate) fn spawn(shared: &Arc<Shared>, renew_interval: Option<Duration>, acquired_sent: Instant) {
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    renew_interval: Option<Duration>,
+    acquired_sent: Instant,
+) {
     let task = tokio::spawn(run(Arc::clone(shared), renew_interval, acquired_sent));
     let mut st = shared.lock();
     if st.end.is_some() {

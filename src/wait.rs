@@ -44,7 +44,8 @@ impl Backoff {
                     .checked_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
                     .unwrap_or(max)
                     .min(max);
-                d.mul_f64(rand::rng().random_range(0.5..=1.0)).max(min.min(d))
+                d.mul_f64(rand::rng().random_range(0.5..=1.0))
+                    .max(min.min(d))
             }
         }
     }
@@ -83,7 +84,13 @@ mod tests {
     fn waiter_wakes_soon_after_the_holders_ttl() {
         let b = Backoff::Fixed(Duration::from_secs(1));
         let d = b.next_delay(0, Some(Duration::from_millis(200)));
-        assert!(d > Duration::from_millis(200) && d <= Duration::from_millis(221), "{d:?}");
-        assert_eq!(b.next_delay(0, Some(Duration::from_secs(5))), Duration::from_secs(1));
+        assert!(
+            d > Duration::from_millis(200) && d <= Duration::from_millis(221),
+            "{d:?}"
+        );
+        assert_eq!(
+            b.next_delay(0, Some(Duration::from_secs(5))),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -94,6 +94,7 @@ macro_rules! all_stores {
     ($($case:ident),* $(,)?) => {
         conformance!(redis, crate::Harness::redis(), [$($case),*]);
         conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
+        conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
     };
 }
 

@@ -143,8 +143,14 @@ mod tests {
     #[test]
     fn standalone_keys_are_the_samples() {
         let k = Keys::new("lease:", false);
-        assert_eq!(k.lease("critical-section-lock"), "lease:critical-section-lock");
-        assert_eq!(k.fence("critical-section-lock"), "lease:critical-section-lock:fence");
+        assert_eq!(
+            k.lease("critical-section-lock"),
+            "lease:critical-section-lock"
+        );
+        assert_eq!(
+            k.fence("critical-section-lock"),
+            "lease:critical-section-lock:fence"
+        );
         assert_eq!(k.name_of("lease:a:b"), Some("a:b".into()));
         assert_eq!(k.name_of("lease:a:fence"), None);
         assert_eq!(k.name_of("other:a"), None);
@@ -172,7 +178,14 @@ mod tests {
         let info = info_from_hash(
             "n",
             1500,
-            &[f("leaseId"), f("abc"), f("acquiredAt"), f("2025-12-25T21:00:00.000Z"), f("meta_region"), f("us-east")],
+            &[
+                f("leaseId"),
+                f("abc"),
+                f("acquiredAt"),
+                f("2025-12-25T21:00:00.000Z"),
+                f("meta_region"),
+                f("us-east"),
+            ],
         );
         assert_eq!(info.lease_id, "abc");
         assert_eq!(info.fencing_token, None);

@@ -92,7 +92,9 @@ impl RedisStore {
     /// `Config` for an unusable URL or CA file; `Backend` (unreachable, auth, timeout).
     pub async fn connect(options: RedisOptions) -> Result<Self> {
         let first = options.urls.first().ok_or_else(|| {
-            LeaseError::Config("no Redis URL given: pass redis://host:port or rediss://host:port".into())
+            LeaseError::Config(
+                "no Redis URL given: pass redis://host:port or rediss://host:port".into(),
+            )
         })?;
         let client = open_client(first, options.ca_file.as_ref())?;
         let info = client.get_connection_info();
@@ -354,7 +356,12 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
     let detail = e.detail().unwrap_or("");
     LeaseError::backend(
         BackendErrorKind::Other,
-        format!("Redis at {addr} failed: {} {code} {detail}", e.kind_description()).trim_end().to_owned(),
+        format!(
+            "Redis at {addr} failed: {} {code} {detail}",
+            e.kind_description()
+        )
+        .trim_end()
+        .to_owned(),
     )
 }
 
@@ -362,7 +369,12 @@ fn io_reason(e: &RedisError) -> String {
     let text = e.to_string();
     // The driver's IO error text is the OS error ("Connection refused (os error 111)"); keep it
     // short and never longer than one line.
-    text.lines().next().unwrap_or("connection failed").chars().take(160).collect()
+    text.lines()
+        .next()
+        .unwrap_or("connection failed")
+        .chars()
+        .take(160)
+        .collect()
 }
 
 trait KindDescription {
