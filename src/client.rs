@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -185,7 +185,8 @@ impl LeaseClient {
         interval: Option<Duration>,
     ) -> Result<TryAcquire> {
         let lease_id = uuid::Uuid::new_v4().to_string();
-        let acquired_at = Utc::now();
+        // Stored with millisecond precision (the sample's format): keep the handle's copy equal.
+        let acquired_at = Utc::now().trunc_subsecs(3);
         let t_sent = Instant::now();
         let outcome = self
             .store

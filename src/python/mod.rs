@@ -1,1 +1,31 @@
-//! Python bindings (being written).
+//! The Python module `distributed_leasing._native`: the only place that uses PyO3.
+//!
+//! `runtime` owns the tokio runtime and the shutdown/fork rules, `bridge` turns Rust futures
+//! into asyncio futures or blocking calls, `classes` holds the Python classes and argument
+//! checks, `errors` the exception hierarchy. The public API is `python/distributed_leasing`.
+
+mod bridge;
+mod classes;
+mod errors;
+mod runtime;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<classes::PyClient>()?;
+    m.add_class::<classes::PyLease>()?;
+    m.add_class::<classes::PyLeaseInfo>()?;
+    m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
+    m.add(
+        "LeaseUnavailable",
+        py.get_type::<errors::LeaseUnavailable>(),
+    )?;
+    m.add("LeaseLost", py.get_type::<errors::LeaseLost>())?;
+    m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
+    m.add("BackendError", py.get_type::<errors::BackendError>())?;
+    m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,335 @@
+"""``LeaseClient`` (owns the connection to a store) and the module-level ``lease()``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from . import _native
+from ._lease import LeaseContext, OnLost
+from ._native import Lease, LeaseError, LeaseInfo
+
+
+class LeaseClient:
+    """A connection to a lease store (Redis, Redis Cluster or SQLite).
+
+    Create it with ``await LeaseClient.connect(url)``, ``LeaseClient.connect_sync(url)`` or
+    ``LeaseClient.from_config(dir)``. Create clients after ``fork()``, not before.
+    """
+
+    __slots__ = ("__native",)
+
+    def __init__(self, native: _native._Client) -> None:
+        self.__native: _native._Client | None = native
+
+    @property
+    def _native(self) -> _native._Client:
+        native = self.__native
+        if native is None:
+            raise LeaseError("this LeaseClient is closed; create a new one")
+        return native
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        key_prefix: str | None = None,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+    ) -> LeaseClient:
+        """Connects to ``redis://``, ``rediss://`` (TLS) or ``sqlite:///path/leases.db``."""
+        native = await _native._Client.connect(
+            url,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            key_prefix=key_prefix,
+            connect_timeout=connect_timeout,
+            operation_timeout=operation_timeout,
+            ca_file=None if ca_file is None else os.fspath(ca_file),
+        )
+        return cls(native)
+
+    @classmethod
+    def connect_sync(
+        cls,
+        url: str,
+        *,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        key_prefix: str | None = None,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+    ) -> LeaseClient:
+        """``connect`` for synchronous code (blocks with the GIL released)."""
+        native = _native._Client.connect_blocking(
+            url,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            key_prefix=key_prefix,
+            connect_timeout=connect_timeout,
+            operation_timeout=operation_timeout,
+            ca_file=None if ca_file is None else os.fspath(ca_file),
+        )
+        return cls(native)
+
+    @classmethod
+    def from_config(cls, dir: str | os.PathLike[str] = ".") -> LeaseClient:
+        """Connects as configured: appsettings.json, appsettings.Local.json, environment.
+
+        Raises ``ConfigError`` listing the ways to configure when nothing is configured.
+        """
+        return cls(_native._Client.from_config_blocking(os.fspath(Path(dir))))
+
+    # -- leases ------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """The store in use: ``redis``, ``redis-cluster`` or ``sqlite``."""
+        return self._native.kind
+
+    def lease(
+        self,
+        name: str,
+        *,
+        duration: float | None = None,
+        wait: float | None = 0.0,
+        auto_renew: bool | None = None,
+        renew_interval: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        on_lost: OnLost = "cancel",
+    ) -> LeaseContext:
+        """A context manager (``async with`` or ``with``) holding the lease while its body runs."""
+
+        async def get() -> LeaseClient:
+            return self
+
+        return LeaseContext(
+            get,
+            lambda: self,
+            name,
+            wait=wait,
+            on_lost=on_lost,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=metadata,
+        )
+
+    async def try_acquire(
+        self,
+        name: str,
+        *,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Lease | None:
+        """One attempt: the lease, or None if someone else holds it."""
+        lease, _holder = await self._native.try_acquire(
+            name,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=None if metadata is None else dict(metadata),
+        )
+        return lease
+
+    def try_acquire_sync(
+        self,
+        name: str,
+        *,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Lease | None:
+        """``try_acquire`` for synchronous code."""
+        lease, _holder = self._native.try_acquire_blocking(
+            name,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=None if metadata is None else dict(metadata),
+        )
+        return lease
+
+    async def acquire(
+        self,
+        name: str,
+        *,
+        wait: float | None = 0.0,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Lease:
+        """Takes the lease, waiting up to ``wait`` seconds (None: forever; 0: one attempt).
+
+        Raises ``LeaseUnavailable`` (with ``.holder``) when the wait runs out.
+        """
+        return await self._native.acquire(
+            name,
+            wait=wait,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=None if metadata is None else dict(metadata),
+        )
+
+    def acquire_sync(
+        self,
+        name: str,
+        *,
+        wait: float | None = 0.0,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Lease:
+        """``acquire`` for synchronous code (Ctrl-C interrupts a wait)."""
+        return self._native.acquire_blocking(
+            name,
+            wait=wait,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=None if metadata is None else dict(metadata),
+        )
+
+    async def inspect(self, name: str) -> LeaseInfo | None:
+        """The current holder of ``name``, or None."""
+        return await self._native.inspect(name)
+
+    def inspect_sync(self, name: str) -> LeaseInfo | None:
+        """``inspect`` for synchronous code."""
+        return self._native.inspect_blocking(name)
+
+    async def list(self, prefix: str = "") -> list[LeaseInfo]:
+        """Every held lease whose name starts with ``prefix``, sorted by name."""
+        return await self._native.list(prefix)
+
+    def list_sync(self, prefix: str = "") -> list[LeaseInfo]:
+        """``list`` for synchronous code."""
+        return self._native.list_blocking(prefix)
+
+    async def force_release(self, name: str) -> bool:
+        """Deletes the lease whoever holds it (administrators). True if one existed."""
+        return await self._native.force_release(name)
+
+    def force_release_sync(self, name: str) -> bool:
+        """``force_release`` for synchronous code."""
+        return self._native.force_release_blocking(name)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Closes the connection. Leases still held expire by themselves."""
+        self.__native = None
+
+    def close_sync(self) -> None:
+        """``close`` for synchronous code."""
+        self.__native = None
+
+    async def __aenter__(self) -> LeaseClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> LeaseClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
+    def __repr__(self) -> str:
+        native = self.__native
+        return "LeaseClient(closed)" if native is None else repr(native)
+
+
+# -- the process-wide default client of lease() ------------------------------------------------
+
+_default: tuple[int, LeaseClient] | None = None
+_default_lock = threading.Lock()
+
+
+def _default_client_sync() -> LeaseClient:
+    global _default
+    with _default_lock:
+        if _default is None or _default[0] != os.getpid():
+            _default = (os.getpid(), LeaseClient.from_config("."))
+        return _default[1]
+
+
+async def _default_client() -> LeaseClient:
+    current = _default
+    if current is not None and current[0] == os.getpid():
+        return current[1]
+    return await asyncio.to_thread(_default_client_sync)
+
+
+def lease(
+    name: str,
+    *,
+    duration: float | None = None,
+    wait: float | None = 0.0,
+    auto_renew: bool | None = None,
+    renew_interval: float | None = None,
+    metadata: Mapping[str, str] | None = None,
+    on_lost: OnLost = "cancel",
+    client: LeaseClient | None = None,
+) -> LeaseContext:
+    """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
+
+    None means "from config": without ``client``, a process-wide client is made from
+    ``appsettings.json`` / ``appsettings.Local.json`` / ``RedisLeasing__*`` environment variables
+    in the current directory, and ``ConfigError`` says how to configure if nothing is.
+    ``wait=0`` tries once and raises ``LeaseUnavailable`` (with ``.holder``); ``wait=5.0`` waits
+    up to 5 s; ``wait=None`` waits forever.
+    """
+    if client is not None:
+        return client.lease(
+            name,
+            duration=duration,
+            wait=wait,
+            auto_renew=auto_renew,
+            renew_interval=renew_interval,
+            metadata=metadata,
+            on_lost=on_lost,
+        )
+    return LeaseContext(
+        _default_client,
+        _default_client_sync,
+        name,
+        wait=wait,
+        on_lost=on_lost,
+        duration=duration,
+        renew_interval=renew_interval,
+        auto_renew=auto_renew,
+        metadata=metadata,
+    )

@@ -1,0 +1,520 @@
+//! The Python classes: `_Client` (wrapped by the public `LeaseClient`), `Lease` and `LeaseInfo`.
+//!
+//! Each method that talks to the store exists twice: `name(...)` returns an awaitable,
+//! `name_blocking(...)` blocks with the GIL released. Argument checks (durations, metadata
+//! types) happen here, before anything is sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use crate::client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
+use crate::info::LeaseInfo;
+use crate::lease::{Lease, LeaseEnd};
+
+use super::bridge::{block_on, future_into_py};
+use super::runtime;
+
+/// Converts seconds from Python, refusing NaN, infinities and negatives with the parameter's name.
+pub(crate) fn seconds(param: &str, value: f64) -> PyResult<Duration> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{param}={value} is not a valid number of seconds: give a finite number >= 0"
+        )));
+    }
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{param}={value} seconds is too large")))
+}
+
+fn opt_seconds(param: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(param, v)).transpose()
+}
+
+fn metadata_of(metadata: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Some(d) = metadata else { return Ok(out) };
+    for (k, v) in d.iter() {
+        let key = k.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "metadata keys must be str; got {} ({})",
+                k.repr().map_or_else(|_| "?".into(), |r| r.to_string()),
+                k.get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
+            ))
+        })?;
+        let key = key.to_str()?.to_owned();
+        let value =
+            v.cast::<PyString>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                "metadata value for key {key:?} must be str; got {} (convert it with str() first)",
+                v.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+            ))
+            })?;
+        out.insert(key, value.to_str()?.to_owned());
+    }
+    Ok(out)
+}
+
+/// What anyone may see of a lease's holder.
+#[pyclass(name = "LeaseInfo", module = "distributed_leasing", frozen, eq)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PyLeaseInfo {
+    info: LeaseInfo,
+}
+
+impl From<LeaseInfo> for PyLeaseInfo {
+    fn from(info: LeaseInfo) -> Self {
+        Self { info }
+    }
+}
+
+#[pymethods]
+impl PyLeaseInfo {
+    #[getter]
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+    #[getter]
+    fn lease_id(&self) -> &str {
+        &self.info.lease_id
+    }
+    #[getter]
+    fn acquired_at(&self) -> Option<DateTime<Utc>> {
+        self.info.acquired_at
+    }
+    #[getter]
+    fn fencing_token(&self) -> Option<u64> {
+        self.info.fencing_token
+    }
+    #[getter]
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.info.metadata.clone()
+    }
+    #[getter]
+    fn ttl(&self) -> Option<f64> {
+        self.info.ttl.map(|t| t.as_secs_f64())
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={})",
+            self.info.name,
+            self.info.lease_id,
+            self.info
+                .fencing_token
+                .map_or_else(|| "None".into(), |t| t.to_string()),
+            self.info.metadata,
+            self.info
+                .ttl
+                .map_or_else(|| "None".into(), |t| format!("{:.3}", t.as_secs_f64())),
+        )
+    }
+}
+
+/// A held lease.
+#[pyclass(name = "Lease", module = "distributed_leasing", frozen)]
+pub(crate) struct PyLease {
+    inner: Arc<Lease>,
+    pid: u32,
+}
+
+fn end_name(end: LeaseEnd) -> Option<&'static str> {
+    match end {
+        LeaseEnd::Lost(r) => Some(r.as_str()),
+        LeaseEnd::Released => None,
+    }
+}
+
+#[pymethods]
+impl PyLease {
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    #[getter]
+    fn lease_id(&self) -> &str {
+        self.inner.lease_id()
+    }
+    #[getter]
+    fn fencing_token(&self) -> u64 {
+        self.inner.fencing_token()
+    }
+    #[getter]
+    fn acquired_at(&self) -> DateTime<Utc> {
+        self.inner.acquired_at()
+    }
+    #[getter]
+    fn duration(&self) -> f64 {
+        self.inner.duration().as_secs_f64()
+    }
+    #[getter]
+    fn renewals(&self) -> u64 {
+        self.inner.renewals()
+    }
+    #[getter]
+    fn renewal_failures(&self) -> u64 {
+        self.inner.renewal_failures()
+    }
+    #[getter]
+    fn expires_in(&self) -> f64 {
+        self.inner.expires_in().as_secs_f64()
+    }
+    #[getter]
+    fn is_lost(&self) -> bool {
+        self.inner.is_lost()
+    }
+    #[getter]
+    fn lost_reason(&self) -> Option<&'static str> {
+        self.inner
+            .lost_reason()
+            .map(crate::error::LostReason::as_str)
+    }
+    #[getter]
+    fn is_released(&self) -> bool {
+        self.inner.end() == Some(LeaseEnd::Released)
+    }
+
+    fn renew<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let lease = Arc::clone(&self.inner);
+        future_into_py(py, async move { lease.renew().await })
+    }
+    fn renew_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        runtime::check_pid(self.pid)?;
+        let lease = Arc::clone(&self.inner);
+        block_on(py, async move { lease.renew().await })
+    }
+    fn release<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let lease = Arc::clone(&self.inner);
+        future_into_py(py, async move { lease.release().await })
+    }
+    fn release_blocking(&self, py: Python<'_>) -> PyResult<bool> {
+        runtime::check_pid(self.pid)?;
+        let lease = Arc::clone(&self.inner);
+        block_on(py, async move { lease.release().await })
+    }
+    /// Resolves when the lease ends: to the loss reason, or None if it was released.
+    fn wait_lost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let ended = self.inner.ended();
+        future_into_py(py, async move { Ok(end_name(ended.await)) })
+    }
+    /// Calls `callback(reason_or_None)` on `event_loop` once the lease ends.
+    fn _on_end(&self, event_loop: Py<PyAny>, callback: Py<PyAny>) -> PyResult<()> {
+        runtime::check_pid(self.pid)?;
+        let ended = self.inner.ended();
+        runtime::get()?.spawn(async move {
+            let end = ended.await;
+            runtime::with_python(|py| {
+                let _ =
+                    event_loop.call_method1(py, "call_soon_threadsafe", (callback, end_name(end)));
+            });
+        });
+        Ok(())
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Lease(name={:?}, lease_id={:?}, fencing_token={}, renewals={}, expires_in={:.3}, is_lost={})",
+            self.inner.name(),
+            self.inner.lease_id(),
+            self.inner.fencing_token(),
+            self.inner.renewals(),
+            self.inner.expires_in().as_secs_f64(),
+            if self.inner.is_lost() { "True" } else { "False" },
+        )
+    }
+}
+
+impl PyLease {
+    fn new(lease: Lease) -> Self {
+        Self {
+            inner: Arc::new(lease),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The native client; `distributed_leasing.LeaseClient` wraps it.
+#[pyclass(name = "_Client", module = "distributed_leasing._native", frozen)]
+pub(crate) struct PyClient {
+    inner: LeaseClient,
+    pid: u32,
+}
+
+/// Per-call lease arguments, checked before anything is sent.
+struct Args {
+    name: String,
+    options: LeaseOptions,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn args(
+    name: String,
+    duration: Option<f64>,
+    renew_interval: Option<f64>,
+    auto_renew: Option<bool>,
+    metadata: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Args> {
+    Ok(Args {
+        name,
+        options: LeaseOptions {
+            duration: opt_seconds("duration", duration)?,
+            renew_interval: opt_seconds("renew_interval", renew_interval)?,
+            auto_renew,
+            metadata: metadata_of(metadata)?,
+        },
+    })
+}
+
+type TryOut = (Option<PyLease>, Option<PyLeaseInfo>);
+
+fn try_out(r: TryAcquire) -> TryOut {
+    match r {
+        TryAcquire::Acquired(l) => (Some(PyLease::new(l)), None),
+        TryAcquire::Held(h) => (None, Some(h.into())),
+    }
+}
+
+fn client_options(
+    duration: Option<f64>,
+    renew_interval: Option<f64>,
+    auto_renew: Option<bool>,
+    key_prefix: Option<String>,
+    connect_timeout: Option<f64>,
+    operation_timeout: Option<f64>,
+    ca_file: Option<std::path::PathBuf>,
+) -> PyResult<ClientOptions> {
+    let d = ClientOptions::default();
+    Ok(ClientOptions {
+        default_duration: opt_seconds("duration", duration)?.unwrap_or(d.default_duration),
+        renew_interval: opt_seconds("renew_interval", renew_interval)?,
+        auto_renew: auto_renew.unwrap_or(d.auto_renew),
+        key_prefix: key_prefix.unwrap_or(d.key_prefix),
+        connect_timeout: opt_seconds("connect_timeout", connect_timeout)?
+            .unwrap_or(d.connect_timeout),
+        operation_timeout: opt_seconds("operation_timeout", operation_timeout)?
+            .unwrap_or(d.operation_timeout),
+        ca_file,
+        backoff: d.backoff,
+    })
+}
+
+#[pymethods]
+impl PyClient {
+    #[staticmethod]
+    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect<'py>(
+        py: Python<'py>,
+        url: String,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        key_prefix: Option<String>,
+        connect_timeout: Option<f64>,
+        operation_timeout: Option<f64>,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = client_options(
+            duration,
+            renew_interval,
+            auto_renew,
+            key_prefix,
+            connect_timeout,
+            operation_timeout,
+            ca_file,
+        )?;
+        future_into_py(py, async move {
+            let inner = LeaseClient::connect(&url, opts).await?;
+            Ok(PyClient {
+                inner,
+                pid: std::process::id(),
+            })
+        })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect_blocking(
+        py: Python<'_>,
+        url: String,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        key_prefix: Option<String>,
+        connect_timeout: Option<f64>,
+        operation_timeout: Option<f64>,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> PyResult<PyClient> {
+        let opts = client_options(
+            duration,
+            renew_interval,
+            auto_renew,
+            key_prefix,
+            connect_timeout,
+            operation_timeout,
+            ca_file,
+        )?;
+        block_on(py, async move {
+            let inner = LeaseClient::connect(&url, opts).await?;
+            Ok(PyClient {
+                inner,
+                pid: std::process::id(),
+            })
+        })
+    }
+
+    /// The store kind: `redis`, `redis-cluster` or `sqlite`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.store().kind()
+    }
+
+    #[pyo3(signature = (name, *, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    fn try_acquire<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        metadata: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move {
+            client.try_acquire(&a.name, &a.options).await.map(try_out)
+        })
+    }
+
+    #[pyo3(signature = (name, *, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    fn try_acquire_blocking(
+        &self,
+        py: Python<'_>,
+        name: String,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<TryOut> {
+        runtime::check_pid(self.pid)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let client = self.inner.clone();
+        block_on(py, async move {
+            client.try_acquire(&a.name, &a.options).await.map(try_out)
+        })
+    }
+
+    #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn acquire<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        wait: Option<f64>,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        metadata: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let wait = opt_seconds("wait", wait)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move {
+            client
+                .acquire(&a.name, &a.options, wait)
+                .await
+                .map(PyLease::new)
+        })
+    }
+
+    #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_blocking(
+        &self,
+        py: Python<'_>,
+        name: String,
+        wait: Option<f64>,
+        duration: Option<f64>,
+        renew_interval: Option<f64>,
+        auto_renew: Option<bool>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyLease> {
+        runtime::check_pid(self.pid)?;
+        let wait = opt_seconds("wait", wait)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let client = self.inner.clone();
+        block_on(py, async move {
+            client
+                .acquire(&a.name, &a.options, wait)
+                .await
+                .map(PyLease::new)
+        })
+    }
+
+    fn inspect<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move {
+            Ok(client.inspect(&name).await?.map(PyLeaseInfo::from))
+        })
+    }
+    fn inspect_blocking(&self, py: Python<'_>, name: String) -> PyResult<Option<PyLeaseInfo>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        block_on(py, async move {
+            Ok(client.inspect(&name).await?.map(PyLeaseInfo::from))
+        })
+    }
+
+    #[pyo3(signature = (prefix=String::new()))]
+    fn list<'py>(&self, py: Python<'py>, prefix: String) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move {
+            Ok(client
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .map(PyLeaseInfo::from)
+                .collect::<Vec<_>>())
+        })
+    }
+    #[pyo3(signature = (prefix=String::new()))]
+    fn list_blocking(&self, py: Python<'_>, prefix: String) -> PyResult<Vec<PyLeaseInfo>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        block_on(py, async move {
+            Ok(client
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .map(PyLeaseInfo::from)
+                .collect::<Vec<_>>())
+        })
+    }
+
+    fn force_release<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move { client.force_release(&name).await })
+    }
+    fn force_release_blocking(&self, py: Python<'_>, name: String) -> PyResult<bool> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        block_on(py, async move { client.force_release(&name).await })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("LeaseClient(store={:?})", self.inner.store().kind())
+    }
+}

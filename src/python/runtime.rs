@@ -1,0 +1,97 @@
+//! The tokio runtime behind the Python module, and the rules for touching Python from it.
+//!
+//! All tokio access of the bindings goes through [`get`]. The runtime is created lazily (a
+//! process that imports the module and forks before using it, as gunicorn does, is fine) and
+//! records the pid that created it: after `fork()` its worker threads do not exist in the child,
+//! so the child gets a fresh runtime, and objects made before the fork refuse to work (see
+//! [`check_pid`]) instead of hanging on a dead thread.
+//!
+//! Interpreter shutdown: a tokio thread must never take the GIL once finalization has begun (a
+//! prototype crashed in ~25% of short processes that way). Every tokio-side entry into Python
+//! goes through [`with_python`], and the `atexit` hook [`shutdown`] closes that door and waits,
+//! with the GIL released, until no thread is inside. `atexit` hooks run before finalization.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+use super::errors::BackendError;
+
+struct Slot {
+    pid: u32,
+    runtime: Runtime,
+}
+
+static SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static CLOSING: AtomicBool = AtomicBool::new(false);
+static INSIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// The runtime of this process, created on first use (again in a forked child).
+pub(crate) fn get() -> PyResult<&'static Runtime> {
+    let pid = std::process::id();
+    let current = SLOT.load(SeqCst);
+    // SAFETY: slots are leaked on purpose and never freed, so a loaded pointer stays valid.
+    if let Some(slot) = unsafe { current.as_ref() } {
+        if slot.pid == pid {
+            return Ok(&slot.runtime);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("distributed-leasing")
+        .enable_all()
+        .build()
+        .map_err(|e| BackendError::new_err(format!("cannot start the tokio runtime: {e}")))?;
+    let fresh = Box::into_raw(Box::new(Slot { pid, runtime }));
+    // The old slot (from before a fork) is leaked: dropping a runtime joins its worker threads,
+    // which do not exist in a forked child, so dropping would hang.
+    match SLOT.compare_exchange(current, fresh, SeqCst, SeqCst) {
+        // SAFETY: `fresh` was just leaked and is never freed.
+        Ok(_) => Ok(unsafe { &(*fresh).runtime }),
+        Err(winner) => {
+            // Another thread installed a runtime first; use it. Ours was never shared; drop it.
+            // SAFETY: `fresh` came from Box::into_raw above and nobody else saw it.
+            drop(unsafe { Box::from_raw(fresh) });
+            // SAFETY: as above, installed slots are never freed.
+            Ok(unsafe { &(*winner).runtime })
+        }
+    }
+}
+
+/// Refuses an object created in another process (before a fork).
+pub(crate) fn check_pid(created_by: u32) -> PyResult<()> {
+    if created_by == std::process::id() {
+        Ok(())
+    } else {
+        Err(BackendError::new_err(
+            "this client was created before fork(); its connections belong to the parent process: create a new LeaseClient in the child after forking",
+        ))
+    }
+}
+
+/// Runs `f` with the GIL unless the interpreter is shutting down (then returns `None`).
+pub(crate) fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    INSIDE.fetch_add(1, SeqCst);
+    let result = if CLOSING.load(SeqCst) {
+        None
+    } else {
+        Some(Python::attach(f))
+    };
+    INSIDE.fetch_sub(1, SeqCst);
+    result
+}
+
+/// The `atexit` hook: stop tokio threads from entering Python, then wait (GIL released, at
+/// most five seconds) for those already inside to leave.
+#[pyfunction]
+pub(crate) fn _shutdown(py: Python<'_>) {
+    CLOSING.store(true, SeqCst);
+    py.detach(|| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while INSIDE.load(SeqCst) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
