@@ -1,0 +1,414 @@
+"""The lease engine on a real Redis: the sample's data model, one-round-trip refusals, loss,
+fencing, processes that exit cleanly, and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import distributed_leasing as dl
+from redis_servers import RedisServer
+
+SAMPLE_META = {
+    "instanceId": "us-east-1",
+    "region": "us-east",
+    "hostname": "MACHINE-NAME",
+    "startTime": "2025-12-25T21:00:00Z",
+}
+
+
+def hgetall(srv: RedisServer, key: str) -> dict[str, str]:
+    out = srv.cli("HGETALL", key)
+    lines = out.splitlines()
+    return dict(zip(lines[0::2], lines[1::2], strict=True))
+
+
+async def test_hash_has_exactly_the_samples_fields_and_ttl(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    async with client.lease(unique_name, metadata=SAMPLE_META) as lease:
+        fields = hgetall(redis_server, f"lease:{unique_name}")
+        assert set(fields) == {
+            "leaseId",
+            "acquiredAt",
+            "fencingToken",
+            "meta_instanceId",
+            "meta_region",
+            "meta_hostname",
+            "meta_startTime",
+        }
+        assert fields["leaseId"] == lease.lease_id
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["acquiredAt"])
+        assert fields["fencingToken"] == str(lease.fencing_token)
+        assert fields["meta_instanceId"] == "us-east-1"
+        assert fields["meta_startTime"] == "2025-12-25T21:00:00Z"
+        ttl = int(redis_server.cli("TTL", f"lease:{unique_name}").strip())
+        assert 28 <= ttl <= 30
+        assert redis_server.cli("TYPE", f"lease:{unique_name}:fence").strip() == "string"
+        assert lease.acquired_at.isoformat(timespec="milliseconds").startswith(
+            fields["acquiredAt"][:-1]
+        )
+    assert redis_server.cli("EXISTS", f"lease:{unique_name}").strip() == "0"
+
+
+class Monitor:
+    """Records what clients send (MONITOR), from a thread, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"MONITOR\r\n")
+        self.lines: list[str] = []
+        self._buf = b""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self._buf += chunk
+                *done, self._buf = self._buf.split(b"\r\n")
+                self.lines += [d.decode(errors="replace") for d in done]
+        except OSError:
+            pass
+
+    def stop(self) -> list[str]:
+        time.sleep(0.3)
+        self.sock.close()
+        self.thread.join(5)
+        return self.lines
+
+
+COMPETITOR = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import distributed_leasing as dl
+
+    async def main() -> None:
+        url, name, me, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+        client = await dl.LeaseClient.connect(url)
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        try:
+            async with client.lease(name, metadata={"instanceId": me, "region": me + "-region"}):
+                print(json.dumps({"won": True}), flush=True)
+                await asyncio.sleep(1.5)
+        except dl.LeaseUnavailable as e:
+            assert e.holder is not None
+            print(json.dumps({"won": False, "holder": e.holder.metadata}), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_two_processes_one_winner_holder_from_the_same_round_trip(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    # Load the scripts first, so that each competitor sends exactly one command for the lease.
+    warm = dl.LeaseClient.connect_sync(redis_server.url)
+    warm.acquire_sync(unique_name + "-warm").release_blocking()
+    monitor = Monitor(redis_server.port)
+    start_at = time.time() + 2.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", COMPETITOR, redis_server.url, unique_name, me, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me in ("alpha", "beta")
+    ]
+    results = {}
+    for me, p in zip(("alpha", "beta"), procs, strict=True):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        results[me] = json.loads(out.strip().splitlines()[-1])
+    lines = monitor.stop()
+    winners = [me for me, r in results.items() if r["won"]]
+    assert len(winners) == 1, results
+    loser = "beta" if winners == ["alpha"] else "alpha"
+    assert results[loser]["holder"] == {
+        "instanceId": winners[0],
+        "region": winners[0] + "-region",
+    }
+    # Client commands (not the script's own, which MONITOR marks "lua") naming the lease key:
+    # one acquire each, then the winner's release. The loser learnt the holder with no second
+    # query.
+    key = f'"lease:{unique_name}"'
+    sent = [ln for ln in lines if key in ln and "lua]" not in ln]
+    assert len(sent) == 3, sent
+    assert sum(1 for ln in sent if '"EVALSHA"' in ln) == 3
+
+
+async def test_deleting_the_key_raises_lease_lost_from_async_with(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    reached_end = False
+    started = time.monotonic()
+    with pytest.raises(dl.LeaseLost) as info:
+        async with client.lease(unique_name, duration=5.0, renew_interval=0.5):
+            redis_server.cli("DEL", f"lease:{unique_name}")
+            await asyncio.sleep(30)
+            reached_end = True
+    assert not reached_end
+    assert info.value.reason == "missing"
+    assert time.monotonic() - started < 20  # generous: one renew interval is 0.5 s
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+
+
+async def test_on_lost_ignore_flips_the_flag_and_wait_lost_returns(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    async with client.lease(
+        unique_name, duration=5.0, renew_interval=0.5, on_lost="ignore"
+    ) as lease:
+        assert not lease.is_lost
+        redis_server.cli("DEL", f"lease:{unique_name}")
+        reason = await asyncio.wait_for(lease.wait_lost(), timeout=20)
+        assert reason == "missing"
+        assert lease.is_lost
+        assert lease.lost_reason == "missing"
+        assert lease.expires_in == 0.0
+    # Leaving the block after a loss with on_lost="ignore" raises nothing.
+
+
+async def test_foreign_cancellation_still_propagates_and_releases(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with client.lease(unique_name):
+            entered.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await client.inspect(unique_name) is None
+
+
+async def test_fencing_tokens_increase_across_acquire_release_and_expiry(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    tokens = []
+    async with client.lease(unique_name) as a:
+        tokens.append(a.fencing_token)
+    b = await client.acquire(unique_name, duration=0.3, auto_renew=False)
+    tokens.append(b.fencing_token)
+    await asyncio.sleep(1.0)
+    assert b.is_lost
+    async with client.lease(unique_name) as c:
+        tokens.append(c.fencing_token)
+    assert tokens == sorted(set(tokens)), tokens
+    assert len(tokens) == 3
+
+
+def test_sync_with_and_unavailable(redis_server: RedisServer, unique_name: str) -> None:
+    client = dl.LeaseClient.connect_sync(redis_server.url)
+    with client.lease(unique_name, metadata={"instanceId": "sync"}) as lease:
+        assert lease.renewals == 0
+        with pytest.raises(dl.LeaseUnavailable) as info, client.lease(unique_name):
+            pass
+        assert info.value.holder is not None
+        assert info.value.holder.metadata == {"instanceId": "sync"}
+        assert info.value.holder.lease_id == lease.lease_id
+    assert client.inspect_sync(unique_name) is None
+
+
+async def test_wait_acquires_after_the_holder_releases(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    holder = await client.acquire(unique_name)
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.5)
+        await holder.release()
+
+    releaser = asyncio.create_task(release_soon())
+    async with client.lease(unique_name, wait=20.0) as lease:
+        assert lease.fencing_token > holder.fencing_token
+    await releaser
+
+
+SHORT_PROCESS = textwrap.dedent(
+    """
+    import asyncio, sys
+    import distributed_leasing as dl
+
+    async def main() -> None:
+        client = await dl.LeaseClient.connect(sys.argv[1])
+        async with client.lease(sys.argv[2]) as lease:
+            assert lease.fencing_token > 0
+        if sys.argv[3] == "keep":
+            # End with a lease still held and a renewal task alive: exit must still be clean.
+            await client.acquire(sys.argv[2] + "-kept", duration=1.0)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_fifty_short_processes_exit_cleanly(redis_server: RedisServer, unique_name: str) -> None:
+    failures = []
+    for i in range(50):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SHORT_PROCESS,
+                redis_server.url,
+                f"{unique_name}-{i}",
+                "keep" if i % 5 == 0 else "release",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0 or r.stderr.strip():
+            failures.append((i, r.returncode, r.stderr[-500:]))
+    assert failures == []
+
+
+FORK_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    import distributed_leasing as dl
+
+    client = dl.LeaseClient.connect_sync(sys.argv[1])
+    client.acquire_sync(sys.argv[2]).release_blocking()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            client.inspect_sync(sys.argv[2])
+            code = 10  # must not work silently on the parent's connections
+        except dl.BackendError as e:
+            if "fork" not in str(e):
+                code = 11
+        # A client made in the child works.
+        fresh = dl.LeaseClient.connect_sync(sys.argv[1])
+        with fresh.lease(sys.argv[2] + "-child") as lease:
+            if lease.fencing_token < 1:
+                code = 12
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status))
+    with client.lease(sys.argv[2]) as lease:
+        print("parent ok", lease.fencing_token)
+    """
+)
+
+
+def test_fork_child_refuses_parent_client_and_can_make_its_own(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD, redis_server.url, unique_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[0] == "0", r.stdout
+    assert "parent ok" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "needle"),
+    [
+        ({"duration": float("nan")}, ValueError, "duration=NaN"),
+        ({"duration": -1.0}, ValueError, "duration=-1 "),
+        ({"duration": float("inf")}, ValueError, "duration=inf"),
+        ({"duration": 0.0}, ValueError, "out of range"),
+        ({"duration": 1e300}, ValueError, "too large"),
+        ({"duration": 10.0, "renew_interval": 10.0}, ValueError, "renew interval"),
+        ({"wait": -1.0}, ValueError, "wait=-1 "),
+        ({"metadata": {"k": 1}}, TypeError, "must be str"),
+        ({"metadata": {1: "v"}}, TypeError, "keys must be str"),
+        ({"on_lost": "explode"}, ValueError, "on_lost"),
+    ],
+)
+async def test_bad_arguments_are_refused_clearly(
+    redis_server: RedisServer,
+    unique_name: str,
+    kwargs: dict[str, object],
+    error: type[Exception],
+    needle: str,
+) -> None:
+    client = await dl.LeaseClient.connect(redis_server.url)
+    with pytest.raises(error, match=re.escape(needle)):
+        async with client.lease(unique_name, **kwargs):  # type: ignore[arg-type]
+            pass
+    assert await client.inspect(unique_name) is None
+
+
+@pytest.mark.parametrize("name", ["", "x" * 1025, "a:fence", "bad\nname"])
+def test_bad_names_are_refused(redis_server: RedisServer, name: str) -> None:
+    client = dl.LeaseClient.connect_sync(redis_server.url)
+    with pytest.raises(ValueError, match="lease name"):
+        client.acquire_sync(name)
+
+
+def test_wrong_type_key_is_a_clear_error_and_left_untouched(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    redis_server.cli("SET", f"lease:{unique_name}", "someone else's data")
+    client = dl.LeaseClient.connect_sync(redis_server.url)
+    with pytest.raises(dl.BackendError) as info:
+        client.acquire_sync(unique_name)
+    assert info.value.kind == "wrong_type"
+    assert f"lease:{unique_name}" in str(info.value)
+    assert redis_server.cli("GET", f"lease:{unique_name}").strip() == "someone else's data"
+    assert redis_server.cli("EXISTS", f"lease:{unique_name}:fence").strip() == "0"
+
+
+@pytest.fixture
+def unreachable_url() -> Iterator[str]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    yield f"redis://127.0.0.1:{port}"
+
+
+def test_unreachable_server_is_a_backend_error(unreachable_url: str) -> None:
+    with pytest.raises(dl.BackendError) as info:
+        dl.LeaseClient.connect_sync(unreachable_url, connect_timeout=2.0)
+    assert info.value.kind == "unreachable"
+    assert "127.0.0.1" in str(info.value)
+
+
+def test_wrong_password_says_authentication_failed_without_the_secret(
+    redis_server_factory: object,
+) -> None:
+    secret = "s3cr3t-Pa55word-9f1c"
+    srv = redis_server_factory(acl_users={"alice": secret})  # type: ignore[operator]
+    with pytest.raises(dl.BackendError) as info:
+        dl.LeaseClient.connect_sync(srv.url_for("alice", "wrong-" + secret))
+    assert info.value.kind == "auth"
+    assert "authentication" in str(info.value)
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    client = dl.LeaseClient.connect_sync(srv.url_for("alice", secret))
+    assert secret not in repr(client)
+    with client.lease("acl-lease") as lease:
+        assert secret not in repr(lease)
