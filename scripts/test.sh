@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The project's one test command (CI runs it through .ci/run).
+#
+# Works on a fresh Debian 12 machine that has only Rust and Python >= 3.11 with pip: installs
+# redis-server, redis-tools and openssl (apt) and the test tools (requirements-dev.txt), then runs
+#   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings,
+#   maturin build --release + pip install of the wheel, ruff, mypy --strict, pytest tests/python.
+# Every Redis server the tests need is started by the tests themselves, on private loopback ports.
+#
+# Skip steps while iterating locally (all default to 0 = run):
+#   SKIP_DEPS=1   no apt-get / pip install          SKIP_RUST=1   no cargo fmt/clippy/test
+#   SKIP_BUILD=1  no wheel build/install            SKIP_LINT=1   no ruff/mypy
+#   SKIP_PYTEST=1 no pytest
+# Other knobs: PYTHON (default python3), PYTEST_TIMEOUT (seconds per test, default 300).
+# Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+PYTHON=${PYTHON:-python3}
+SKIP_DEPS=${SKIP_DEPS:-0}
+SKIP_RUST=${SKIP_RUST:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+SKIP_LINT=${SKIP_LINT:-0}
+SKIP_PYTEST=${SKIP_PYTEST:-0}
+PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-300}
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+START=$SECONDS
+section() { printf '\n==== %s  [t+%ss] ====\n' "$*" "$((SECONDS - START))"; }
+skipped() { printf '==== SKIPPED: %s ====\n' "$*"; }
+run() { printf '+ %s\n' "$*"; "$@"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+section "Toolchain"
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
+    || die "Python >= 3.11 needed"
+PY_EXE=$("$PYTHON" -c 'import sys; print(sys.executable)')
+echo "python: $PY_EXE ($("$PY_EXE" --version 2>&1))"
+command -v cargo >/dev/null || die "cargo not found"
+cargo --version
+rustc --version
+
+# ---------------------------------------------------------------------------------------------
+section "System packages (redis-server, redis-tools, openssl)"
+if [[ $SKIP_DEPS == 1 ]]; then
+    skipped "SKIP_DEPS=1"
+else
+    missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v openssl >/dev/null || missing+=(openssl)
+    if ((${#missing[@]})); then
+        if [[ $(id -u) == 0 ]]; then
+            SUDO=()
+        elif command -v sudo >/dev/null; then
+            SUDO=(sudo -n)
+        else
+            die "need root or sudo to apt-get install ${missing[*]}"
+        fi
+        echo "installing: ${missing[*]}"
+        run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        # RUNLEVEL=1: best effort to keep the package from starting a system-wide redis on :6379
+        # (the tests never use it; they start their own servers).
+        run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+            apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+for tool in redis-server redis-cli openssl; do
+    command -v "$tool" >/dev/null || die "$tool not found (run without SKIP_DEPS=1)"
+done
+redis-server --version
+openssl version
+
+# ---------------------------------------------------------------------------------------------
+section "Python test tools (requirements-dev.txt)"
+if [[ $SKIP_DEPS == 1 ]]; then
+    skipped "SKIP_DEPS=1"
+else
+    run "$PY_EXE" -m pip install -q -r requirements-dev.txt
+fi
+"$PY_EXE" -m pip list 2>/dev/null \
+    | grep -iE '^(maturin|pytest|pytest-timeout|ruff|mypy|redis|hypothesis|pexpect) ' || true
+
+# ---------------------------------------------------------------------------------------------
+section "Rust: fmt, clippy, test"
+HAVE_BINDINGS=0
+[[ -d python/distributed_leasing ]] && HAVE_BINDINGS=1
+if [[ $SKIP_RUST == 1 ]]; then
+    skipped "SKIP_RUST=1"
+else
+    run cargo fmt --check
+    run cargo clippy --all-targets -- -D warnings
+    run cargo test
+    if [[ $HAVE_BINDINGS == 1 ]]; then
+        PYO3_PYTHON=$PY_EXE run cargo clippy --features python --lib -- -D warnings
+    else
+        skipped "clippy --features python: python/distributed_leasing does not exist yet"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "Build and install the Python package (maturin build --release)"
+if [[ $SKIP_BUILD == 1 ]]; then
+    skipped "SKIP_BUILD=1 (testing whatever distributed_leasing is installed)"
+elif [[ $HAVE_BINDINGS == 0 ]]; then
+    skipped "python/distributed_leasing does not exist yet"
+else
+    rm -rf dist
+    run "$PY_EXE" -m maturin build --release -o dist --interpreter "$PY_EXE"
+    shopt -s nullglob
+    wheels=(dist/*.whl)
+    shopt -u nullglob
+    ((${#wheels[@]} == 1)) || die "expected exactly one wheel in dist/, got: ${wheels[*]:-none}"
+    run "$PY_EXE" -m pip install -q --force-reinstall --no-deps "${wheels[0]}"
+    # import from a neutral directory so the installed package, not the source tree, is found
+    (cd / && "$PY_EXE" -c 'import distributed_leasing as m; print("installed:", m.__file__)')
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "Lint: ruff, mypy --strict"
+if [[ $SKIP_LINT == 1 ]]; then
+    skipped "SKIP_LINT=1"
+else
+    ruff_dirs=()
+    for d in python tests examples; do [[ -d $d ]] && ruff_dirs+=("$d"); done
+    if ((${#ruff_dirs[@]})); then
+        run "$PY_EXE" -m ruff check "${ruff_dirs[@]}"
+    fi
+
+    # The harness modules are always strict-typed.
+    mypy_targets=(tests/python/redis_servers.py tests/python/tcp_proxy.py)
+    if [[ $HAVE_BINDINGS == 1 ]]; then
+        if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
+        then
+            mypy_targets+=(python/distributed_leasing)
+            [[ -d examples ]] && mypy_targets+=(examples)
+        else
+            echo "WARNING: python/distributed_leasing/_native.pyi is missing: the package and"
+            echo "         examples are NOT type-checked until the stub exists."
+        fi
+    fi
+    run "$PY_EXE" -m mypy --strict "${mypy_targets[@]}"
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "pytest tests/python"
+if [[ $SKIP_PYTEST == 1 ]]; then
+    skipped "SKIP_PYTEST=1"
+else
+    set +e
+    (
+        set -x
+        "$PY_EXE" -m pytest tests/python -q -p no:cacheprovider --timeout="$PYTEST_TIMEOUT" "$@"
+    )
+    rc=$?
+    set -e
+    if ((rc == 5)); then
+        if (($# > 0)); then
+            echo "WARNING: pytest selected no tests with the given arguments: $*"
+            rc=0
+        else
+            die "pytest collected no tests at all"
+        fi
+    fi
+    ((rc == 0)) || die "pytest failed (exit $rc)"
+fi
+
+# A leftover server would be a harness bug (redis-server chdirs into its dl-redis-* temp dir).
+for pid in $(pgrep -x redis-server || true); do
+    if [[ $(readlink "/proc/$pid/cwd" 2>/dev/null || true) == */dl-redis-* ]]; then
+        echo "WARNING: harness redis-server still running: pid $pid ($(readlink "/proc/$pid/cwd"))"
+    fi
+done
+
+section "All steps passed ($((SECONDS - START))s, repo $ROOT)"
