@@ -36,20 +36,21 @@ def _lost_error(lease: Lease) -> LeaseLost:
 
 
 class LeaseContext:
-    """What ``lease(...)`` and ``LeaseClient.lease(...)`` return: an async and sync context manager."""
+    """What ``lease(...)`` and ``LeaseClient.lease(...)`` return: an async and a sync
+    context manager."""
 
     __slots__ = (
+        "_auto_renew",
         "_cancelling",
         "_client",
+        "_duration",
         "_get_client",
         "_get_client_sync",
-        "_auto_renew",
-        "_duration",
-        "_metadata",
-        "_renew_interval",
         "_lease",
+        "_metadata",
         "_name",
         "_on_lost",
+        "_renew_interval",
         "_state",
         "_task",
         "_wait",

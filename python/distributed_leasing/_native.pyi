@@ -27,7 +27,8 @@ class LeaseLost(LeaseError):
     reason: LostReasonName
 
 class ConfigError(LeaseError):
-    """Configuration is missing or invalid; the message names the key, the value's problem and its source."""
+    """Configuration is missing or invalid; the message names the key, the value's problem
+    and its source."""
 
 class BackendError(LeaseError):
     """The store failed: unreachable, authentication, timeout, WRONGTYPE..."""

@@ -126,3 +126,15 @@ where
         }
     }
 }
+
+/// An await of a finished Rust future through this bridge (for `bench/bridge.py`).
+#[pyfunction]
+pub(crate) fn _bench_noop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async { Ok(()) })
+}
+
+/// The same through `pyo3-async-runtimes`' stock `future_into_py`: the measured baseline.
+#[pyfunction]
+pub(crate) fn _bench_noop_stock(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    pyo3_async_runtimes::tokio::future_into_py(py, async { Ok(()) })
+}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
 import subprocess
@@ -15,9 +14,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pytest
-
 import distributed_leasing as dl
+import pytest
 from redis_servers import RedisServer
 
 SAMPLE_META = {
