@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
 use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
@@ -118,6 +119,43 @@ impl LeaseClient {
             return Err(LeaseError::Config(
                 "unknown store URL scheme: use redis://host:port, rediss://host:port (TLS) or sqlite:///path/leases.db".into(),
             ));
+        };
+        Ok(Self::with_store(store, options))
+    }
+
+    /// Connects as `settings` say (see [`crate::config::load`]).
+    ///
+    /// # Errors
+    /// `Config` when nothing is configured or the mode is not supported; backend errors.
+    pub async fn from_settings(settings: &Settings, dir: &std::path::Path) -> Result<Self> {
+        let options = ClientOptions {
+            default_duration: settings.default_lease_duration,
+            renew_interval: Some(settings.auto_renew_interval),
+            auto_renew: settings.auto_renew,
+            key_prefix: settings.key_prefix.clone(),
+            connect_timeout: settings.connect_timeout,
+            operation_timeout: settings.sync_timeout,
+            ..ClientOptions::default()
+        };
+        let store: Arc<dyn LeaseStore> = match &settings.target {
+            None => return Err(crate::config::not_configured_error(dir)),
+            Some(StoreTarget::Sqlite { path }) => Arc::new(SqliteStore::open_async(path).await?),
+            Some(StoreTarget::Redis(target)) if target.entra_id => {
+                return Err(LeaseError::Config(format!(
+                    "Endpoint {} without a password means Microsoft Entra ID authentication, which this build does not support yet: use a ConnectionString with the access key (password=...) for now",
+                    target.display_url()
+                )))
+            }
+            Some(StoreTarget::Redis(target)) => Arc::new(
+                RedisStore::connect(RedisOptions {
+                    urls: target.node_urls(),
+                    key_prefix: options.key_prefix.clone(),
+                    connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
+                    response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
+                    ca_file: None,
+                })
+                .await?,
+            ),
         };
         Ok(Self::with_store(store, options))
     }

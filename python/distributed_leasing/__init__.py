@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 
 from . import _native
-from ._client import LeaseClient, lease
+from ._client import ConfigWarning, LeaseClient, lease
 from ._lease import LeaseContext, OnLost
 from ._native import (
     BackendError,
@@ -33,6 +33,7 @@ __version__: str = _native.__version__
 __all__ = [
     "BackendError",
     "ConfigError",
+    "ConfigWarning",
     "Lease",
     "LeaseClient",
     "LeaseContext",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -12,6 +13,10 @@ from types import TracebackType
 from . import _native
 from ._lease import LeaseContext, OnLost
 from ._native import Lease, LeaseError, LeaseInfo
+
+
+class ConfigWarning(UserWarning):
+    """A configuration problem that did not stop loading (an unknown key, an unused option)."""
 
 
 class LeaseClient:
@@ -93,7 +98,10 @@ class LeaseClient:
 
         Raises ``ConfigError`` listing the ways to configure when nothing is configured.
         """
-        return cls(_native._Client.from_config_blocking(os.fspath(Path(dir))))
+        native, problems = _native._Client.from_config_blocking(os.fspath(Path(dir)))
+        for problem in problems:
+            warnings.warn(problem, ConfigWarning, stacklevel=2)
+        return cls(native)
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -71,6 +71,15 @@ impl RedisTarget {
         }))
     }
 
+    /// One URL per node (cluster seeds), each with the credentials; the first is [`Self::to_url`].
+    #[must_use]
+    pub fn node_urls(&self) -> Vec<Secret> {
+        self.nodes
+            .iter()
+            .map(|n| Secret::new(self.url_with(std::iter::once(n), |p| percent_encode(p.expose()))))
+            .collect()
+    }
+
     /// The same URL for showing to people: every node, and the password as `***`.
     #[must_use]
     pub fn display_url(&self) -> String {

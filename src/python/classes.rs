@@ -371,6 +371,26 @@ impl PyClient {
         })
     }
 
+    /// Loads the configuration of `dir` and the environment, and connects; returns the client
+    /// and the configuration's warnings.
+    #[staticmethod]
+    fn from_config_blocking(
+        py: Python<'_>,
+        dir: std::path::PathBuf,
+    ) -> PyResult<(PyClient, Vec<String>)> {
+        block_on(py, async move {
+            let settings = crate::config::load_from_process_env(&dir)?;
+            let inner = LeaseClient::from_settings(&settings, &dir).await?;
+            Ok((
+                PyClient {
+                    inner,
+                    pid: std::process::id(),
+                },
+                settings.warnings,
+            ))
+        })
+    }
+
     /// The store kind: `redis`, `redis-cluster` or `sqlite`.
     #[getter]
     fn kind(&self) -> &'static str {
