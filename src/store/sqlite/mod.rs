@@ -889,7 +889,7 @@ mod tests {
         let long = "é".repeat(crate::store::MAX_NAME_LEN / 2);
         assert_eq!(long.len(), crate::store::MAX_NAME_LEN);
         let names = [
-            "lease:{critical-section-lock}:fence",
+            "lease:{critical-section-lock}:fenced",
             "with space and 'quote' \"double\"",
             "日本語/ключ/🔒",
             "100%_done\\",
