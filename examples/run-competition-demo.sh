@@ -86,11 +86,16 @@ crash() {
     echo 137 >"$tmp/$1.rc"
 }
 
-# wait_for NAME TEXT TIMEOUT: waits until the instance's output contains TEXT.
+# wait_for NAME TEXT TIMEOUT: waits until the instance's output contains TEXT; fails if the
+# instance exits first or TIMEOUT s pass.
 wait_for() {
     local name="$1" text="$2" limit="$3" waited=0
     while ! grep -qF -- "$text" "$tmp/$name.out" 2>/dev/null; do
         ((waited >= limit * 10)) && return 1
+        if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
+            grep -qF -- "$text" "$tmp/$name.out" 2>/dev/null
+            return
+        fi
         sleep 0.1
         waited=$((waited + 1))
     done
@@ -111,6 +116,11 @@ verdict() {
         echo "Scenario $number ($title): FAIL — $detail"
         failed=1
     fi
+}
+
+# plural N WORD: "1 winner", "2 winners".
+plural() {
+    if (($1 == 1)); then echo "$1 $2"; else echo "$1 ${2}s"; fi
 }
 
 # count_rc CODE NAME...: how many of the instances exited with CODE.
@@ -140,7 +150,7 @@ ok=no
 if ((winners == 1 && losers == 1)) && grep -qF "Lock unavailable | Held by:" "$tmp"/*-1.out; then
     ok=yes
 fi
-verdict 1 "simultaneous start" "$ok" "$winners winner, $losers loser"
+verdict 1 "simultaneous start" "$ok" "$(plural "$winners" winner), $(plural "$losers" loser)"
 echo
 
 # -- Scenario 2: takeover after a crash ------------------------------------------------------
@@ -178,13 +188,15 @@ winners=$(count_rc 0 us-east-3 eu-west-3 ap-south-3)
 losers=$(count_rc 3 us-east-3 eu-west-3 ap-south-3)
 ok=no
 ((winners == 1 && losers == 2)) && ok=yes
-verdict 3 "three regions" "$ok" "$winners winner, $losers losers"
+verdict 3 "three regions" "$ok" "$(plural "$winners" winner), $(plural "$losers" loser)"
 echo
 
 # -- Scenario 4: lease expiry ----------------------------------------------------------------
 echo "--- Scenario 4: lock expiration"
 lock="$run_id-4"
-start us-east-4 us-east "$lock" --work-seconds 60
+# A longer lease here, so that the check right after the crash surely finds it still held.
+EXPIRY_LEASE=$((LEASE * 2 + 1))
+start us-east-4 us-east "$lock" --work-seconds 60 --lease-seconds "$EXPIRY_LEASE"
 ok=no
 detail="the first instance did not acquire the lock"
 if wait_for us-east-4 "✓ Lock acquired" 15; then
@@ -192,14 +204,15 @@ if wait_for us-east-4 "✓ Lock acquired" 15; then
     start eu-west-4a eu-west "$lock" --work-seconds 1
     finish eu-west-4a 20
     early=$rc
-    echo "    (waiting ${LEASE}s + 1s for the lease to expire)"
-    sleep $((LEASE + 1))
+    echo "    (waiting ${EXPIRY_LEASE}s + 1s for the crashed instance's lease to expire)"
+    sleep $((EXPIRY_LEASE + 1))
     start eu-west-4b eu-west "$lock" --work-seconds 1
     finish eu-west-4b 20
     late=$rc
     if [[ "$early" == 3 && "$late" == 0 ]]; then
         ok=yes
-        detail="held by the crashed us-east-4 right after the crash, acquired after ${LEASE}s"
+        detail="still held by the crashed us-east-4 right after the crash;"
+        detail+=" acquired once its ${EXPIRY_LEASE}s lease expired"
     else
         detail="right after the crash: exit $early (want 3); after expiry: exit $late (want 0)"
     fi
