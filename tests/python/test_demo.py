@@ -166,6 +166,25 @@ def test_signal_releases_the_lease(
     assert nxt.wait() == 0, nxt.output()
 
 
+def test_sigint_while_waiting_gives_up_without_the_lock(
+    runner: Runner, demo_redis: RedisServer
+) -> None:
+    lock = fresh()
+    opts = ["--url", demo_redis.url, "--lock-name", lock]
+    holder = runner.compete("us-east-1", "us-east", *opts, *timings(lease=60, renew=20, work=60))
+    holder.wait_for("Lock acquired")
+    waiter = runner.compete("eu-west-1", "eu-west", *opts, "--wait", "60")
+    waiter.wait_for("Attempting lock")
+    time.sleep(1.0)  # now inside the wait
+    waiter.signal(signal.SIGINT)
+    assert waiter.wait() == 130
+    assert waiter.lines[-1] == "[eu-west-1] Interrupted"
+    assert demo_redis.cli("HGET", f"lease:{lock}", "meta_instanceId").strip() == "us-east-1"
+    holder.signal(signal.SIGINT)
+    assert holder.wait() == 130
+    assert demo_redis.cli("EXISTS", f"lease:{lock}").strip() == "0"
+
+
 def test_lost_lease_stops_the_work(runner: Runner, demo_redis: RedisServer) -> None:
     lock = fresh()
     inst = runner.compete(
