@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import importlib
 import io
-import json
-import os
 import signal
 import socket
 import sys
@@ -34,12 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from distributed_leasing import (
-    ConfigError,
     LeaseClient,
     LeaseError,
     LeaseInfo,
     LeaseLost,
     LeaseUnavailable,
+    is_configured,
 )
 
 EXIT_OK = 0
@@ -161,38 +159,13 @@ def prepare_embedded(db: Path) -> None:
         ignore.write_text("*\n")
 
 
-def configured(d: Path) -> bool:
-    """Whether anything here could configure a store: then a failure to load it is an error,
-    never a reason to fall back silently to a store of this machine only."""
-    if (d / "appsettings.Local.json").exists():
-        return True
-    if any(k.startswith("RedisLeasing__") for k in os.environ):
-        return True
-    try:
-        settings = json.loads((d / "appsettings.json").read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return False
-    section = settings.get("RedisLeasing") if isinstance(settings, dict) else None
-    return isinstance(section, dict) and bool(
-        section.get("ConnectionString") or section.get("Endpoint")
-    )
-
-
 async def open_store(args: argparse.Namespace) -> Store:
     if args.url:
         return Store(await LeaseClient.connect(args.url), None)
-    try:
+    # A configuration that exists but does not load is an error (ConfigError), never a reason
+    # to fall back silently to a store of this machine only.
+    if is_configured(args.dir):
         return Store(await asyncio.to_thread(LeaseClient.from_config, args.dir), None)
-    except ConfigError:
-        if configured(Path(args.dir)):
-            raise
-    except AttributeError:
-        # This build of distributed_leasing cannot read configuration files yet.
-        if configured(Path(args.dir)):
-            raise ConfigError(
-                f"a configuration exists in {Path(args.dir).resolve()} but this version of "
-                "distributed_leasing cannot read it; pass --url redis://host:port"
-            ) from None
     # Nothing is configured: only this demo falls back to a store of this machine.
     db = embedded_db_path(Path.cwd())
     prepare_embedded(db)

@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from ._client import LeaseClient
 from ._native import ConfigError, LeaseError, LeaseInfo
@@ -123,12 +123,6 @@ def _client(args: argparse.Namespace) -> LeaseClient:
         return LeaseClient.connect_sync(args.url, key_prefix=args.key_prefix)
     try:
         return LeaseClient.from_config(args.dir)
-    except AttributeError:
-        # This build of distributed_leasing has no configuration support yet.
-        raise ConfigError(
-            "this version of distributed_leasing cannot read configuration files; "
-            "pass --url redis://host:port (or rediss://..., sqlite:///path/leases.db)"
-        ) from None
     except ConfigError as e:
         raise ConfigError(f"{e} (or pass --url redis://host:port)") from None
 
@@ -145,9 +139,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    # (cast: _client.py and _native.pyi annotate with ``list[...]`` inside classes that define
-    # a ``list`` method, which mypy reads as the method; ``builtins.list`` would fix them.)
-    infos = cast("Sequence[LeaseInfo]", _client(args).list_sync(args.prefix))
+    infos = _client(args).list_sync(args.prefix)
     if args.json:
         print(json.dumps([_as_json(i) for i in infos], indent=2))
     elif not infos:
