@@ -17,7 +17,7 @@ use crate::client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 use crate::info::LeaseInfo;
 use crate::lease::{Lease, LeaseEnd};
 
-use super::bridge::{block_on, future_into_py};
+use super::bridge::{abortable_future_into_py, block_on, call_soon_when, future_into_py};
 use super::runtime;
 
 /// Converts seconds from Python, refusing NaN, infinities and negatives with the parameter's name.
@@ -203,20 +203,15 @@ impl PyLease {
     fn wait_lost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let ended = self.inner.ended();
-        future_into_py(py, async move { Ok(end_name(ended.await)) })
+        abortable_future_into_py(py, async move { Ok(end_name(ended.await)) })
     }
     /// Calls `callback(reason_or_None)` on `event_loop` once the lease ends.
-    fn _on_end(&self, event_loop: Py<PyAny>, callback: Py<PyAny>) -> PyResult<()> {
+    fn _on_end(&self, event_loop: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<()> {
         runtime::check_pid(self.pid)?;
         let ended = self.inner.ended();
-        runtime::get()?.spawn(async move {
-            let end = ended.await;
-            runtime::with_python(|py| {
-                let _ =
-                    event_loop.call_method1(py, "call_soon_threadsafe", (callback, end_name(end)));
-            });
-        });
-        Ok(())
+        call_soon_when(event_loop.py(), event_loop, callback, async move {
+            end_name(ended.await)
+        })
     }
     fn __repr__(&self) -> String {
         format!(
@@ -449,12 +444,17 @@ impl PyClient {
         let wait = opt_seconds("wait", wait)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata)?;
         let client = self.inner.clone();
-        future_into_py(py, async move {
+        let fut = async move {
             client
                 .acquire(&a.name, &a.options, wait)
                 .await
                 .map(PyLease::new)
-        })
+        };
+        if wait == Some(Duration::ZERO) {
+            future_into_py(py, fut)
+        } else {
+            abortable_future_into_py(py, fut)
+        }
     }
 
     #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
