@@ -17,9 +17,10 @@ fake's directory first on PATH.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SCOPE = "https://redis.azure.com/.default"
@@ -35,19 +36,24 @@ class FakeAz:
         redis_port: int | None,
         oid: str = DEFAULT_OID,
         lifetime: int = 6,
-        redis_cli: str | None = None,
+        redis_cli: Sequence[str] | None = None,
     ) -> None:
+        """``redis_cli``: the redis-cli command with its connection flags (for a TLS server,
+        ``RedisServer.cli_args()``); by default ``redis-cli -h 127.0.0.1 -p <redis_port>``."""
         self.bin = directory / "bin"
         self.state = directory / "state"
         self.oid = oid
         self.bin.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
-        cli = redis_cli or shutil.which("redis-cli") or "redis-cli"
         if redis_port is None:
             rotate = ":"
         else:
+            if redis_cli is None:
+                exe = shutil.which("redis-cli") or "redis-cli"
+                redis_cli = [exe, "-h", "127.0.0.1", "-p", str(redis_port)]
+            cli = shlex.join(redis_cli)
             rotate = (
-                f"out=$('{cli}' -h 127.0.0.1 -p {redis_port} ACL SETUSER '{oid}' on resetpass "
+                f"out=$({cli} ACL SETUSER '{oid}' on resetpass "
                 f"\">$token\" '~*' '&*' '+@all')\n"
                 '[ "$out" = OK ] || { echo "fake az: ACL SETUSER failed: $out" >&2; exit 1; }'
             )
