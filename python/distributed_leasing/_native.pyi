@@ -106,7 +106,6 @@ class Lease:
         callback: Callable[[str | None], object],
     ) -> None: ...
 
-
 @final
 class _Client:
     @staticmethod

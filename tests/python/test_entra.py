@@ -129,6 +129,10 @@ def test_lease_is_held_across_token_rotations_and_a_killed_connection(
     tokens = az.tokens()
     assert len(tokens) >= 5, tokens
     assert set(az.calls()) == {f"account get-access-token -o json --scope {SCOPE}"}
+    # The live connection re-authenticated with every new token (not only at reconnection).
+    stats = srv.cli("INFO", "commandstats")
+    auths = int(stats.split("cmdstat_auth:calls=", 1)[1].split(",", 1)[0])
+    assert auths >= len(tokens), (auths, len(tokens))
     # The first token is dead: only the newest one opens the ACL user.
     reply = srv.cli("AUTH", az.oid, tokens[0])
     assert "WRONGPASS" in reply, reply
