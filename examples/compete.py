@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import io
 import signal
 import socket
@@ -37,6 +36,7 @@ from distributed_leasing import (
     LeaseInfo,
     LeaseLost,
     LeaseUnavailable,
+    _wizard,
     is_configured,
 )
 
@@ -177,22 +177,8 @@ async def open_store(args: argparse.Namespace) -> Store:
     return Store(await LeaseClient.connect(url), note)
 
 
-def run_wizard() -> int:
-    try:
-        wizard = importlib.import_module("distributed_leasing._wizard")
-    except ModuleNotFoundError as e:
-        if e.name not in ("distributed_leasing._wizard", "distributed_leasing"):
-            raise
-        say(
-            "The configuration wizard is not available in this version of distributed_leasing. "
-            "Configure by hand: copy examples/appsettings.json to appsettings.Local.json and set "
-            'RedisLeasing.ConnectionString (for example "redis://localhost:6379"), or pass '
-            "--url redis://host:port.",
-            err=True,
-        )
-        return EXIT_ERROR
-    result = wizard.main()
-    return result if isinstance(result, int) else EXIT_OK
+def run_wizard(directory: str) -> int:
+    return _wizard.main(directory)
 
 
 # -- the demo ----------------------------------------------------------------------------------
@@ -302,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True, errors="replace")
     args = parse_args(argv)
-    if args.configure:
-        code = run_wizard()
+    # --configure, or a first run at a terminal with nothing configured: the wizard first.
+    if args.configure or (not args.url and _wizard.should_run_automatically(args.dir)):
+        code = run_wizard(args.dir)
         if code != EXIT_OK:
             return code
     try:

@@ -16,13 +16,13 @@ refused release, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from . import _wizard
 from ._client import LeaseClient
 from ._native import ConfigError, LeaseError, LeaseInfo
 
@@ -121,6 +121,11 @@ def _print_table(infos: Sequence[LeaseInfo]) -> None:
 def _client(args: argparse.Namespace) -> LeaseClient:
     if args.url:
         return LeaseClient.connect_sync(args.url, key_prefix=args.key_prefix)
+    if _wizard.should_run_automatically(args.dir):
+        print("Nothing is configured here yet: starting the configuration wizard.", flush=True)
+        code = _wizard.main(args.dir)
+        if code != _wizard.EXIT_OK:
+            raise SystemExit(code)
     try:
         return LeaseClient.from_config(args.dir)
     except ConfigError as e:
@@ -187,21 +192,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _configure(args: argparse.Namespace) -> int:
-    try:
-        wizard = importlib.import_module("distributed_leasing._wizard")
-    except ModuleNotFoundError as e:
-        if e.name != "distributed_leasing._wizard":
-            raise
-        print(
-            "leasing: the configuration wizard is not available in this version of "
-            "distributed_leasing. Configure by hand: write appsettings.Local.json with "
-            '{"RedisLeasing": {"ConnectionString": "redis://host:6379"}} (see the '
-            "appsettings.json template), set RedisLeasing__ConnectionString, or pass --url.",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    result = wizard.main()
-    return result if isinstance(result, int) else EXIT_OK
+    return _wizard.main(args.dir)
 
 
 # -- arguments ----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from pathlib import Path
 import distributed_leasing as dl
 import pytest
 from demo_helpers import RedisServer, clean_env, demo_redis, free_port
-from distributed_leasing import cli
+from distributed_leasing import _wizard, cli
 
 __all__ = ["demo_redis"]  # fixture
 
@@ -330,27 +329,18 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "NAME" in capsys.readouterr().err
 
 
-def test_configure_without_wizard(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_configure_delegates_to_the_wizard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(sys.modules, "distributed_leasing._wizard", None)  # import fails
-    assert cli.main(["configure"]) == 1
-    err = capsys.readouterr().err
-    assert "wizard is not available" in err and "appsettings.Local.json" in err
-
-
-def test_configure_delegates_to_the_wizard(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    fake = types.ModuleType("distributed_leasing._wizard")
 
-    def main() -> int:
-        calls.append("main")
+    def main(directory: str) -> int:
+        calls.append(directory)
         return 0
 
-    fake.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "distributed_leasing._wizard", fake)
-    assert cli.main(["configure"]) == 0
-    assert calls == ["main"]
+    monkeypatch.setattr(_wizard, "main", main)
+    assert cli.main(["configure", "--dir", str(tmp_path)]) == 0
+    assert calls == [str(tmp_path)]
 
 
 def test_main_in_process_prints_inspect(

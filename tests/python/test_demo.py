@@ -274,29 +274,17 @@ def _load_compete(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return module
 
 
-def test_configure_without_wizard_says_how_to_configure(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    compete = _load_compete(monkeypatch)
-    monkeypatch.setitem(sys.modules, "distributed_leasing._wizard", None)  # import fails
-    assert compete.run_wizard() == 1
-    err = capsys.readouterr().err
-    assert "wizard is not available" in err and "--url" in err
-
-
 def test_configure_delegates_to_the_wizard(monkeypatch: pytest.MonkeyPatch) -> None:
     compete = _load_compete(monkeypatch)
     calls: list[str] = []
-    fake = types.ModuleType("distributed_leasing._wizard")
 
-    def main() -> int:
-        calls.append("main")
+    def main(directory: str) -> int:
+        calls.append(directory)
         return 5
 
-    fake.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "distributed_leasing._wizard", fake)
+    monkeypatch.setattr(compete._wizard, "main", main)
     assert compete.main(["--configure", "--instance", "x"]) == 5  # the wizard's failure stops it
-    assert calls == ["main"]
+    assert calls == ["."]
 
 
 # -- the four scenarios ---------------------------------------------------------------------------
