@@ -20,7 +20,6 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,21 +38,33 @@ type Completion = Box<dyn FnOnce(Python<'_>) + Send>;
 
 /// The completions waiting for one event loop, and the socket that wakes it.
 pub(crate) struct Inbox {
-    queue: Mutex<Vec<Completion>>,
-    /// True while a wake-up byte is on its way or the loop is draining: producers then only
-    /// queue.
-    pending: AtomicBool,
+    queue: Mutex<Queue>,
     wake: UnixStream,
 }
 
+#[derive(Default)]
+struct Queue {
+    work: Vec<Completion>,
+    /// A wake-up byte has been written since the loop last took the queue: later producers
+    /// only queue. Kept under the same lock as `work`, so a wake-up is never lost.
+    woken: bool,
+}
+
 impl Inbox {
-    /// Queues `work` for the loop thread. Never takes the GIL; one syscall at most.
-    pub(crate) fn push(&self, work: Completion) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(work);
-        if !self.pending.swap(true, Ordering::AcqRel) {
+    }
+
+    /// Queues `work` for the loop thread. Never takes the GIL; one syscall at most.
+    pub(crate) fn push(&self, work: Completion) {
+        let wake = {
+            let mut q = self.lock();
+            q.work.push(work);
+            !std::mem::replace(&mut q.woken, true)
+        };
+        if wake {
             // A full socket buffer means wake-ups are already queued: nothing is lost.
             let _ = (&self.wake).write(&[1]);
         }
@@ -71,18 +82,16 @@ pub(crate) struct Completer {
 impl Completer {
     /// Runs every queued completion (called by the event loop when the socket is readable).
     fn _drain(&self, py: Python<'_>) {
-        // Clear `pending` before taking the queue: a push after the take then writes a new
-        // wake-up byte, so no completion waits for a later one.
-        self.inbox.pending.store(false, Ordering::Release);
+        // Read the wake-up bytes first, then take the queue and clear `woken` in one critical
+        // section: a push after that writes a new byte (so its work is not left waiting), and
+        // a byte read here whose work is taken here only makes one later drain find nothing.
         let mut sink = [0u8; 256];
         while matches!((&self.readable).read(&mut sink), Ok(n) if n > 0) {}
-        let batch = std::mem::take(
-            &mut *self
-                .inbox
-                .queue
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let batch = {
+            let mut q = self.inbox.lock();
+            q.woken = false;
+            std::mem::take(&mut q.work)
+        };
         for work in batch {
             work(py);
         }
@@ -102,8 +111,7 @@ fn inbox_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Inbo
     wake.set_nonblocking(true)?;
     let fd = readable.as_raw_fd();
     let inbox = Arc::new(Inbox {
-        queue: Mutex::new(Vec::new()),
-        pending: AtomicBool::new(false),
+        queue: Mutex::new(Queue::default()),
         wake,
     });
     let completer = Bound::new(
