@@ -144,7 +144,13 @@ impl RedisStore {
                 Ok(v) => return Ok(v),
                 // The connection manager reconnects after a failed command: one retry of an
                 // idempotent script is safe and hides a connection that dropped while idle.
-                Err(e) if attempt == 0 && (e.is_connection_dropped() || e.is_io_error()) => {
+                // A timeout is not retried: it would double the configured operation timeout
+                // (a timed-out request stays on the same connection, which is not rebuilt).
+                Err(e)
+                    if attempt == 0
+                        && !e.is_timeout()
+                        && (e.is_connection_dropped() || e.is_io_error()) =>
+                {
                     tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
                     attempt += 1;
                 }
