@@ -332,6 +332,13 @@ async fn scan_node<C: ConnectionLike + Send>(
 /// code and its detail are used, to be sure.
 fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
     let code = e.code().unwrap_or("");
+    if code == "BADFENCE" {
+        let key = key.unwrap_or("?");
+        return LeaseError::backend(
+            BackendErrorKind::WrongType,
+            format!("Redis key '{key}:fence', the fencing counter of lease key '{key}', holds something other than an integer counter; it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stray data (the fencing tokens of this name then start again at 1)"),
+        );
+    }
     if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
         let key = key.unwrap_or("?");
         return LeaseError::backend(
