@@ -53,8 +53,11 @@ async def main() -> None:
         if url:
             rows["acquire+release cycle"].append(await lease_cycle(url, 2000))
     for label, values in rows.items():
-        print(f"{label:32s} median {statistics.median(values):8.1f} us  (rounds: "
-              + ", ".join(f"{v:.1f}" for v in values) + ")")
+        print(
+            f"{label:32s} median {statistics.median(values):8.1f} us  (rounds: "
+            + ", ".join(f"{v:.1f}" for v in values)
+            + ")"
+        )
     d = statistics.median(rows["direct bridge, no-op await"])
     s = statistics.median(rows["stock bridge, no-op await"])
     print(f"stock / direct: {s / d:.2f}x")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 
 from . import _native
-from ._client import ConfigWarning, LeaseClient, lease
+from ._client import ConfigWarning, LeaseClient, is_configured, lease
 from ._lease import LeaseContext, OnLost
 from ._native import (
     BackendError,
@@ -42,5 +42,6 @@ __all__ = [
     "LeaseLost",
     "LeaseUnavailable",
     "OnLost",
+    "is_configured",
     "lease",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import threading
 import warnings
@@ -227,11 +228,11 @@ class LeaseClient:
         """``inspect`` for synchronous code."""
         return self._native.inspect_blocking(name)
 
-    async def list(self, prefix: str = "") -> list[LeaseInfo]:
+    async def list(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """Every held lease whose name starts with ``prefix``, sorted by name."""
         return await self._native.list(prefix)
 
-    def list_sync(self, prefix: str = "") -> list[LeaseInfo]:
+    def list_sync(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """``list`` for synchronous code."""
         return self._native.list_blocking(prefix)
 
@@ -278,6 +279,13 @@ class LeaseClient:
     def __repr__(self) -> str:
         native = self.__native
         return "LeaseClient(closed)" if native is None else repr(native)
+
+
+def is_configured(dir: str | os.PathLike[str] = ".") -> bool:
+    """Whether ``dir`` (appsettings.json, appsettings.Local.json) and the ``RedisLeasing__*``
+    environment configure a store. Raises ``ConfigError`` when a configuration exists but is
+    invalid, so a broken configuration is never mistaken for none."""
+    return _native.is_configured(os.fspath(Path(dir)))
 
 
 # -- the process-wide default client of lease() ------------------------------------------------

@@ -563,3 +563,12 @@ impl PyClient {
         format!("LeaseClient(store={:?})", self.inner.store().kind())
     }
 }
+
+/// Whether `dir` and the environment configure a store; raises `ConfigError` when a
+/// configuration exists but is invalid.
+#[pyfunction]
+pub(crate) fn is_configured(py: Python<'_>, dir: std::path::PathBuf) -> PyResult<bool> {
+    crate::config::load_from_process_env(&dir)
+        .map(|s| s.is_configured())
+        .map_err(|e| super::errors::to_py(py, e))
+}

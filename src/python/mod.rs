@@ -26,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
     m.add("BackendError", py.get_type::<errors::BackendError>())?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(classes::is_configured, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_bench_noop, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_bench_noop_stock, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

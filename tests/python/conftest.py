@@ -9,6 +9,7 @@ never kill/pause/restart them; take ``fresh_redis_server`` or ``redis_server_fac
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,3 +104,63 @@ def unique_name(request: pytest.FixtureRequest) -> str:
 # ============================================================================================
 # Project fixtures (stores, clients, parametrisations) go below this line.
 # ============================================================================================
+
+
+class StoreUnderTest:
+    """One store for store-parametrised tests: its URL, and how to make a lease lost behind the
+    library's back (delete the key or the row, as an operator or an expiry would)."""
+
+    def __init__(self, kind: str, url: str, make_lost: Callable[[str], None]) -> None:
+        self.kind = kind
+        self.url = url
+        self.make_lost = make_lost
+
+    def __repr__(self) -> str:
+        return f"<store {self.kind} {self.url}>"
+
+
+def _sqlite_make_lost(path: Path) -> Callable[[str], None]:
+    def make_lost(name: str) -> None:
+        import sqlite3
+
+        con = sqlite3.connect(path, timeout=10)
+        try:
+            with con:
+                cur = con.execute("DELETE FROM leases WHERE name = ?", (name,))
+            assert cur.rowcount == 1, f"no row for lease {name!r} in {path}"
+        finally:
+            con.close()
+
+    return make_lost
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[StoreUnderTest]:
+    """Every store in turn: a fresh SQLite file, the session's Redis, the session's cluster."""
+    if request.param == "sqlite":
+        db = tmp_path / "leases.db"
+        yield StoreUnderTest("sqlite", f"sqlite://{db}", _sqlite_make_lost(db))
+    elif request.param == "redis":
+        srv: RedisServer = request.getfixturevalue("redis_server")
+
+        def make_lost_redis(name: str) -> None:
+            assert srv.cli("DEL", f"lease:{name}").strip() == "1"
+
+        yield StoreUnderTest("redis", srv.url, make_lost_redis)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+
+        def make_lost_cluster(name: str) -> None:
+            node = cluster.nodes[0]
+            out = subprocess.run(
+                [*node.cli_args(), "-c", "DEL", f"lease:{{{name}}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+            assert out.stdout.strip() == "1", out
+
+        yield StoreUnderTest("redis-cluster", cluster.url, make_lost_cluster)
