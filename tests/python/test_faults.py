@@ -227,6 +227,31 @@ async def test_blackholed_connection_times_out_loses_at_deadline_and_recovers(
     )
 
 
+CONNECT_TIMEOUT = 2.0
+
+
+def test_connecting_through_a_blackholed_path_fails_within_the_connect_timeout(
+    redis_server: RedisServer, tcp_proxy_factory: Callable[..., TcpProxy]
+) -> None:
+    proxy = tcp_proxy_factory(redis_server.port)
+    proxy.blackhole()  # TCP connects, then nothing: no greeting, no error
+    started = time.monotonic()
+    with pytest.raises(dl.BackendError) as info:
+        dl.LeaseClient.connect_sync(
+            f"redis://127.0.0.1:{proxy.port}", connect_timeout=CONNECT_TIMEOUT
+        )
+    elapsed = time.monotonic() - started
+    assert info.value.kind == "timeout", info.value
+    # The connect timeout bounds the whole connection, retries included.
+    assert CONNECT_TIMEOUT * 0.9 <= elapsed < CONNECT_TIMEOUT * 1.75
+    proxy.heal()
+    client = dl.LeaseClient.connect_sync(
+        f"redis://127.0.0.1:{proxy.port}", connect_timeout=CONNECT_TIMEOUT
+    )
+    assert client.inspect_sync("nobody-holds-this") is None
+    report("connect_blackholed", connect_timeout_s=CONNECT_TIMEOUT, failed_s=round(elapsed, 2))
+
+
 # ------------------------------------------------------------------------------------------
 # A client SIGKILLed while holding
 # ------------------------------------------------------------------------------------------

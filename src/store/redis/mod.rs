@@ -104,10 +104,16 @@ impl RedisStore {
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let mut single = client
-            .get_connection_manager_with_config(cfg)
-            .await
-            .map_err(|e| map_error(&e, &addr, None))?;
+        // The connect timeout bounds the whole connection: the manager retries a failed
+        // attempt twice, each with the full timeout plus a backoff, so a server that accepts
+        // and never answers would otherwise take about 3.5 times as long to report.
+        let mut single = tokio::time::timeout(
+            options.connect_timeout,
+            client.get_connection_manager_with_config(cfg),
+        )
+        .await
+        .map_err(|_| timed_out(&addr))?
+        .map_err(|e| map_error(&e, &addr, None))?;
         let server_info: String = redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut single)
@@ -355,10 +361,7 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         );
     }
     if e.is_timeout() {
-        return LeaseError::backend(
-            BackendErrorKind::Timeout,
-            format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
-        );
+        return timed_out(addr);
     }
     if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         return LeaseError::backend(
@@ -375,6 +378,13 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         )
         .trim_end()
         .to_owned(),
+    )
+}
+
+fn timed_out(addr: &str) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::Timeout,
+        format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
     )
 }
 
