@@ -354,7 +354,7 @@ def test_fuzzed_store_urls_only_raise_typed_errors(url: str) -> None:
 
 
 # Each of these tries to connect (and the driver retries), so fewer examples.
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=20)
 @given(
     url=st.one_of(
         st.builds(lambda s: f"redis://127.0.0.1:1/{quoted(s)}", weird_text),

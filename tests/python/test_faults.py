@@ -332,8 +332,8 @@ async def test_blocked_event_loop_does_not_lose_the_lease(
 ) -> None:
     url = redis_server.url if store == "redis" else f"sqlite://{tmp_path / 'leases.db'}"
     client = await dl.LeaseClient.connect(url)
-    duration = 1.5
-    async with client.lease(unique_name, duration=duration, renew_interval=0.3) as lease:
+    duration = 1.0
+    async with client.lease(unique_name, duration=duration, renew_interval=0.2) as lease:
         before = lease.renewals
         # Blocks the event loop (no await) for twice the lease duration.
         if blocker == "time.sleep":
