@@ -11,7 +11,9 @@ A control run without the lease proves that the check does catch overlapping hol
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,21 +39,25 @@ def children() -> Iterator[list[Child]]:
         c.stop()
 
 
-def sqlite_dir(tmp_path: Path) -> Path:
+@pytest.fixture
+def sqlite_dir(tmp_path: Path) -> Iterator[Path]:
     """Where the contention test keeps its SQLite file: tmpfs when there is one.
 
     Mutual exclusion does not depend on the file system (the same WAL locks), but each acquire
     and release is a `synchronous=FULL` commit, and an fsync per commit on a small CI disk would
-    make 20,000 rounds take minutes. ``CONTENTION_SQLITE_DIR`` overrides it.
+    make 20,000 rounds take minutes. ``CONTENTION_SQLITE_DIR`` overrides it. Removed afterwards.
     """
     base = os.environ.get("CONTENTION_SQLITE_DIR")
     if base is None and Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
         base = "/dev/shm"
     if base is None:
-        return tmp_path
-    d = Path(base) / f"dl-contention-{os.getpid()}-{tmp_path.name}"
-    d.mkdir()
-    return d
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="dl-contention-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_contenders(
@@ -75,7 +81,7 @@ def run_contenders(
 
 
 def store_and_record(
-    store: str, redis_server: RedisServer, name: str, tmp_path: Path
+    store: str, redis_server: RedisServer, name: str, directory: Path
 ) -> tuple[str, str, Any]:
     """The lease store's URL, the record's address, and a function reading the record."""
     if store == "redis":
@@ -85,9 +91,8 @@ def store_and_record(
             return redis_server.cli("GET", key).strip()
 
         return redis_server.url, f"{redis_server.url}/{key}", read_redis
-    d = sqlite_dir(tmp_path)
-    counter = d / "counter.txt"
-    return f"sqlite://{d / 'leases.db'}", str(counter), counter.read_text
+    counter = directory / "counter.txt"
+    return f"sqlite://{directory / 'leases.db'}", str(counter), counter.read_text
 
 
 @pytest.mark.slow
@@ -96,10 +101,10 @@ def test_eight_processes_never_hold_one_lease_at_once(
     store: str,
     redis_server: RedisServer,
     unique_name: str,
-    tmp_path: Path,
+    sqlite_dir: Path,
     children: list[Child],
 ) -> None:
-    url, record, read_record = store_and_record(store, redis_server, unique_name, tmp_path)
+    url, record, read_record = store_and_record(store, redis_server, unique_name, sqlite_dir)
     results, elapsed = run_contenders(children, url, unique_name, record, CONTENTION_TOTAL)
 
     wins = sum(r["wins"] for r in results)
@@ -141,6 +146,7 @@ def test_control_without_the_lease_the_check_sees_lost_updates(
     count, _ = (int(x) for x in read_record().split(":"))
     assert wins == 4000
     assert count < wins, "no lost update without a lease: the contention check is blind"
+    report("contention_control_without_lease", wins=wins, recorded=count, lost=wins - count)
 
 
 # ------------------------------------------------------------------------------------------
