@@ -344,5 +344,5 @@ async def test_blocked_event_loop_does_not_lose_the_lease(
         # Renewal ran meanwhile, in Rust, without the event loop (and without the GIL).
         assert lease.renewals - before >= 2
         await asyncio.sleep(0.1)  # on_lost="cancel" would strike here if it had been lost
-        assert lease.expires_in > duration / 2
+        assert not lease.is_lost and lease.expires_in > 0
     assert await client.inspect(unique_name) is None
