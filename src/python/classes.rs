@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -31,8 +31,33 @@ pub(crate) fn seconds(param: &str, value: f64) -> PyResult<Duration> {
         .map_err(|_| PyValueError::new_err(format!("{param}={value} seconds is too large")))
 }
 
-fn opt_seconds(param: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
-    value.map(|v| seconds(param, v)).transpose()
+fn opt_seconds(param: &str, value: Option<Secs>) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(param, v.0)).transpose()
+}
+
+/// A number of seconds as Python passes it: any real number. An `int` too large for a float
+/// (`10**400`) becomes an infinity of its sign, which [`seconds`] refuses with the parameter's
+/// name, where a plain `f64` parameter would raise `OverflowError` (not a `ValueError`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Secs(f64);
+
+impl<'py> FromPyObject<'_, 'py> for Secs {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
+        match obj.extract::<f64>() {
+            Ok(v) => Ok(Self(v)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
+                let negative = obj.lt(0).unwrap_or(false);
+                Ok(Self(if negative {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn metadata_of(metadata: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, String>> {
@@ -251,8 +276,8 @@ struct Args {
 #[allow(clippy::too_many_arguments)]
 fn args(
     name: String,
-    duration: Option<f64>,
-    renew_interval: Option<f64>,
+    duration: Option<Secs>,
+    renew_interval: Option<Secs>,
     auto_renew: Option<bool>,
     metadata: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Args> {
@@ -277,12 +302,12 @@ fn try_out(r: TryAcquire) -> TryOut {
 }
 
 fn client_options(
-    duration: Option<f64>,
-    renew_interval: Option<f64>,
+    duration: Option<Secs>,
+    renew_interval: Option<Secs>,
     auto_renew: Option<bool>,
     key_prefix: Option<String>,
-    connect_timeout: Option<f64>,
-    operation_timeout: Option<f64>,
+    connect_timeout: Option<Secs>,
+    operation_timeout: Option<Secs>,
     ca_file: Option<std::path::PathBuf>,
 ) -> PyResult<ClientOptions> {
     let d = ClientOptions::default();
@@ -308,12 +333,12 @@ impl PyClient {
     fn connect<'py>(
         py: Python<'py>,
         url: String,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         key_prefix: Option<String>,
-        connect_timeout: Option<f64>,
-        operation_timeout: Option<f64>,
+        connect_timeout: Option<Secs>,
+        operation_timeout: Option<Secs>,
         ca_file: Option<std::path::PathBuf>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let opts = client_options(
@@ -340,12 +365,12 @@ impl PyClient {
     fn connect_blocking(
         py: Python<'_>,
         url: String,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         key_prefix: Option<String>,
-        connect_timeout: Option<f64>,
-        operation_timeout: Option<f64>,
+        connect_timeout: Option<Secs>,
+        operation_timeout: Option<Secs>,
         ca_file: Option<std::path::PathBuf>,
     ) -> PyResult<PyClient> {
         let opts = client_options(
@@ -397,8 +422,8 @@ impl PyClient {
         &self,
         py: Python<'py>,
         name: String,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -415,8 +440,8 @@ impl PyClient {
         &self,
         py: Python<'_>,
         name: String,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TryOut> {
@@ -428,15 +453,15 @@ impl PyClient {
         })
     }
 
-    #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn acquire<'py>(
         &self,
         py: Python<'py>,
         name: String,
-        wait: Option<f64>,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        wait: Option<Secs>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -457,15 +482,15 @@ impl PyClient {
         }
     }
 
-    #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn acquire_blocking(
         &self,
         py: Python<'_>,
         name: String,
-        wait: Option<f64>,
-        duration: Option<f64>,
-        renew_interval: Option<f64>,
+        wait: Option<Secs>,
+        duration: Option<Secs>,
+        renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyLease> {

@@ -114,10 +114,16 @@ impl RedisStore {
         if let Some(credentials) = &options.credentials {
             cfg = cfg.set_credentials_provider(credentials.clone());
         }
-        let mut single = client
-            .get_connection_manager_with_config(cfg)
-            .await
-            .map_err(|e| map_error(&e, &addr, None))?;
+        // The connect timeout bounds the whole connection: the manager retries a failed
+        // attempt twice, each with the full timeout plus a backoff, so a server that accepts
+        // and never answers would otherwise take about 3.5 times as long to report.
+        let mut single = tokio::time::timeout(
+            options.connect_timeout,
+            client.get_connection_manager_with_config(cfg),
+        )
+        .await
+        .map_err(|_| timed_out(&addr))?
+        .map_err(|e| map_error(&e, &addr, None))?;
         let cluster = is_cluster(&mut single)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
@@ -151,7 +157,13 @@ impl RedisStore {
                 Ok(v) => return Ok(v),
                 // The connection manager reconnects after a failed command: one retry of an
                 // idempotent script is safe and hides a connection that dropped while idle.
-                Err(e) if attempt == 0 && (e.is_connection_dropped() || e.is_io_error()) => {
+                // A timeout is not retried: it would double the configured operation timeout
+                // (a timed-out request stays on the same connection, which is not rebuilt).
+                Err(e)
+                    if attempt == 0
+                        && !e.is_timeout()
+                        && (e.is_connection_dropped() || e.is_io_error()) =>
+                {
                     tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
                     attempt += 1;
                 }
@@ -359,6 +371,13 @@ async fn scan_node<C: ConnectionLike + Send>(
 /// code and its detail are used, to be sure.
 fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
     let code = e.code().unwrap_or("");
+    if code == "BADFENCE" {
+        let key = key.unwrap_or("?");
+        return LeaseError::backend(
+            BackendErrorKind::WrongType,
+            format!("Redis key '{key}:fence', the fencing counter of lease key '{key}', holds something other than an integer counter; it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stray data (the fencing tokens of this name then start again at 1)"),
+        );
+    }
     if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
         let key = key.unwrap_or("?");
         return LeaseError::backend(
@@ -379,10 +398,7 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         );
     }
     if e.is_timeout() {
-        return LeaseError::backend(
-            BackendErrorKind::Timeout,
-            format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
-        );
+        return timed_out(addr);
     }
     let reason = io_reason(e);
     if e.is_io_error() && reason.contains("certificate") {
@@ -406,6 +422,13 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         )
         .trim_end()
         .to_owned(),
+    )
+}
+
+fn timed_out(addr: &str) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::Timeout,
+        format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
     )
 }
 

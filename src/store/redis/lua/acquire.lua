@@ -11,10 +11,14 @@
 --                                      after a lost reply, which re-arms the TTL)
 --          {0, pttl, {field, value, ...}}  held by someone else: the holder's whole hash and the
 --                                      milliseconds it has left, in the same round trip
+--          error BADFENCE              KEYS[2] is not an integer counter (someone else's data)
 --
 -- Atomic because a script runs alone on the server: no other client can take the lease between
 -- the check and the write. Nothing is written before the key is known to be free, and a key of
 -- another type fails with WRONGTYPE in the first read, so someone else's data is left untouched.
+-- The counter is the only other key, and it is the first one written, so an INCR that fails
+-- (a counter of another type, or not an integer) leaves everything untouched too; it gets its own
+-- error so that the message names that key rather than the lease key.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local holder = redis.call('HGET', KEYS[1], 'leaseId')
   if holder == ARGV[1] then
@@ -23,7 +27,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
 end
-local token = redis.call('INCR', KEYS[2])
+local token = redis.pcall('INCR', KEYS[2])
+if type(token) == 'table' and token.err then
+  return redis.error_reply('BADFENCE the fencing counter is not an integer')
+end
 local fields = {'leaseId', ARGV[1], 'acquiredAt', ARGV[3], 'fencingToken', token}
 for i = 4, #ARGV do
   fields[#fields + 1] = ARGV[i]

@@ -1,0 +1,420 @@
+"""Bad input (issue #7): fuzzed arguments of the Python API, someone else's key at the lease
+name, and metadata full of separators.
+
+Every refusal must be a typed error with a useful message (ValueError, TypeError or a LeaseError
+subclass), never a crash, a hang or another exception type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import string
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import distributed_leasing as dl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from redis_servers import RedisServer
+
+TYPED = (ValueError, TypeError, dl.LeaseError)
+
+# ------------------------------------------------------------------------------------------
+# Someone else's key at the lease name
+# ------------------------------------------------------------------------------------------
+
+FOREIGN = {
+    "string": (["SET", "{key}", "someone else's data"], ["GET", "{key}"]),
+    "list": (["RPUSH", "{key}", "a", "b"], ["LRANGE", "{key}", "0", "-1"]),
+    "set": (["SADD", "{key}", "member"], ["SMEMBERS", "{key}"]),
+}
+
+
+def assert_wrong_type(err: dl.BackendError, key: str) -> None:
+    assert err.kind == "wrong_type", err
+    message = str(err)
+    assert key in message
+    assert "left untouched" in message and "choose another lease name" in message
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+def test_foreign_key_type_is_refused_on_every_path_and_left_untouched(
+    redis_server: RedisServer, unique_name: str, kind: str
+) -> None:
+    key = f"lease:{unique_name}"
+    write, read = ([a.format(key=key) for a in cmd] for cmd in FOREIGN[kind])
+    client = dl.LeaseClient.connect_sync(redis_server.url)
+    # A lease is held, then someone else's data replaces its key: the holder's renew and
+    # release must refuse to touch it, as must everyone's acquire, inspect and force_release.
+    lease = client.acquire_sync(unique_name, duration=30.0)
+    redis_server.cli("DEL", key)
+    redis_server.cli(*write)
+    before = redis_server.cli(*read)
+
+    for call in (
+        lambda: client.acquire_sync(unique_name),
+        lambda: client.try_acquire_sync(unique_name),
+        lambda: client.inspect_sync(unique_name),
+        lambda: client.force_release_sync(unique_name),
+        lease.renew_blocking,
+        lease.release_blocking,
+    ):
+        with pytest.raises(dl.BackendError) as info:
+            call()
+        assert_wrong_type(info.value, key)
+        assert redis_server.cli(*read) == before
+        assert redis_server.cli("TTL", key).strip() == "-1"
+    # list() skips keys that are not leases instead of failing.
+    assert [i.name for i in client.list_sync(unique_name)] == []
+    assert redis_server.cli(*read) == before
+
+
+async def test_foreign_key_type_async_paths(redis_server: RedisServer, unique_name: str) -> None:
+    key = f"lease:{unique_name}"
+    client = await dl.LeaseClient.connect(redis_server.url)
+    lease = await client.acquire(unique_name, duration=30.0)
+    redis_server.cli("DEL", key)
+    redis_server.cli("SET", key, "someone else's data")
+    for coro in (
+        client.inspect(unique_name),
+        client.force_release(unique_name),
+        lease.renew(),
+        lease.release(),
+    ):
+        with pytest.raises(dl.BackendError) as info:
+            await coro
+        assert_wrong_type(info.value, key)
+    assert redis_server.cli("GET", key).strip() == "someone else's data"
+
+
+@pytest.mark.parametrize(
+    ("write", "read"),
+    [
+        (["HSET", "{fence}", "field", "value"], ["HGETALL", "{fence}"]),
+        (["SET", "{fence}", "not a number"], ["GET", "{fence}"]),
+        (["SET", "{fence}", str(2**63 - 1)], ["GET", "{fence}"]),  # INCR would overflow
+    ],
+)
+def test_foreign_fencing_counter_is_refused_naming_it_without_touching_anything(
+    redis_server: RedisServer, unique_name: str, write: list[str], read: list[str]
+) -> None:
+    key = f"lease:{unique_name}"
+    fence = f"{key}:fence"
+    redis_server.cli(*(a.format(fence=fence) for a in write))
+    before = redis_server.cli(*(a.format(fence=fence) for a in read))
+    client = dl.LeaseClient.connect_sync(redis_server.url)
+    with pytest.raises(dl.BackendError) as info:
+        client.acquire_sync(unique_name)
+    assert info.value.kind == "wrong_type", info.value
+    assert f"'{fence}'" in str(info.value)
+    assert "fencing counter" in str(info.value)
+    assert redis_server.cli("EXISTS", key).strip() == "0"
+    assert redis_server.cli(*(a.format(fence=fence) for a in read)) == before
+
+
+# ------------------------------------------------------------------------------------------
+# Metadata that a naive encoding would mangle
+# ------------------------------------------------------------------------------------------
+
+TRICKY_METADATA = {
+    "a=b": "c=d,e=f",
+    "comma,key": "",
+    "multi": "line one\nline two\r\n\ttabbed",
+    "unicode ключ 🔑": "值 🔒 \u0000 nul \u2028 sep",
+    "json": '{"x": [1, 2], "y": "z"}',
+    "quote'\"": "\\backslash\\ and 'quotes' \"",
+    "spaces  ": "  leading and trailing  ",
+    "meta_nested": "meta_value",
+}
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "redis":
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        yield srv.url
+    else:
+        yield f"sqlite://{tmp_path / 'leases.db'}"
+
+
+async def test_metadata_with_separators_round_trips_exactly(
+    store_url: str, unique_name: str
+) -> None:
+    client = await dl.LeaseClient.connect(store_url)
+    other = await dl.LeaseClient.connect(store_url)
+    async with client.lease(unique_name, metadata=TRICKY_METADATA) as lease:
+        info = await other.inspect(unique_name)
+        assert info is not None and info.metadata == TRICKY_METADATA
+        with pytest.raises(dl.LeaseUnavailable) as refused:
+            await other.acquire(unique_name)
+        assert refused.value.holder is not None
+        assert refused.value.holder.metadata == TRICKY_METADATA
+        [listed] = await other.list(unique_name)
+        assert listed.metadata == TRICKY_METADATA
+        assert listed.lease_id == lease.lease_id
+
+
+# ------------------------------------------------------------------------------------------
+# Fuzzing the Python API
+# ------------------------------------------------------------------------------------------
+
+weird_text = st.text(
+    st.characters(codec=None, exclude_categories=()),  # includes controls and lone surrogates
+    max_size=40,
+)
+names = st.one_of(
+    st.text(string.ascii_letters + string.digits + ":-_./{}", min_size=1, max_size=30),
+    weird_text,
+    st.text(min_size=1000, max_size=1100),
+    st.sampled_from(["", "a:fence", "ok", "lease:{x}", "x" * 1025]),
+    st.integers(),
+    st.none(),
+    st.binary(max_size=8),
+)
+numbers = st.one_of(
+    st.none(),
+    st.floats(min_value=0.01, max_value=120.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 0.0, -0.0, -1, 1e-12, 0.005, 0.01, 2**64, 10**400, -(10**400), 1e308]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.text(max_size=5),
+    st.just([1.0]),
+)
+scalar = st.one_of(weird_text, st.integers(), st.none(), st.floats(), st.binary(max_size=4))
+metadatas = st.one_of(
+    st.none(),
+    st.dictionaries(weird_text, weird_text, max_size=4),
+    st.dictionaries(scalar, scalar, max_size=3),
+    st.lists(st.tuples(weird_text, weird_text), max_size=2),
+    st.just("not a mapping"),
+    st.just(42),
+)
+
+
+def call_and_clean(make: Any, kwargs: dict[str, Any]) -> None:
+    """Run one API call; a lease it gets is released. Anything but a typed error fails."""
+    try:
+        result = make(**kwargs)
+    except TYPED as e:
+        assert str(e), f"{type(e).__name__} without a message for {kwargs!r}"
+        event(f"refused: {type(e).__name__}")
+        return
+    event("accepted")
+    if isinstance(result, dl.Lease):
+        result.release_blocking()
+
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,  # a slow example is not a failure; a hang is caught by pytest-timeout
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+
+
+@FUZZ
+@given(
+    name=names,
+    duration=numbers,
+    renew_interval=numbers,
+    auto_renew=st.one_of(st.none(), st.booleans(), st.just("yes")),
+    metadata=metadatas,
+)
+def test_fuzzed_try_acquire_only_raises_typed_errors(
+    fuzz_client: dl.LeaseClient,
+    name: Any,
+    duration: Any,
+    renew_interval: Any,
+    auto_renew: Any,
+    metadata: Any,
+) -> None:
+    call_and_clean(
+        fuzz_client.try_acquire_sync,
+        {
+            "name": name,
+            "duration": duration,
+            "renew_interval": renew_interval,
+            "auto_renew": auto_renew,
+            "metadata": metadata,
+        },
+    )
+
+
+@FUZZ
+@given(name=names, wait=numbers, duration=numbers)
+def test_fuzzed_acquire_with_wait_only_raises_typed_errors(
+    fuzz_client: dl.LeaseClient, name: Any, wait: Any, duration: Any
+) -> None:
+    # The lease is free, so no valid wait may block: a hang here is a bug.
+    call_and_clean(fuzz_client.acquire_sync, {"name": name, "wait": wait, "duration": duration})
+
+
+@FUZZ
+@given(name=names)
+def test_fuzzed_names_on_inspect_release_and_force_release(
+    fuzz_client: dl.LeaseClient, name: Any
+) -> None:
+    for call in (fuzz_client.inspect_sync, fuzz_client.force_release_sync):
+        call_and_clean(call, {"name": name})
+    if isinstance(name, str):
+        call_and_clean(fuzz_client.list_sync, {"prefix": name})
+
+
+@FUZZ
+@given(
+    duration=numbers,
+    renew_interval=numbers,
+    wait=numbers,
+    on_lost=st.one_of(st.sampled_from(["cancel", "ignore", "explode", ""]), st.none()),
+    metadata=metadatas,
+)
+def test_fuzzed_async_lease_context_only_raises_typed_errors(
+    fuzz_client: dl.LeaseClient,
+    duration: Any,
+    renew_interval: Any,
+    wait: Any,
+    on_lost: Any,
+    metadata: Any,
+) -> None:
+    name = f"fuzz-async-{uuid.uuid4()}"  # a fresh name: wait=None must never find it held
+
+    async def body() -> None:
+        async with fuzz_client.lease(
+            name,
+            duration=duration,
+            renew_interval=renew_interval,
+            wait=wait,
+            on_lost=on_lost,
+            metadata=metadata,
+        ) as lease:
+            assert lease.name == name
+
+    try:
+        asyncio.run(body())
+    except TYPED as e:
+        assert str(e)
+
+
+@FUZZ
+@given(
+    duration=numbers,
+    renew_interval=numbers,
+    operation_timeout=numbers,
+    connect_timeout=numbers,
+    key_prefix=st.one_of(st.none(), weird_text),
+)
+def test_fuzzed_client_options_only_raise_typed_errors(
+    tmp_path_factory: pytest.TempPathFactory,
+    duration: Any,
+    renew_interval: Any,
+    operation_timeout: Any,
+    connect_timeout: Any,
+    key_prefix: Any,
+) -> None:
+    url = f"sqlite://{tmp_path_factory.getbasetemp() / 'fuzz-options.db'}"
+    try:
+        client = dl.LeaseClient.connect_sync(
+            url,
+            duration=duration,
+            renew_interval=renew_interval,
+            operation_timeout=operation_timeout,
+            connect_timeout=connect_timeout,
+            key_prefix=key_prefix,
+        )
+    except TYPED as e:
+        assert str(e)
+        return
+    call_and_clean(client.try_acquire_sync, {"name": "fuzz-options"})
+
+
+# URLs: only ones that cannot reach the network. Other schemes fail before any I/O; Redis URLs
+# point at a loopback port, with fuzzed parts percent-encoded or limited to characters that cannot
+# move the host elsewhere (no DNS lookup may happen); SQLite paths stay in a temporary directory.
+def quoted(s: str) -> str:
+    return urllib.parse.quote(s, safe="", errors="surrogatepass")
+
+
+@FUZZ
+@given(
+    url=weird_text.filter(
+        lambda s: not re.match(r"(?i)\s*(redis|rediss|valkey|valkeys|sqlite)s?:", s)
+    )
+)
+def test_fuzzed_store_urls_only_raise_typed_errors(url: str) -> None:
+    with pytest.raises(TYPED) as info:
+        dl.LeaseClient.connect_sync(url, connect_timeout=1.0)
+    assert str(info.value)
+
+
+# Each of these tries to connect (and the driver retries), so fewer examples.
+@settings(FUZZ, max_examples=20)
+@given(
+    url=st.one_of(
+        st.builds(lambda s: f"redis://127.0.0.1:1/{quoted(s)}", weird_text),
+        st.builds(
+            lambda u, p: f"redis://{quoted(u)}:{quoted(p)}@127.0.0.1:1", weird_text, weird_text
+        ),
+        st.builds(lambda s: f"redis://127.0.0.1:{s}", st.text("0123456789:-+. ", max_size=8)),
+    )
+)
+def test_fuzzed_redis_urls_only_raise_typed_errors(url: str) -> None:
+    try:
+        client = dl.LeaseClient.connect_sync(url, connect_timeout=1.0)
+    except TYPED as e:
+        assert str(e)
+    else:  # something listens on that loopback port: fine, as long as it did not crash
+        client.close_sync()
+
+
+@FUZZ
+@given(filename=weird_text)
+def test_fuzzed_sqlite_paths_only_raise_typed_errors(
+    tmp_path_factory: pytest.TempPathFactory, filename: str
+) -> None:
+    base = tmp_path_factory.getbasetemp() / "fuzz-sqlite"
+    base.mkdir(exist_ok=True)
+    safe = filename.replace("/", "_").replace("\\", "_")
+    try:
+        client = dl.LeaseClient.connect_sync(f"sqlite://{base}/{safe}")
+    except TYPED as e:
+        assert str(e)
+        return
+    call_and_clean(client.try_acquire_sync, {"name": "fuzz-path"})
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> dl.LeaseClient:
+    return dl.LeaseClient.connect_sync(
+        f"sqlite://{tmp_path_factory.mktemp('fuzz') / 'leases.db'}", operation_timeout=5.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("duration", 10**400),
+        ("duration", -(10**400)),
+        ("renew_interval", 10**400),
+        ("wait", 10**400),
+    ],
+)
+def test_integers_beyond_float_range_are_a_value_error_naming_the_parameter(
+    fuzz_client: dl.LeaseClient, param: str, value: int
+) -> None:
+    with pytest.raises(ValueError, match=param):
+        fuzz_client.acquire_sync("huge", **{param: value})
+    with pytest.raises(ValueError, match="connect_timeout"):
+        dl.LeaseClient.connect_sync("sqlite:///nonexistent/x.db", connect_timeout=10**400)
+
+
+def test_nan_is_never_mistaken_for_a_duration(fuzz_client: dl.LeaseClient) -> None:
+    for value in (math.nan, -math.nan):
+        with pytest.raises(ValueError, match="finite number"):
+            fuzz_client.try_acquire_sync("nan", duration=value)

@@ -1,0 +1,281 @@
+//! No password in any log line, trace span or error, at TRACE level.
+//!
+//! Installs, for this whole test binary, a `tracing` subscriber that records every span (with
+//! its fields and later records) and every event at every level, and a `log` logger that records
+//! everything (the `redis` driver logs through `log`). Then it does everything that handles a
+//! password: loads configuration holding one, connects with it as an ACL user, fails
+//! authentication with another, acquires, renews (manually and in the background), reconnects
+//! after the server drops the connection (which authenticates again), inspects, lists, releases
+//! and force-releases; it also formats the errors, settings and client with `{}` and `{:?}`.
+//! Neither password, raw or percent-encoded, may appear anywhere in what was captured.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use distributed_leasing::config::{load_with, Overrides};
+use distributed_leasing::{ClientOptions, LeaseClient, LeaseOptions, Secret};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+/// The ACL user's password: characters that get percent-encoded in a URL, so that both forms
+/// are looked for.
+const SECRET: &str = "Pw-9f3b/S3cr3t@x:y%z";
+/// A wrong password tried once: it must not leak either.
+const WRONG: &str = "Wr0ng-7c1e/Passw0rd";
+
+fn captured() -> &'static Mutex<String> {
+    static TEXT: OnceLock<Mutex<String>> = OnceLock::new();
+    TEXT.get_or_init(|| Mutex::new(String::new()))
+}
+
+fn append(line: &str) {
+    let mut text = captured()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    text.push_str(line);
+    text.push('\n');
+}
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = write!(self.0, " {}={value} ({value:?})", field.name());
+    }
+}
+
+/// Records everything, at every level.
+struct CaptureAll {
+    next_id: AtomicU64,
+}
+
+impl Subscriber for CaptureAll {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut f = Fields(format!(
+            "SPAN {} {} {}",
+            span.metadata().level(),
+            span.metadata().target(),
+            span.metadata().name()
+        ));
+        span.record(&mut f);
+        append(&f.0);
+        Id::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut f = Fields(format!("RECORD {span:?}"));
+        values.record(&mut f);
+        append(&f.0);
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut f = Fields(format!(
+            "EVENT {} {}",
+            event.metadata().level(),
+            event.metadata().target()
+        ));
+        event.record(&mut f);
+        append(&f.0);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+struct LogAll;
+
+impl log::Log for LogAll {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        append(&format!(
+            "LOG {} {} {}",
+            record.level(),
+            record.target(),
+            record.args()
+        ));
+    }
+    fn flush(&self) {}
+}
+
+fn install_capture() {
+    tracing::subscriber::set_global_default(CaptureAll {
+        next_id: AtomicU64::new(0),
+    })
+    .expect("no other subscriber in this test binary");
+    static LOGGER: LogAll = LogAll;
+    log::set_logger(&LOGGER).expect("no other logger in this test binary");
+    log::set_max_level(log::LevelFilter::Trace);
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn note(what: &str, value: impl std::fmt::Display + std::fmt::Debug) {
+    append(&format!("SHOWN {what}: {value} | {value:?}"));
+}
+
+async fn exercise(port: u16, dir: &Path) {
+    let host = format!("127.0.0.1:{port}");
+    let url = format!("redis://alice:{}@{host}", percent_encode(SECRET));
+    let wrong = format!("redis://alice:{}@{host}", percent_encode(WRONG));
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(10),
+        operation_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+
+    // Authentication fails.
+    let err = LeaseClient::connect(&wrong, options.clone())
+        .await
+        .expect_err("a wrong password must be refused");
+    note("auth error", &err);
+
+    // Configuration that holds the password (StackExchange form, as the sample writes it), and
+    // a client made from it.
+    let overrides = Overrides {
+        connection_string: Some(Secret::new(format!(
+            "{host},user=alice,password={SECRET},ssl=False,abortConnect=False,bogusOption=1"
+        ))),
+        ..Overrides::default()
+    };
+    let settings = load_with(dir, &[], &overrides).expect("settings");
+    note("settings", format!("{settings:?}"));
+    let from_settings = LeaseClient::from_settings(&settings, dir)
+        .await
+        .expect("connect from settings");
+    note("client from settings", format!("{from_settings:?}"));
+
+    // Everything a holder does.
+    let client = LeaseClient::connect(&url, options).await.expect("connect");
+    note("client", format!("{client:?} {:?}", client.store()));
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_millis(600)),
+        renew_interval: Some(Duration::from_millis(100)),
+        ..LeaseOptions::default()
+    };
+    let lease = client
+        .acquire("secret-test", &opts, Some(Duration::ZERO))
+        .await
+        .expect("acquire");
+    note("lease", format!("{lease:?}"));
+    lease.renew().await.expect("renew");
+    let refused = from_settings
+        .acquire(
+            "secret-test",
+            &LeaseOptions::default(),
+            Some(Duration::ZERO),
+        )
+        .await
+        .expect_err("held");
+    note("unavailable", &refused);
+
+    // The server drops every connection: the driver reconnects and authenticates again.
+    let killed = common::raw_command(port, "CLIENT KILL USER alice");
+    append(&format!("killed: {killed:?}"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(lease.renewals() >= 2, "background renewals ran");
+    note(
+        "inspect",
+        format!("{:?}", client.inspect("secret-test").await),
+    );
+    note("list", format!("{:?}", client.list("").await));
+    assert!(lease.release().await.expect("release"));
+    let again = from_settings
+        .acquire(
+            "secret-test",
+            &LeaseOptions::default(),
+            Some(Duration::ZERO),
+        )
+        .await
+        .expect("acquire after release");
+    assert!(client.force_release("secret-test").await.expect("force"));
+    note(
+        "renew after force release",
+        format!("{:?}", again.renew().await),
+    );
+    drop(again);
+
+    // A connection string with the password and something wrong in it.
+    let bad = Overrides {
+        connection_string: Some(Secret::new(format!(
+            "{host},password={SECRET},defaultDatabase=notanumber"
+        ))),
+        ..Overrides::default()
+    };
+    note("bad settings", format!("{:?}", load_with(dir, &[], &bad)));
+    let bad_url = format!("redis://alice:{}@{host}/notadb", percent_encode(SECRET));
+    note(
+        "bad url",
+        format!(
+            "{:?}",
+            LeaseClient::connect(&bad_url, ClientOptions::default()).await
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_trace_log_or_error() {
+    install_capture();
+    let server = common::RedisServer::start_with(&[
+        "--user",
+        "alice",
+        "on",
+        &format!(">{SECRET}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let dir = std::env::temp_dir().join(format!("dl-secrets-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    exercise(server.port, &dir).await;
+    // Let background work (the dropped handle's release, reconnections) log what it logs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let text = captured()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    // The capture works and saw the library at its most verbose, and the driver's errors.
+    assert!(text.contains("lease acquired"), "{text}");
+    assert!(text.contains("lease renewed"), "{text}");
+    assert!(text.contains("authentication"), "{text}");
+    assert!(text.lines().count() > 20, "{text}");
+    for secret in [SECRET, WRONG] {
+        for form in [secret.to_owned(), percent_encode(secret)] {
+            let leaks: Vec<&str> = text.lines().filter(|l| l.contains(&form)).collect();
+            assert!(
+                leaks.is_empty(),
+                "{form:?} leaked in:\n{}",
+                leaks.join("\n")
+            );
+        }
+    }
+}
