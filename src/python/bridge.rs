@@ -58,7 +58,23 @@ where
     F: Future<Output = Result<T, CoreError>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
+    future_into_py_with(py, fut, |py, v| Ok(v.into_bound_py_any(py)?.unbind()))
+}
+
+/// [`future_into_py`] with the conversion of the result given: it may also fail with a Python
+/// exception of its choice (`StopAsyncIteration` ends an `async for`).
+pub(crate) fn future_into_py_with<F, T, C>(
+    py: Python<'_>,
+    fut: F,
+    convert: C,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: Send + 'static,
+    C: for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
     let rt = runtime::get()?;
+    super::logging::refresh(py);
     let event_loop = get_running_loop(py)?;
     let py_fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
     let fut_ref = py_fut.clone().unbind();
@@ -67,8 +83,8 @@ where
         let result = fut.await;
         runtime::with_python(|py| {
             let (ok, value) = match result {
-                Ok(v) => match v.into_bound_py_any(py) {
-                    Ok(obj) => (true, obj.unbind()),
+                Ok(v) => match convert(py, v) {
+                    Ok(obj) => (true, obj),
                     Err(e) => (false, e.into_value(py).into_any()),
                 },
                 Err(e) => (false, to_py(py, e).into_value(py).into_any()),
@@ -105,6 +121,7 @@ where
     T: Send + 'static,
 {
     let rt = runtime::get()?;
+    super::logging::refresh(py);
     let mut task = rt.spawn(fut);
     loop {
         let step = py.detach(|| {
