@@ -128,4 +128,5 @@ all_stores!(
     cancelled_waiter_leaves_nothing_behind,
     hundred_waiters_each_acquire_once,
     events_report_renewals_and_the_loss,
+    waiter_never_polls_faster_than_every_100_ms,
 );

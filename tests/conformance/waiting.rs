@@ -430,3 +430,85 @@ pub async fn events_report_renewals_and_the_loss(h: &Harness) {
     ));
     held.release().await.unwrap();
 }
+
+/// A store that counts acquire attempts (and otherwise is the real one).
+#[derive(Debug)]
+struct CountingStore {
+    inner: Arc<dyn distributed_leasing::store::LeaseStore>,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl distributed_leasing::store::LeaseStore for CountingStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn try_acquire(
+        &self,
+        req: &AcquireRequest<'_>,
+    ) -> distributed_leasing::Result<AcquireOutcome> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.try_acquire(req).await
+    }
+    async fn renew(
+        &self,
+        name: &str,
+        lease_id: &str,
+        duration: Duration,
+    ) -> distributed_leasing::Result<distributed_leasing::store::RenewOutcome> {
+        self.inner.renew(name, lease_id, duration).await
+    }
+    async fn release(&self, name: &str, lease_id: &str) -> distributed_leasing::Result<bool> {
+        self.inner.release(name, lease_id).await
+    }
+    async fn inspect(
+        &self,
+        name: &str,
+    ) -> distributed_leasing::Result<Option<distributed_leasing::LeaseInfo>> {
+        self.inner.inspect(name).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> distributed_leasing::Result<Vec<distributed_leasing::LeaseInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn force_release(&self, name: &str) -> distributed_leasing::Result<bool> {
+        self.inner.force_release(name).await
+    }
+    fn watch_releases(&self, name: &str) -> distributed_leasing::wait::ReleaseWatch {
+        self.inner.watch_releases(name)
+    }
+}
+
+pub async fn waiter_never_polls_faster_than_every_100_ms(h: &Harness) {
+    let holder_client = h.client().await;
+    let real = h.client().await;
+    let counting = Arc::new(CountingStore {
+        inner: Arc::clone(real.store()),
+        attempts: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let c = distributed_leasing::LeaseClient::with_store(counting.clone(), crate::options());
+    let name = unique("no-busy-poll");
+    let a = holder_client
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    // Asks for 1 ms between polls: raised to 100 ms. The holder has 30 s left, so only polls
+    // (where the store cannot notify) make attempts in these 2 s.
+    let eager = LeaseOptions {
+        backoff: Some(Backoff::fixed(Duration::from_millis(1))),
+        ..LeaseOptions::default()
+    };
+    let r = c.acquire(&name, &eager, Some(Duration::from_secs(2))).await;
+    assert!(matches!(r, Err(LeaseError::Unavailable { .. })), "{r:?}");
+    let attempts = counting.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("{}: {attempts} attempts in 2 s", c.store().kind());
+    // First attempt, the one after subscribing, one at the end, and at most one per 100 ms.
+    assert!(
+        attempts <= 3 + 20,
+        "{attempts} attempts in 2 s: polling too fast"
+    );
+    a.release().await.unwrap();
+}

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import distributed_leasing as dl
 import pytest
@@ -469,3 +471,33 @@ def test_waiting_does_not_leak_threads_or_fail_at_exit(
             timeout=60,
         )
         assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+async def test_without_channel_rights_waiting_falls_back_to_polling(
+    redis_server_factory: Callable[..., RedisServer],
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user that may not use pub/sub channels (Redis 7's default for new ACL users) still
+    releases (publishing is best effort) and still waits (by polling, with a warning)."""
+    srv = redis_server_factory(acl_users={"bob": ["on", ">bob-pw", "~*", "resetchannels", "+@all"]})
+    url = srv.url_for("bob", "bob-pw")
+    caplog.set_level(logging.WARNING, logger="distributed_leasing")
+    dl.refresh_logging()
+    holder_client = await dl.LeaseClient.connect(url)
+    waiter_client = await dl.LeaseClient.connect(url)
+    holder = await holder_client.acquire(unique_name)
+    waiter = asyncio.create_task(waiter_client.acquire(unique_name, wait=50.0))
+    await asyncio.sleep(1.0)
+    assert await holder.release(), "the release itself must not fail"
+    t = time.monotonic()
+    lease = await asyncio.wait_for(waiter, timeout=30)
+    assert time.monotonic() - t < 10, "polling (at most every second) should find it"
+    await lease.release()
+    for _ in range(100):
+        if any("release notifications" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    warnings = [r for r in caplog.records if "release notifications" in r.getMessage()]
+    assert warnings and warnings[0].levelno == logging.WARNING
+    assert "bob-pw" not in warnings[0].getMessage()
