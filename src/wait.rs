@@ -5,7 +5,8 @@
 //! reference count, a [`Notify`] and the state of the notification feed for that name. The Redis
 //! store feeds it from one pub/sub connection shared by all waiters; the SQLite store feeds it
 //! from releases made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
-//! while it waits; the last watch to go unsubscribes.
+//! while it waits; the last watch to go unsubscribes (on Redis after a short linger, so that a
+//! lease waited for again soon keeps its subscription).
 //!
 //! Invariants:
 //! - Lost wake-ups cannot happen: the waiter joins the board (and, on Redis, the subscription is
@@ -224,6 +225,12 @@ impl ReleaseBoard {
             feed: watch::Sender::new(self.initial),
             stale: false,
         });
+        if ch.refs == 0 {
+            // A wake-up left for nobody (a release while no one waited) must not wake the
+            // newcomer: it attempts right after joining anyway, which covers every earlier
+            // release.
+            ch.notify = Arc::new(Notify::new());
+        }
         ch.refs += 1;
         let first = ch.refs == 1;
         let watch = ReleaseWatch {
@@ -494,6 +501,20 @@ mod tests {
         parked.abort();
         let woke = tokio::time::timeout(Duration::from_secs(5), b.next()).await;
         assert_eq!(woke.ok(), Some(Wake::Released));
+    }
+
+    #[tokio::test]
+    async fn a_release_nobody_waited_for_does_not_wake_a_newcomer() {
+        let board = ReleaseBoard::subscribed(|_| {});
+        drop(board.join("k"));
+        // The entry lingers (a subscriber removes it); a release while nobody waits...
+        assert!(board.notify("k"));
+        // ...is covered by the newcomer's own attempt after joining, not by a wake-up.
+        let mut b = board.join("k");
+        board.set_live("k");
+        assert_eq!(b.next().await, Wake::FeedChanged);
+        let woke = tokio::time::timeout(Duration::from_millis(50), b.next()).await;
+        assert!(woke.is_err(), "woken by a stale release");
     }
 
     #[tokio::test]

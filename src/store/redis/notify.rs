@@ -36,6 +36,9 @@ pub const RELEASED_SUFFIX: &str = ":released";
 
 /// How often a healthy connection is checked with a PING.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
+/// How long a channel stays subscribed after its last waiter left: a lease that is waited for
+/// again soon (a busy lease, a loop) does not pay an UNSUBSCRIBE and a SUBSCRIBE each time.
+pub const LINGER: Duration = Duration::from_secs(2);
 /// First and longest delay between two attempts to (re)subscribe after a failure.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -190,6 +193,7 @@ impl Notifier {
                 subscribed: HashSet::new(),
                 own_unsubscribes: HashMap::new(),
                 dirty: HashSet::new(),
+                idle: HashMap::new(),
                 retry: None,
                 retry_delay: RETRY_MIN,
                 warned: false,
@@ -213,6 +217,8 @@ struct Supervisor {
     own_unsubscribes: HashMap<String, usize>,
     /// Channels whose subscription may not match their waiters.
     dirty: HashSet<String>,
+    /// Subscribed channels without waiters, and since when: unsubscribed after [`LINGER`].
+    idle: HashMap<String, Instant>,
     /// When to try again after a failure.
     retry: Option<Instant>,
     retry_delay: Duration,
@@ -228,7 +234,12 @@ impl Supervisor {
     ) {
         let mut next_health = Instant::now() + HEALTH_EVERY;
         loop {
-            let wake = self.retry.unwrap_or(next_health).min(next_health);
+            let linger_end = self.idle.values().min().map(|t| *t + LINGER);
+            let wake = [self.retry, linger_end, Some(next_health)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_health);
             tokio::select! {
                 biased;
                 _ = &mut stop => return,
@@ -251,6 +262,14 @@ impl Supervisor {
                             self.dirty.extend(board.wanted());
                         }
                     }
+                    let now = Instant::now();
+                    let expired: Vec<String> = self
+                        .idle
+                        .iter()
+                        .filter(|(_, since)| now >= **since + LINGER)
+                        .map(|(ch, _)| ch.clone())
+                        .collect();
+                    self.dirty.extend(expired);
                 }
             }
             let Some(board) = self.board.upgrade() else {
@@ -298,6 +317,12 @@ impl Supervisor {
     fn lost_all(&mut self) {
         self.subscribed.clear();
         self.own_unsubscribes.clear();
+        // Nothing to unsubscribe any more: drop the idle entries nobody waits for.
+        if let Some(board) = self.board.upgrade() {
+            for (ch, _) in self.idle.drain() {
+                board.remove_if_unused(&ch);
+            }
+        }
         if let Some(board) = self.board.upgrade() {
             board.set_partial(None);
             self.dirty.extend(board.wanted());
@@ -355,12 +380,26 @@ impl Supervisor {
         };
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
+        let now = Instant::now();
         for ch in self.dirty.drain() {
             match (board.waiters(&ch) > 0, self.subscribed.contains(&ch)) {
-                (true, false) => subscribe.push(ch),
-                (false, true) => unsubscribe.push(ch),
-                (true, true) => board.set_live(&ch),
+                (true, false) => {
+                    self.idle.remove(&ch);
+                    subscribe.push(ch);
+                }
+                (false, true) => {
+                    let since = *self.idle.entry(ch.clone()).or_insert(now);
+                    if now >= since + LINGER {
+                        self.idle.remove(&ch);
+                        unsubscribe.push(ch);
+                    }
+                }
+                (true, true) => {
+                    self.idle.remove(&ch);
+                    board.set_live(&ch);
+                }
                 (false, false) => {
+                    self.idle.remove(&ch);
                     board.remove_if_unused(&ch);
                 }
             }
