@@ -8,8 +8,8 @@ worker processes: a *holder* that acquires and releases, and a *waiter* that is 
 ``acquire(wait=None)`` when the holder releases. Each round:
 
 1. the waiter starts waiting (it reports just before it calls acquire);
-2. the parent sees its subscription on the server (``PUBSUB NUMSUB``), then a little more, so
-   the waiter is parked, not mid-attempt;
+2. the parent sees its subscription on the server (``PUBSUB NUMSUB``), then waits 20 ms more
+   (all libraries alike), so the waiter is parked, not mid-attempt;
 3. the holder releases and takes ``t_release = time.monotonic_ns()`` when ``release()`` returns;
 4. the waiter takes ``t_acquire = time.monotonic_ns()`` when ``acquire()`` returns;
 5. the waiter releases, the holder takes the lease again (untimed).
@@ -275,15 +275,15 @@ def measure(
             waiter.send("wait")
             assert waiter.read() == "waiting"
             if ours:
+                # Subscribed (its subscription also lingers from the round before)...
                 channel = f"lease:{name}:released"
                 until = time.monotonic() + 10
                 while resp(server.port, "PUBSUB", "NUMSUB", channel) != [channel, 1]:
                     if time.monotonic() > until:
                         raise RuntimeError("the waiter never subscribed")
                     time.sleep(0.0005)
-                time.sleep(0.005)  # parked after its second attempt
-            else:
-                time.sleep(0.02)  # a first attempt, then BLPOP or a poll sleep
+            # ...and parked: its attempts (or BLPOP, or poll sleep) are well under way.
+            time.sleep(0.02)
             t_release = int(holder.ask("release"))
             t_acquire = int(waiter.read())
             if i >= warmup:

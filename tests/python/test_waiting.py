@@ -501,3 +501,23 @@ async def test_without_channel_rights_waiting_falls_back_to_polling(
     warnings = [r for r in caplog.records if "release notifications" in r.getMessage()]
     assert warnings and warnings[0].levelno == logging.WARNING
     assert "bob-pw" not in warnings[0].getMessage()
+
+
+async def test_release_wakes_a_waiter_over_tls(
+    tls_redis_server: RedisServer, unique_name: str
+) -> None:
+    """The subscription connection uses the client's TLS settings (here: a private CA)."""
+    srv = tls_redis_server
+    holder_client = await dl.LeaseClient.connect(srv.url, ca_file=srv.ca_file)
+    waiter_client = await dl.LeaseClient.connect(srv.url, ca_file=srv.ca_file)
+    holder = await holder_client.acquire(unique_name)
+    waiter = asyncio.create_task(waiter_client.acquire(unique_name, wait=50.0, backoff=SLOW_POLL))
+    channel = released_channel("redis", unique_name)
+    assert await wait_until(
+        lambda: srv.command("PUBSUB", "NUMSUB", channel) == [channel, 1], timeout=20
+    ), "the waiter did not subscribe over TLS"
+    await holder.release()
+    t = time.monotonic()
+    lease = await asyncio.wait_for(waiter, timeout=30)
+    assert time.monotonic() - t < 10
+    await lease.release()
