@@ -28,6 +28,7 @@ use crate::lease::{self, Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
 use crate::secret::Secret;
+use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{validate_metadata, validate_name, AcquireOutcome, AcquireRequest, LeaseStore};
@@ -124,6 +125,7 @@ impl LeaseClient {
                     connect_timeout: options.connect_timeout,
                     response_timeout: options.operation_timeout,
                     ca_file: options.ca_file.clone(),
+                    credentials: None,
                 })
                 .await?,
             )
@@ -149,27 +151,36 @@ impl LeaseClient {
             key_prefix: settings.key_prefix.clone(),
             connect_timeout: settings.connect_timeout,
             operation_timeout: settings.sync_timeout,
+            ca_file: settings.ca_file.clone(),
             ..ClientOptions::default()
         };
         let store: Arc<dyn LeaseStore> = match &settings.target {
             None => return Err(crate::config::not_configured_error(dir)),
             Some(StoreTarget::Sqlite { path }) => Arc::new(SqliteStore::open_async(path).await?),
-            Some(StoreTarget::Redis(target)) if target.entra_id => {
-                return Err(LeaseError::Config(format!(
-                    "Endpoint {} without a password means Microsoft Entra ID authentication, which this build does not support yet: use a ConnectionString with the access key (password=...) for now",
-                    target.display_url()
-                )))
-            }
-            Some(StoreTarget::Redis(target)) => Arc::new(
-                RedisStore::connect(RedisOptions {
+            Some(StoreTarget::Redis(target)) => {
+                // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
+                let credentials = if target.entra_id {
+                    let c = EntraCredentials::from_process_env();
+                    c.ready().await?;
+                    Some(c)
+                } else {
+                    None
+                };
+                let connected = RedisStore::connect(RedisOptions {
                     urls: target.node_urls(),
                     key_prefix: options.key_prefix.clone(),
                     connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
                     response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
-                    ca_file: None,
+                    ca_file: settings.ca_file.clone(),
+                    credentials: credentials.clone(),
                 })
-                .await?,
-            ),
+                .await;
+                match (connected, &credentials) {
+                    (Ok(store), _) => Arc::new(store),
+                    (Err(e), Some(c)) => return Err(c.explain(e)),
+                    (Err(e), None) => return Err(e),
+                }
+            }
         };
         Ok(Self::with_store(store, options))
     }

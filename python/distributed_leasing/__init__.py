@@ -14,7 +14,7 @@ import logging
 
 from . import _native
 from ._backoff import Backoff
-from ._client import ConfigWarning, LeaseClient, lease
+from ._client import ConfigWarning, LeaseClient, is_configured, lease
 from ._lease import LeaseContext, OnLost
 from ._native import (
     BackendError,
@@ -77,6 +77,7 @@ __all__ = [
     "LeaseLost",
     "LeaseUnavailable",
     "OnLost",
+    "is_configured",
     "lease",
     "metrics",
     "refresh_logging",

@@ -298,6 +298,13 @@ class LeaseClient:
         return "LeaseClient(closed)" if native is None else repr(native)
 
 
+def is_configured(dir: str | os.PathLike[str] = ".") -> bool:
+    """Whether ``dir`` (appsettings.json, appsettings.Local.json) and the ``RedisLeasing__*``
+    environment configure a store. Raises ``ConfigError`` when a configuration exists but is
+    invalid, so a broken configuration is never mistaken for none."""
+    return _native.is_configured(os.fspath(Path(dir)))
+
+
 # -- the process-wide default client of lease() ------------------------------------------------
 
 _default: tuple[int, LeaseClient] | None = None

@@ -225,6 +225,10 @@ class _Client:
     def force_release(self, name: str) -> asyncio.Future[bool]: ...
     def force_release_blocking(self, name: str) -> bool: ...
 
+def is_configured(dir: str) -> bool:
+    """Whether ``dir`` (appsettings files) and the environment configure a store. Raises
+    ConfigError when a configuration exists but is invalid."""
+
 def _shutdown() -> None:
     """atexit hook: keep tokio threads out of a finalizing interpreter."""
 

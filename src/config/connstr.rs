@@ -590,7 +590,7 @@ fn parse_url(t: &str, tls: bool, warnings: &mut Vec<String>) -> Result<RedisTarg
     match fragment {
         Some(f) if f.eq_ignore_ascii_case("insecure") => warnings.push(
             "'#insecure' is not supported: TLS certificates are always verified; to trust a private \
-             CA, point SSL_CERT_FILE at its certificate"
+             CA, set CaFile (RedisLeasing:CaFile) to its PEM file"
                 .to_owned(),
         ),
         Some(f) if !f.is_empty() => {

@@ -34,7 +34,9 @@
 //!   difference is warned. So the template's `"Database": 0` does not override a `redis://h/3`
 //!   given in `appsettings.Local.json` or the environment. The effective values are written into
 //!   the target.
-//! - A relative `sqlite://relative/leases.db` is resolved against the configuration directory.
+//! - A relative `sqlite://relative/leases.db` is resolved against the configuration directory, and
+//!   so is a relative `CaFile`. `CaFile` must name an existing file; it applies to TLS connections
+//!   only (a warning otherwise) and replaces the system's roots (and `SSL_CERT_FILE`) for Redis.
 //! - Options of the .NET library that this crate does not read (`HostName`, `AccessKey`,
 //!   `AbortOnConnectFail`, ...) and unknown keys are warnings, with typo hints.
 
@@ -86,6 +88,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Timeout of one operation (5000 ms).
     pub sync_timeout: Duration,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (`CaFile`), resolved
+    /// against the configuration directory; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Things worth telling the user that did not stop loading (unknown keys, unused options...).
     pub warnings: Vec<String>,
     /// What was read, in order: file paths and environment variable names.
@@ -107,6 +112,7 @@ impl Default for Settings {
             auto_renew_interval: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             sync_timeout: Duration::from_secs(5),
+            ca_file: None,
             warnings: Vec::new(),
             sources: Vec::new(),
         }
@@ -148,6 +154,8 @@ pub struct Overrides {
     pub connect_timeout: Option<Duration>,
     /// `SyncTimeout`.
     pub sync_timeout: Option<Duration>,
+    /// `CaFile`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The longest renewal interval that still leaves room for a retry before a lease of `duration`
@@ -256,9 +264,10 @@ enum Field {
     AutoRenewInterval,
     ConnectTimeout,
     SyncTimeout,
+    CaFile,
 }
 
-const KEYS: [Field; 11] = [
+const KEYS: [Field; 12] = [
     Field::ConnectionString,
     Field::Endpoint,
     Field::KeyPrefix,
@@ -270,6 +279,7 @@ const KEYS: [Field; 11] = [
     Field::AutoRenewInterval,
     Field::ConnectTimeout,
     Field::SyncTimeout,
+    Field::CaFile,
 ];
 
 impl Field {
@@ -286,6 +296,7 @@ impl Field {
             Self::AutoRenewInterval => "AutoRenewInterval",
             Self::ConnectTimeout => "ConnectTimeout",
             Self::SyncTimeout => "SyncTimeout",
+            Self::CaFile => "CaFile",
         }
     }
 
@@ -638,6 +649,13 @@ impl Layers {
             o.connect_timeout.map(Raw::Duration),
         );
         put(self, Field::SyncTimeout, o.sync_timeout.map(Raw::Duration));
+        put(
+            self,
+            Field::CaFile,
+            o.ca_file
+                .as_ref()
+                .map(|p| Raw::Text(p.to_string_lossy().into_owned())),
+        );
         if any {
             self.sources.push("arguments".to_owned());
         }
@@ -739,6 +757,25 @@ impl Layers {
         if self.problems.len() == before {
             self.check_renewal(duration, interval, auto_renew);
         }
+        let ca_file = self.get(Field::CaFile, None, |r| {
+            let s = r
+                .text()
+                .ok_or_else(|| wrong_type(r, "a file path", "\"certs/redis-ca.pem\""))?;
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            let path = dir.join(s);
+            if !path.is_file() {
+                return Err((
+                    format!("there is no file {}", path.display()),
+                    "give the path (absolute, or relative to the configuration directory) of the \
+                     PEM file of the CA that signed the Redis server's certificate"
+                        .to_owned(),
+                ));
+            }
+            Ok(Some(path))
+        });
 
         // The target: ConnectionString, else Endpoint.
         let cs = self.entry(Field::ConnectionString).cloned();
@@ -810,9 +847,20 @@ impl Layers {
             auto_renew_interval: interval,
             connect_timeout,
             sync_timeout,
+            ca_file,
             warnings: Vec::new(),
             sources: Vec::new(),
         };
+        if settings.ca_file.is_some() {
+            let tls = matches!(&target, Some(StoreTarget::Redis(r)) if r.tls);
+            if target.is_some() && !tls {
+                self.warnings.push(format!(
+                    "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
+                     ssl=True or UseSsl=true), and this one does not use TLS (ignored)",
+                    self.origin(Field::CaFile)
+                ));
+            }
+        }
         match target {
             Some(StoreTarget::Redis(mut r)) => {
                 let conn = target_key

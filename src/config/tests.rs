@@ -859,3 +859,73 @@ fn not_configured_error_lists_the_ways_to_configure() {
         assert!(m.contains(needle), "missing {needle:?} in {m}");
     }
 }
+
+#[test]
+fn ca_file_is_resolved_against_the_configuration_directory_and_must_exist() {
+    let d = TempDir::with(&[
+        ("ca.pem", "-----BEGIN CERTIFICATE-----\n"),
+        (
+            LOCAL_FILE,
+            &local(r#""ConnectionString": "h:6380,ssl=True,password=x", "CaFile": "ca.pem""#),
+        ),
+    ]);
+    let s = ok(&d, &[]);
+    assert_eq!(s.ca_file, Some(d.path().join("ca.pem")));
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    // From the environment, absolute; an empty value unsets it.
+    let abs = d.file("ca.pem");
+    let s = ok(&d, &[("RedisLeasing__CaFile", &abs)]);
+    assert_eq!(s.ca_file, Some(PathBuf::from(&abs)));
+    let s = ok(&d, &[("RedisLeasing__CaFile", "")]);
+    assert_eq!(s.ca_file, None);
+    // An argument wins.
+    let o = Overrides {
+        ca_file: Some(PathBuf::from("ca.pem")),
+        ..Overrides::default()
+    };
+    let s = load_with(d.path(), &env(&[("RedisLeasing__CaFile", "/nope.pem")]), &o).unwrap();
+    assert_eq!(s.ca_file, Some(d.path().join("ca.pem")));
+    // A missing file is refused with key, value, source and fix.
+    let m = refused(&d, &[("RedisLeasing__CaFile", "missing.pem")]);
+    assert!(
+        m.contains("RedisLeasing:CaFile")
+            && m.contains("missing.pem")
+            && m.contains("RedisLeasing__CaFile")
+            && m.contains("PEM"),
+        "{m}"
+    );
+    // A number is the wrong type.
+    let d2 = TempDir::with(&[(LOCAL_FILE, &local(r#""CaFile": 3"#))]);
+    let m = refused(&d2, &[]);
+    assert!(m.contains("CaFile") && m.contains("file path"), "{m}");
+}
+
+#[test]
+fn ca_file_without_tls_is_a_warning() {
+    let d = TempDir::with(&[
+        ("ca.pem", "x"),
+        (
+            LOCAL_FILE,
+            &local(r#""ConnectionString": "redis://h:6379", "CaFile": "ca.pem""#),
+        ),
+    ]);
+    let s = ok(&d, &[]);
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("CaFile") && w.contains("does not use TLS")),
+        "{:?}",
+        s.warnings
+    );
+    // An Endpoint uses TLS by default (UseSsl = true): no warning.
+    let d = TempDir::with(&[
+        ("ca.pem", "x"),
+        (
+            LOCAL_FILE,
+            &local(r#""Endpoint": "h:6380", "CaFile": "ca.pem""#),
+        ),
+    ]);
+    let s = ok(&d, &[]);
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert!(redis(&s).tls && redis(&s).entra_id);
+}

@@ -1,17 +1,27 @@
 //! The bridge from Rust futures to asyncio futures, and from Rust futures to blocking calls.
 //!
-//! Written here rather than taken from `pyo3-async-runtimes` because its `future_into_py` costs
-//! two task spawns, a blocking-thread hop and a GIL hand-off per await (45–145 µs measured on
-//! this machine for a no-op), and because it gives no hook to keep tokio threads out of Python
-//! during interpreter shutdown. Here one await is: create an asyncio future, spawn one tokio
-//! task, and when it finishes take the GIL once on the tokio worker to convert the result and
-//! `call_soon_threadsafe` the resolution. `bench/bridge.py` measures both bridges.
+//! Written here rather than taken from `pyo3-async-runtimes`, whose `future_into_py` costs two
+//! task spawns, a blocking-thread hop, a GIL hand-off and a `call_soon_threadsafe` per await
+//! (`bench/bridge.py` measures both). Here one await is: create an asyncio future, spawn one
+//! tokio task, and when it finishes push a completion into the event loop's [`Inbox`] and, if
+//! the inbox was idle, write one byte to a socket the loop watches (`loop.add_reader`). The
+//! loop thread, which holds the GIL anyway, drains every queued completion in one callback.
 //!
-//! Cancellation: cancelling the asyncio future aborts the tokio task (a done callback), so a
-//! cancelled `acquire(wait=None)` stops trying; a lease acquired at the very moment of the
-//! cancel is dropped, which releases it.
+//! So a tokio thread never takes the GIL to complete an operation: completions cost no GIL
+//! hand-off, a burst of them costs one loop wake-up, and interpreter shutdown cannot be entered
+//! by a tokio thread through this path (see `runtime` for the rule this keeps).
+//!
+//! Cancellation: for operations that may wait long (`acquire` with a wait, `wait_lost`), a
+//! cancelled asyncio future aborts the tokio task, so a cancelled `acquire(wait=None)` stops
+//! trying; a lease acquired at the very moment of the cancel is dropped, which releases it.
+//! Short operations are left to finish (their result is discarded).
 
 use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -24,27 +34,91 @@ use crate::error::LeaseError as CoreError;
 use super::errors::to_py;
 use super::runtime;
 
-/// Resolves `fut` unless it is already done (cancelled while the result was on its way).
-#[pyfunction]
-fn _resolve(fut: &Bound<'_, PyAny>, ok: bool, value: Bound<'_, PyAny>) -> PyResult<()> {
-    if fut.call_method0("done")?.is_truthy()? {
-        return Ok(());
-    }
-    if ok {
-        fut.call_method1("set_result", (value,))?;
-    } else {
-        fut.call_method1("set_exception", (value,))?;
-    }
-    Ok(())
+/// Work for the loop thread: runs there, with the GIL.
+type Completion = Box<dyn FnOnce(Python<'_>) + Send>;
+
+/// The completions waiting for one event loop, and the socket that wakes it.
+pub(crate) struct Inbox {
+    queue: Mutex<Vec<Completion>>,
+    /// True while a wake-up byte is on its way or the loop is draining: producers then only
+    /// queue.
+    pending: AtomicBool,
+    wake: UnixStream,
 }
 
-fn resolver(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    RESOLVE
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(wrap_pyfunction!(_resolve, py)?.into_any().unbind())
-        })
-        .map(|f| f.bind(py))
+impl Inbox {
+    /// Queues `work` for the loop thread. Never takes the GIL; one syscall at most.
+    pub(crate) fn push(&self, work: Completion) {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(work);
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // A full socket buffer means wake-ups are already queued: nothing is lost.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+/// The reader side of one event loop's inbox, registered with `loop.add_reader`.
+#[pyclass(frozen, module = "distributed_leasing._native")]
+pub(crate) struct Completer {
+    inbox: Arc<Inbox>,
+    readable: UnixStream,
+}
+
+#[pymethods]
+impl Completer {
+    /// Runs every queued completion (called by the event loop when the socket is readable).
+    fn _drain(&self, py: Python<'_>) {
+        // Clear `pending` before taking the queue: a push after the take then writes a new
+        // wake-up byte, so no completion waits for a later one.
+        self.inbox.pending.store(false, Ordering::Release);
+        let mut sink = [0u8; 256];
+        while matches!((&self.readable).read(&mut sink), Ok(n) if n > 0) {}
+        let batch = std::mem::take(
+            &mut *self
+                .inbox
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for work in batch {
+            work(py);
+        }
+    }
+}
+
+/// The inbox of `event_loop`, created and registered on first use.
+fn inbox_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Inbox>> {
+    let attr = pyo3::intern!(py, "_distributed_leasing_completer");
+    if let Ok(existing) = event_loop.getattr(attr) {
+        if let Ok(c) = existing.cast::<Completer>() {
+            return Ok(Arc::clone(&c.get().inbox));
+        }
+    }
+    let (readable, wake) = UnixStream::pair()?;
+    readable.set_nonblocking(true)?;
+    wake.set_nonblocking(true)?;
+    let fd = readable.as_raw_fd();
+    let inbox = Arc::new(Inbox {
+        queue: Mutex::new(Vec::new()),
+        pending: AtomicBool::new(false),
+        wake,
+    });
+    let completer = Bound::new(
+        py,
+        Completer {
+            inbox: Arc::clone(&inbox),
+            readable,
+        },
+    )?;
+    event_loop.call_method1("add_reader", (fd, completer.getattr("_drain")?))?;
+    // The loop keeps its completer (and so the socket) for its whole life. Loops without
+    // attributes (none in the standard library) get a fresh inbox per operation, which works,
+    // only slower.
+    let _ = event_loop.setattr(attr, completer);
+    Ok(inbox)
 }
 
 fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -52,18 +126,103 @@ fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     GET_LOOP.import(py, "asyncio", "get_running_loop")?.call0()
 }
 
-/// Runs `fut` on the runtime and returns an asyncio future of its result.
+/// A conversion of a Rust result into its Python value, run on the loop thread.
+type Convert<T> = Box<dyn for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send>;
+
+/// Sets `fut`'s result from `result` unless it is already done (cancelled while on its way).
+fn settle<T>(py: Python<'_>, fut: &Py<PyAny>, result: Result<T, CoreError>, convert: Convert<T>) {
+    let fut = fut.bind(py);
+    if fut
+        .call_method0(pyo3::intern!(py, "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let outcome = match result {
+        Ok(v) => convert(py, v),
+        Err(e) => Err(to_py(py, e)),
+    };
+    let _ = match outcome {
+        Ok(value) => fut.call_method1(pyo3::intern!(py, "set_result"), (value,)),
+        Err(err) => fut.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),)),
+    };
+}
+
+fn spawn_into_py<F, T>(py: Python<'_>, fut: F, abortable: bool) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    spawn_into_py_with(
+        py,
+        fut,
+        abortable,
+        Box::new(|py, v: T| Ok(v.into_bound_py_any(py)?.unbind())),
+    )
+}
+
+fn spawn_into_py_with<F, T>(
+    py: Python<'_>,
+    fut: F,
+    abortable: bool,
+    convert: Convert<T>,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime::get()?;
+    super::logging::refresh(py);
+    let event_loop = get_running_loop(py)?;
+    let inbox = inbox_for(py, &event_loop)?;
+    let py_fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+    let fut_ref = py_fut.clone().unbind();
+    let task = rt.spawn(async move {
+        let result = fut.await;
+        inbox.push(Box::new(move |py| settle(py, &fut_ref, result, convert)));
+    });
+    if abortable {
+        let abort = task.abort_handle();
+        let on_done =
+            PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _| {
+                if let Ok(f) = args.get_item(0) {
+                    if f.call_method0("cancelled")
+                        .and_then(|c| c.is_truthy())
+                        .unwrap_or(false)
+                    {
+                        abort.abort();
+                    }
+                }
+            })?;
+        py_fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
+    }
+    Ok(py_fut)
+}
+
+/// Runs `fut` on the runtime and returns an asyncio future of its result. For operations that
+/// finish on their own in one or two round trips (a cancel lets them finish).
 pub(crate) fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
 where
     F: Future<Output = Result<T, CoreError>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    future_into_py_with(py, fut, |py, v| Ok(v.into_bound_py_any(py)?.unbind()))
+    spawn_into_py(py, fut, false)
 }
 
-/// [`future_into_py`] with the conversion of the result given: it may also fail with a Python
-/// exception of its choice (`StopAsyncIteration` ends an `async for`).
-pub(crate) fn future_into_py_with<F, T, C>(
+/// As [`future_into_py`], for operations that may wait long: cancelling the asyncio future
+/// aborts them.
+pub(crate) fn abortable_future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    spawn_into_py(py, fut, true)
+}
+
+/// As [`abortable_future_into_py`], with the conversion of the result given: it may also fail
+/// with a Python exception of its choice (`StopAsyncIteration` ends an `async for`).
+pub(crate) fn abortable_future_into_py_with<F, T, C>(
     py: Python<'_>,
     fut: F,
     convert: C,
@@ -73,73 +232,52 @@ where
     T: Send + 'static,
     C: for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 {
-    let rt = runtime::get()?;
-    super::logging::refresh(py);
-    let event_loop = get_running_loop(py)?;
-    let py_fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
-    let fut_ref = py_fut.clone().unbind();
-    let loop_ref = event_loop.unbind();
-    let task = rt.spawn(async move {
-        let result = fut.await;
-        runtime::with_python(|py| {
-            let (ok, value) = match result {
-                Ok(v) => match convert(py, v) {
-                    Ok(obj) => (true, obj),
-                    Err(e) => (false, e.into_value(py).into_any()),
-                },
-                Err(e) => (false, to_py(py, e).into_value(py).into_any()),
-            };
-            let Ok(resolve) = resolver(py) else { return };
-            // Fails only if the loop is closed: nobody is waiting any more.
-            let _ = loop_ref.call_method1(
-                py,
-                pyo3::intern!(py, "call_soon_threadsafe"),
-                (resolve, fut_ref, ok, value),
-            );
-        });
-    });
-    let abort = task.abort_handle();
-    let on_done = PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _| {
-        if let Ok(f) = args.get_item(0) {
-            if f.call_method0("cancelled")
-                .and_then(|c| c.is_truthy())
-                .unwrap_or(false)
-            {
-                abort.abort();
-            }
-        }
-    })?;
-    py_fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
-    Ok(py_fut)
+    spawn_into_py_with(py, fut, true, Box::new(convert))
 }
 
-/// Runs `fut` on the runtime and blocks until it is done, with the GIL released. Checks for
-/// signals every 50 ms, so Ctrl-C interrupts a long wait (and aborts it).
+/// Calls `callback(arg)` on the running loop's thread once `fut` finishes, without a tokio
+/// thread ever taking the GIL.
+pub(crate) fn call_soon_when<F, A>(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    callback: Py<PyAny>,
+    fut: F,
+) -> PyResult<()>
+where
+    F: Future<Output = A> + Send + 'static,
+    A: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    let rt = runtime::get()?;
+    let inbox = inbox_for(py, event_loop)?;
+    rt.spawn(async move {
+        let arg = fut.await;
+        inbox.push(Box::new(move |py| {
+            if let Err(e) = callback.call1(py, (arg,)) {
+                e.write_unraisable(py, None);
+            }
+        }));
+    });
+    Ok(())
+}
+
+/// Runs `fut` to completion on the calling thread with the GIL released (its I/O is driven by
+/// the runtime's workers). Checks for signals every 50 ms, so Ctrl-C interrupts a long wait
+/// (dropping the future, which cancels it).
 pub(crate) fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
 where
-    F: Future<Output = Result<T, CoreError>> + Send + 'static,
-    T: Send + 'static,
+    F: Future<Output = Result<T, CoreError>> + Send,
+    T: Send,
 {
     let rt = runtime::get()?;
     super::logging::refresh(py);
-    let mut task = rt.spawn(fut);
+    let mut fut = std::pin::pin!(fut);
     loop {
         let step = py.detach(|| {
-            rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut task).await })
+            rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut fut).await })
         });
         match step {
-            Ok(Ok(result)) => return result.map_err(|e| to_py(py, e)),
-            Ok(Err(join_error)) => {
-                return Err(super::errors::BackendError::new_err(format!(
-                    "the operation's task failed: {join_error}"
-                )))
-            }
-            Err(_elapsed) => {
-                if let Err(e) = py.check_signals() {
-                    task.abort();
-                    return Err(e);
-                }
-            }
+            Ok(result) => return result.map_err(|e| to_py(py, e)),
+            Err(_elapsed) => py.check_signals()?,
         }
     }
 }

@@ -20,7 +20,10 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 use crate::wait::{Backoff, MIN_POLL};
 
-use super::bridge::{block_on, future_into_py, future_into_py_with};
+use super::bridge::{
+    abortable_future_into_py, abortable_future_into_py_with, block_on, call_soon_when,
+    future_into_py,
+};
 use super::runtime;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
@@ -243,7 +246,7 @@ impl PyLease {
     fn wait_lost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let ended = self.inner.ended();
-        future_into_py(py, async move { Ok(end_name(ended.await)) })
+        abortable_future_into_py(py, async move { Ok(end_name(ended.await)) })
     }
     /// The lease's events from now on, as an async iterator (ends after the lease ends).
     fn events(&self) -> PyResult<PyLeaseEvents> {
@@ -254,17 +257,12 @@ impl PyLease {
         })
     }
     /// Calls `callback(reason_or_None)` on `event_loop` once the lease ends.
-    fn _on_end(&self, event_loop: Py<PyAny>, callback: Py<PyAny>) -> PyResult<()> {
+    fn _on_end(&self, event_loop: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<()> {
         runtime::check_pid(self.pid)?;
         let ended = self.inner.ended();
-        runtime::get()?.spawn(async move {
-            let end = ended.await;
-            runtime::with_python(|py| {
-                let _ =
-                    event_loop.call_method1(py, "call_soon_threadsafe", (callback, end_name(end)));
-            });
-        });
-        Ok(())
+        call_soon_when(event_loop.py(), event_loop, callback, async move {
+            end_name(ended.await)
+        })
     }
     fn __repr__(&self) -> String {
         format!(
@@ -369,7 +367,7 @@ impl PyLeaseEvents {
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let inner = Arc::clone(&self.inner);
-        future_into_py_with(
+        abortable_future_into_py_with(
             py,
             async move { Ok(inner.lock().await.next().await) },
             |py, event: Option<LeaseEvent>| match event {
@@ -613,12 +611,17 @@ impl PyClient {
             backoff,
         )?;
         let client = self.inner.clone();
-        future_into_py(py, async move {
+        let fut = async move {
             client
                 .acquire(&a.name, &a.options, wait)
                 .await
                 .map(PyLease::new)
-        })
+        };
+        if wait == Some(Duration::ZERO) {
+            future_into_py(py, fut)
+        } else {
+            abortable_future_into_py(py, fut)
+        }
     }
 
     #[pyo3(signature = (name, *, wait=0.0, duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
@@ -709,4 +712,13 @@ impl PyClient {
     fn __repr__(&self) -> String {
         format!("LeaseClient(store={:?})", self.inner.store().kind())
     }
+}
+
+/// Whether `dir` and the environment configure a store; raises `ConfigError` when a
+/// configuration exists but is invalid.
+#[pyfunction]
+pub(crate) fn is_configured(py: Python<'_>, dir: std::path::PathBuf) -> PyResult<bool> {
+    crate::config::load_from_process_env(&dir)
+        .map(|s| s.is_configured())
+        .map_err(|e| super::errors::to_py(py, e))
 }

@@ -36,6 +36,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
     m.add("BackendError", py.get_type::<errors::BackendError>())?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(classes::is_configured, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
     logging::install(py);

@@ -26,8 +26,10 @@ use crate::secret::Secret;
 use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
 use crate::wait::ReleaseWatch;
 
+pub mod entra;
 pub mod keys;
 pub(crate) mod notify;
+pub mod tls;
 
 use keys::{info_from_hash, Keys, META_PREFIX};
 use notify::{Connector, Notifier, PushConn};
@@ -53,6 +55,9 @@ pub struct RedisOptions {
     /// PEM file of the CA that signed the server certificate (TLS only); the system's roots
     /// otherwise.
     pub ca_file: Option<PathBuf>,
+    /// Microsoft Entra ID credentials (user = object id, password = token, re-AUTH on refresh);
+    /// `None`: the user and password of the URL.
+    pub credentials: Option<entra::EntraCredentials>,
 }
 
 impl Default for RedisOptions {
@@ -63,6 +68,7 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             ca_file: None,
+            credentials: None,
         }
     }
 }
@@ -105,24 +111,25 @@ impl RedisStore {
                 "no Redis URL given: pass redis://host:port or rediss://host:port".into(),
             )
         })?;
+        tls::ensure_crypto_provider();
         let client = open_client(first, options.ca_file.as_ref())?;
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
-        let cfg = ConnectionManagerConfig::new()
+        let mut cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
+        if let Some(credentials) = &options.credentials {
+            cfg = cfg.set_credentials_provider(credentials.clone());
+        }
         let mut single = client
             .get_connection_manager_with_config(cfg)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
-        let server_info: String = redis::cmd("INFO")
-            .arg("cluster")
-            .query_async(&mut single)
+        let cluster = is_cluster(&mut single)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
-        let cluster = server_info.contains("cluster_enabled:1");
         let (conn, connector) = if cluster {
             (
                 Conn::Cluster(connect_cluster(&options).await?),
@@ -239,16 +246,22 @@ fn single_push_connector(client: &redis::Client, options: &RedisOptions) -> Conn
     let info = info.set_redis_settings(redis_settings);
     let connect_timeout = options.connect_timeout;
     let response_timeout = options.response_timeout;
+    let credentials = options.credentials.clone();
     Arc::new(move |pushes| {
         let info = info.clone();
+        let credentials = credentials.clone();
         Box::pin(async move {
             let client = redis::Client::open(info)?;
-            let cfg = ConnectionManagerConfig::new()
+            let mut cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_millis(500))
                 .set_push_sender(pushes);
+            // Entra ID: the same token provider, so this connection re-AUTHs with every token.
+            if let Some(credentials) = credentials {
+                cfg = cfg.set_credentials_provider(credentials);
+            }
             Ok(PushConn::Single(
                 ConnectionManager::new_with_config(client, cfg).await?,
             ))
@@ -276,6 +289,29 @@ fn cluster_push_connector(options: &RedisOptions) -> Connector {
             Ok(PushConn::Cluster(client.get_async_connection().await?))
         })
     })
+}
+
+/// Whether the server is a cluster node. `INFO` is in the `@dangerous` category, which Azure's
+/// "Data Contributor" access policy denies; `CLUSTER INFO` is allowed there and fails on a
+/// server without cluster support.
+async fn is_cluster(c: &mut ConnectionManager) -> redis::RedisResult<bool> {
+    match redis::cmd("INFO")
+        .arg("cluster")
+        .query_async::<String>(c)
+        .await
+    {
+        Ok(info) => Ok(info.contains("cluster_enabled:1")),
+        Err(e) if e.code() == Some("NOPERM") => {
+            let cluster: redis::RedisResult<String> =
+                redis::cmd("CLUSTER").arg("INFO").query_async(c).await;
+            match cluster {
+                Ok(info) => Ok(info.contains("cluster_state:")),
+                Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() => Err(e),
+                Err(_) => Ok(false),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn connect_cluster(options: &RedisOptions) -> Result<ClusterConnection> {
@@ -309,6 +345,9 @@ fn cluster_builder(options: &RedisOptions) -> Result<redis::cluster::ClusterClie
             client_tls: None,
             root_cert: Some(root_cert),
         });
+    }
+    if let Some(credentials) = &options.credentials {
+        builder = builder.set_credentials_provider(credentials.clone());
     }
     Ok(builder)
 }
@@ -404,6 +443,10 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
             format!("Redis key '{key}' holds something other than a lease (WRONGTYPE); it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stale"),
         );
     }
+    if let Some(detail) = e.detail().filter(|d| d.starts_with(entra::MESSAGE_PREFIX)) {
+        // Our own Entra ID failure (no token): it says what failed and what to do, no secret.
+        return LeaseError::backend(BackendErrorKind::Auth, detail.to_owned());
+    }
     if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
         || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
     {
@@ -418,10 +461,17 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
             format!("Redis at {addr} did not answer in time: check the server's load and the network, or raise ConnectTimeout/SyncTimeout"),
         );
     }
+    let reason = io_reason(e);
+    if e.is_io_error() && reason.contains("certificate") {
+        return LeaseError::backend(
+            BackendErrorKind::Unreachable,
+            format!("the TLS certificate of Redis at {addr} was not accepted ({reason}): check that the host name is the one in the certificate, and for a private CA set CaFile (RedisLeasing:CaFile, or ca_file=) to its PEM file"),
+        );
+    }
     if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         return LeaseError::backend(
             BackendErrorKind::Unreachable,
-            format!("cannot reach Redis at {addr} ({}): check the host, the port, TLS (rediss:// or ssl=True needs a TLS port) and firewall rules", io_reason(e)),
+            format!("cannot reach Redis at {addr} ({reason}): check the host, the port, TLS (rediss:// or ssl=True needs a TLS port) and firewall rules"),
         );
     }
     let detail = e.detail().unwrap_or("");

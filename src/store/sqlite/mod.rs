@@ -461,6 +461,27 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Fa
             None,
         )));
     }
+    // Two processes opening a new file at once can deadlock on the lock upgrade that switching
+    // to WAL needs; SQLite then answers SQLITE_BUSY at once instead of calling the busy handler.
+    // Retrying with a little jitter, within the busy timeout, resolves it.
+    let started = std::time::Instant::now();
+    loop {
+        match set_up(&mut conn, path) {
+            Err(Failure::Sql(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < busy_timeout =>
+            {
+                let pause = rand::random_range(5..50u64);
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(conn),
+        }
+    }
+}
+
+/// Switches to WAL and checks or creates the schema.
+fn set_up(conn: &mut Connection, path: &Path) -> Result<(), Failure> {
     // WAL: readers (inspect, list) never wait for a writer, and a commit is one append. The mode
     // is stored in the file, so this is a no-op after the first open. It is also the first read
     // of the file, so a file that is not a database fails here.
@@ -507,7 +528,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Fa
         )));
     }
     tx.commit()?;
-    Ok(conn)
+    Ok(())
 }
 
 /// A lease row as stored.
@@ -1006,6 +1027,28 @@ mod tests {
             .unwrap()
             .iter()
             .all(|i| i.ttl.unwrap() > Duration::from_secs(25)));
+    }
+
+    #[test]
+    fn many_openers_of_a_new_file_at_once_all_succeed() {
+        // As separate processes starting together would (the demo's simultaneous start).
+        for _ in 0..5 {
+            let db = TempDb::new();
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            SqliteStore::open(&db.0).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap().expect("every opener succeeds");
+                }
+            });
+        }
     }
 
     #[tokio::test]

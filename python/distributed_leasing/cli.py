@@ -1,0 +1,280 @@
+"""The ``leasing`` command: look at leases, and release a stuck one (administrators).
+
+    leasing inspect critical-section-lock        who holds it, since when, for how long more
+    leasing list [PREFIX]                        every held lease (a table)
+    leasing release NAME --force [--yes]         delete a lease whoever holds it
+    leasing configure                            the configuration wizard
+
+The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``)
+or the configuration in ``--dir`` (appsettings.json, appsettings.Local.json, ``RedisLeasing__*``
+environment variables). ``--json`` prints machine-readable output for inspect and list.
+
+Exit codes: 0 done (also "not held"), 1 an error (store, configuration), 2 bad usage or a
+refused release, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from . import _wizard
+from ._client import LeaseClient
+from ._native import ConfigError, LeaseError, LeaseInfo
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+NO_FENCING = "none (written by the .NET origin)"
+
+
+class _Refused(Exception):
+    """A refusal to act, with the reason for the user (exit 2)."""
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def _holder(info: LeaseInfo) -> str:
+    instance = info.metadata.get("instanceId")
+    region = info.metadata.get("region")
+    if not instance:
+        return "unknown (no instanceId in its metadata)"
+    return f"{instance} ({region})" if region else instance
+
+
+def _time(t: datetime | None) -> str:
+    if t is None:
+        return "unknown"
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _ttl(ttl: float | None) -> str:
+    return "no expiry" if ttl is None else f"{ttl:.1f}s"
+
+
+def _fencing(token: int | None) -> str:
+    return NO_FENCING if token is None else str(token)
+
+
+def _as_json(info: LeaseInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "holder": _holder(info) if info.metadata.get("instanceId") else None,
+        "lease_id": info.lease_id,
+        "acquired_at": None if info.acquired_at is None else _time(info.acquired_at),
+        "fencing_token": info.fencing_token,
+        "ttl": info.ttl,
+        "metadata": dict(sorted(info.metadata.items())),
+    }
+
+
+def _print_info(info: LeaseInfo) -> None:
+    rows = [
+        ("Lease", info.name),
+        ("Holder", _holder(info)),
+        ("Lease ID", info.lease_id),
+        ("Acquired at", _time(info.acquired_at)),
+        ("Fencing token", _fencing(info.fencing_token)),
+        ("TTL", _ttl(info.ttl)),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':<15} {value}")
+    if info.metadata:
+        print("Metadata:")
+        width = max(len(k) for k in info.metadata) + 1
+        for key, value in sorted(info.metadata.items()):
+            print(f"  {key + ':':<{width}} {value}")
+    else:
+        print("Metadata:       (none)")
+
+
+def _print_table(infos: Sequence[LeaseInfo]) -> None:
+    header = ("NAME", "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
+    rows = [
+        (
+            i.name,
+            _holder(i) if i.metadata.get("instanceId") else "-",
+            i.lease_id[:8],
+            "-" if i.fencing_token is None else str(i.fencing_token),
+            _ttl(i.ttl),
+            _time(i.acquired_at),
+        )
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in (header, *rows)) for c in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if any(i.fencing_token is None for i in infos):
+        print(f"(FENCING '-': {NO_FENCING})")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> LeaseClient:
+    if args.url:
+        return LeaseClient.connect_sync(args.url, key_prefix=args.key_prefix)
+    if _wizard.should_run_automatically(args.dir):
+        print("Nothing is configured here yet: starting the configuration wizard.", flush=True)
+        code = _wizard.main(args.dir)
+        if code != _wizard.EXIT_OK:
+            raise SystemExit(code)
+    try:
+        return LeaseClient.from_config(args.dir)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (or pass --url redis://host:port)") from None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    info = _client(args).inspect_sync(args.name)
+    if args.json:
+        print(json.dumps(None if info is None else _as_json(info), indent=2))
+    elif info is None:
+        print(f"Lease {args.name!r} is not held.")
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    infos = _client(args).list_sync(args.prefix)
+    if args.json:
+        print(json.dumps([_as_json(i) for i in infos], indent=2))
+    elif not infos:
+        where = f" whose name starts with {args.prefix!r}" if args.prefix else ""
+        print(f"No leases held{where}.")
+    else:
+        _print_table(infos)
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", flush=True)
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        print()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _release(args: argparse.Namespace) -> int:
+    if not args.force:
+        raise _Refused(
+            f"refusing to release lease {args.name!r}: releasing a lease someone else holds "
+            "breaks their mutual exclusion; add --force if you are sure its holder is gone"
+        )
+    client = _client(args)
+    info = client.inspect_sync(args.name)
+    if info is None:
+        print(f"Lease {args.name!r} is not held; nothing to release.")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise _Refused(
+                f"lease {args.name!r} is held by {_holder(info)}; not asking for confirmation "
+                "because standard input is not a terminal: add --yes to release it"
+            )
+        question = f"Release lease {args.name!r} held by {_holder(info)}? [y/N] "
+        if not _confirm(question):
+            print("Not released.")
+            return EXIT_OK
+    if client.force_release_sync(args.name):
+        print(f"Released lease {args.name!r} (was held by {_holder(info)}).")
+    else:
+        print(f"Lease {args.name!r} was no longer held; nothing released.")
+    return EXIT_OK
+
+
+def _configure(args: argparse.Namespace) -> int:
+    return _wizard.main(args.dir)
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+
+def _store_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On the subcommands the defaults are SUPPRESS, so an option given before the subcommand
+    # is not overwritten by the subcommand's default.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--url",
+        default=default(None),
+        help="store URL: redis://host:port, rediss://host:port, sqlite:///path/leases.db "
+        "(default: the configuration in --dir)",
+    )
+    p.add_argument(
+        "--dir",
+        default=default("."),
+        help="directory of appsettings.json / appsettings.Local.json (default: .)",
+    )
+    p.add_argument(
+        "--key-prefix",
+        default=default(None),
+        help="Redis key prefix with --url (default: lease:)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leasing",
+        description="Inspect, list and release distributed leases.",
+    )
+    _store_options(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("inspect", help="show who holds a lease")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--json", action="store_true", help="print JSON (null when not held)")
+    _store_options(s, suppress=True)
+    s.set_defaults(run=_inspect)
+
+    s = sub.add_parser("list", help="list held leases")
+    s.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="name prefix")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    _store_options(s, suppress=True)
+    s.set_defaults(run=_list)
+
+    s = sub.add_parser("release", help="delete a lease whoever holds it (administrators)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--force", action="store_true", help="required: you know its holder is gone")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    _store_options(s, suppress=True)
+    s.set_defaults(run=_release)
+
+    s = sub.add_parser("configure", help="run the configuration wizard")
+    _store_options(s, suppress=True)
+    s.set_defaults(run=_configure)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``leasing``; returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as e:  # --help, or a usage error (already printed)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        code: int = args.run(args)
+        return code
+    except _Refused as e:
+        print(f"leasing: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LeaseError, ValueError) as e:
+        print(f"leasing: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("leasing: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

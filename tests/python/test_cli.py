@@ -1,0 +1,350 @@
+"""The ``leasing`` command against a real redis-server (and the embedded store): inspect, list,
+--json, release --force (with and without a terminal), keys of the .NET origin, keys that are not
+leases, configure, and errors that are messages, not tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import distributed_leasing as dl
+import pytest
+from demo_helpers import RedisServer, clean_env, demo_redis, free_port
+from distributed_leasing import _wizard, cli
+
+__all__ = ["demo_redis"]  # fixture
+
+LEASING = Path(sys.executable).parent / "leasing"
+
+METADATA = {
+    "instanceId": "us-east-1",
+    "region": "us-east",
+    "hostname": "MACHINE-NAME",
+    "startTime": "2025-12-25T21:00:00Z",
+}
+
+
+def leasing(
+    *args: str, stdin: int | None = subprocess.DEVNULL, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs the installed console script."""
+    return subprocess.run(
+        [str(LEASING), *args],
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=clean_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def fields(output: str) -> dict[str, str]:
+    """``Label:   value`` lines of ``leasing inspect`` as a dict."""
+    out = {}
+    for line in output.splitlines():
+        m = re.match(r"^([A-Z][A-Za-z ]+):\s+(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(demo_redis: RedisServer) -> dl.LeaseClient:
+    return dl.LeaseClient.connect_sync(demo_redis.url)
+
+
+@pytest.fixture
+def name() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def held(client: dl.LeaseClient, name: str) -> Iterator[dl.Lease]:
+    lease = client.acquire_sync(name, duration=30, metadata=METADATA)
+    yield lease
+    lease.release_blocking()
+
+
+def test_console_script_is_installed(demo_redis: RedisServer) -> None:
+    assert LEASING.exists(), "pip install should create the 'leasing' console script"
+    result = leasing("--help")
+    assert result.returncode == 0
+    for command in ("inspect", "list", "release", "configure"):
+        assert command in result.stdout
+
+
+def test_inspect_shows_the_holder(demo_redis: RedisServer, held: dl.Lease, name: str) -> None:
+    result = leasing("--url", demo_redis.url, "inspect", name)
+    assert result.returncode == 0, result.stderr
+    f = fields(result.stdout)
+    assert f["Lease"] == name
+    assert f["Holder"] == "us-east-1 (us-east)"
+    assert f["Lease ID"] == held.lease_id
+    assert f["Fencing token"] == str(held.fencing_token)
+    assert f["Acquired at"] == held.acquired_at.strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{held.acquired_at.microsecond // 1000:03d}Z"
+    )
+    ttl = re.fullmatch(r"(\d+\.\d)s", f["TTL"])
+    assert ttl is not None and 0 < float(ttl.group(1)) <= 30
+    for key, value in METADATA.items():
+        assert re.search(rf"^  {key}:\s+{re.escape(value)}$", result.stdout, re.M)
+
+
+def test_inspect_json(demo_redis: RedisServer, held: dl.Lease, name: str) -> None:
+    result = leasing("inspect", name, "--json", "--url", demo_redis.url)  # options after
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["name"] == name
+    assert data["holder"] == "us-east-1 (us-east)"
+    assert data["lease_id"] == held.lease_id
+    assert data["fencing_token"] == held.fencing_token
+    assert data["metadata"] == METADATA
+    assert 0 < data["ttl"] <= 30
+    acquired = datetime.strptime(data["acquired_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((acquired - held.acquired_at).total_seconds()) < 0.001
+
+
+def test_inspect_a_lease_nobody_holds(demo_redis: RedisServer, name: str) -> None:
+    result = leasing("--url", demo_redis.url, "inspect", name)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"Lease {name!r} is not held."
+    result = leasing("--url", demo_redis.url, "inspect", name, "--json")
+    assert json.loads(result.stdout) is None
+
+
+def test_list_table_prefix_and_json(demo_redis: RedisServer, client: dl.LeaseClient) -> None:
+    base = f"list-{uuid.uuid4().hex[:6]}"
+    leases = [
+        client.acquire_sync(f"{base}-a", metadata={"instanceId": "us-east-1", "region": "us-east"}),
+        client.acquire_sync(f"{base}-b", metadata={"instanceId": "eu-west-1"}),
+        client.acquire_sync(f"other-{base}"),
+    ]
+    try:
+        result = leasing("--url", demo_redis.url, "list", f"{base}-")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == [
+            "NAME",
+            "HOLDER",
+            "LEASE",
+            "ID",
+            "FENCING",
+            "TTL",
+            "ACQUIRED",
+            "AT",
+        ]
+        assert len(lines) == 3
+        assert lines[1].startswith(f"{base}-a ") and "us-east-1 (us-east)" in lines[1]
+        assert lines[2].startswith(f"{base}-b ") and "eu-west-1" in lines[2]
+        assert leases[0].lease_id[:8] in lines[1]
+        everything = leasing("--url", demo_redis.url, "list")
+        assert f"other-{base}" in everything.stdout
+        data = json.loads(leasing("--url", demo_redis.url, "list", base, "--json").stdout)
+        assert [d["name"] for d in data] == [f"{base}-a", f"{base}-b"]
+        assert data[1]["holder"] == "eu-west-1"
+    finally:
+        for lease in leases:
+            lease.release_blocking()
+    result = leasing("--url", demo_redis.url, "list", f"{base}-")
+    assert result.stdout.strip() == f"No leases held whose name starts with '{base}-'."
+    assert json.loads(leasing("--url", demo_redis.url, "list", base, "--json").stdout) == []
+
+
+def test_key_written_by_the_dotnet_origin(demo_redis: RedisServer, name: str) -> None:
+    key = f"lease:{name}"
+    demo_redis.cli(
+        "HSET",
+        key,
+        "leaseId",
+        "abc123-def456-ghi789",
+        "acquiredAt",
+        "2025-12-25T21:00:00.000Z",
+        "meta_instanceId",
+        "us-east-1",
+        "meta_region",
+        "us-east",
+        "meta_hostname",
+        "MACHINE-NAME",
+        "meta_startTime",
+        "2025-12-25T21:00:00Z",
+    )
+    demo_redis.cli("EXPIRE", key, "30")
+    try:
+        result = leasing("--url", demo_redis.url, "inspect", name)
+        assert result.returncode == 0, result.stderr
+        f = fields(result.stdout)
+        assert f["Holder"] == "us-east-1 (us-east)"
+        assert f["Lease ID"] == "abc123-def456-ghi789"
+        assert f["Acquired at"] == "2025-12-25T21:00:00.000Z"
+        assert f["Fencing token"] == "none (written by the .NET origin)"
+        data = json.loads(leasing("--url", demo_redis.url, "inspect", name, "--json").stdout)
+        assert data["fencing_token"] is None
+        assert data["metadata"] == METADATA
+        table = leasing("--url", demo_redis.url, "list", name).stdout
+        assert re.search(rf"^{name}\s+us-east-1 \(us-east\)\s+abc123-d\s+-\s", table, re.M)
+        assert "none (written by the .NET origin)" in table
+    finally:
+        demo_redis.cli("DEL", key)
+
+
+def test_key_that_is_not_a_lease_is_a_clear_error(demo_redis: RedisServer, name: str) -> None:
+    demo_redis.cli("SET", f"lease:{name}", "hello")
+    try:
+        result = leasing("--url", demo_redis.url, "inspect", name)
+        assert result.returncode == 1
+        assert result.stderr.startswith("leasing: ")
+        assert "something other than a lease" in result.stderr
+        assert "Traceback" not in result.stderr
+        # list skips it rather than failing
+        listed = leasing("--url", demo_redis.url, "list", name)
+        assert listed.returncode == 0
+        assert listed.stdout.startswith("No leases held")
+    finally:
+        demo_redis.cli("DEL", f"lease:{name}")
+
+
+# -- release ---------------------------------------------------------------------------------------
+
+
+def wait_lost(lease: dl.Lease, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not lease.is_lost:
+        time.sleep(0.05)
+    return lease.is_lost
+
+
+def test_release_without_force_is_refused(
+    demo_redis: RedisServer, client: dl.LeaseClient, held: dl.Lease, name: str
+) -> None:
+    result = leasing("--url", demo_redis.url, "release", name, "--yes")
+    assert result.returncode == 2
+    assert "--force" in result.stderr and "Traceback" not in result.stderr
+    info = client.inspect_sync(name)
+    assert info is not None and info.lease_id == held.lease_id
+
+
+def test_release_force_yes(demo_redis: RedisServer, client: dl.LeaseClient, name: str) -> None:
+    lease = client.acquire_sync(name, duration=3, renew_interval=0.5, metadata=METADATA)
+    result = leasing("--url", demo_redis.url, "release", name, "--force", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Released lease {name!r} (was held by us-east-1 (us-east))."
+    assert client.inspect_sync(name) is None
+    assert wait_lost(lease)  # its holder finds out at its next renewal
+    assert lease.lost_reason == "missing"
+
+
+def test_release_force_without_terminal_needs_yes(
+    demo_redis: RedisServer, client: dl.LeaseClient, held: dl.Lease, name: str
+) -> None:
+    result = leasing("--url", demo_redis.url, "release", name, "--force")
+    assert result.returncode == 2
+    assert "--yes" in result.stderr and "not a terminal" in result.stderr
+    assert "Release lease" not in result.stdout  # no prompt
+    info = client.inspect_sync(name)
+    assert info is not None and info.lease_id == held.lease_id
+
+
+@pytest.mark.parametrize(("answer", "released"), [("n", False), ("", False), ("y", True)])
+def test_release_force_asks_at_a_terminal(
+    demo_redis: RedisServer, client: dl.LeaseClient, name: str, answer: str, released: bool
+) -> None:
+    lease = client.acquire_sync(name, duration=30, metadata=METADATA)
+    master, slave = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())
+        result = leasing("--url", demo_redis.url, "release", name, "--force", stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+        lease.release_blocking()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Release lease {name!r} held by us-east-1 (us-east)? [y/N] ")
+    assert ("Released lease" in result.stdout) == released
+    assert ("Not released." in result.stdout) == (not released)
+
+
+def test_release_a_lease_nobody_holds(demo_redis: RedisServer, name: str) -> None:
+    result = leasing("--url", demo_redis.url, "release", name, "--force")
+    assert result.returncode == 0
+    assert "not held" in result.stdout
+
+
+# -- stores, configuration, errors -----------------------------------------------------------------
+
+
+def test_embedded_store_and_key_prefix(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/leases.db"
+    c = dl.LeaseClient.connect_sync(url)
+    lease = c.acquire_sync("batch", metadata={"instanceId": "worker-7", "region": "local"})
+    try:
+        result = leasing("--url", url, "inspect", "batch")
+        assert result.returncode == 0, result.stderr
+        assert fields(result.stdout)["Holder"] == "worker-7 (local)"
+        assert fields(result.stdout)["Fencing token"] == str(lease.fencing_token)
+        assert "batch" in leasing("--url", url, "list").stdout
+    finally:
+        lease.release_blocking()
+
+
+def test_key_prefix_option(demo_redis: RedisServer, name: str) -> None:
+    c = dl.LeaseClient.connect_sync(demo_redis.url, key_prefix="app:")
+    lease = c.acquire_sync(name, metadata={"instanceId": "x"})
+    try:
+        assert demo_redis.cli("EXISTS", f"app:{name}").strip() == "1"
+        assert name in leasing("--url", demo_redis.url, "--key-prefix", "app:", "list").stdout
+        assert name not in leasing("--url", demo_redis.url, "list").stdout
+    finally:
+        lease.release_blocking()
+
+
+def test_unreachable_store_is_a_message(tmp_path: Path) -> None:
+    result = leasing("--url", f"redis://127.0.0.1:{free_port()}", "list")
+    assert result.returncode == 1
+    assert result.stderr.startswith("leasing: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_nothing_configured_says_how(tmp_path: Path) -> None:
+    result = leasing("--dir", str(tmp_path), "list", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("leasing: ")
+    assert "--url" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["inspect"]) == 2
+    assert "NAME" in capsys.readouterr().err
+
+
+def test_configure_delegates_to_the_wizard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+
+    def main(directory: str) -> int:
+        calls.append(directory)
+        return 0
+
+    monkeypatch.setattr(_wizard, "main", main)
+    assert cli.main(["configure", "--dir", str(tmp_path)]) == 0
+    assert calls == [str(tmp_path)]
+
+
+def test_main_in_process_prints_inspect(
+    demo_redis: RedisServer, held: dl.Lease, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--url", demo_redis.url, "inspect", name]) == 0
+    assert fields(capsys.readouterr().out)["Lease ID"] == held.lease_id
