@@ -71,11 +71,14 @@ pub(crate) struct Completer {
 impl Completer {
     /// Runs every queued completion (called by the event loop when the socket is readable).
     fn _drain(&self, py: Python<'_>) {
-        // Clear `pending` before taking the queue: a push after the take then writes a new
-        // wake-up byte, so no completion waits for a later one.
-        self.inbox.pending.store(false, Ordering::Release);
+        // Empty the socket first, then clear `pending`, then take the queue. A push after the
+        // clear writes a new wake-up byte that stays in the socket (so the loop comes back), and
+        // a push before it is in the queue taken below. Clearing before reading would be wrong:
+        // the read could swallow the byte of a push that came in between, leaving `pending` set
+        // with no byte on its way, and every later completion of this loop would wait forever.
         let mut sink = [0u8; 256];
         while matches!((&self.readable).read(&mut sink), Ok(n) if n > 0) {}
+        self.inbox.pending.store(false, Ordering::Release);
         let batch = std::mem::take(
             &mut *self
                 .inbox
