@@ -3,28 +3,40 @@
 //! Validates arguments, stamps each acquisition with a fresh lease id and the time the request
 //! was sent (the start of the lease's local deadline), starts the renewal task of each acquired
 //! lease, and turns "held by someone else" into [`LeaseError::Unavailable`] with the holder
-//! from the same round trip. Waiting is a loop of attempts paced by a [`Backoff`].
+//! from the same round trip.
+//!
+//! Waiting (`acquire` with a wait) is a loop of attempts woken by release notifications from the
+//! store, by the holder's expiry, and (only when notifications may be missed) by polls paced by a
+//! [`Backoff`]; see [`crate::wait`] for the rules. Every attempt runs in a task of its own, so a
+//! caller cancelled while an attempt is on the wire never leaves a lease behind: if the attempt
+//! wins after its caller left, the task releases the lease at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{SubsecRound, Utc};
-use tokio::sync::watch;
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock;
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
 use crate::info::LeaseInfo;
-use crate::lease::{Lease, Shared, State};
+use crate::lease::{self, Lease, Shared, State};
+use crate::metrics;
 use crate::renewal;
 use crate::secret::Secret;
 use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{validate_metadata, validate_name, AcquireOutcome, AcquireRequest, LeaseStore};
-use crate::wait::Backoff;
+use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
+
+/// The longest a waiter waits for its release subscription to be confirmed before it goes on
+/// without (polling) until the subscription is live.
+const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Defaults for the leases of one client.
 #[derive(Debug, Clone)]
@@ -74,6 +86,8 @@ pub struct LeaseOptions {
     pub auto_renew: Option<bool>,
     /// Metadata stored with the lease (the sample writes instanceId, region, hostname, startTime).
     pub metadata: BTreeMap<String, String>,
+    /// How a waiting acquire paces its polls and how many attempts it makes.
+    pub backoff: Option<Backoff>,
 }
 
 /// The result of [`LeaseClient::try_acquire`].
@@ -223,7 +237,58 @@ impl LeaseClient {
         validate_name(name)?;
         validate_metadata(&opts.metadata)?;
         let (duration, interval) = self.resolve(opts)?;
-        self.attempt(name, opts, duration, interval).await
+        self.attempt(name, opts, duration, interval)
+            .instrument(tracing::debug_span!("try_acquire", lease = %name))
+            .await
+    }
+
+    /// One acquire round trip in a task of its own, so that it completes even if the caller is
+    /// cancelled meanwhile; a lease won for a caller that left is released at once (also when
+    /// the caller leaves between the reply and reading it: see [`Delivery`]).
+    async fn store_attempt(
+        &self,
+        name: &str,
+        lease_id: &str,
+        duration: Duration,
+        acquired_at: DateTime<Utc>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<AcquireOutcome> {
+        let store = Arc::clone(&self.store);
+        let (name, lease_id, metadata) = (name.to_owned(), lease_id.to_owned(), metadata.clone());
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(
+            async move {
+                let outcome = store
+                    .try_acquire(&AcquireRequest {
+                        name: &name,
+                        lease_id: &lease_id,
+                        duration,
+                        acquired_at,
+                        metadata: &metadata,
+                    })
+                    .await;
+                // If the caller is gone, the delivery comes back and its drop gives the lease back.
+                let _ = tx.send(Delivery {
+                    outcome: Some(outcome),
+                    store,
+                    name,
+                    lease_id,
+                });
+            }
+            .in_current_span(),
+        );
+        match rx.await {
+            Ok(mut delivery) => delivery.outcome.take().unwrap_or_else(|| {
+                Err(LeaseError::backend(
+                    crate::error::BackendErrorKind::Other,
+                    "the acquire lost its reply; retry it",
+                ))
+            }),
+            Err(_) => Err(LeaseError::backend(
+                crate::error::BackendErrorKind::Other,
+                "the acquire did not complete (the runtime is shutting down?); retry it",
+            )),
+        }
     }
 
     async fn attempt(
@@ -238,23 +303,27 @@ impl LeaseClient {
         let acquired_at = Utc::now().trunc_subsecs(3);
         let t_sent = Instant::now();
         let outcome = self
-            .store
-            .try_acquire(&AcquireRequest {
-                name,
-                lease_id: &lease_id,
-                duration,
-                acquired_at,
-                metadata: &opts.metadata,
-            })
-            .await?;
+            .store_attempt(name, &lease_id, duration, acquired_at, &opts.metadata)
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(lease = name, outcome = "error", error = %e, "acquire failed");
+            })?;
         let fencing_token = match outcome {
             AcquireOutcome::Held(holder) => {
-                tracing::debug!(lease = name, holder = %holder.lease_id, "lease held by another");
+                metrics::ACQUIRE_REFUSALS.add(1);
+                tracing::debug!(lease = name, outcome = "held", holder = %holder.lease_id, holder_ttl_ms = holder.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)), "lease held by another");
                 return Ok(TryAcquire::Held(holder));
             }
             AcquireOutcome::Acquired { fencing_token } => fencing_token,
         };
-        tracing::debug!(lease = name, fencing_token, "lease acquired");
+        metrics::ACQUISITIONS.add(1);
+        metrics::ACTIVE_LEASES.add(1);
+        tracing::debug!(
+            lease = name,
+            outcome = "acquired",
+            fencing_token,
+            "lease acquired"
+        );
         let (ended, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -272,6 +341,7 @@ impl LeaseClient {
                 release_sent: false,
             }),
             ended,
+            events: lease::event_channel(),
         });
         renewal::spawn(&shared, interval, t_sent);
         Ok(TryAcquire::Acquired(Lease::new(
@@ -282,8 +352,16 @@ impl LeaseClient {
 
     /// Takes the lease, waiting up to `wait` for it (`None`: forever; zero: one attempt).
     ///
+    /// A waiter is woken by the release of the lease (notified by the store), at the holder's
+    /// expiry, and, when notifications may be missed, by polls on the backoff schedule
+    /// (`opts.backoff`, else the client's), never faster than every 100 ms; the backoff's limit
+    /// caps the attempts. Not fair: whoever reaches the store first after a release wins.
+    /// Cancelling the returned future (dropping it) leaves nothing behind: no subscription and
+    /// no lease.
+    ///
     /// # Errors
-    /// `Unavailable` with the holder when the wait runs out; as [`Self::try_acquire`].
+    /// `Unavailable` with the holder when the wait or the attempts run out; as
+    /// [`Self::try_acquire`].
     pub async fn acquire(
         &self,
         name: &str,
@@ -293,24 +371,114 @@ impl LeaseClient {
         validate_name(name)?;
         validate_metadata(&opts.metadata)?;
         let (duration, interval) = self.resolve(opts)?;
-        let give_up = wait.map(|w| Instant::now() + w);
-        let mut attempt = 0u32;
+        let backoff = opts.backoff.unwrap_or(self.options.backoff);
+        let span = tracing::debug_span!(
+            "acquire",
+            lease = %name,
+            wait_ms = wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+        );
+        self.wait_loop(name, opts, duration, interval, wait, backoff)
+            .instrument(span)
+            .await
+    }
+
+    async fn wait_loop(
+        &self,
+        name: &str,
+        opts: &LeaseOptions,
+        duration: Duration,
+        interval: Option<Duration>,
+        wait: Option<Duration>,
+        backoff: Backoff,
+    ) -> Result<Lease> {
+        let started = Instant::now();
+        // A wait too long to represent is a wait forever.
+        let give_up = wait.and_then(|w| started.checked_add(w));
+        let mut waiting = Waiting {
+            watch: None,
+            owes_wake: false,
+        };
+        let mut attempts = 0u32;
+        let mut polls = 0u32;
         loop {
-            let holder = match self.attempt(name, opts, duration, interval).await? {
-                TryAcquire::Acquired(lease) => return Ok(lease),
+            attempts = attempts.saturating_add(1);
+            let outcome = self.attempt(name, opts, duration, interval).await?;
+            // The attempt answered: a release that woke us has been acted on.
+            waiting.owes_wake = false;
+            let holder = match outcome {
+                TryAcquire::Acquired(lease) => {
+                    if attempts > 1 {
+                        tracing::debug!(
+                            lease = name,
+                            outcome = "acquired",
+                            attempts,
+                            waited_ms =
+                                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                            "acquired after waiting"
+                        );
+                    }
+                    return Ok(lease);
+                }
                 TryAcquire::Held(holder) => holder,
             };
-            let delay = self.options.backoff.next_delay(attempt, holder.ttl);
             let now = Instant::now();
-            if give_up.is_some_and(|g| now >= g) {
+            if give_up.is_some_and(|g| now >= g) || !backoff.allows_another(attempts) {
+                if attempts > 1 {
+                    tracing::debug!(
+                        lease = name,
+                        outcome = "unavailable",
+                        attempts,
+                        waited_ms =
+                            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "gave up waiting"
+                    );
+                }
                 return Err(LeaseError::Unavailable {
                     name: name.to_owned(),
                     holder: Some(Box::new(holder)),
                 });
             }
-            let wake = give_up.map_or(now + delay, |g| (now + delay).min(g));
-            tokio::time::sleep_until(wake).await;
-            attempt = attempt.saturating_add(1);
+            let Some(watch) = waiting.watch.as_mut() else {
+                // Start listening, then try again at once: a release that happened before the
+                // subscription was in place is seen by that attempt, and every later one wakes us.
+                let watch = waiting.watch.insert(self.store.watch_releases(name));
+                let limit = give_up.map_or(SUBSCRIBE_LIMIT, |g| {
+                    g.saturating_duration_since(now).min(SUBSCRIBE_LIMIT)
+                });
+                watch.settled(limit).await;
+                tracing::debug!(lease = name, holder = %holder.lease_id, notified = watch.feed() == Feed::Live, "waiting for the lease");
+                continue;
+            };
+            let expiry = holder.ttl.map(|ttl| now + wait::expiry_retry(ttl));
+            loop {
+                let poll = (watch.feed() != Feed::Live).then(|| now + backoff.poll_delay(polls));
+                let wake_at = [expiry, poll, give_up].into_iter().flatten().min();
+                let woke = match wake_at {
+                    Some(at) => tokio::select! {
+                        w = watch.next() => Some(w),
+                        () = tokio::time::sleep_until(at) => None,
+                    },
+                    None => Some(watch.next().await),
+                };
+                match woke {
+                    Some(Wake::FeedChanged) => {}
+                    Some(Wake::Released) => {
+                        tracing::trace!(lease = name, "woken by a release");
+                        waiting.owes_wake = true;
+                        break;
+                    }
+                    None => {
+                        let at = Instant::now();
+                        if poll.is_some_and(|p| at >= p) && expiry.is_none_or(|e| at < e) {
+                            polls = polls.saturating_add(1);
+                            tracing::trace!(lease = name, "polling");
+                        } else {
+                            tracing::trace!(lease = name, "retrying at the holder's expiry");
+                        }
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -338,6 +506,61 @@ impl LeaseClient {
     /// `InvalidArgument` for a bad name; backend errors.
     pub async fn force_release(&self, name: &str) -> Result<bool> {
         validate_name(name)?;
-        self.store.force_release(name).await
+        let existed = self.store.force_release(name).await?;
+        tracing::info!(
+            lease = name,
+            outcome = if existed { "released" } else { "not_held" },
+            "lease force-released"
+        );
+        Ok(existed)
+    }
+}
+
+/// The reply of an acquire attempt on its way to the caller. If it is dropped unread (the caller
+/// was cancelled after the store answered), a lease it carries is released in the background.
+struct Delivery {
+    outcome: Option<Result<AcquireOutcome>>,
+    store: Arc<dyn LeaseStore>,
+    name: String,
+    lease_id: String,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !matches!(self.outcome, Some(Ok(AcquireOutcome::Acquired { .. }))) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(lease = %self.name, "a cancelled acquire won the lease outside a runtime; it expires by itself");
+            return;
+        };
+        let (store, name, lease_id) = (
+            Arc::clone(&self.store),
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.lease_id),
+        );
+        tracing::debug!(lease = %name, outcome = "cancelled", "acquire cancelled while on the wire; releasing the lease it won");
+        rt.spawn(async move {
+            if let Err(e) = store.release(&name, &lease_id).await {
+                tracing::warn!(lease = %name, error = %e, "cannot release a lease won by a cancelled acquire; it expires by itself");
+            }
+        });
+    }
+}
+
+/// A waiter's subscription, and whether it owes the other waiters a wake-up: one it received
+/// but has not acted on yet, passed on if it is dropped (cancelled or failed) before acting.
+struct Waiting {
+    watch: Option<ReleaseWatch>,
+    owes_wake: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.owes_wake {
+            if let Some(w) = &self.watch {
+                w.pass_on();
+            }
+        }
     }
 }

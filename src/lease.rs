@@ -6,19 +6,106 @@
 //!
 //! Invariants: the state moves `Held → Lost` or `Held → Released` once, under one mutex, and the
 //! watch channel publishes that move to every waiter; a lost lease is never renewed again.
+//!
+//! Events ([`LeaseEvent`]: renewed, renewal failed, lost, released) are broadcast to every
+//! [`LeaseEvents`] stream of the handle, sent under the same mutex as the state change they
+//! report, so a stream opened after the end still sees the end and a stream never misses it.
+//! The counters on the handle and the process-wide [`crate::metrics`] move with them.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::clock;
 use crate::error::{LeaseError, LostReason, Result};
+use crate::metrics;
 use crate::store::{LeaseStore, RenewOutcome};
+
+/// Events kept for a stream that has not read them yet; an older unread event is dropped.
+const EVENT_BACKLOG: usize = 64;
+
+/// Something that happened to a held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A renewal succeeded (background or explicit); `renewals` counts them so far.
+    Renewed {
+        /// Successful renewals so far, this one included.
+        renewals: u64,
+    },
+    /// A background renewal failed.
+    RenewalFailed {
+        /// Failures in a row since the last success (1 for the first).
+        attempt: u32,
+        /// What went wrong (a message without secrets).
+        error: String,
+        /// Whether another attempt will be made before the lease's deadline.
+        will_retry: bool,
+    },
+    /// The lease was lost (the last event of the stream).
+    Lost {
+        /// Why.
+        reason: LostReason,
+    },
+    /// The lease was released by its holder (the last event of the stream).
+    Released,
+}
+
+impl LeaseEvent {
+    fn of_end(end: LeaseEnd) -> Self {
+        match end {
+            LeaseEnd::Lost(reason) => Self::Lost { reason },
+            LeaseEnd::Released => Self::Released,
+        }
+    }
+
+    /// Whether this event ends the lease (and its event stream).
+    #[must_use]
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Lost { .. } | Self::Released)
+    }
+}
+
+/// The events of one lease from the moment it was opened ([`Lease::events`]); ends after the
+/// lease ends.
+#[derive(Debug)]
+pub struct LeaseEvents {
+    rx: broadcast::Receiver<LeaseEvent>,
+    /// The end, when the lease had ended before the stream was opened.
+    ended: Option<LeaseEvent>,
+    done: bool,
+}
+
+impl LeaseEvents {
+    /// The next event, or `None` once the lease's end was delivered. A reader that falls more
+    /// than 64 events behind skips the oldest ones (the end is always delivered).
+    pub async fn next(&mut self) -> Option<LeaseEvent> {
+        if self.done {
+            return None;
+        }
+        if let Some(end) = self.ended.take() {
+            self.done = true;
+            return Some(end);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(event) => {
+                    self.done = event.is_final();
+                    return Some(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+}
 
 /// How a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +138,12 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) state: Mutex<State>,
     pub(crate) ended: watch::Sender<Option<LeaseEnd>>,
+    pub(crate) events: broadcast::Sender<LeaseEvent>,
+}
+
+/// A new event channel for a lease.
+pub(crate) fn event_channel() -> broadcast::Sender<LeaseEvent> {
+    broadcast::Sender::new(EVENT_BACKLOG)
 }
 
 impl Shared {
@@ -71,10 +164,17 @@ impl Shared {
                 return false;
             }
             st.end = Some(end);
+            // Under the lock: a stream opened later sees `st.end` instead (see `events`).
+            let _ = self.events.send(LeaseEvent::of_end(end));
             st.renewal_task.take()
         };
-        if let LeaseEnd::Lost(reason) = end {
-            tracing::warn!(lease = %self.name, fencing_token = self.fencing_token, reason = reason.as_str(), "lease lost");
+        metrics::ACTIVE_LEASES.add(-1);
+        match end {
+            LeaseEnd::Lost(reason) => {
+                metrics::LEASES_LOST.add(1);
+                tracing::warn!(lease = %self.name, fencing_token = self.fencing_token, reason = reason.as_str(), outcome = "lost", "lease lost: {reason}");
+            }
+            LeaseEnd::Released => metrics::RELEASES.add(1),
         }
         self.ended.send_replace(Some(end));
         // Aborting the renewal task from inside itself is harmless: it only stops at its next
@@ -97,6 +197,24 @@ impl Shared {
         if st.end.is_none() {
             st.deadline = st.deadline.max(clock::deadline(t_sent, self.duration));
             st.renewals += 1;
+            metrics::RENEWALS.add(1);
+            let _ = self.events.send(LeaseEvent::Renewed {
+                renewals: st.renewals,
+            });
+        }
+    }
+
+    /// Records a failed background renewal: the `attempt`-th in a row.
+    pub(crate) fn renewal_failed(&self, attempt: u32, error: &LeaseError, will_retry: bool) {
+        let mut st = self.lock();
+        st.renewal_failures += 1;
+        metrics::RENEWAL_FAILURES.add(1);
+        if st.end.is_none() {
+            let _ = self.events.send(LeaseEvent::RenewalFailed {
+                attempt,
+                error: error.to_string(),
+                will_retry,
+            });
         }
     }
 
@@ -253,6 +371,18 @@ impl Lease {
         }
     }
 
+    /// The lease's events from now on: renewals, renewal failures, and its end (lost or
+    /// released), after which the stream ends. Opened after the end, it yields just the end.
+    #[must_use]
+    pub fn events(&self) -> LeaseEvents {
+        let st = self.shared.lock();
+        LeaseEvents {
+            rx: self.shared.events.subscribe(),
+            ended: st.end.map(LeaseEvent::of_end),
+            done: false,
+        }
+    }
+
     /// Renews now, whatever the schedule.
     ///
     /// # Errors
@@ -284,8 +414,11 @@ impl Lease {
             .shared
             .store
             .release(&self.shared.name, &self.shared.lease_id)
-            .await?;
-        tracing::debug!(lease = %self.shared.name, released, "lease released");
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(lease = %self.shared.name, outcome = "error", error = %e, "lease release failed; it will expire by itself");
+            })?;
+        tracing::debug!(lease = %self.shared.name, fencing_token = self.shared.fencing_token, outcome = if released { "released" } else { "not_held" }, "lease released");
         Ok(released)
     }
 }

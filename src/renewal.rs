@@ -43,6 +43,7 @@ fn deadline_of(shared: &Shared) -> Option<Instant> {
 async fn run(shared: Arc<Shared>, renew_interval: Option<Duration>, acquired_sent: Instant) {
     let mut next = renew_interval.map(|i| acquired_sent + i);
     let mut retry = RETRY_MIN;
+    let mut failures_in_row = 0u32;
     loop {
         let Some(deadline) = deadline_of(&shared) else {
             return;
@@ -68,20 +69,30 @@ async fn run(shared: Arc<Shared>, renew_interval: Option<Duration>, acquired_sen
         let outcome = timeout_at(deadline, shared.renew_once()).await;
         match outcome {
             Ok(Ok(())) => {
-                tracing::debug!(lease = %shared.name, "lease renewed");
+                tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
                 retry = RETRY_MIN;
+                failures_in_row = 0;
                 next = Some(t_sent + interval);
             }
             Ok(Err(LeaseError::Lost { .. })) => return,
             Ok(Err(e)) => {
-                shared.lock().renewal_failures += 1;
+                failures_in_row = failures_in_row.saturating_add(1);
                 let delay = jitter(retry);
-                tracing::warn!(lease = %shared.name, error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed; retrying until the deadline");
+                let retry_at = Instant::now() + delay;
+                let will_retry = retry_at < deadline;
+                shared.renewal_failed(failures_in_row, &e, will_retry);
+                tracing::warn!(lease = %shared.name, outcome = "failed", attempt = failures_in_row, will_retry, error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "lease renewal failed; retrying until the deadline");
                 retry = (retry * 2).min(RETRY_MAX);
-                next = Some(Instant::now() + delay);
+                next = Some(retry_at);
             }
             Err(_elapsed) => {
-                shared.lock().renewal_failures += 1;
+                failures_in_row = failures_in_row.saturating_add(1);
+                let e = LeaseError::backend(
+                    crate::error::BackendErrorKind::Timeout,
+                    "the renewal did not complete before the lease's deadline",
+                );
+                shared.renewal_failed(failures_in_row, &e, false);
+                tracing::warn!(lease = %shared.name, outcome = "failed", attempt = failures_in_row, will_retry = false, error = %e, "lease renewal failed at the deadline");
                 shared.end(LeaseEnd::Lost(LostReason::Expired));
                 return;
             }

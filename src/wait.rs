@@ -1,66 +1,416 @@
-//! Waiting to acquire: how long to sleep between attempts while someone else holds the lease.
+//! Waiting to acquire: retry schedules, and wake-ups when a lease is released.
 //!
-//! A [`Backoff`] is a value (bsm/redislock style): fixed, or exponential with jitter, each with an
-//! optional cap on attempts. A waiter also never sleeps past the holder's remaining TTL (plus
-//! jitter, so that many waiters do not stampede at the same instant), because the lease is free
-//! by then if the holder died.
+//! A waiter learns of a release by notification, not by polling. Every store owns a
+//! [`ReleaseBoard`]: one entry per lease name that somebody in this process waits for, with a
+//! reference count, a [`Notify`] and the state of the notification feed for that name. The Redis
+//! store feeds it from one pub/sub connection shared by all waiters; the SQLite store feeds it
+//! from releases made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
+//! while it waits; the last watch to go unsubscribes (on Redis after a short linger, so that a
+//! lease waited for again soon keeps its subscription).
+//!
+//! Invariants:
+//! - Lost wake-ups cannot happen: the waiter joins the board (and, on Redis, the subscription is
+//!   confirmed by the server) *before* the acquire attempt whose refusal makes it wait, and a
+//!   notification that arrives while no waiter is parked is kept as a permit by the `Notify`.
+//! - One release wakes one waiter of the process (`notify_one`), since only one can win. A woken
+//!   waiter that goes away before its attempt passes the wake-up on ([`ReleaseWatch::pass_on`]),
+//!   and a parked waiter that is dropped after being picked passes it on too (tokio's `Notified`
+//!   does that), so a cancellation never swallows a release.
+//! - Notifications only make waiting faster, never correct: a waiter always also wakes when the
+//!   holder's TTL (known from the refused attempt) runs out, plus jitter so that a hundred
+//!   waiters do not all retry in the same millisecond. Where the feed is not known to cover every
+//!   release (SQLite across processes, a dropped pub/sub connection, a server without pub/sub
+//!   permission), the waiter also polls on its [`Backoff`] schedule, never more often than every
+//!   [`MIN_POLL`].
+//! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::{watch, Notify};
 
-/// A retry schedule for waiting on a held lease.
+/// The shortest time between two polls of a waiter (notified wake-ups are not polls).
+pub const MIN_POLL: Duration = Duration::from_millis(100);
+
+/// A retry schedule for waiting on a held lease: a value, composable (bsm/redislock style).
+///
+/// `Backoff::exponential(min, max)` (the default: 100 ms to 1 s, with jitter) or
+/// `Backoff::fixed(delay)`, optionally `.limit(attempts)`. The delays pace *polling*, which a
+/// waiter only does when release notifications may be missed (see the module docs); delays
+/// below [`MIN_POLL`] are raised to it. The limit caps the number of acquire attempts of one
+/// `acquire` call, notified ones included, the first one too.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Backoff {
-    /// The same delay every time.
+pub struct Backoff {
+    schedule: Schedule,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Schedule {
     Fixed(Duration),
-    /// `min`, doubling up to `max`, each delay drawn between half and all of its value.
-    Exponential {
-        /// First delay.
-        min: Duration,
-        /// Longest delay.
-        max: Duration,
-    },
+    Exponential { min: Duration, max: Duration },
 }
 
 impl Default for Backoff {
-    /// Exponential from 100 ms to 1 s: never polls faster than every 100 ms.
+    /// Exponential from 100 ms to 1 s, no limit on attempts.
     fn default() -> Self {
-        Self::Exponential {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        }
+        Self::exponential(MIN_POLL, Duration::from_secs(1))
     }
 }
 
 impl Backoff {
-    /// The delay before attempt number `attempt` (0-based), before the TTL cap.
+    /// The same delay between polls every time.
     #[must_use]
-    pub fn delay(&self, attempt: u32) -> Duration {
-        match *self {
-            Self::Fixed(d) => d,
-            Self::Exponential { min, max } => {
+    pub fn fixed(delay: Duration) -> Self {
+        Self {
+            schedule: Schedule::Fixed(delay),
+            max_attempts: None,
+        }
+    }
+
+    /// `min`, doubling up to `max`; each delay is drawn between half and all of its value (but
+    /// never below `min`), so that waiters that started together drift apart.
+    #[must_use]
+    pub fn exponential(min: Duration, max: Duration) -> Self {
+        Self {
+            schedule: Schedule::Exponential {
+                min,
+                max: max.max(min),
+            },
+            max_attempts: None,
+        }
+    }
+
+    /// The same schedule, giving up after `attempts` acquire attempts (at least one is made).
+    #[must_use]
+    pub fn limit(self, attempts: u32) -> Self {
+        Self {
+            max_attempts: Some(attempts.max(1)),
+            ..self
+        }
+    }
+
+    /// The cap on attempts, if any.
+    #[must_use]
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// Whether another attempt is allowed after `made` attempts.
+    #[must_use]
+    pub fn allows_another(&self, made: u32) -> bool {
+        self.max_attempts.is_none_or(|max| made < max)
+    }
+
+    /// The delay before poll number `poll` (0-based): never below [`MIN_POLL`].
+    #[must_use]
+    pub fn poll_delay(&self, poll: u32) -> Duration {
+        let d = match self.schedule {
+            Schedule::Fixed(d) => d,
+            Schedule::Exponential { min, max } => {
                 let d = min
-                    .checked_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+                    .checked_mul(1u32.checked_shl(poll.min(20)).unwrap_or(u32::MAX))
                     .unwrap_or(max)
                     .min(max);
                 d.mul_f64(rand::rng().random_range(0.5..=1.0))
                     .max(min.min(d))
             }
+        };
+        d.max(MIN_POLL)
+    }
+}
+
+/// How long after the refusal a waiter retries a holder that does not release: the holder's
+/// remaining TTL, plus a millisecond, plus jitter of up to a tenth of the TTL (at least 5 ms, at
+/// most 100 ms), so that many waiters of one expiry spread their attempts.
+#[must_use]
+pub fn expiry_retry(ttl: Duration) -> Duration {
+    let spread = (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    ttl + Duration::from_millis(1) + spread.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// What the notification feed of one lease name covers right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Being set up (a subscription is on its way to the server): wait for it before the attempt.
+    Pending,
+    /// Every release of this lease by this library is notified.
+    Live,
+    /// Some releases may not be notified (another process on SQLite; a pub/sub connection that
+    /// is down or refused): notifications still help, but the waiter must also poll.
+    Partial,
+}
+
+/// Why [`ReleaseWatch::next`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A release was notified: try again now.
+    Released,
+    /// The feed changed (see [`ReleaseWatch::feed`]): recompute when to wake.
+    FeedChanged,
+}
+
+struct Channel {
+    key: String,
+    /// Watches sharing this entry; changed only under the board's lock.
+    refs: usize,
+    notify: Arc<Notify>,
+    feed: watch::Sender<Feed>,
+    /// Set when notifications may have been missed (the feed went down): the next time it is
+    /// live, one waiter is woken to look.
+    stale: bool,
+}
+
+type Hook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// The waiters of one store in this process, by key, and their wake-ups.
+pub struct ReleaseBoard {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The feed of a new entry.
+    initial: Feed,
+    /// Told (with the key) when an entry gets its first waiter or loses its last one, so a
+    /// subscriber can subscribe or unsubscribe; `None` for an in-process board.
+    on_change: Option<Hook>,
+}
+
+impl std::fmt::Debug for ReleaseBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseBoard")
+            .field("keys", &self.lock().len())
+            .field("initial", &self.initial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReleaseBoard {
+    /// A board whose notifications come only from this process ([`ReleaseBoard::notify`]):
+    /// every entry is [`Feed::Partial`], so waiters also poll.
+    #[must_use]
+    pub fn in_process() -> Arc<Self> {
+        Arc::new(Self {
+            channels: Mutex::new(HashMap::new()),
+            initial: Feed::Partial,
+            on_change: None,
+        })
+    }
+
+    /// A board fed by a subscriber: new entries start [`Feed::Pending`], and `on_change(key)` is
+    /// called (under the board's lock: it must not block) when an entry gains its first waiter
+    /// or loses its last.
+    #[must_use]
+    pub fn subscribed(on_change: impl Fn(&str) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            channels: Mutex::new(HashMap::new()),
+            initial: Feed::Pending,
+            on_change: Some(Box::new(on_change)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+        // Every update under this lock is a few plain field stores: a panic cannot leave an
+        // entry half-updated, so a poisoned lock is still good.
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts watching `key`: the returned watch shares the entry with the other waiters.
+    #[must_use]
+    pub fn join(self: &Arc<Self>, key: &str) -> ReleaseWatch {
+        let mut map = self.lock();
+        let ch = map.entry(key.to_owned()).or_insert_with(|| Channel {
+            key: key.to_owned(),
+            refs: 0,
+            notify: Arc::new(Notify::new()),
+            feed: watch::Sender::new(self.initial),
+            stale: false,
+        });
+        if ch.refs == 0 {
+            // A wake-up left for nobody (a release while no one waited) must not wake the
+            // newcomer: it attempts right after joining anyway, which covers every earlier
+            // release.
+            ch.notify = Arc::new(Notify::new());
+        }
+        ch.refs += 1;
+        let first = ch.refs == 1;
+        let watch = ReleaseWatch {
+            joined: Some(Joined {
+                board: Arc::clone(self),
+                key: ch.key.clone(),
+                notify: Arc::clone(&ch.notify),
+                feed: ch.feed.subscribe(),
+            }),
+        };
+        if first {
+            if let Some(hook) = &self.on_change {
+                hook(key);
+            }
+        }
+        watch
+    }
+
+    fn leave(&self, key: &str) {
+        let mut map = self.lock();
+        let Some(ch) = map.get_mut(key) else { return };
+        ch.refs = ch.refs.saturating_sub(1);
+        if ch.refs > 0 {
+            return;
+        }
+        match &self.on_change {
+            // The subscriber unsubscribes, then removes the entry if still unused.
+            Some(hook) => hook(key),
+            None => {
+                map.remove(key);
+            }
         }
     }
 
-    /// The delay before the next attempt, given the holder's remaining TTL (if known).
-    #[must_use]
-    pub fn next_delay(&self, attempt: u32, holder_ttl: Option<Duration>) -> Duration {
-        let d = self.delay(attempt);
-        match holder_ttl {
-            // Wake a little after the holder's expiry, spread over up to 10% (at most 50 ms).
-            Some(ttl) if ttl < d => {
-                let spread = (ttl / 10).min(Duration::from_millis(50));
-                ttl + spread.mul_f64(rand::rng().random_range(0.0..=1.0)) + Duration::from_millis(1)
+    /// A release of `key` happened: wakes one waiter (or leaves a permit for the next one).
+    /// Returns whether anybody here watches `key`.
+    pub fn notify(&self, key: &str) -> bool {
+        let map = self.lock();
+        match map.get(key) {
+            Some(ch) => {
+                ch.notify.notify_one();
+                true
             }
-            _ => d,
+            None => false,
+        }
+    }
+
+    /// The keys that have waiters.
+    #[must_use]
+    pub fn wanted(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|c| c.refs > 0)
+            .map(|c| c.key.clone())
+            .collect()
+    }
+
+    /// The number of waiters of `key`.
+    #[must_use]
+    pub fn waiters(&self, key: &str) -> usize {
+        self.lock().get(key).map_or(0, |c| c.refs)
+    }
+
+    /// Removes the entry of `key` if nobody waits for it; returns whether it is gone.
+    pub fn remove_if_unused(&self, key: &str) -> bool {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(ch) if ch.refs > 0 => false,
+            _ => {
+                map.remove(key);
+                true
+            }
+        }
+    }
+
+    /// The feed of `key` is live: every release will be notified. If notifications may have
+    /// been missed since it was last live, one waiter is woken to look.
+    pub fn set_live(&self, key: &str) {
+        let mut map = self.lock();
+        if let Some(ch) = map.get_mut(key) {
+            if std::mem::take(&mut ch.stale) {
+                ch.notify.notify_one();
+            }
+            ch.feed
+                .send_if_modified(|f| std::mem::replace(f, Feed::Live) != Feed::Live);
+        }
+    }
+
+    /// The feed of `key` (or of every key, with `None`) may miss releases from now on: waiters
+    /// poll until it is live again, and one of them looks as soon as it is.
+    pub fn set_partial(&self, key: Option<&str>) {
+        let mut map = self.lock();
+        for ch in map.values_mut() {
+            if key.is_some_and(|k| k != ch.key) {
+                continue;
+            }
+            if *ch.feed.borrow() == Feed::Live {
+                ch.stale = true;
+            }
+            ch.feed
+                .send_if_modified(|f| std::mem::replace(f, Feed::Partial) != Feed::Partial);
+        }
+    }
+}
+
+struct Joined {
+    board: Arc<ReleaseBoard>,
+    key: String,
+    notify: Arc<Notify>,
+    feed: watch::Receiver<Feed>,
+}
+
+/// One waiter's share of a [`ReleaseBoard`] entry. Dropping it leaves the board (the last one
+/// out unsubscribes).
+pub struct ReleaseWatch {
+    joined: Option<Joined>,
+}
+
+impl std::fmt::Debug for ReleaseWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseWatch")
+            .field("key", &self.joined.as_ref().map(|j| &j.key))
+            .field("feed", &self.feed())
+            .finish()
+    }
+}
+
+impl ReleaseWatch {
+    /// A watch that is never notified: the waiter polls and retries at the holder's expiry.
+    #[must_use]
+    pub fn none() -> Self {
+        Self { joined: None }
+    }
+
+    /// What the feed covers now.
+    #[must_use]
+    pub fn feed(&self) -> Feed {
+        self.joined
+            .as_ref()
+            .map_or(Feed::Partial, |j| *j.feed.borrow())
+    }
+
+    /// Waits, at most `limit`, while the feed is [`Feed::Pending`] (a subscription on its way).
+    pub async fn settled(&mut self, limit: Duration) {
+        if let Some(j) = self.joined.as_mut() {
+            let _ = tokio::time::timeout(limit, j.feed.wait_for(|f| *f != Feed::Pending)).await;
+        }
+    }
+
+    /// Waits for a release notification or a change of the feed. Never returns for
+    /// [`ReleaseWatch::none`].
+    pub async fn next(&mut self) -> Wake {
+        let Some(j) = self.joined.as_mut() else {
+            return std::future::pending().await;
+        };
+        let notify = Arc::clone(&j.notify);
+        tokio::select! {
+            // If the feed branch wins after this waiter was picked by `notify_one`, dropping the
+            // `Notified` passes the wake-up to another waiter.
+            () = notify.notified() => Wake::Released,
+            changed = j.feed.changed() => match changed {
+                Ok(()) => Wake::FeedChanged,
+                // The board dropped the entry's sender: cannot happen while we hold a share.
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+
+    /// Passes a wake-up this waiter received but will not act on to another waiter.
+    pub fn pass_on(&self) {
+        if let Some(j) = &self.joined {
+            j.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for ReleaseWatch {
+    fn drop(&mut self) {
+        if let Some(j) = self.joined.take() {
+            j.board.leave(&j.key);
         }
     }
 }
@@ -72,25 +422,125 @@ mod tests {
     #[test]
     fn exponential_grows_to_its_cap_and_never_below_min() {
         let b = Backoff::default();
-        for attempt in 0..40 {
-            let d = b.delay(attempt);
+        for poll in 0..40 {
+            let d = b.poll_delay(poll);
             assert!(d >= Duration::from_millis(100), "{d:?}");
             assert!(d <= Duration::from_secs(1), "{d:?}");
         }
-        assert!(b.delay(10) >= Duration::from_millis(500));
+        assert!(b.poll_delay(10) >= Duration::from_millis(500));
     }
 
     #[test]
-    fn waiter_wakes_soon_after_the_holders_ttl() {
-        let b = Backoff::Fixed(Duration::from_secs(1));
-        let d = b.next_delay(0, Some(Duration::from_millis(200)));
-        assert!(
-            d > Duration::from_millis(200) && d <= Duration::from_millis(221),
-            "{d:?}"
-        );
+    fn no_schedule_polls_faster_than_every_100_ms() {
         assert_eq!(
-            b.next_delay(0, Some(Duration::from_secs(5))),
-            Duration::from_secs(1)
+            Backoff::fixed(Duration::from_millis(1)).poll_delay(0),
+            MIN_POLL
         );
+        let b = Backoff::exponential(Duration::ZERO, Duration::from_millis(50));
+        assert!((0..20).all(|p| b.poll_delay(p) == MIN_POLL));
+    }
+
+    #[test]
+    fn limit_counts_attempts_including_the_first() {
+        let b = Backoff::fixed(Duration::from_secs(1)).limit(3);
+        assert_eq!(b.max_attempts(), Some(3));
+        assert!(b.allows_another(2));
+        assert!(!b.allows_another(3));
+        assert!(Backoff::default().allows_another(u32::MAX - 1));
+        assert_eq!(Backoff::default().limit(0).max_attempts(), Some(1));
+    }
+
+    #[test]
+    fn expiry_retry_is_just_after_the_ttl_with_bounded_jitter() {
+        for _ in 0..100 {
+            let d = expiry_retry(Duration::from_millis(200));
+            assert!(
+                d > Duration::from_millis(200) && d <= Duration::from_millis(221),
+                "{d:?}"
+            );
+            let d = expiry_retry(Duration::from_secs(30));
+            assert!(d <= Duration::from_millis(30_101), "{d:?}");
+        }
+        let spread: std::collections::BTreeSet<_> = (0..100)
+            .map(|_| expiry_retry(Duration::from_secs(30)))
+            .collect();
+        assert!(
+            spread.len() > 50,
+            "100 waiters must not all pick one instant"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_release_wakes_one_waiter_and_a_permit_is_kept() {
+        let board = ReleaseBoard::in_process();
+        let mut a = board.join("k");
+        let mut b = board.join("k");
+        assert_eq!(board.waiters("k"), 2);
+        // Released before anyone parks: kept as a permit for the next waiter.
+        assert!(board.notify("k"));
+        assert_eq!(a.next().await, Wake::Released);
+        let woke = tokio::time::timeout(Duration::from_millis(50), b.next()).await;
+        assert!(woke.is_err(), "one release wakes one waiter");
+        drop(a);
+        drop(b);
+        assert_eq!(board.waiters("k"), 0);
+        assert!(!board.notify("k"), "the last waiter out removes the entry");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_picked_waiter_passes_the_wake_up_on() {
+        let board = ReleaseBoard::in_process();
+        let mut a = board.join("k");
+        let mut b = board.join("k");
+        // `a` is parked first, so notify_one picks it; dropping it before it runs passes the
+        // wake-up on to `b`.
+        let parked = tokio::spawn(async move { a.next().await });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        board.notify("k");
+        parked.abort();
+        let woke = tokio::time::timeout(Duration::from_secs(5), b.next()).await;
+        assert_eq!(woke.ok(), Some(Wake::Released));
+    }
+
+    #[tokio::test]
+    async fn a_release_nobody_waited_for_does_not_wake_a_newcomer() {
+        let board = ReleaseBoard::subscribed(|_| {});
+        drop(board.join("k"));
+        // The entry lingers (a subscriber removes it); a release while nobody waits...
+        assert!(board.notify("k"));
+        // ...is covered by the newcomer's own attempt after joining, not by a wake-up.
+        let mut b = board.join("k");
+        board.set_live("k");
+        assert_eq!(b.next().await, Wake::FeedChanged);
+        let woke = tokio::time::timeout(Duration::from_millis(50), b.next()).await;
+        assert!(woke.is_err(), "woken by a stale release");
+    }
+
+    #[tokio::test]
+    async fn subscribed_board_reports_first_and_last_waiter_and_wakes_after_a_gap() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let board = ReleaseBoard::subscribed(move |k| s.lock().unwrap().push(k.to_owned()));
+        let mut a = board.join("k");
+        let b = board.join("k");
+        assert_eq!(a.feed(), Feed::Pending);
+        board.set_live("k");
+        assert_eq!(a.next().await, Wake::FeedChanged);
+        assert_eq!(a.feed(), Feed::Live);
+        board.set_partial(None);
+        assert_eq!(a.next().await, Wake::FeedChanged);
+        assert_eq!(a.feed(), Feed::Partial);
+        // Live again after a gap: one waiter is woken to look for a missed release.
+        board.set_live("k");
+        let mut wakes = vec![a.next().await];
+        wakes.push(a.next().await);
+        wakes.sort_by_key(|w| *w == Wake::Released);
+        assert_eq!(wakes, [Wake::FeedChanged, Wake::Released]);
+        drop(a);
+        drop(b);
+        assert_eq!(*seen.lock().unwrap(), ["k", "k"]);
+        assert_eq!(board.wanted(), Vec::<String>::new());
+        assert!(board.remove_if_unused("k"));
     }
 }

@@ -10,8 +10,10 @@ Docstrings of the native classes live in ``_native.pyi``.
 from __future__ import annotations
 
 import atexit
+import logging
 
 from . import _native
+from ._backoff import Backoff
 from ._client import ConfigWarning, LeaseClient, is_configured, lease
 from ._lease import LeaseContext, OnLost
 from ._native import (
@@ -19,10 +21,40 @@ from ._native import (
     ConfigError,
     Lease,
     LeaseError,
+    LeaseEvent,
+    LeaseEvents,
     LeaseInfo,
     LeaseLost,
     LeaseUnavailable,
 )
+
+# The library's records go to the logger "distributed_leasing" (acquire, renew, release, wait
+# and loss, from the Rust core); as a library it prints nothing unless the application
+# configures logging (e.g. logging.basicConfig(level=logging.DEBUG)).
+logging.getLogger("distributed_leasing").addHandler(logging.NullHandler())
+
+
+def metrics() -> dict[str, int]:
+    """The process's lease counters, named as the .NET origin's metrics: ``leasing.*``.
+
+    ``leasing.acquisitions.total``, ``leasing.acquisitions.refused.total``,
+    ``leasing.renewals.total``, ``leasing.renewal.failures.total``,
+    ``leasing.leases_lost.total``, ``leasing.releases.total``,
+    ``leasing.wait.notifications.total`` (release notifications received) and the gauge
+    ``leasing.active_leases.current``.
+    """
+    return dict(_native.metrics())
+
+
+def refresh_logging() -> None:
+    """Re-reads the level of the ``distributed_leasing`` logger now.
+
+    The library checks it at every call into it, so that a level that is off costs nothing;
+    call this after changing logging levels if no call into the library follows (for example
+    to see the renewals of a lease already held).
+    """
+    _native._refresh_logging()
+
 
 # Before the interpreter finalizes, stop tokio threads from taking the GIL and wait for those
 # inside to leave (a tokio thread entering a finalizing interpreter crashes the process).
@@ -32,16 +64,21 @@ __version__: str = _native.__version__
 
 __all__ = [
     "BackendError",
+    "Backoff",
     "ConfigError",
     "ConfigWarning",
     "Lease",
     "LeaseClient",
     "LeaseContext",
     "LeaseError",
+    "LeaseEvent",
+    "LeaseEvents",
     "LeaseInfo",
     "LeaseLost",
     "LeaseUnavailable",
     "OnLost",
     "is_configured",
     "lease",
+    "metrics",
+    "refresh_logging",
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import _native
+from ._backoff import Backoff, _native_backoff
 from ._lease import LeaseContext, OnLost
 from ._native import Lease, LeaseError, LeaseInfo
 
@@ -53,8 +54,12 @@ class LeaseClient:
         connect_timeout: float | None = None,
         operation_timeout: float | None = None,
         ca_file: str | os.PathLike[str] | None = None,
+        backoff: Backoff | None = None,
     ) -> LeaseClient:
-        """Connects to ``redis://``, ``rediss://`` (TLS) or ``sqlite:///path/leases.db``."""
+        """Connects to ``redis://``, ``rediss://`` (TLS) or ``sqlite:///path/leases.db``.
+
+        ``backoff`` is the default polling schedule and attempt limit of waiting acquires.
+        """
         native = await _native._Client.connect(
             url,
             duration=duration,
@@ -64,6 +69,7 @@ class LeaseClient:
             connect_timeout=connect_timeout,
             operation_timeout=operation_timeout,
             ca_file=None if ca_file is None else os.fspath(ca_file),
+            backoff=_native_backoff(backoff),
         )
         return cls(native)
 
@@ -79,6 +85,7 @@ class LeaseClient:
         connect_timeout: float | None = None,
         operation_timeout: float | None = None,
         ca_file: str | os.PathLike[str] | None = None,
+        backoff: Backoff | None = None,
     ) -> LeaseClient:
         """``connect`` for synchronous code (blocks with the GIL released)."""
         native = _native._Client.connect_blocking(
@@ -90,6 +97,7 @@ class LeaseClient:
             connect_timeout=connect_timeout,
             operation_timeout=operation_timeout,
             ca_file=None if ca_file is None else os.fspath(ca_file),
+            backoff=_native_backoff(backoff),
         )
         return cls(native)
 
@@ -121,6 +129,7 @@ class LeaseClient:
         renew_interval: float | None = None,
         metadata: Mapping[str, str] | None = None,
         on_lost: OnLost = "cancel",
+        backoff: Backoff | None = None,
     ) -> LeaseContext:
         """A context manager (``async with`` or ``with``) holding the lease while its body runs."""
 
@@ -137,6 +146,7 @@ class LeaseClient:
             renew_interval=renew_interval,
             auto_renew=auto_renew,
             metadata=metadata,
+            backoff=backoff,
         )
 
     async def try_acquire(
@@ -186,10 +196,14 @@ class LeaseClient:
         renew_interval: float | None = None,
         auto_renew: bool | None = None,
         metadata: Mapping[str, str] | None = None,
+        backoff: Backoff | None = None,
     ) -> Lease:
         """Takes the lease, waiting up to ``wait`` seconds (None: forever; 0: one attempt).
 
-        Raises ``LeaseUnavailable`` (with ``.holder``) when the wait runs out.
+        A waiter is woken when the holder releases (a notification, not polling), at the
+        holder's expiry, and by polls on ``backoff`` only where notifications may be missed.
+        Raises ``LeaseUnavailable`` (with ``.holder``) when the wait or the backoff's attempt
+        limit runs out. Cancelling the call leaves no lease and no subscription behind.
         """
         return await self._native.acquire(
             name,
@@ -198,6 +212,7 @@ class LeaseClient:
             renew_interval=renew_interval,
             auto_renew=auto_renew,
             metadata=None if metadata is None else dict(metadata),
+            backoff=_native_backoff(backoff),
         )
 
     def acquire_sync(
@@ -209,6 +224,7 @@ class LeaseClient:
         renew_interval: float | None = None,
         auto_renew: bool | None = None,
         metadata: Mapping[str, str] | None = None,
+        backoff: Backoff | None = None,
     ) -> Lease:
         """``acquire`` for synchronous code (Ctrl-C interrupts a wait)."""
         return self._native.acquire_blocking(
@@ -218,6 +234,7 @@ class LeaseClient:
             renew_interval=renew_interval,
             auto_renew=auto_renew,
             metadata=None if metadata is None else dict(metadata),
+            backoff=_native_backoff(backoff),
         )
 
     async def inspect(self, name: str) -> LeaseInfo | None:
@@ -319,6 +336,7 @@ def lease(
     metadata: Mapping[str, str] | None = None,
     on_lost: OnLost = "cancel",
     client: LeaseClient | None = None,
+    backoff: Backoff | None = None,
 ) -> LeaseContext:
     """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
 
@@ -326,7 +344,8 @@ def lease(
     ``appsettings.json`` / ``appsettings.Local.json`` / ``RedisLeasing__*`` environment variables
     in the current directory, and ``ConfigError`` says how to configure if nothing is.
     ``wait=0`` tries once and raises ``LeaseUnavailable`` (with ``.holder``); ``wait=5.0`` waits
-    up to 5 s; ``wait=None`` waits forever.
+    up to 5 s; ``wait=None`` waits forever. ``backoff`` paces polls and limits attempts while
+    waiting (see ``Backoff``).
     """
     if client is not None:
         return client.lease(
@@ -337,6 +356,7 @@ def lease(
             renew_interval=renew_interval,
             metadata=metadata,
             on_lost=on_lost,
+            backoff=backoff,
         )
     return LeaseContext(
         _default_client,
@@ -348,4 +368,5 @@ def lease(
         renew_interval=renew_interval,
         auto_renew=auto_renew,
         metadata=metadata,
+        backoff=backoff,
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from ._native import Lease, LeaseLost
 
 if TYPE_CHECKING:
+    from ._backoff import Backoff
     from ._client import LeaseClient
 
 OnLost = Literal["cancel", "ignore"]
@@ -41,6 +42,7 @@ class LeaseContext:
 
     __slots__ = (
         "_auto_renew",
+        "_backoff",
         "_cancelling",
         "_client",
         "_duration",
@@ -68,6 +70,7 @@ class LeaseContext:
         renew_interval: float | None,
         auto_renew: bool | None,
         metadata: Mapping[str, str] | None,
+        backoff: Backoff | None = None,
     ) -> None:
         if on_lost not in ("cancel", "ignore"):
             raise ValueError(f"on_lost={on_lost!r} is not valid: use 'cancel' or 'ignore'")
@@ -80,6 +83,7 @@ class LeaseContext:
         self._renew_interval = renew_interval
         self._auto_renew = auto_renew
         self._metadata = dict(metadata) if metadata is not None else None
+        self._backoff = backoff
         self._lease: Lease | None = None
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
@@ -98,6 +102,7 @@ class LeaseContext:
             renew_interval=self._renew_interval,
             auto_renew=self._auto_renew,
             metadata=self._metadata,
+            backoff=self._backoff,
         )
         self._lease = lease
         self._state = "inside"
@@ -152,6 +157,7 @@ class LeaseContext:
             renew_interval=self._renew_interval,
             auto_renew=self._auto_renew,
             metadata=self._metadata,
+            backoff=self._backoff,
         )
         self._lease = lease
         self._state = "inside"

@@ -2,13 +2,15 @@
 
 import asyncio
 import builtins
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Final, Literal, final
 
 __version__: Final[str]
 
 LostReasonName = Literal["expired", "missing", "held_by_other"]
+LeaseEventKind = Literal["renewed", "renewal_failed", "lost", "released"]
+_BackoffArg = tuple[float, float, int | None]
 BackendErrorKind = Literal["unreachable", "auth", "timeout", "wrong_type", "other"]
 
 class LeaseError(Exception):
@@ -100,11 +102,49 @@ class Lease:
     def release_blocking(self) -> bool: ...
     def wait_lost(self) -> asyncio.Future[LostReasonName | None]:
         """Returns when the lease ends: the loss reason, or None if it was released."""
+    def events(self) -> LeaseEvents:
+        """The lease's events from now on: ``async for event in lease.events(): ...``.
+
+        ``renewed``, ``renewal_failed`` (with ``attempt``, ``error``, ``will_retry``), then one
+        of ``lost`` (with ``reason``) or ``released``, after which the iteration stops. Opened
+        after the end, it yields just the end. A reader more than 64 events behind skips the
+        oldest (the end is always delivered).
+        """
     def _on_end(
         self,
         event_loop: asyncio.AbstractEventLoop,
         callback: Callable[[str | None], object],
     ) -> None: ...
+
+@final
+class LeaseEvent:
+    """Something that happened to a held lease (see ``Lease.events``)."""
+
+    @property
+    def kind(self) -> LeaseEventKind: ...
+    @property
+    def renewals(self) -> int | None:
+        """For ``renewed``: successful renewals so far, this one included."""
+    @property
+    def attempt(self) -> int | None:
+        """For ``renewal_failed``: failures in a row since the last success (1 for the first)."""
+    @property
+    def error(self) -> str | None:
+        """For ``renewal_failed``: what went wrong (never a secret)."""
+    @property
+    def will_retry(self) -> bool | None:
+        """For ``renewal_failed``: whether another attempt comes before the lease's deadline."""
+    @property
+    def reason(self) -> LostReasonName | None:
+        """For ``lost``: why."""
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class LeaseEvents(AsyncIterator[LeaseEvent]):
+    """The async iterator of ``Lease.events()``; stops after the lease's end."""
+
+    def __aiter__(self) -> LeaseEvents: ...
+    def __anext__(self) -> asyncio.Future[LeaseEvent]: ...
 
 @final
 class _Client:
@@ -119,6 +159,7 @@ class _Client:
         connect_timeout: float | None = None,
         operation_timeout: float | None = None,
         ca_file: str | None = None,
+        backoff: _BackoffArg | None = None,
     ) -> asyncio.Future[_Client]: ...
     @staticmethod
     def connect_blocking(
@@ -131,6 +172,7 @@ class _Client:
         connect_timeout: float | None = None,
         operation_timeout: float | None = None,
         ca_file: str | None = None,
+        backoff: _BackoffArg | None = None,
     ) -> _Client: ...
     @staticmethod
     def from_config_blocking(dir: str) -> tuple[_Client, list[str]]: ...
@@ -163,6 +205,7 @@ class _Client:
         renew_interval: float | None = None,
         auto_renew: bool | None = None,
         metadata: dict[str, str] | None = None,
+        backoff: _BackoffArg | None = None,
     ) -> asyncio.Future[Lease]: ...
     def acquire_blocking(
         self,
@@ -173,6 +216,7 @@ class _Client:
         renew_interval: float | None = None,
         auto_renew: bool | None = None,
         metadata: dict[str, str] | None = None,
+        backoff: _BackoffArg | None = None,
     ) -> Lease: ...
     def inspect(self, name: str) -> asyncio.Future[LeaseInfo | None]: ...
     def inspect_blocking(self, name: str) -> LeaseInfo | None: ...
@@ -187,3 +231,9 @@ def is_configured(dir: str) -> bool:
 
 def _shutdown() -> None:
     """atexit hook: keep tokio threads out of a finalizing interpreter."""
+
+def _refresh_logging() -> int:
+    """Re-reads the ``distributed_leasing`` logger's level; returns records dropped so far."""
+
+def metrics() -> dict[str, int]:
+    """The process's ``leasing.*`` counters."""

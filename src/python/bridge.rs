@@ -134,11 +134,11 @@ fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     GET_LOOP.import(py, "asyncio", "get_running_loop")?.call0()
 }
 
+/// A conversion of a Rust result into its Python value, run on the loop thread.
+type Convert<T> = Box<dyn for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send>;
+
 /// Sets `fut`'s result from `result` unless it is already done (cancelled while on its way).
-fn settle<T>(py: Python<'_>, fut: &Py<PyAny>, result: Result<T, CoreError>)
-where
-    T: for<'py> IntoPyObject<'py>,
-{
+fn settle<T>(py: Python<'_>, fut: &Py<PyAny>, result: Result<T, CoreError>, convert: Convert<T>) {
     let fut = fut.bind(py);
     if fut
         .call_method0(pyo3::intern!(py, "done"))
@@ -148,7 +148,7 @@ where
         return;
     }
     let outcome = match result {
-        Ok(v) => v.into_bound_py_any(py),
+        Ok(v) => convert(py, v),
         Err(e) => Err(to_py(py, e)),
     };
     let _ = match outcome {
@@ -162,14 +162,33 @@ where
     F: Future<Output = Result<T, CoreError>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
+    spawn_into_py_with(
+        py,
+        fut,
+        abortable,
+        Box::new(|py, v: T| Ok(v.into_bound_py_any(py)?.unbind())),
+    )
+}
+
+fn spawn_into_py_with<F, T>(
+    py: Python<'_>,
+    fut: F,
+    abortable: bool,
+    convert: Convert<T>,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: Send + 'static,
+{
     let rt = runtime::get()?;
+    super::logging::refresh(py);
     let event_loop = get_running_loop(py)?;
     let inbox = inbox_for(py, &event_loop)?;
     let py_fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
     let fut_ref = py_fut.clone().unbind();
     let task = rt.spawn(async move {
         let result = fut.await;
-        inbox.push(Box::new(move |py| settle(py, &fut_ref, result)));
+        inbox.push(Box::new(move |py| settle(py, &fut_ref, result, convert)));
     });
     if abortable {
         let abort = task.abort_handle();
@@ -209,6 +228,21 @@ where
     spawn_into_py(py, fut, true)
 }
 
+/// As [`abortable_future_into_py`], with the conversion of the result given: it may also fail
+/// with a Python exception of its choice (`StopAsyncIteration` ends an `async for`).
+pub(crate) fn abortable_future_into_py_with<F, T, C>(
+    py: Python<'_>,
+    fut: F,
+    convert: C,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+    T: Send + 'static,
+    C: for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    spawn_into_py_with(py, fut, true, Box::new(convert))
+}
+
 /// Calls `callback(arg)` on the running loop's thread once `fut` finishes, without a tokio
 /// thread ever taking the GIL.
 pub(crate) fn call_soon_when<F, A>(
@@ -243,6 +277,7 @@ where
     T: Send,
 {
     let rt = runtime::get()?;
+    super::logging::refresh(py);
     let mut fut = std::pin::pin!(fut);
     loop {
         let step = py.detach(|| {

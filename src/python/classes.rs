@@ -1,24 +1,67 @@
-//! The Python classes: `_Client` (wrapped by the public `LeaseClient`), `Lease` and `LeaseInfo`.
+//! The Python classes: `_Client` (wrapped by the public `LeaseClient`), `Lease`, `LeaseInfo`,
+//! and a lease's events (`LeaseEvent`, and `LeaseEvents`, their async iterator).
 //!
 //! Each method that talks to the store exists twice: `name(...)` returns an awaitable,
 //! `name_blocking(...)` blocks with the GIL released. Argument checks (durations, metadata
-//! types) happen here, before anything is sent.
+//! types, backoff) happen here, before anything is sent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyStopAsyncIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
+use pyo3::IntoPyObjectExt;
 
 use crate::client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 use crate::info::LeaseInfo;
-use crate::lease::{Lease, LeaseEnd};
+use crate::lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
+use crate::wait::{Backoff, MIN_POLL};
 
-use super::bridge::{abortable_future_into_py, block_on, call_soon_when, future_into_py};
+use super::bridge::{
+    abortable_future_into_py, abortable_future_into_py_with, block_on, call_soon_when,
+    future_into_py,
+};
 use super::runtime;
+
+/// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
+/// passes it; `min == max` is a fixed delay.
+pub(crate) type BackoffArg = (f64, f64, Option<u32>);
+
+fn backoff_of(arg: Option<BackoffArg>) -> PyResult<Option<Backoff>> {
+    let Some((min, max, attempts)) = arg else {
+        return Ok(None);
+    };
+    let min_d = seconds("backoff min", min)?;
+    let max_d = seconds("backoff max", max)?;
+    if min_d < MIN_POLL {
+        return Err(PyValueError::new_err(format!(
+            "backoff delay {min}s is below {}s: a waiter never polls faster than every 0.1 s (it is woken by release notifications anyway)",
+            MIN_POLL.as_secs_f64()
+        )));
+    }
+    if max_d < min_d {
+        return Err(PyValueError::new_err(format!(
+            "backoff max {max}s is below its min {min}s: give max >= min"
+        )));
+    }
+    if attempts == Some(0) {
+        return Err(PyValueError::new_err(
+            "backoff limit 0 would never try: give at least 1 attempt",
+        ));
+    }
+    let b = if min_d == max_d {
+        Backoff::fixed(min_d)
+    } else {
+        Backoff::exponential(min_d, max_d)
+    };
+    Ok(Some(match attempts {
+        Some(n) => b.limit(n),
+        None => b,
+    }))
+}
 
 /// Converts seconds from Python, refusing NaN, infinities and negatives with the parameter's name.
 pub(crate) fn seconds(param: &str, value: f64) -> PyResult<Duration> {
@@ -230,6 +273,14 @@ impl PyLease {
         let ended = self.inner.ended();
         abortable_future_into_py(py, async move { Ok(end_name(ended.await)) })
     }
+    /// The lease's events from now on, as an async iterator (ends after the lease ends).
+    fn events(&self) -> PyResult<PyLeaseEvents> {
+        runtime::check_pid(self.pid)?;
+        Ok(PyLeaseEvents {
+            inner: Arc::new(tokio::sync::Mutex::new(self.inner.events())),
+            pid: self.pid,
+        })
+    }
     /// Calls `callback(reason_or_None)` on `event_loop` once the lease ends.
     fn _on_end(&self, event_loop: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<()> {
         runtime::check_pid(self.pid)?;
@@ -247,6 +298,107 @@ impl PyLease {
             self.inner.renewals(),
             self.inner.expires_in().as_secs_f64(),
             if self.inner.is_lost() { "True" } else { "False" },
+        )
+    }
+}
+
+/// Something that happened to a held lease.
+#[pyclass(name = "LeaseEvent", module = "distributed_leasing", frozen, eq)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PyLeaseEvent {
+    event: LeaseEvent,
+}
+
+#[pymethods]
+impl PyLeaseEvent {
+    /// `renewed`, `renewal_failed`, `lost` or `released`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.event {
+            LeaseEvent::Renewed { .. } => "renewed",
+            LeaseEvent::RenewalFailed { .. } => "renewal_failed",
+            LeaseEvent::Lost { .. } => "lost",
+            LeaseEvent::Released => "released",
+        }
+    }
+    #[getter]
+    fn renewals(&self) -> Option<u64> {
+        match self.event {
+            LeaseEvent::Renewed { renewals } => Some(renewals),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn attempt(&self) -> Option<u32> {
+        match self.event {
+            LeaseEvent::RenewalFailed { attempt, .. } => Some(attempt),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        match &self.event {
+            LeaseEvent::RenewalFailed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn will_retry(&self) -> Option<bool> {
+        match self.event {
+            LeaseEvent::RenewalFailed { will_retry, .. } => Some(will_retry),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn reason(&self) -> Option<&'static str> {
+        match self.event {
+            LeaseEvent::Lost { reason } => Some(reason.as_str()),
+            _ => None,
+        }
+    }
+    fn __repr__(&self) -> String {
+        match &self.event {
+            LeaseEvent::Renewed { renewals } => {
+                format!("LeaseEvent(kind='renewed', renewals={renewals})")
+            }
+            LeaseEvent::RenewalFailed {
+                attempt,
+                error,
+                will_retry,
+            } => format!(
+                "LeaseEvent(kind='renewal_failed', attempt={attempt}, will_retry={}, error={error:?})",
+                if *will_retry { "True" } else { "False" }
+            ),
+            LeaseEvent::Lost { reason } => {
+                format!("LeaseEvent(kind='lost', reason={:?})", reason.as_str())
+            }
+            LeaseEvent::Released => "LeaseEvent(kind='released')".to_owned(),
+        }
+    }
+}
+
+/// `async for event in lease.events()`: the events of one lease; stops after its end.
+#[pyclass(name = "LeaseEvents", module = "distributed_leasing", frozen)]
+pub(crate) struct PyLeaseEvents {
+    inner: Arc<tokio::sync::Mutex<LeaseEvents>>,
+    pid: u32,
+}
+
+#[pymethods]
+impl PyLeaseEvents {
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let inner = Arc::clone(&self.inner);
+        abortable_future_into_py_with(
+            py,
+            async move { Ok(inner.lock().await.next().await) },
+            |py, event: Option<LeaseEvent>| match event {
+                Some(event) => Ok(PyLeaseEvent { event }.into_py_any(py)?),
+                None => Err(PyStopAsyncIteration::new_err(())),
+            },
         )
     }
 }
@@ -273,13 +425,13 @@ struct Args {
     options: LeaseOptions,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn args(
     name: String,
     duration: Option<Secs>,
     renew_interval: Option<Secs>,
     auto_renew: Option<bool>,
     metadata: Option<&Bound<'_, PyDict>>,
+    backoff: Option<BackoffArg>,
 ) -> PyResult<Args> {
     Ok(Args {
         name,
@@ -288,6 +440,7 @@ fn args(
             renew_interval: opt_seconds("renew_interval", renew_interval)?,
             auto_renew,
             metadata: metadata_of(metadata)?,
+            backoff: backoff_of(backoff)?,
         },
     })
 }
@@ -301,6 +454,7 @@ fn try_out(r: TryAcquire) -> TryOut {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn client_options(
     duration: Option<Secs>,
     renew_interval: Option<Secs>,
@@ -309,6 +463,7 @@ fn client_options(
     connect_timeout: Option<Secs>,
     operation_timeout: Option<Secs>,
     ca_file: Option<std::path::PathBuf>,
+    backoff: Option<BackoffArg>,
 ) -> PyResult<ClientOptions> {
     let d = ClientOptions::default();
     Ok(ClientOptions {
@@ -321,14 +476,14 @@ fn client_options(
         operation_timeout: opt_seconds("operation_timeout", operation_timeout)?
             .unwrap_or(d.operation_timeout),
         ca_file,
-        backoff: d.backoff,
+        backoff: backoff_of(backoff)?.unwrap_or(d.backoff),
     })
 }
 
 #[pymethods]
 impl PyClient {
     #[staticmethod]
-    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None))]
+    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None, backoff=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect<'py>(
         py: Python<'py>,
@@ -340,6 +495,7 @@ impl PyClient {
         connect_timeout: Option<Secs>,
         operation_timeout: Option<Secs>,
         ca_file: Option<std::path::PathBuf>,
+        backoff: Option<BackoffArg>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let opts = client_options(
             duration,
@@ -349,6 +505,7 @@ impl PyClient {
             connect_timeout,
             operation_timeout,
             ca_file,
+            backoff,
         )?;
         future_into_py(py, async move {
             let inner = LeaseClient::connect(&url, opts).await?;
@@ -360,7 +517,7 @@ impl PyClient {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None))]
+    #[pyo3(signature = (url, *, duration=None, renew_interval=None, auto_renew=None, key_prefix=None, connect_timeout=None, operation_timeout=None, ca_file=None, backoff=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect_blocking(
         py: Python<'_>,
@@ -372,6 +529,7 @@ impl PyClient {
         connect_timeout: Option<Secs>,
         operation_timeout: Option<Secs>,
         ca_file: Option<std::path::PathBuf>,
+        backoff: Option<BackoffArg>,
     ) -> PyResult<PyClient> {
         let opts = client_options(
             duration,
@@ -381,6 +539,7 @@ impl PyClient {
             connect_timeout,
             operation_timeout,
             ca_file,
+            backoff,
         )?;
         block_on(py, async move {
             let inner = LeaseClient::connect(&url, opts).await?;
@@ -428,7 +587,7 @@ impl PyClient {
         metadata: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
-        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
         let client = self.inner.clone();
         future_into_py(py, async move {
             client.try_acquire(&a.name, &a.options).await.map(try_out)
@@ -446,14 +605,14 @@ impl PyClient {
         metadata: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TryOut> {
         runtime::check_pid(self.pid)?;
-        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
         let client = self.inner.clone();
         block_on(py, async move {
             client.try_acquire(&a.name, &a.options).await.map(try_out)
         })
     }
 
-    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
     #[allow(clippy::too_many_arguments)]
     fn acquire<'py>(
         &self,
@@ -464,10 +623,18 @@ impl PyClient {
         renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'py, PyDict>>,
+        backoff: Option<BackoffArg>,
     ) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let wait = opt_seconds("wait", wait)?;
-        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let a = args(
+            name,
+            duration,
+            renew_interval,
+            auto_renew,
+            metadata,
+            backoff,
+        )?;
         let client = self.inner.clone();
         let fut = async move {
             client
@@ -482,7 +649,7 @@ impl PyClient {
         }
     }
 
-    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None))]
+    #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
     #[allow(clippy::too_many_arguments)]
     fn acquire_blocking(
         &self,
@@ -493,10 +660,18 @@ impl PyClient {
         renew_interval: Option<Secs>,
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'_, PyDict>>,
+        backoff: Option<BackoffArg>,
     ) -> PyResult<PyLease> {
         runtime::check_pid(self.pid)?;
         let wait = opt_seconds("wait", wait)?;
-        let a = args(name, duration, renew_interval, auto_renew, metadata)?;
+        let a = args(
+            name,
+            duration,
+            renew_interval,
+            auto_renew,
+            metadata,
+            backoff,
+        )?;
         let client = self.inner.clone();
         block_on(py, async move {
             client

@@ -2,14 +2,22 @@
 //!
 //! `runtime` owns the tokio runtime and the shutdown/fork rules, `bridge` turns Rust futures
 //! into asyncio futures or blocking calls, `classes` holds the Python classes and argument
-//! checks, `errors` the exception hierarchy. The public API is `python/distributed_leasing`.
+//! checks, `errors` the exception hierarchy, `logging` forwards the core's `tracing` events to
+//! Python's `logging`. The public API is `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
 mod errors;
+mod logging;
 mod runtime;
 
 use pyo3::prelude::*;
+
+/// The process-wide counters (`leasing.*`), by name.
+#[pyfunction]
+fn metrics() -> std::collections::BTreeMap<&'static str, i64> {
+    crate::metrics::snapshot().into_iter().collect()
+}
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -17,6 +25,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<classes::PyClient>()?;
     m.add_class::<classes::PyLease>()?;
     m.add_class::<classes::PyLeaseInfo>()?;
+    m.add_class::<classes::PyLeaseEvent>()?;
+    m.add_class::<classes::PyLeaseEvents>()?;
     m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
     m.add(
         "LeaseUnavailable",
@@ -27,6 +37,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BackendError", py.get_type::<errors::BackendError>())?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(classes::is_configured, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    logging::install(py);
     m.add_function(wrap_pyfunction!(bridge::_bench_noop, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_bench_noop_stock, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

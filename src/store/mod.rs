@@ -3,7 +3,9 @@
 //! A store performs each operation atomically (one Lua script in Redis, one write transaction in
 //! SQLite) and reports "held by someone else" as a normal outcome carrying the holder, so the
 //! client can raise `Unavailable { holder }` without a second query. Stores know nothing of
-//! renewal cadence, deadlines or waiting: that lives in the client, lease and renewal modules.
+//! renewal cadence, deadlines or retry schedules: that lives in the client, lease, renewal and
+//! wait modules. What a store does know is how to tell this process's waiters that a lease was
+//! released ([`LeaseStore::watch_releases`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -14,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
+use crate::wait::ReleaseWatch;
 
 pub mod redis;
 pub mod sqlite;
@@ -103,6 +106,18 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// # Errors
     /// Backend failures.
     async fn force_release(&self, name: &str) -> Result<bool>;
+
+    /// Starts watching for releases of `name` by anyone (see [`crate::wait`]): the returned
+    /// watch wakes one waiter per release (release and force release). Never fails: a store
+    /// that cannot notify (or not right now) says so through [`ReleaseWatch::feed`], and the
+    /// waiter polls. Call it *before* the acquire attempt whose refusal makes you wait, or a
+    /// release in between goes unseen. Must be called from within a tokio runtime.
+    ///
+    /// The default never notifies.
+    fn watch_releases(&self, name: &str) -> ReleaseWatch {
+        let _ = name;
+        ReleaseWatch::none()
+    }
 }
 
 /// Checks a lease name: not empty, at most [`MAX_NAME_LEN`] bytes, no control characters.

@@ -10,6 +10,9 @@ use distributed_leasing::{LeaseError, LeaseOptions, LostReason, TryAcquire};
 
 use crate::{unique, Harness};
 
+// The waiting and events cases live in their own file; the suite calls them through here.
+pub use crate::waiting::*;
+
 fn short(ms: u64) -> LeaseOptions {
     LeaseOptions {
         duration: Some(Duration::from_millis(ms)),

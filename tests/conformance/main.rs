@@ -6,6 +6,7 @@
 mod common;
 
 mod cases;
+mod waiting;
 
 use std::time::Duration;
 
@@ -118,4 +119,14 @@ all_stores!(
     acquire_waits_for_release,
     wait_runs_out_with_the_holder,
     invalid_durations_are_refused,
+    release_wakes_a_waiter,
+    force_release_wakes_a_waiter,
+    only_one_waiter_wins_each_release,
+    expiry_wakes_a_waiter,
+    wait_times_out_after_the_wait,
+    backoff_limit_caps_the_attempts,
+    cancelled_waiter_leaves_nothing_behind,
+    hundred_waiters_each_acquire_once,
+    events_report_renewals_and_the_loss,
+    waiter_never_polls_faster_than_every_100_ms,
 );

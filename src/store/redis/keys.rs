@@ -57,6 +57,15 @@ impl Keys {
         k
     }
 
+    /// The pub/sub channel on which releases of `name` are announced: `<lease key>:released`,
+    /// so on a cluster it carries the key's hash tag and lives in the key's shard.
+    #[must_use]
+    pub fn released(&self, name: &str) -> String {
+        let mut k = self.lease(name);
+        k.push_str(super::notify::RELEASED_SUFFIX);
+        k
+    }
+
     /// A SCAN pattern matching lease keys whose name starts with `name_prefix`.
     #[must_use]
     pub fn scan_pattern(&self, name_prefix: &str) -> String {
@@ -163,6 +172,8 @@ mod tests {
         assert_eq!(k.fence("x"), "lease:{x}:fence");
         // Redis hashes the text between the first `{` and the next `}`: the same for both keys.
         assert!(k.fence("a}b").starts_with(&k.lease("a}b")));
+        assert_eq!(k.released("x"), "lease:{x}:released");
+        assert_eq!(Keys::new("lease:", false).released("x"), "lease:x:released");
         assert_eq!(k.name_of("lease:{x}"), Some("x".into()));
     }
 

@@ -6,9 +6,13 @@
 //! [`LeaseError`]s without secrets. Every operation is one script, so one round trip and atomic
 //! on the server; every operation is idempotent, so one retry after a dropped connection is safe
 //! (the connection manager reconnects after the first failure).
+//!
+//! Release and force release announce themselves on `<lease key>:released` (PUBLISH, or sharded
+//! SPUBLISH on a cluster); waiters of this process listen through one shared connection
+//! (see [`notify`]).
 
 use std::path::PathBuf;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,12 +24,15 @@ use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::secret::Secret;
 use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
+use crate::wait::ReleaseWatch;
 
 pub mod entra;
 pub mod keys;
+pub(crate) mod notify;
 pub mod tls;
 
 use keys::{info_from_hash, Keys, META_PREFIX};
+use notify::{Connector, Notifier, PushConn};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
@@ -79,6 +86,8 @@ pub struct RedisStore {
     keys: Keys,
     /// `host:port` of the first node, for messages.
     addr: String,
+    /// Release notifications for this store's waiters (one connection, opened on first wait).
+    notifier: Arc<Notifier>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -127,15 +136,22 @@ impl RedisStore {
         let cluster = is_cluster(&mut single)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
-        let conn = if cluster {
-            Conn::Cluster(connect_cluster(&options).await?)
+        let (conn, connector) = if cluster {
+            (
+                Conn::Cluster(connect_cluster(&options).await?),
+                cluster_push_connector(&options),
+            )
         } else {
-            Conn::Single(single)
+            (
+                Conn::Single(single),
+                single_push_connector(&client, &options),
+            )
         };
         tracing::debug!(%addr, cluster, "connected to Redis");
         Ok(Self {
             conn,
             keys: Keys::new(options.key_prefix, cluster),
+            notifier: Arc::new(Notifier::new(connector, addr.clone())),
             addr,
         })
     }
@@ -230,6 +246,63 @@ fn open_client(url: &Secret, ca_file: Option<&PathBuf>) -> Result<redis::Client>
     }
 }
 
+/// How the notifier opens its subscription connection to a single server: the same server,
+/// credentials and TLS as `client`, in RESP3 (subscriptions and commands share one connection,
+/// and re-authentication works while subscribed).
+fn single_push_connector(client: &redis::Client, options: &RedisOptions) -> Connector {
+    let info = client.get_connection_info().clone();
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(redis_settings);
+    let connect_timeout = options.connect_timeout;
+    let response_timeout = options.response_timeout;
+    let credentials = options.credentials.clone();
+    Arc::new(move |pushes| {
+        let info = info.clone();
+        let credentials = credentials.clone();
+        Box::pin(async move {
+            let client = redis::Client::open(info)?;
+            let mut cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500))
+                .set_push_sender(pushes);
+            // Entra ID: the same token provider, so this connection re-AUTHs with every token.
+            if let Some(credentials) = credentials {
+                cfg = cfg.set_credentials_provider(credentials);
+            }
+            Ok(PushConn::Single(
+                ConnectionManager::new_with_config(client, cfg).await?,
+            ))
+        })
+    })
+}
+
+/// How the notifier opens its subscription connection to a cluster: RESP3, for sharded
+/// subscriptions, which the `redis` crate keeps on the node that owns each channel's slot.
+fn cluster_push_connector(options: &RedisOptions) -> Connector {
+    let options = options.clone();
+    Arc::new(move |pushes| {
+        let options = options.clone();
+        Box::pin(async move {
+            let client = cluster_builder(&options)
+                .map_err(|_| {
+                    RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "cannot configure the cluster client",
+                    ))
+                })?
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes)
+                .build()?;
+            Ok(PushConn::Cluster(client.get_async_connection().await?))
+        })
+    })
+}
+
 /// Whether the server is a cluster node. `INFO` is in the `@dangerous` category, which Azure's
 /// "Data Contributor" access policy denies; `CLUSTER INFO` is allowed there and fails on a
 /// server without cluster support.
@@ -254,6 +327,19 @@ async fn is_cluster(c: &mut ConnectionManager) -> redis::RedisResult<bool> {
 }
 
 async fn connect_cluster(options: &RedisOptions) -> Result<ClusterConnection> {
+    let client = cluster_builder(options)?.build().map_err(|e| {
+        LeaseError::Config(format!(
+            "cannot configure the Redis Cluster client ({})",
+            e.kind_description()
+        ))
+    })?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(|e| map_error(&e, "the cluster", None))
+}
+
+fn cluster_builder(options: &RedisOptions) -> Result<redis::cluster::ClusterClientBuilder> {
     let mut builder = redis::cluster::ClusterClient::builder(
         options
             .urls
@@ -275,16 +361,7 @@ async fn connect_cluster(options: &RedisOptions) -> Result<ClusterConnection> {
     if let Some(credentials) = &options.credentials {
         builder = builder.set_credentials_provider(credentials.clone());
     }
-    let client = builder.build().map_err(|e| {
-        LeaseError::Config(format!(
-            "cannot configure the Redis Cluster client ({})",
-            e.kind_description()
-        ))
-    })?;
-    client
-        .get_async_connection()
-        .await
-        .map_err(|e| map_error(&e, "the cluster", None))
+    Ok(builder)
 }
 
 /// One cluster node, addressed by host and port, seen as a plain connection (for SCAN, which
@@ -536,7 +613,9 @@ impl LeaseStore for RedisStore {
     async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
         let key = self.keys.lease(name);
         let mut inv = RELEASE.key(&key);
-        inv.arg(lease_id);
+        inv.arg(lease_id)
+            .arg(self.keys.released(name))
+            .arg(self.publish_command());
         Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
     }
 
@@ -580,8 +659,24 @@ impl LeaseStore for RedisStore {
 
     async fn force_release(&self, name: &str) -> Result<bool> {
         let key = self.keys.lease(name);
-        let inv = FORCE_RELEASE.key(&key);
+        let mut inv = FORCE_RELEASE.key(&key);
+        inv.arg(self.keys.released(name))
+            .arg(self.publish_command());
         Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
+    }
+
+    fn watch_releases(&self, name: &str) -> ReleaseWatch {
+        self.notifier.board().join(&self.keys.released(name))
+    }
+}
+
+impl RedisStore {
+    /// Sharded pub/sub on a cluster (the message stays in the lease's shard), plain elsewhere.
+    fn publish_command(&self) -> &'static str {
+        match self.conn {
+            Conn::Single(_) => "PUBLISH",
+            Conn::Cluster(_) => "SPUBLISH",
+        }
     }
 }
 

@@ -21,13 +21,18 @@
 //! - The file must be on a local filesystem: WAL mode shares memory between processes
 //!   (`<file>-shm`), which network filesystems do not support.
 //!
+//! - Waiting: SQLite has no way to tell another process that a row went away. Releases made in
+//!   this process wake this process's waiters at once (one in-memory [`ReleaseBoard`] per file,
+//!   shared by every store open on it here); waiters in other processes find out by polling on
+//!   their backoff schedule (never more often than every 100 ms) and at the holder's expiry.
+//!
 //! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 //! schema version; a file of another application or of a newer schema is refused, never altered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -36,6 +41,24 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use super::{validate_name, AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
+use crate::wait::{ReleaseBoard, ReleaseWatch};
+
+/// The release board of each database file open in this process, by path.
+static BOARDS: LazyLock<Mutex<HashMap<PathBuf, Weak<ReleaseBoard>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The board shared by every store of this process open on `path`.
+fn board_for(path: &Path) -> Arc<ReleaseBoard> {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut boards = BOARDS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(board) = boards.get(&key).and_then(Weak::upgrade) {
+        return board;
+    }
+    boards.retain(|_, b| b.strong_count() > 0);
+    let board = ReleaseBoard::in_process();
+    boards.insert(key, Arc::downgrade(&board));
+    board
+}
 
 /// How long an operation waits for another process's write transaction before giving up.
 /// Lease transactions last microseconds, so 5 s only runs out if something is wrong.
@@ -85,6 +108,8 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     busy_timeout: Duration,
+    /// This process's waiters on this file.
+    board: Arc<ReleaseBoard>,
     /// `None` only while `Inner` is dropped.
     conn: Mutex<Option<Connection>>,
 }
@@ -189,6 +214,7 @@ impl SqliteStore {
             open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                board: board_for(&path),
                 path,
                 busy_timeout,
                 conn: Mutex::new(Some(conn)),
@@ -322,23 +348,29 @@ impl LeaseStore for SqliteStore {
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
         validate_name(name)?;
+        let notified = name.to_owned();
         let name = name.to_owned();
         let lease_id = lease_id.to_owned();
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            // Our own expired row goes too (it is absent in all but storage), but only a live one
-            // counts as released.
-            let expires_at: Option<i64> = tx
-                .prepare_cached(
-                    "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
-                )?
-                .query_row([&name, &lease_id], |r| r.get(0))
-                .optional()?;
-            tx.commit()?;
-            Ok(expires_at.is_some_and(|e| e > now))
-        })
-        .await
+        let released = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                // Our own expired row goes too (it is absent in all but storage), but only a live one
+                // counts as released.
+                let expires_at: Option<i64> = tx
+                    .prepare_cached(
+                        "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
+                    )?
+                    .query_row([&name, &lease_id], |r| r.get(0))
+                    .optional()?;
+                tx.commit()?;
+                Ok(expires_at.is_some_and(|e| e > now))
+            })
+            .await?;
+        if released {
+            self.inner.board.notify(&notified);
+        }
+        Ok(released)
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
@@ -388,19 +420,29 @@ impl LeaseStore for SqliteStore {
 
     async fn force_release(&self, name: &str) -> Result<bool> {
         validate_name(name)?;
+        let notified = name.to_owned();
         let name = name.to_owned();
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            // The fence row stays: the next holder's token must still be greater.
-            let expires_at: Option<i64> = tx
-                .prepare_cached("DELETE FROM leases WHERE name = ?1 RETURNING expires_at")?
-                .query_row([&name], |r| r.get(0))
-                .optional()?;
-            tx.commit()?;
-            Ok(expires_at.is_some_and(|e| e > now))
-        })
-        .await
+        let released = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                // The fence row stays: the next holder's token must still be greater.
+                let expires_at: Option<i64> = tx
+                    .prepare_cached("DELETE FROM leases WHERE name = ?1 RETURNING expires_at")?
+                    .query_row([&name], |r| r.get(0))
+                    .optional()?;
+                tx.commit()?;
+                Ok(expires_at.is_some_and(|e| e > now))
+            })
+            .await?;
+        if released {
+            self.inner.board.notify(&notified);
+        }
+        Ok(released)
+    }
+
+    fn watch_releases(&self, name: &str) -> ReleaseWatch {
+        self.inner.board.join(name)
     }
 }
 
