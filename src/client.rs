@@ -24,7 +24,7 @@ use crate::clock;
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
 use crate::info::LeaseInfo;
-use crate::lease::{self, Lease, Shared, State};
+use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
 use crate::secret::Secret;
@@ -104,6 +104,7 @@ pub enum TryAcquire {
 pub struct LeaseClient {
     store: Arc<dyn LeaseStore>,
     options: ClientOptions,
+    renewals: renewal::Scheduler,
 }
 
 /// Longest lease duration accepted: a year. Longer is almost surely a unit mistake.
@@ -188,7 +189,12 @@ impl LeaseClient {
     /// A client over a store built by the caller.
     #[must_use]
     pub fn with_store(store: Arc<dyn LeaseStore>, options: ClientOptions) -> Self {
-        Self { store, options }
+        let renewals = renewal::Scheduler::new(Arc::clone(&store));
+        Self {
+            store,
+            options,
+            renewals,
+        }
     }
 
     /// The store behind this client.
@@ -337,13 +343,13 @@ impl LeaseClient {
                 renewals: 0,
                 renewal_failures: 0,
                 end: None,
-                renewal_task: None,
                 release_sent: false,
             }),
             ended,
-            events: lease::event_channel(),
+            events: std::sync::OnceLock::new(),
+            registration: self.renewals.reserve(),
         });
-        renewal::spawn(&shared, interval, t_sent);
+        self.renewals.register(&shared, interval, t_sent);
         Ok(TryAcquire::Acquired(Lease::new(
             shared,
             tokio::runtime::Handle::current(),

@@ -13,12 +13,11 @@
 //! The counters on the handle and the process-wide [`crate::metrics`] move with them.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, watch};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::clock;
@@ -122,7 +121,6 @@ pub(crate) struct State {
     pub(crate) renewals: u64,
     pub(crate) renewal_failures: u64,
     pub(crate) end: Option<LeaseEnd>,
-    pub(crate) renewal_task: Option<AbortHandle>,
     /// Whether a release was already sent to the store (explicitly or on drop).
     pub(crate) release_sent: bool,
 }
@@ -138,12 +136,11 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) state: Mutex<State>,
     pub(crate) ended: watch::Sender<Option<LeaseEnd>>,
-    pub(crate) events: broadcast::Sender<LeaseEvent>,
-}
-
-/// A new event channel for a lease.
-pub(crate) fn event_channel() -> broadcast::Sender<LeaseEvent> {
-    broadcast::Sender::new(EVENT_BACKLOG)
+    /// Created by the first [`Lease::events`] call: most leases are never watched, and a
+    /// channel per lease would cost every acquisition an allocation of the whole backlog.
+    pub(crate) events: OnceLock<broadcast::Sender<LeaseEvent>>,
+    /// Its place in the client's renewal scheduler.
+    pub(crate) registration: crate::renewal::Registration,
 }
 
 impl Shared {
@@ -158,16 +155,17 @@ impl Shared {
     /// Ends the lease if it is still held; returns whether this call ended it. This is the one
     /// place a lease ends, which is what makes "lost exactly once" hold.
     pub(crate) fn end(&self, end: LeaseEnd) -> bool {
-        let task = {
+        {
             let mut st = self.lock();
             if st.end.is_some() {
                 return false;
             }
             st.end = Some(end);
             // Under the lock: a stream opened later sees `st.end` instead (see `events`).
-            let _ = self.events.send(LeaseEvent::of_end(end));
-            st.renewal_task.take()
-        };
+            self.emit(LeaseEvent::of_end(end));
+        }
+        // Outside the state lock: the scheduler takes its own lock.
+        self.registration.cancel();
         metrics::ACTIVE_LEASES.add(-1);
         match end {
             LeaseEnd::Lost(reason) => {
@@ -177,12 +175,15 @@ impl Shared {
             LeaseEnd::Released => metrics::RELEASES.add(1),
         }
         self.ended.send_replace(Some(end));
-        // Aborting the renewal task from inside itself is harmless: it only stops at its next
-        // await, and it returns right after calling `end` anyway.
-        if let Some(task) = task {
-            task.abort();
-        }
         true
+    }
+
+    /// Sends an event to the lease's streams, if anyone ever opened one. Call with the state
+    /// lock held, so that events and state changes are seen in the same order.
+    fn emit(&self, event: LeaseEvent) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(event);
+        }
     }
 
     /// Marks the release as sent; returns false if it already was (release runs once).
@@ -198,7 +199,7 @@ impl Shared {
             st.deadline = st.deadline.max(clock::deadline(t_sent, self.duration));
             st.renewals += 1;
             metrics::RENEWALS.add(1);
-            let _ = self.events.send(LeaseEvent::Renewed {
+            self.emit(LeaseEvent::Renewed {
                 renewals: st.renewals,
             });
         }
@@ -210,7 +211,7 @@ impl Shared {
         st.renewal_failures += 1;
         metrics::RENEWAL_FAILURES.add(1);
         if st.end.is_none() {
-            let _ = self.events.send(LeaseEvent::RenewalFailed {
+            self.emit(LeaseEvent::RenewalFailed {
                 attempt,
                 error: error.to_string(),
                 will_retry,
@@ -377,7 +378,11 @@ impl Lease {
     pub fn events(&self) -> LeaseEvents {
         let st = self.shared.lock();
         LeaseEvents {
-            rx: self.shared.events.subscribe(),
+            rx: self
+                .shared
+                .events
+                .get_or_init(|| broadcast::Sender::new(EVENT_BACKLOG))
+                .subscribe(),
             ended: st.end.map(LeaseEvent::of_end),
             done: false,
         }

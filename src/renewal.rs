@@ -1,106 +1,326 @@
-//! The renewal task of one lease: cadence, retries with backoff, the deadline timer, and loss.
+//! Renewal: one scheduler per client renews every lease of that client, in batches, and ends a
+//! lease at its deadline.
 //!
-//! One task per lease runs until the lease ends. With auto-renew on it renews every interval
-//! (measured from when the previous successful request was *sent*); a failed renewal is retried
-//! with exponential backoff and jitter, never past the deadline. With auto-renew off it only
-//! watches the deadline (a manual `renew` moves it). At the deadline, or as soon as the store
-//! answers that another lease id holds the name or that it is gone, the lease is lost, once.
+//! Each held lease has a deadline timer and, with auto-renew on, a renewal timer (first at
+//! `t_sent + interval`, then `interval` after each successful request was *sent*). One task
+//! per client sleeps until the earliest timer; when it wakes it takes every renewal due within
+//! [`BATCH_WINDOW`] (renewing a little early is harmless) and hands them to the store as one
+//! batch (`LeaseStore::renew_many`: one script per few hundred leases on a Redis server,
+//! pipelined requests on a cluster), so 100,000 leases cost a few round trips per second, not
+//! 100,000 tasks. A failed renewal is retried with exponential backoff and jitter until the
+//! deadline. At the deadline, or as soon as the store answers that another lease id holds the
+//! name or that it is gone, the lease is lost, once (`Shared::end`).
+//!
+//! Registering a lease never wakes the task unless the lease is due before the task's next
+//! wake-up, and the task wakes at least every [`MAX_SLEEP`] while it has leases (and lingers
+//! for [`IDLE_LINGER`] after the last one), so acquiring a lease costs no thread wake-up.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
 
 use crate::error::{LeaseError, LostReason};
 use crate::lease::{LeaseEnd, Shared};
+use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 
 /// First retry delay after a failed renewal.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 /// Longest delay between two renewal retries.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Renewals due this soon are sent with the batch being sent now.
+const BATCH_WINDOW: Duration = Duration::from_millis(250);
+/// The task never sleeps longer than this while it has (or recently had) leases.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How long the task stays after its last lease ended, so that the next lease finds it awake.
+const IDLE_LINGER: Duration = Duration::from_secs(60);
 
-/// Starts the task and registers its abort handle with the lease.
-pub(crate) fn spawn(
-    shared: &Arc<Shared>,
-    renew_interval: Option<Duration>,
-    acquired_sent: Instant,
-) {
-    let task = tokio::spawn(run(Arc::clone(shared), renew_interval, acquired_sent));
-    let mut st = shared.lock();
-    if st.end.is_some() {
-        task.abort();
-    } else {
-        st.renewal_task = Some(task.abort_handle());
+/// The renewal scheduler of one client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn LeaseStore>,
+    state: Mutex<Timers>,
+    wake: Notify,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    renew: BTreeSet<(Instant, u64)>,
+    deadline: BTreeSet<(Instant, u64)>,
+    entries: HashMap<u64, Entry>,
+    /// When the task will next wake by itself; `None` while it is not running.
+    planned: Option<Instant>,
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    shared: Arc<Shared>,
+    interval: Option<Duration>,
+    /// The key of its renewal timer; `None` while a renewal is in flight (or without renewal).
+    renew_at: Option<Instant>,
+    deadline_at: Instant,
+    failures: u32,
+    retry: Duration,
+}
+
+/// A lease's place in its scheduler, kept by the lease so that its end removes it.
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    scheduler: Weak<Inner>,
+    id: u64,
+}
+
+impl Registration {
+    /// Forgets the lease (it ended): its timers are dropped, nothing more is sent for it.
+    pub(crate) fn cancel(&self) {
+        if let Some(inner) = self.scheduler.upgrade() {
+            let mut t = lock(&inner.state);
+            if let Some(e) = t.entries.remove(&self.id) {
+                if let Some(at) = e.renew_at {
+                    t.renew.remove(&(at, self.id));
+                }
+                t.deadline.remove(&(e.deadline_at, self.id));
+            }
+        }
     }
 }
 
-fn deadline_of(shared: &Shared) -> Option<Instant> {
-    let st = shared.lock();
-    st.end.is_none().then_some(st.deadline)
+fn lock(m: &Mutex<Timers>) -> MutexGuard<'_, Timers> {
+    // Every update is a handful of collection operations that cannot panic half-way.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn run(shared: Arc<Shared>, renew_interval: Option<Duration>, acquired_sent: Instant) {
-    let mut next = renew_interval.map(|i| acquired_sent + i);
-    let mut retry = RETRY_MIN;
-    let mut failures_in_row = 0u32;
+impl Scheduler {
+    pub(crate) fn new(store: Arc<dyn LeaseStore>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                state: Mutex::new(Timers::default()),
+                wake: Notify::new(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// A registration slot for a lease about to be built.
+    pub(crate) fn reserve(&self) -> Registration {
+        Registration {
+            scheduler: Arc::downgrade(&self.inner),
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Starts watching `shared` (acquired by a request sent at `t_sent`), renewing it every
+    /// `interval` if one is given. Must run inside the tokio runtime.
+    pub(crate) fn register(
+        &self,
+        shared: &Arc<Shared>,
+        interval: Option<Duration>,
+        t_sent: Instant,
+    ) {
+        let id = shared.registration.id;
+        let deadline_at = shared.lock().deadline;
+        let renew_at = interval.map(|i| t_sent + i);
+        let first = renew_at.map_or(deadline_at, |r| r.min(deadline_at));
+        let mut t = lock(&self.inner.state);
+        if shared.lock().end.is_some() {
+            return;
+        }
+        t.entries.insert(
+            id,
+            Entry {
+                shared: Arc::clone(shared),
+                interval,
+                renew_at,
+                deadline_at,
+                failures: 0,
+                retry: RETRY_MIN,
+            },
+        );
+        if let Some(at) = renew_at {
+            t.renew.insert((at, id));
+        }
+        t.deadline.insert((deadline_at, id));
+        t.idle_since = None;
+        match t.planned {
+            None => {
+                t.planned = Some(first);
+                drop(t);
+                tokio::spawn(run(Arc::clone(&self.inner)));
+            }
+            Some(planned) if first < planned => {
+                t.planned = Some(first);
+                drop(t);
+                self.inner.wake.notify_one();
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// What one wake-up of the task found to do.
+#[derive(Default)]
+struct Due {
+    renew: Vec<(u64, Arc<Shared>)>,
+    expired: Vec<Arc<Shared>>,
+    /// `None`: the task has nothing left and has been idle long enough: it stops.
+    next: Option<Instant>,
+}
+
+fn collect(inner: &Inner, now: Instant) -> Due {
+    let mut due = Due::default();
+    let mut t = lock(&inner.state);
+    while let Some(&(at, id)) = t.deadline.first() {
+        if at > now {
+            break;
+        }
+        t.deadline.pop_first();
+        let Some(entry) = t.entries.get_mut(&id) else {
+            continue;
+        };
+        // A manual renewal may have moved the deadline since the timer was set.
+        let actual = entry.shared.lock().deadline;
+        if actual > now {
+            entry.deadline_at = actual;
+            t.deadline.insert((actual, id));
+        } else {
+            let entry = t.entries.remove(&id).expect("present");
+            if let Some(r) = entry.renew_at {
+                t.renew.remove(&(r, id));
+            }
+            due.expired.push(entry.shared);
+        }
+    }
+    let horizon = now + BATCH_WINDOW;
+    while let Some(&(at, id)) = t.renew.first() {
+        if at > horizon {
+            break;
+        }
+        t.renew.pop_first();
+        if let Some(entry) = t.entries.get_mut(&id) {
+            entry.renew_at = None;
+            due.renew.push((id, Arc::clone(&entry.shared)));
+        }
+    }
+    if t.entries.is_empty() {
+        let idle_since = *t.idle_since.get_or_insert(now);
+        if now.duration_since(idle_since) >= IDLE_LINGER {
+            t.planned = None;
+            return due;
+        }
+    }
+    let next = [t.renew.first(), t.deadline.first()]
+        .into_iter()
+        .flatten()
+        .map(|&(at, _)| at)
+        .min()
+        .map_or(now + MAX_SLEEP, |at| at.min(now + MAX_SLEEP));
+    t.planned = Some(next);
+    due.next = Some(next);
+    due
+}
+
+async fn run(inner: Arc<Inner>) {
     loop {
-        let Some(deadline) = deadline_of(&shared) else {
-            return;
-        };
-        let wake = next.map_or(deadline, |n| n.min(deadline));
-        sleep_until(wake).await;
-        let Some(deadline) = deadline_of(&shared) else {
-            return;
-        };
-        let now = Instant::now();
-        if now >= deadline {
+        let due = collect(&inner, Instant::now());
+        for shared in due.expired {
             shared.end(LeaseEnd::Lost(LostReason::Expired));
-            return;
         }
-        let Some(interval) = renew_interval else {
-            // No auto-renew: a manual renewal moved the deadline; wait for the new one.
-            continue;
-        };
-        if next.is_some_and(|n| now < n) {
-            continue;
+        if !due.renew.is_empty() {
+            tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
         }
-        let t_sent = Instant::now();
-        let outcome = timeout_at(deadline, shared.renew_once()).await;
-        match outcome {
-            Ok(Ok(())) => {
-                tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
-                retry = RETRY_MIN;
-                failures_in_row = 0;
-                next = Some(t_sent + interval);
-            }
-            Ok(Err(LeaseError::Lost { .. })) => return,
-            Ok(Err(e)) => {
-                failures_in_row = failures_in_row.saturating_add(1);
-                let delay = jitter(retry);
-                let retry_at = Instant::now() + delay;
-                let will_retry = retry_at < deadline;
-                shared.renewal_failed(failures_in_row, &e, will_retry);
-                tracing::warn!(lease = %shared.name, outcome = "failed", attempt = failures_in_row, will_retry, error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "lease renewal failed; retrying until the deadline");
-                retry = (retry * 2).min(RETRY_MAX);
-                next = Some(retry_at);
-            }
-            Err(_elapsed) => {
-                failures_in_row = failures_in_row.saturating_add(1);
-                let e = LeaseError::backend(
-                    crate::error::BackendErrorKind::Timeout,
-                    "the renewal did not complete before the lease's deadline",
-                );
-                shared.renewal_failed(failures_in_row, &e, false);
-                tracing::warn!(lease = %shared.name, outcome = "failed", attempt = failures_in_row, will_retry = false, error = %e, "lease renewal failed at the deadline");
-                shared.end(LeaseEnd::Lost(LostReason::Expired));
-                return;
-            }
+        let Some(next) = due.next else { return };
+        tokio::select! {
+            () = sleep_until(next) => {}
+            () = inner.wake.notified() => {}
         }
     }
 }
 
-/// Full jitter between half and all of `d`, so that many leases retrying at once spread out.
+async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
+    let items: Vec<RenewItem<'_>> = batch
+        .iter()
+        .map(|(_, s)| RenewItem {
+            name: &s.name,
+            lease_id: &s.lease_id,
+            duration: s.duration,
+        })
+        .collect();
+    let t_sent = Instant::now();
+    let results = inner.store.renew_many(&items).await;
+    drop(items);
+    for ((id, shared), result) in batch.into_iter().zip(results) {
+        match result {
+            Ok(RenewOutcome::Renewed) => {
+                shared.renewed(t_sent);
+                tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
+                reschedule(&inner, id, &shared, Ok(t_sent));
+            }
+            Ok(RenewOutcome::Lost(reason)) => {
+                shared.end(LeaseEnd::Lost(reason));
+            }
+            Err(e) => reschedule(&inner, id, &shared, Err(e)),
+        }
+    }
+}
+
+/// Sets the next renewal of entry `id` after a success (sent at `t_sent`) or a failure.
+fn reschedule(inner: &Inner, id: u64, shared: &Shared, outcome: Result<Instant, LeaseError>) {
+    let mut t = lock(&inner.state);
+    let Some(entry) = t.entries.get_mut(&id) else {
+        return;
+    };
+    let Some(interval) = entry.interval else {
+        return;
+    };
+    let at = match outcome {
+        Ok(t_sent) => {
+            entry.failures = 0;
+            entry.retry = RETRY_MIN;
+            t_sent + interval
+        }
+        Err(e) => {
+            entry.failures = entry.failures.saturating_add(1);
+            let delay = jitter(entry.retry);
+            entry.retry = (entry.retry * 2).min(RETRY_MAX);
+            let at = Instant::now() + delay;
+            let will_retry = at < entry.deadline_at.max(shared.lock().deadline);
+            let attempt = entry.failures;
+            drop(t);
+            shared.renewal_failed(attempt, &e, will_retry);
+            tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry, error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "lease renewal failed; retrying until the deadline");
+            t = lock(&inner.state);
+            let Some(entry) = t.entries.get_mut(&id) else {
+                return;
+            };
+            let _ = entry;
+            at
+        }
+    };
+    if let Some(entry) = t.entries.get_mut(&id) {
+        entry.renew_at = Some(at);
+    }
+    t.renew.insert((at, id));
+    let wake = t.planned.is_some_and(|p| at < p);
+    if wake {
+        t.planned = Some(at);
+        drop(t);
+        inner.wake.notify_one();
+    }
+}
+
+/// Between half and all of `d`, so that many leases retrying at once spread out.
 fn jitter(d: Duration) -> Duration {
     let f: f64 = rand::rng().random_range(0.5..=1.0);
     d.mul_f64(f)

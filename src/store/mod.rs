@@ -61,6 +61,17 @@ pub enum RenewOutcome {
     Lost(LostReason),
 }
 
+/// One lease of a batch renewal.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewItem<'a> {
+    /// Lease name.
+    pub name: &'a str,
+    /// The holder's lease id.
+    pub lease_id: &'a str,
+    /// The lease duration to set.
+    pub duration: Duration,
+}
+
 /// A backend that keeps leases. Every method is one atomic operation on the store.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + Debug {
@@ -81,6 +92,18 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// # Errors
     /// Backend failures.
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome>;
+
+    /// Renews many leases at once, one result per item in order. The default sends the
+    /// renewals concurrently (pipelined on a multiplexed connection); a store that can do a
+    /// batch in one atomic step per item and fewer round trips overrides it.
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
+        futures_util::future::join_all(
+            items
+                .iter()
+                .map(|i| self.renew(i.name, i.lease_id, i.duration)),
+        )
+        .await
+    }
 
     /// Deletes the lease if `lease_id` still holds it; returns whether it did.
     ///

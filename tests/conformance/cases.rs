@@ -529,3 +529,60 @@ pub async fn invalid_durations_are_refused(h: &Harness) {
     assert_eq!(first, again);
     assert!(c.store().release(&name, "retry-id").await.unwrap());
 }
+
+pub async fn many_leases_are_renewed_in_batches(h: &Harness) {
+    let c = h.client().await;
+    let tag = unique("batch");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_millis(2_000)),
+        renew_interval: Some(Duration::from_millis(400)),
+        ..LeaseOptions::default()
+    };
+    let mut leases = Vec::new();
+    for i in 0..300 {
+        leases.push(c.acquire(&format!("{tag}-{i}"), &opts, NOW).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    for l in &leases {
+        assert!(!l.is_lost(), "{} lost: {:?}", l.name(), l.lost_reason());
+        assert!(l.renewals() >= 3, "{}: {} renewals", l.name(), l.renewals());
+    }
+    // A batch reports each lease's own outcome.
+    let store = c.store();
+    let absent = format!("{tag}-absent");
+    let items: Vec<_> = leases
+        .iter()
+        .take(3)
+        .map(|l| distributed_leasing::store::RenewItem {
+            name: l.name(),
+            lease_id: l.lease_id(),
+            duration: Duration::from_secs(2),
+        })
+        .chain(std::iter::once(distributed_leasing::store::RenewItem {
+            name: leases[3].name(),
+            lease_id: "not-the-holder",
+            duration: Duration::from_secs(2),
+        }))
+        .chain(std::iter::once(distributed_leasing::store::RenewItem {
+            name: &absent,
+            lease_id: "nobody",
+            duration: Duration::from_secs(2),
+        }))
+        .collect();
+    let results = store.renew_many(&items).await;
+    assert_eq!(results.len(), 5);
+    for r in &results[..3] {
+        assert_eq!(*r.as_ref().unwrap(), RenewOutcome::Renewed);
+    }
+    assert_eq!(
+        *results[3].as_ref().unwrap(),
+        RenewOutcome::Lost(LostReason::HeldByOther)
+    );
+    assert_eq!(
+        *results[4].as_ref().unwrap(),
+        RenewOutcome::Lost(LostReason::Missing)
+    );
+    for l in leases {
+        assert!(l.release().await.unwrap());
+    }
+}

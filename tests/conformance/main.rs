@@ -119,6 +119,7 @@ all_stores!(
     acquire_waits_for_release,
     wait_runs_out_with_the_holder,
     invalid_durations_are_refused,
+    many_leases_are_renewed_in_batches,
     release_wakes_a_waiter,
     force_release_wakes_a_waiter,
     only_one_waiter_wins_each_release,

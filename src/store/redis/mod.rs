@@ -23,7 +23,7 @@ use redis::{RedisError, Script, ScriptInvocation, Value};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::secret::Secret;
-use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
+use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewItem, RenewOutcome};
 use crate::wait::ReleaseWatch;
 
 pub mod entra;
@@ -36,6 +36,8 @@ use notify::{Connector, Notifier, PushConn};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
+static RENEW_MANY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/renew_many.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
 static FORCE_RELEASE: LazyLock<Script> =
@@ -443,6 +445,14 @@ async fn scan_node<C: ConnectionLike + Send>(
     }
 }
 
+/// The error for a key that holds something other than a lease.
+fn wrong_type(key: &str) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::WrongType,
+        format!("Redis key '{key}' holds something other than a lease (WRONGTYPE); it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stale"),
+    )
+}
+
 /// Reduces a Redis error to a message without secrets that says what to do next. Redis error
 /// texts carry no credentials (the URL is never part of them), but only the kind, the server's
 /// code and its detail are used, to be sure.
@@ -456,11 +466,7 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         );
     }
     if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
-        let key = key.unwrap_or("?");
-        return LeaseError::backend(
-            BackendErrorKind::WrongType,
-            format!("Redis key '{key}' holds something other than a lease (WRONGTYPE); it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stale"),
-        );
+        return wrong_type(key.unwrap_or("?"));
     }
     if let Some(detail) = e.detail().filter(|d| d.starts_with(entra::MESSAGE_PREFIX)) {
         // Our own Entra ID failure (no token): it says what failed and what to do, no secret.
@@ -608,6 +614,60 @@ impl LeaseStore for RedisStore {
             Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
             _ => Err(unexpected("renew", &self.addr)),
         }
+    }
+
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
+        // One script per chunk on a standalone server; a cluster pipelines single renewals
+        // (the leases' keys live in different slots).
+        const CHUNK: usize = 256;
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return futures_util::future::join_all(
+                items
+                    .iter()
+                    .map(|i| self.renew(i.name, i.lease_id, i.duration)),
+            )
+            .await;
+        }
+        let chunks = items.chunks(CHUNK).map(|chunk| async move {
+            let keys: Vec<String> = chunk.iter().map(|i| self.keys.lease(i.name)).collect();
+            let mut inv = RENEW_MANY.prepare_invoke();
+            for (item, key) in chunk.iter().zip(&keys) {
+                inv.key(key).arg(item.lease_id).arg(millis(item.duration));
+            }
+            match self.invoke(&inv, &keys[0]).await {
+                Ok(Value::Array(codes)) if codes.len() == chunk.len() => codes
+                    .iter()
+                    .zip(&keys)
+                    .map(|(code, key)| match int(Some(code)) {
+                        Some(1) => Ok(RenewOutcome::Renewed),
+                        Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
+                        Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
+                        Some(-2) => Err(wrong_type(key)),
+                        _ => Err(unexpected("renew", &self.addr)),
+                    })
+                    .collect::<Vec<_>>(),
+                Ok(_) => chunk
+                    .iter()
+                    .map(|_| Err(unexpected("renew", &self.addr)))
+                    .collect(),
+                Err(e) => {
+                    let message = e.to_string();
+                    let kind = match &e {
+                        LeaseError::Backend { kind, .. } => *kind,
+                        _ => BackendErrorKind::Other,
+                    };
+                    chunk
+                        .iter()
+                        .map(|_| Err(LeaseError::backend(kind, message.clone())))
+                        .collect()
+                }
+            }
+        });
+        futures_util::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
