@@ -107,6 +107,9 @@ pub struct LeaseClient {
     renewals: renewal::Scheduler,
 }
 
+/// Shortest renewal interval accepted: shorter would renew in a busy loop.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Longest lease duration accepted: a year. Longer is almost surely a unit mistake.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -225,9 +228,9 @@ impl LeaseClient {
             .renew_interval
             .or(self.options.renew_interval)
             .unwrap_or(duration * 2 / 3);
-        if interval.is_zero() || interval >= duration {
+        if interval < MIN_RENEW_INTERVAL || interval >= duration {
             return Err(LeaseError::InvalidArgument(format!(
-                "renew interval {:.3}s must be above zero and below the lease duration {:.3}s (two thirds of it is usual), so that a failed renewal can be retried before the lease expires",
+                "renew interval {:.3}s must be at least 0.005 s and below the lease duration {:.3}s (two thirds of it is usual), so that a failed renewal can be retried before the lease expires",
                 interval.as_secs_f64(),
                 duration.as_secs_f64()
             )));

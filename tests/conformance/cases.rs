@@ -501,6 +501,11 @@ pub async fn invalid_durations_are_refused(h: &Harness) {
             renew_interval: Some(Duration::from_secs(10)),
             ..LeaseOptions::default()
         },
+        LeaseOptions {
+            duration: Some(Duration::from_secs(10)),
+            renew_interval: Some(Duration::from_nanos(1)),
+            ..LeaseOptions::default()
+        },
     ] {
         assert!(
             matches!(
