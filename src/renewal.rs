@@ -32,7 +32,8 @@ use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 const RETRY_MIN: Duration = Duration::from_millis(50);
 /// Longest delay between two renewal retries.
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Renewals due this soon are sent with the batch being sent now.
+/// Renewals due this soon are sent with the batch being sent now (at most a quarter of each
+/// lease's own interval early).
 const BATCH_WINDOW: Duration = Duration::from_millis(250);
 /// The task never sleeps longer than this while it has (or recently had) leases.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -173,7 +174,9 @@ impl Scheduler {
 #[derive(Default)]
 struct Due {
     renew: Vec<(u64, Arc<Shared>)>,
-    expired: Vec<Arc<Shared>>,
+    /// Leases past their deadline, with the number of the renewal attempt that was still in
+    /// flight, if one was (it failed: it did not complete in time).
+    expired: Vec<(Arc<Shared>, Option<u32>)>,
     /// `None`: the task has nothing left and has been idle long enough: it stops.
     next: Option<Instant>,
 }
@@ -199,19 +202,29 @@ fn collect(inner: &Inner, now: Instant) -> Due {
             if let Some(r) = entry.renew_at {
                 t.renew.remove(&(r, id));
             }
-            due.expired.push(entry.shared);
+            let in_flight = (entry.interval.is_some() && entry.renew_at.is_none())
+                .then(|| entry.failures.saturating_add(1));
+            due.expired.push((entry.shared, in_flight));
         }
     }
+    // Renewals due within the window go out with this batch; each lease's own window is at
+    // most a quarter of its interval, so a short interval is never renewed early by much.
     let horizon = now + BATCH_WINDOW;
-    while let Some(&(at, id)) = t.renew.first() {
-        if at > horizon {
-            break;
+    let candidates: Vec<(Instant, u64)> = t.renew.range(..=(horizon, u64::MAX)).copied().collect();
+    for (at, id) in candidates {
+        let Some(entry) = t.entries.get_mut(&id) else {
+            t.renew.remove(&(at, id));
+            continue;
+        };
+        let window = entry
+            .interval
+            .map_or(Duration::ZERO, |i| (i / 4).min(BATCH_WINDOW));
+        if at > now + window {
+            continue;
         }
-        t.renew.pop_first();
-        if let Some(entry) = t.entries.get_mut(&id) {
-            entry.renew_at = None;
-            due.renew.push((id, Arc::clone(&entry.shared)));
-        }
+        entry.renew_at = None;
+        due.renew.push((id, Arc::clone(&entry.shared)));
+        t.renew.remove(&(at, id));
     }
     if t.entries.is_empty() {
         let idle_since = *t.idle_since.get_or_insert(now);
@@ -234,7 +247,15 @@ fn collect(inner: &Inner, now: Instant) -> Due {
 async fn run(inner: Arc<Inner>) {
     loop {
         let due = collect(&inner, Instant::now());
-        for shared in due.expired {
+        for (shared, in_flight) in due.expired {
+            if let Some(attempt) = in_flight {
+                let e = LeaseError::backend(
+                    crate::error::BackendErrorKind::Timeout,
+                    "the renewal did not complete before the lease's deadline",
+                );
+                shared.renewal_failed(attempt, &e, false);
+                tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry = false, error = %e, "lease renewal failed at the deadline");
+            }
             shared.end(LeaseEnd::Lost(LostReason::Expired));
         }
         if !due.renew.is_empty() {
