@@ -1,9 +1,9 @@
 //! [`LeaseClient`]: owns a store and hands out leases.
 //!
 //! Validates arguments, stamps each acquisition with a fresh lease id and the time the request
-//! was sent (the start of the lease's local deadline), starts the renewal task of each acquired
-//! lease, and turns "held by someone else" into [`LeaseError::Unavailable`] with the holder
-//! from the same round trip.
+//! was sent (the start of the lease's local deadline), registers each acquired lease with the
+//! client's renewal scheduler, and turns "held by someone else" into
+//! [`LeaseError::Unavailable`] with the holder from the same round trip.
 //!
 //! Waiting (`acquire` with a wait) is a loop of attempts woken by release notifications from the
 //! store, by the holder's expiry, and (only when notifications may be missed) by polls paced by a

@@ -125,7 +125,7 @@ pub(crate) struct State {
     pub(crate) release_sent: bool,
 }
 
-/// What the handle, the renewal task and pending futures share.
+/// What the handle, the renewal scheduler and pending futures share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: String,
@@ -325,7 +325,7 @@ impl Lease {
     }
 
     /// True once the lease is lost. A lease past its deadline counts as lost even if the
-    /// renewal task has not run yet (for example while the process was paused).
+    /// renewal scheduler has not run yet (for example while the process was paused).
     #[must_use]
     pub fn is_lost(&self) -> bool {
         self.lost_reason().is_some()
