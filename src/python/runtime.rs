@@ -40,8 +40,11 @@ pub(crate) fn get() -> PyResult<&'static Runtime> {
             return Ok(&slot.runtime);
         }
     }
+    // One worker: the work here is I/O, and a second worker only adds cross-thread wake-ups
+    // (scenario 1 of bench/run.py went from 11.3k to 13.3k cycles/s async and from 12.9k to
+    // 17.0k sync, everything on CPU 0). Blocking work (SQLite) has tokio's blocking pool.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("distributed-leasing")
         .enable_all()
         .build()
