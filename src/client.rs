@@ -105,6 +105,8 @@ pub struct LeaseClient {
     store: Arc<dyn LeaseStore>,
     options: ClientOptions,
     renewals: renewal::Scheduler,
+    /// Set in an inline twin (see [`Self::inline_twin`]): the store its attempts go through.
+    inline: Option<Arc<dyn LeaseStore>>,
 }
 
 /// Shortest renewal interval accepted: shorter would renew in a busy loop.
@@ -197,6 +199,21 @@ impl LeaseClient {
             store,
             options,
             renewals,
+            inline: None,
+        }
+    }
+
+    /// A twin of this client whose acquire attempts go through `store`, a caller-driven twin of
+    /// this client's store (see [`crate::store::redis::inline`]), inside the caller's future:
+    /// no task is spawned, so the twin's futures must be polled where `store`'s connection is
+    /// driven, and one dropped while its attempt is on the wire leaves a lease it won to expire.
+    /// Everything else is this client's: options, the renewal of the leases it takes, and their
+    /// store (they can be released and renewed from anywhere).
+    #[must_use]
+    pub fn inline_twin(&self, store: Arc<dyn LeaseStore>) -> Self {
+        Self {
+            inline: Some(store),
+            ..self.clone()
         }
     }
 
@@ -251,8 +268,8 @@ impl LeaseClient {
             .await
     }
 
-    /// One acquire round trip in a task of its own, so that it completes even if the caller is
-    /// cancelled meanwhile; a lease won for a caller that left is released at once (also when
+    /// One acquire round trip in a task of its own (in the caller's future in an inline twin),
+    /// so that it completes even if the caller is cancelled meanwhile; a lease won for a caller that left is released at once (also when
     /// the caller leaves between the reply and reading it: see [`Delivery`]).
     async fn store_attempt(
         &self,
@@ -262,6 +279,17 @@ impl LeaseClient {
         acquired_at: DateTime<Utc>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<AcquireOutcome> {
+        if let Some(inline) = &self.inline {
+            return inline
+                .try_acquire(&AcquireRequest {
+                    name,
+                    lease_id,
+                    duration,
+                    acquired_at,
+                    metadata,
+                })
+                .await;
+        }
         let store = Arc::clone(&self.store);
         let (name, lease_id, metadata) = (name.to_owned(), lease_id.to_owned(), metadata.clone());
         let (tx, rx) = oneshot::channel();

@@ -409,15 +409,22 @@ impl Lease {
     /// # Errors
     /// Backend errors (the lease then expires by itself after its duration).
     pub async fn release(&self) -> Result<bool> {
+        self.release_via(&*self.shared.store).await
+    }
+
+    /// [`Self::release`] through `store`, which must reach the same leases as the one the lease
+    /// was taken from (a caller-driven twin of it, see [`crate::LeaseClient::inline_twin`]).
+    ///
+    /// # Errors
+    /// As [`Self::release`].
+    pub async fn release_via(&self, store: &dyn crate::store::LeaseStore) -> Result<bool> {
         // A lost lease may still be ours on the server (its deadline passed during a
         // partition): the owner-checked delete is sent once all the same, and is harmless.
         self.shared.end(LeaseEnd::Released);
         if !self.shared.take_release() {
             return Ok(false);
         }
-        let released = self
-            .shared
-            .store
+        let released = store
             .release(&self.shared.name, &self.shared.lease_id)
             .await
             .inspect_err(|e| {

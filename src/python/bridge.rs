@@ -34,7 +34,7 @@ use super::errors::to_py;
 use super::runtime;
 
 /// Work for the loop thread: runs there, with the GIL.
-type Completion = Box<dyn FnOnce(Python<'_>) + Send>;
+pub(crate) type Completion = Box<dyn FnOnce(Python<'_>) + Send>;
 
 /// The completions waiting for one event loop, and the socket that wakes it.
 pub(crate) struct Inbox {
@@ -55,6 +55,37 @@ impl Inbox {
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs queued work here, on the loop thread, until the queue stays empty (or for at most
+    /// `MAX_ROUNDS` batches, leaving a wake-up byte so that the loop comes back for the rest).
+    /// Work queued meanwhile, from this thread or another, joins the run without a wake-up
+    /// byte: `woken` stays set until the queue is seen empty, under the lock.
+    pub(crate) fn run_pending(&self, py: Python<'_>) {
+        self.run_after(py, || {});
+    }
+
+    /// [`Self::run_pending`], with `first` called once the run has begun: what it queues (by
+    /// waking a task on this loop, say) costs no wake-up byte.
+    pub(crate) fn run_after(&self, py: Python<'_>, first: impl FnOnce()) {
+        const MAX_ROUNDS: usize = 64;
+        self.lock().woken = true;
+        first();
+        for _ in 0..MAX_ROUNDS {
+            let batch = {
+                let mut q = self.lock();
+                if q.work.is_empty() {
+                    q.woken = false;
+                    return;
+                }
+                std::mem::take(&mut q.work)
+            };
+            for work in batch {
+                work(py);
+            }
+        }
+        // `woken` is still set, so nobody else writes the byte.
+        let _ = (&self.wake).write(&[1]);
     }
 
     /// Queues `work` for the loop thread. Never takes the GIL; one syscall at most.
@@ -82,24 +113,18 @@ pub(crate) struct Completer {
 impl Completer {
     /// Runs every queued completion (called by the event loop when the socket is readable).
     fn _drain(&self, py: Python<'_>) {
-        // Read the wake-up bytes first, then take the queue and clear `woken` in one critical
-        // section: a push after that writes a new byte (so its work is not left waiting), and
-        // a byte read here whose work is taken here only makes one later drain find nothing.
+        // Read the wake-up bytes first, then run the queue until it is empty, clearing `woken`
+        // in the same critical section that finds it empty: a push after that writes a new
+        // byte (so its work is not left waiting), and a byte read here whose work is run here
+        // only makes one later drain find nothing.
         let mut sink = [0u8; 256];
         while matches!((&self.readable).read(&mut sink), Ok(n) if n > 0) {}
-        let batch = {
-            let mut q = self.inbox.lock();
-            q.woken = false;
-            std::mem::take(&mut q.work)
-        };
-        for work in batch {
-            work(py);
-        }
+        self.inbox.run_pending(py);
     }
 }
 
 /// The inbox of `event_loop`, created and registered on first use.
-fn inbox_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Inbox>> {
+pub(crate) fn inbox_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Inbox>> {
     let attr = pyo3::intern!(py, "_distributed_leasing_completer");
     if let Ok(existing) = event_loop.getattr(attr) {
         if let Ok(c) = existing.cast::<Completer>() {
@@ -129,16 +154,21 @@ fn inbox_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Inbo
     Ok(inbox)
 }
 
-fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static GET_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     GET_LOOP.import(py, "asyncio", "get_running_loop")?.call0()
 }
 
 /// A conversion of a Rust result into its Python value, run on the loop thread.
-type Convert<T> = Box<dyn for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send>;
+pub(crate) type Convert<T> = Box<dyn for<'py> FnOnce(Python<'py>, T) -> PyResult<Py<PyAny>> + Send>;
 
 /// Sets `fut`'s result from `result` unless it is already done (cancelled while on its way).
-fn settle<T>(py: Python<'_>, fut: &Py<PyAny>, result: Result<T, CoreError>, convert: Convert<T>) {
+pub(crate) fn settle<T>(
+    py: Python<'_>,
+    fut: &Py<PyAny>,
+    result: Result<T, CoreError>,
+    convert: Convert<T>,
+) {
     let fut = fut.bind(py);
     if fut
         .call_method0(pyo3::intern!(py, "done"))

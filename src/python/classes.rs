@@ -24,6 +24,7 @@ use super::bridge::{
     abortable_future_into_py, abortable_future_into_py_with, block_on, call_soon_when,
     future_into_py,
 };
+use super::inline;
 use super::runtime;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
@@ -189,6 +190,8 @@ impl PyLeaseInfo {
 pub(crate) struct PyLease {
     inner: Arc<Lease>,
     pid: u32,
+    /// The client that took it and its id, if that client can have loop twins (see `inline`).
+    twin: Option<(u64, LeaseClient)>,
 }
 
 fn end_name(end: LeaseEnd) -> Option<&'static str> {
@@ -260,6 +263,12 @@ impl PyLease {
     fn release<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let lease = Arc::clone(&self.inner);
+        if let Some((id, client)) = &self.twin {
+            if let Some(twin) = inline::ready(py, *id, client)? {
+                let store = twin.store.clone();
+                return twin.future_into_py(py, async move { lease.release_via(&*store).await });
+            }
+        }
         future_into_py(py, async move { lease.release().await })
     }
     fn release_blocking(&self, py: Python<'_>) -> PyResult<bool> {
@@ -404,10 +413,11 @@ impl PyLeaseEvents {
 }
 
 impl PyLease {
-    fn new(lease: Lease) -> Self {
+    fn new(lease: Lease, twin: Option<(u64, LeaseClient)>) -> Self {
         Self {
             inner: Arc::new(lease),
-            pid: std::process::id(),
+            pid: runtime::pid(),
+            twin,
         }
     }
 }
@@ -417,6 +427,36 @@ impl PyLease {
 pub(crate) struct PyClient {
     inner: LeaseClient,
     pid: u32,
+    /// Set when the store can have loop twins (see `inline`): the client's key for them.
+    twin_id: Option<u64>,
+}
+
+impl PyClient {
+    fn new(inner: LeaseClient) -> Self {
+        let twin_id = inner
+            .store()
+            .as_redis()
+            .is_some_and(|r| r.supports_inline())
+            .then(inline::new_client_id);
+        Self {
+            inner,
+            pid: runtime::pid(),
+            twin_id,
+        }
+    }
+
+    /// This client's twin on the running loop, if ready (see `inline`).
+    fn ready_twin(&self, py: Python<'_>) -> PyResult<Option<inline::Ready>> {
+        match self.twin_id {
+            Some(id) => inline::ready(py, id, &self.inner),
+            None => Ok(None),
+        }
+    }
+
+    /// What a lease of this client needs to release through a loop twin.
+    fn twin(&self) -> Option<(u64, LeaseClient)> {
+        self.twin_id.map(|id| (id, self.inner.clone()))
+    }
 }
 
 /// Per-call lease arguments, checked before anything is sent.
@@ -447,9 +487,9 @@ fn args(
 
 type TryOut = (Option<PyLease>, Option<PyLeaseInfo>);
 
-fn try_out(r: TryAcquire) -> TryOut {
+fn try_out(r: TryAcquire, twin: Option<(u64, LeaseClient)>) -> TryOut {
     match r {
-        TryAcquire::Acquired(l) => (Some(PyLease::new(l)), None),
+        TryAcquire::Acquired(l) => (Some(PyLease::new(l, twin)), None),
         TryAcquire::Held(h) => (None, Some(h.into())),
     }
 }
@@ -509,10 +549,7 @@ impl PyClient {
         )?;
         future_into_py(py, async move {
             let inner = LeaseClient::connect(&url, opts).await?;
-            Ok(PyClient {
-                inner,
-                pid: std::process::id(),
-            })
+            Ok(PyClient::new(inner))
         })
     }
 
@@ -543,10 +580,7 @@ impl PyClient {
         )?;
         block_on(py, async move {
             let inner = LeaseClient::connect(&url, opts).await?;
-            Ok(PyClient {
-                inner,
-                pid: std::process::id(),
-            })
+            Ok(PyClient::new(inner))
         })
     }
 
@@ -560,13 +594,7 @@ impl PyClient {
         block_on(py, async move {
             let settings = crate::config::load_from_process_env(&dir)?;
             let inner = LeaseClient::from_settings(&settings, &dir).await?;
-            Ok((
-                PyClient {
-                    inner,
-                    pid: std::process::id(),
-                },
-                settings.warnings,
-            ))
+            Ok((PyClient::new(inner), settings.warnings))
         })
     }
 
@@ -588,9 +616,18 @@ impl PyClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
+        let twin = self.twin();
+        if let Some(ready) = self.ready_twin(py)? {
+            let client = ready.client.clone();
+            return ready.future_into_py(py, async move {
+                let r = client.try_acquire(&a.name, &a.options).await?;
+                Ok(try_out(r, twin))
+            });
+        }
         let client = self.inner.clone();
         future_into_py(py, async move {
-            client.try_acquire(&a.name, &a.options).await.map(try_out)
+            let r = client.try_acquire(&a.name, &a.options).await?;
+            Ok(try_out(r, twin))
         })
     }
 
@@ -607,8 +644,10 @@ impl PyClient {
         runtime::check_pid(self.pid)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
         let client = self.inner.clone();
+        let twin = self.twin();
         block_on(py, async move {
-            client.try_acquire(&a.name, &a.options).await.map(try_out)
+            let r = client.try_acquire(&a.name, &a.options).await?;
+            Ok(try_out(r, twin))
         })
     }
 
@@ -635,12 +674,21 @@ impl PyClient {
             metadata,
             backoff,
         )?;
+        let twin = self.twin();
+        if wait == Some(Duration::ZERO) {
+            // One attempt: on the loop's own connection when it has one.
+            if let Some(ready) = self.ready_twin(py)? {
+                let client = ready.client.clone();
+                return ready.future_into_py(py, async move {
+                    let lease = client.acquire(&a.name, &a.options, wait).await?;
+                    Ok(PyLease::new(lease, twin))
+                });
+            }
+        }
         let client = self.inner.clone();
         let fut = async move {
-            client
-                .acquire(&a.name, &a.options, wait)
-                .await
-                .map(PyLease::new)
+            let lease = client.acquire(&a.name, &a.options, wait).await?;
+            Ok(PyLease::new(lease, twin))
         };
         if wait == Some(Duration::ZERO) {
             future_into_py(py, fut)
@@ -673,11 +721,10 @@ impl PyClient {
             backoff,
         )?;
         let client = self.inner.clone();
+        let twin = self.twin();
         block_on(py, async move {
-            client
-                .acquire(&a.name, &a.options, wait)
-                .await
-                .map(PyLease::new)
+            let lease = client.acquire(&a.name, &a.options, wait).await?;
+            Ok(PyLease::new(lease, twin))
         })
     }
 

@@ -323,7 +323,7 @@ impl Subscriber for Bridge {
 static SENDER: Mutex<Option<(u32, SyncSender<Record>)>> = Mutex::new(None);
 
 fn send(record: Record) {
-    let pid = std::process::id();
+    let pid = super::runtime::pid();
     let mut slot = SENDER.lock().unwrap_or_else(PoisonError::into_inner);
     if slot.as_ref().is_none_or(|(p, _)| *p != pid) {
         let (tx, rx) = sync_channel(QUEUE);

@@ -8,6 +8,7 @@
 mod bridge;
 mod classes;
 mod errors;
+mod inline;
 mod logging;
 mod runtime;
 

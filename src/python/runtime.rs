@@ -13,7 +13,7 @@
 //! waits, with the GIL released, until no thread is inside. `atexit` hooks run before
 //! finalization.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -30,9 +30,33 @@ static SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
 static CLOSING: AtomicBool = AtomicBool::new(false);
 static INSIDE: AtomicUsize = AtomicUsize::new(0);
 
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid() {
+    PID.store(0, SeqCst);
+}
+
+/// This process's id, without a `getpid` syscall per call (glibc no longer caches it): cached,
+/// and forgotten in a forked child by a `pthread_atfork` handler.
+pub(crate) fn pid() -> u32 {
+    let cached = PID.load(SeqCst);
+    if cached != 0 {
+        return cached;
+    }
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic (async-signal-safe), as
+        // the child side of fork() requires.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let pid = std::process::id();
+    PID.store(pid, SeqCst);
+    pid
+}
+
 /// The runtime of this process, created on first use (again in a forked child).
 pub(crate) fn get() -> PyResult<&'static Runtime> {
-    let pid = std::process::id();
+    let pid = pid();
     let current = SLOT.load(SeqCst);
     // SAFETY: slots are leaked on purpose and never freed, so a loaded pointer stays valid.
     if let Some(slot) = unsafe { current.as_ref() } {
@@ -67,7 +91,7 @@ pub(crate) fn get() -> PyResult<&'static Runtime> {
 
 /// Refuses an object created in another process (before a fork).
 pub(crate) fn check_pid(created_by: u32) -> PyResult<()> {
-    if created_by == std::process::id() {
+    if created_by == pid() {
         Ok(())
     } else {
         Err(BackendError::new_err(

@@ -78,6 +78,12 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`.
     fn kind(&self) -> &'static str;
 
+    /// This store as a Redis store, for callers that can drive a connection of their own to it
+    /// (see [`redis::inline`]); `None` for every other store.
+    fn as_redis(&self) -> Option<&redis::RedisStore> {
+        None
+    }
+
     /// Takes the lease if nobody holds it; otherwise returns the holder.
     ///
     /// Taking it again with the same lease id while still held succeeds with the same token,

@@ -335,11 +335,13 @@ async def test_all_waiters_share_one_connection(
         )
 
     assert await wait_until(lambda: subscribed() == 10), subscribed()
-    # The command connection and the one subscription connection; CLIENT LIST's own is ours.
+    # One subscription connection for all 50 waiters; besides it only the command connection
+    # and the event loop's own (see test_inline.py). CLIENT LIST's own is ours.
     rows = [r for r in client_list(srv) if r.get("cmd") != "client|list"]
-    assert len(rows) == 2, rows
     pubsub = [r for r in rows if r.get("sub", "0") != "0"]
     assert len(pubsub) == 1 and pubsub[0]["sub"] == "10", rows
+    assert len(rows) - len(pubsub) <= 2, rows
+    during = {r["addr"] for r in rows}
     for h in holders:
         await h.release()
     # One winner per name; the other 40 keep waiting, then are cancelled.
@@ -353,7 +355,7 @@ async def test_all_waiters_share_one_connection(
         await w.result().release()
     assert await wait_until(lambda: subscribed() == 0), subscribed()
     rows = [r for r in client_list(srv) if r.get("cmd") != "client|list"]
-    assert len(rows) == 2, rows
+    assert {r["addr"] for r in rows} <= during, rows
 
 
 async def test_a_dropped_subscription_connection_recovers(

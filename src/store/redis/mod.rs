@@ -16,7 +16,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, ScriptInvocation, Value};
 
@@ -27,6 +29,7 @@ use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewItem, RenewO
 use crate::wait::ReleaseWatch;
 
 pub mod entra;
+pub mod inline;
 pub mod keys;
 pub(crate) mod notify;
 pub mod tls;
@@ -79,6 +82,12 @@ impl Default for RedisOptions {
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// A connection driven by its owner (see [`inline`]), and the manager connection of the
+    /// store it was made from, which takes the one retry after a dropped connection.
+    Inline {
+        conn: MultiplexedConnection,
+        fallback: ConnectionManager,
+    },
 }
 
 /// Leases in Redis (standalone, TLS, ACL users, or Redis Cluster).
@@ -90,6 +99,9 @@ pub struct RedisStore {
     addr: String,
     /// Release notifications for this store's waiters (one connection, opened on first wait).
     notifier: Arc<Notifier>,
+    /// Where a caller-driven connection may go (single server over plain TCP, password or no
+    /// authentication); `None` otherwise. See [`inline`].
+    inline: Option<Arc<inline::InlineTarget>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -138,15 +150,17 @@ impl RedisStore {
         let cluster = is_cluster(&mut single)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
-        let (conn, connector) = if cluster {
+        let (conn, connector, inline) = if cluster {
             (
                 Conn::Cluster(connect_cluster(&options).await?),
                 cluster_push_connector(&options),
+                None,
             )
         } else {
             (
                 Conn::Single(single),
                 single_push_connector(&client, &options),
+                inline::InlineTarget::for_client(&client, &options).map(Arc::new),
             )
         };
         tracing::debug!(%addr, cluster, "connected to Redis");
@@ -155,6 +169,7 @@ impl RedisStore {
             keys: Keys::new(options.key_prefix, cluster),
             notifier: Arc::new(Notifier::new(connector, addr.clone())),
             addr,
+            inline,
         })
     }
 
@@ -167,9 +182,11 @@ impl RedisStore {
     async fn invoke(&self, inv: &ScriptInvocation<'_>, key: &str) -> Result<Value> {
         let mut attempt = 0;
         loop {
-            let result = match &self.conn {
-                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            let result = match (&self.conn, attempt) {
+                (Conn::Single(c), _) => inv.invoke_async(&mut c.clone()).await,
+                (Conn::Cluster(c), _) => inv.invoke_async(&mut c.clone()).await,
+                (Conn::Inline { conn, .. }, 0) => inv.invoke_async(&mut conn.clone()).await,
+                (Conn::Inline { fallback, .. }, _) => inv.invoke_async(&mut fallback.clone()).await,
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -193,7 +210,7 @@ impl RedisStore {
     async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         match &self.conn {
-            Conn::Single(c) => {
+            Conn::Single(c) | Conn::Inline { fallback: c, .. } => {
                 let mut c = c.clone();
                 scan_node(&mut c, pattern, &mut out)
                     .await
@@ -562,9 +579,13 @@ fn unexpected(what: &str, addr: &str) -> LeaseError {
 
 #[async_trait]
 impl LeaseStore for RedisStore {
+    fn as_redis(&self) -> Option<&RedisStore> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         match self.conn {
-            Conn::Single(_) => "redis",
+            Conn::Single(_) | Conn::Inline { .. } => "redis",
             Conn::Cluster(_) => "redis-cluster",
         }
     }
@@ -734,7 +755,7 @@ impl RedisStore {
     /// Sharded pub/sub on a cluster (the message stays in the lease's shard), plain elsewhere.
     fn publish_command(&self) -> &'static str {
         match self.conn {
-            Conn::Single(_) => "PUBLISH",
+            Conn::Single(_) | Conn::Inline { .. } => "PUBLISH",
             Conn::Cluster(_) => "SPUBLISH",
         }
     }

@@ -1,0 +1,512 @@
+//! Acquire and release on the asyncio event loop's own thread, over a Redis connection the loop
+//! polls (a caller-driven twin of the client's store, see `store::redis::inline`).
+//!
+//! Why: through the tokio runtime, one await crosses threads twice (the loop hands the request
+//! to the tokio worker that owns the socket, the worker hands the reply back through the
+//! loop's inbox), and on this 2-core machine those wake-ups cost more than the Redis round trip
+//! (`bench/profile.sh`). Here the loop thread writes the request itself, and the loop's
+//! selector says when the reply is readable: the same path as redis-py's asyncio client, minus
+//! its Python. Written by hand because no crate runs Rust futures on an asyncio loop: the
+//! executor is a task per future, woken through the loop's inbox (`bridge::Inbox`); the stream
+//! is a non-blocking socket whose readiness comes from `loop.add_reader`/`add_writer`.
+//!
+//! What it owns: one twin connection per (client, event loop), kept on the loop object and
+//! opened on first use, in the background (tokio connects; the handshake runs here). Until it
+//! is ready, and for a second after it closes, operations take the tokio path, so nothing waits
+//! for it. Only acquires that make one attempt (`wait=0`) and releases run here; a command whose
+//! connection dropped is retried once on the store's own reconnecting connection (by the
+//! store), so a dying twin costs no operation. These operations run to the end once started
+//! (a cancelled await discards their result), as on the tokio path.
+
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyWeakrefReference};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::runtime::Runtime;
+
+use crate::error::LeaseError as CoreError;
+use crate::store::LeaseStore;
+use crate::LeaseClient;
+
+use super::bridge::{get_running_loop, inbox_for, settle, Convert, Inbox};
+use super::runtime;
+
+/// How long operations keep to the tokio path after a twin failed to open or closed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new id for a client that can have twins (the key of its twin on each loop).
+pub(crate) fn new_client_id() -> u64 {
+    NEXT_ID.fetch_add(1, SeqCst)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// -- the executor ----------------------------------------------------------------------------
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A future polled on its loop's thread: waking it queues a poll in the loop's inbox (from any
+/// thread; from the loop thread itself, inside a run of the inbox, without a wake-up byte).
+struct LocalTask {
+    future: Mutex<Option<BoxFuture>>,
+    inbox: Arc<Inbox>,
+    runtime: &'static Runtime,
+    queued: AtomicBool,
+}
+
+impl Wake for LocalTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, SeqCst) {
+            let task = Arc::clone(self);
+            self.inbox.push(Box::new(move |_py| task.poll()));
+        }
+    }
+}
+
+impl LocalTask {
+    /// Queues `future` on the loop of `inbox` and runs the inbox here (the caller is on that
+    /// loop's thread): the future's first steps (writing its request) happen before returning.
+    fn spawn(
+        py: Python<'_>,
+        inbox: &Arc<Inbox>,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> PyResult<Arc<Self>> {
+        let task = Arc::new(Self {
+            future: Mutex::new(Some(Box::pin(future))),
+            inbox: Arc::clone(inbox),
+            runtime: runtime::get()?,
+            queued: AtomicBool::new(false),
+        });
+        inbox.run_after(py, || task.wake_by_ref());
+        Ok(task)
+    }
+
+    fn poll(self: &Arc<Self>) {
+        self.queued.store(false, SeqCst);
+        // Timers and spawns inside the future use the process's runtime.
+        let _enter = self.runtime.enter();
+        let waker = Waker::from(Arc::clone(self));
+        let mut cx = Context::from_waker(&waker);
+        let mut slot = lock(&self.future);
+        if let Some(future) = slot.as_mut() {
+            if future.as_mut().poll(&mut cx).is_ready() {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Drops the future without finishing it.
+    fn abort(&self) {
+        let dropped = lock(&self.future).take();
+        drop(dropped);
+    }
+}
+
+// -- the stream ------------------------------------------------------------------------------
+
+/// A non-blocking socket whose readiness comes from an asyncio loop's selector.
+struct StreamShared {
+    sock: TcpStream,
+    /// `weakref.ref(loop)`: the connection must not keep its loop alive.
+    event_loop: Py<PyWeakrefReference>,
+    inbox: Arc<Inbox>,
+    read_waker: Mutex<Option<Waker>>,
+    write_waker: Mutex<Option<Waker>>,
+    reading: AtomicBool,
+    writing: AtomicBool,
+    /// The last read took less than it asked for, so the socket is empty until the selector
+    /// says otherwise: the next read waits without trying (saves a syscall per reply).
+    drained: AtomicBool,
+}
+
+impl StreamShared {
+    fn event_loop<'py>(&self, py: Python<'py>) -> io::Result<Bound<'py, PyAny>> {
+        let lp = self.event_loop.bind(py).upgrade();
+        lp.ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the event loop is gone"))
+    }
+
+    fn watch(self: &Arc<Self>, py: Python<'_>, write: bool) -> io::Result<()> {
+        let flag = if write { &self.writing } else { &self.reading };
+        if flag.swap(true, SeqCst) {
+            return Ok(());
+        }
+        let ready = Bound::new(
+            py,
+            Readiness {
+                shared: Arc::clone(self),
+            },
+        )
+        .map_err(io::Error::other)?;
+        let (method, callback) = if write {
+            ("add_writer", ready.getattr("_writable"))
+        } else {
+            ("add_reader", ready.getattr("_readable"))
+        };
+        let callback = callback.map_err(io::Error::other)?;
+        let registered = self
+            .event_loop(py)?
+            .call_method1(method, (self.sock.as_raw_fd(), callback));
+        if let Err(e) = registered {
+            flag.store(false, SeqCst);
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, write: bool) {
+        let flag = if write { &self.writing } else { &self.reading };
+        if flag.swap(false, SeqCst) {
+            if let Ok(lp) = self.event_loop(py) {
+                let method = if write {
+                    "remove_writer"
+                } else {
+                    "remove_reader"
+                };
+                let _ = lp.call_method1(method, (self.sock.as_raw_fd(),));
+            }
+        }
+    }
+}
+
+/// The selector's callbacks for one socket.
+#[pyclass(frozen, module = "distributed_leasing._native")]
+struct Readiness {
+    shared: Arc<StreamShared>,
+}
+
+#[pymethods]
+impl Readiness {
+    fn _readable(&self, py: Python<'_>) {
+        self.shared.drained.store(false, SeqCst);
+        let waker = lock(&self.shared.read_waker).take();
+        if waker.is_none() {
+            // Nobody is reading: stop watching rather than be called on every loop turn (the
+            // next read that finds nothing watches again).
+            self.shared.unwatch(py, false);
+        }
+        self.shared
+            .inbox
+            .run_after(py, || waker.into_iter().for_each(Waker::wake));
+    }
+
+    fn _writable(&self, py: Python<'_>) {
+        self.shared.unwatch(py, true);
+        let waker = lock(&self.shared.write_waker).take();
+        self.shared
+            .inbox
+            .run_after(py, || waker.into_iter().for_each(Waker::wake));
+    }
+}
+
+/// The twin's end of the socket. Polled only on the loop thread (where the GIL is held).
+struct LoopStream(Arc<StreamShared>);
+
+impl LoopStream {
+    fn pending(&self, cx: &Context<'_>, write: bool) -> Poll<io::Result<()>> {
+        let slot = if write {
+            &self.0.write_waker
+        } else {
+            &self.0.read_waker
+        };
+        *lock(slot) = Some(cx.waker().clone());
+        match Python::attach(|py| self.0.watch(py, write)) {
+            Ok(()) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncRead for LoopStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.0.drained.load(SeqCst) && self.0.reading.load(SeqCst) {
+            return self.pending(cx, false);
+        }
+        loop {
+            let room = buf.remaining();
+            match (&self.0.sock).read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    // Level-triggered selector: if more arrived meanwhile, it calls again.
+                    self.0.drained.store(n > 0 && n < room, SeqCst);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.pending(cx, false);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for LoopStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match (&self.0.sock).write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.pending(cx, true).map_ok(|()| 0);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match (&self.0.sock).write_vectored(bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.pending(cx, true).map_ok(|()| 0);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.sock.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl Drop for LoopStream {
+    fn drop(&mut self) {
+        // Off the selector before the socket closes (its fd number may be reused at once).
+        let shared = &self.0;
+        runtime::with_python(|py| {
+            shared.unwatch(py, false);
+            shared.unwatch(py, true);
+        });
+        let _ = shared.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+// -- one twin per (client, loop) -------------------------------------------------------------
+
+enum State {
+    /// Not open; may be opened from `retry_at` on.
+    Closed {
+        retry_at: Option<Instant>,
+    },
+    Opening,
+    Ready {
+        client: LeaseClient,
+        store: Arc<dyn LeaseStore>,
+    },
+}
+
+/// A client's twin on one loop (kept in the loop's `_distributed_leasing_inline` dict). When
+/// the loop is collected, the twin's connection is closed.
+#[pyclass(frozen, module = "distributed_leasing._native")]
+struct Twin {
+    state: Arc<Mutex<State>>,
+    inbox: Arc<Inbox>,
+    driver: Arc<Mutex<Option<Arc<LocalTask>>>>,
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        // The driver's task and its socket's wakers refer to each other: end it here.
+        if let Some(task) = lock(&self.driver).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The twin of `client` on the running loop, if it is ready to use.
+pub(crate) struct Ready {
+    pub(crate) client: LeaseClient,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    inbox: Arc<Inbox>,
+    event_loop: Py<PyAny>,
+}
+
+/// The ready twin of the client `id` on the running loop; `None` (take the tokio path) while it
+/// opens, after it closed, or outside a running loop. Starts opening one when there is none.
+pub(crate) fn ready(py: Python<'_>, id: u64, client: &LeaseClient) -> PyResult<Option<Ready>> {
+    let Ok(event_loop) = get_running_loop(py) else {
+        return Ok(None);
+    };
+    let attr = pyo3::intern!(py, "_distributed_leasing_inline");
+    let twins = match event_loop.getattr(attr) {
+        Ok(d) => d.cast_into::<PyDict>()?,
+        Err(_) => {
+            let d = PyDict::new(py);
+            // A loop without attributes gets no twins (none in the standard library).
+            if event_loop.setattr(attr, &d).is_err() {
+                return Ok(None);
+            }
+            d
+        }
+    };
+    let twin = match twins.get_item(id)? {
+        Some(t) => t.cast_into::<Twin>()?,
+        None => {
+            let t = Bound::new(
+                py,
+                Twin {
+                    state: Arc::new(Mutex::new(State::Closed { retry_at: None })),
+                    inbox: inbox_for(py, &event_loop)?,
+                    driver: Arc::new(Mutex::new(None)),
+                },
+            )?;
+            twins.set_item(id, &t)?;
+            t
+        }
+    };
+    let twin = twin.get();
+    let mut state = lock(&twin.state);
+    match &*state {
+        State::Ready { client, store } => {
+            return Ok(Some(Ready {
+                client: client.clone(),
+                store: Arc::clone(store),
+                inbox: Arc::clone(&twin.inbox),
+                event_loop: event_loop.unbind(),
+            }))
+        }
+        State::Opening => return Ok(None),
+        State::Closed { retry_at: Some(at) } if Instant::now() < *at => return Ok(None),
+        State::Closed { .. } => {}
+    }
+    *state = State::Opening;
+    drop(state);
+    open(&event_loop, twin, client)?;
+    Ok(None)
+}
+
+/// Opens the twin: tokio connects the socket, then the loop thread runs the handshake and,
+/// for as long as the connection lives, its driver.
+fn open(event_loop: &Bound<'_, PyAny>, twin: &Twin, client: &LeaseClient) -> PyResult<()> {
+    let Some(redis) = client.store().as_redis() else {
+        *lock(&twin.state) = State::Closed { retry_at: None };
+        return Ok(());
+    };
+    let rt = runtime::get()?;
+    let store = redis.clone();
+    let client = client.clone();
+    let state = Arc::clone(&twin.state);
+    let inbox = Arc::clone(&twin.inbox);
+    let driver = Arc::clone(&twin.driver);
+    let weak_loop = PyWeakrefReference::new(event_loop)?.unbind();
+    let closed = |state: &Mutex<State>| {
+        *lock(state) = State::Closed {
+            retry_at: Some(Instant::now() + RETRY_AFTER),
+        };
+    };
+    rt.spawn(async move {
+        let sock = match store.open_inline_socket().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the event loop's connection; using the shared one");
+                closed(&state);
+                return;
+            }
+        };
+        let loop_inbox = Arc::clone(&inbox);
+        loop_inbox.push(Box::new(move |py| {
+            let stream = LoopStream(Arc::new(StreamShared {
+                sock,
+                event_loop: weak_loop,
+                inbox: Arc::clone(&inbox),
+                read_waker: Mutex::new(None),
+                write_waker: Mutex::new(None),
+                reading: AtomicBool::new(false),
+                writing: AtomicBool::new(false),
+                drained: AtomicBool::new(false),
+            }));
+            let task_state = Arc::clone(&state);
+            let run = async move {
+                match store.inline_twin(stream).await {
+                    Ok((twin, connection)) => {
+                        let twin: Arc<dyn LeaseStore> = Arc::new(twin);
+                        *lock(&task_state) = State::Ready {
+                            client: client.inline_twin(Arc::clone(&twin)),
+                            store: twin,
+                        };
+                        tracing::debug!("the event loop's connection is open");
+                        connection.await;
+                        tracing::debug!("the event loop's connection closed");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot open the event loop's connection; using the shared one");
+                    }
+                }
+                closed(&task_state);
+            };
+            match LocalTask::spawn(py, &inbox, run) {
+                Ok(task) => *lock(&driver) = Some(task),
+                Err(_) => closed(&state),
+            }
+        }));
+    });
+    Ok(())
+}
+
+impl Ready {
+    /// Runs `fut` on the loop thread and returns an asyncio future of its result.
+    pub(crate) fn future_into_py<'py, F, T>(
+        &self,
+        py: Python<'py>,
+        fut: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: Future<Output = Result<T, CoreError>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        use pyo3::IntoPyObjectExt;
+        let convert: Convert<T> = Box::new(|py, v: T| Ok(v.into_bound_py_any(py)?.unbind()));
+        super::logging::refresh(py);
+        let py_fut = self
+            .event_loop
+            .bind(py)
+            .call_method0(pyo3::intern!(py, "create_future"))?;
+        let fut_ref = py_fut.clone().unbind();
+        LocalTask::spawn(py, &self.inbox, async move {
+            let result = fut.await;
+            // On the loop thread, where the GIL is held: attaching is only a count.
+            Python::attach(|py| settle(py, &fut_ref, result, convert));
+        })?;
+        Ok(py_fut)
+    }
+}

@@ -1,0 +1,150 @@
+//! Caller-driven connections: a twin of a [`RedisStore`] whose connection's I/O is done by
+//! whoever polls its futures, on that thread, instead of by a tokio worker.
+//!
+//! Why: every operation of the store's own connection crosses threads twice (the caller hands
+//! the request to the tokio worker that owns the socket, and the worker hands the reply back),
+//! and on this 2-core machine those two wake-ups cost more than the Redis round trip itself
+//! (`bench/run.py`, `bench/profile.sh`). An asyncio event loop can own a socket as well as
+//! tokio can: the Python bindings give the twin a stream whose readiness comes from the loop
+//! (`loop.add_reader`), and poll its futures on the loop's thread, so that an acquire is one
+//! write and one read on the caller's thread, as in redis-py, with no thread hop.
+//!
+//! What it owns here: who may have such a twin (one server, plain TCP, no Entra ID: the token
+//! refresh of Entra ID and TLS sessions stay on the store's own connection), the socket's
+//! opening (done by tokio, so that connecting never blocks the caller), and the twin itself:
+//! the `redis` crate's [`MultiplexedConnection`] over the caller's stream, with the handshake
+//! (AUTH, SELECT) and the response timeout of the store. The protocol, scripts and error
+//! mapping are the store's, unchanged. A twin retries a command whose connection dropped once,
+//! on the store's own reconnecting connection, so a dead caller-driven connection costs no
+//! operation; its futures must be polled where the stream's readiness is delivered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use redis::{ConnectionAddr, RedisConnectionInfo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{map_error, timed_out, Conn, RedisOptions, RedisStore};
+use crate::error::Result;
+
+/// The future that drives a twin's connection (boxed: the `redis` crate's type cannot be named).
+pub type Driver = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Where and how a caller-driven connection connects. Holds the password: never printed.
+pub struct InlineTarget {
+    host: String,
+    port: u16,
+    settings: RedisConnectionInfo,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for InlineTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InlineTarget {
+    /// The target for a single server reached over plain TCP with the URL's credentials; `None`
+    /// for TLS, Unix sockets and Entra ID.
+    pub(super) fn for_client(client: &redis::Client, options: &RedisOptions) -> Option<Self> {
+        if options.credentials.is_some() {
+            return None;
+        }
+        let info = client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        Some(Self {
+            host: host.clone(),
+            port: *port,
+            settings: info.redis_settings().clone(),
+            connect_timeout: options.connect_timeout,
+            response_timeout: options.response_timeout,
+        })
+    }
+}
+
+impl RedisStore {
+    /// Whether this store can have caller-driven twins (see the module docs).
+    #[must_use]
+    pub fn supports_inline(&self) -> bool {
+        self.inline.is_some() && matches!(self.conn, Conn::Single(_))
+    }
+
+    /// Opens a non-blocking TCP socket to the server (no Redis handshake yet), within the
+    /// connect timeout. Runs on tokio.
+    ///
+    /// # Errors
+    /// `Config` if the store cannot have twins; `Backend` when the server cannot be reached.
+    pub async fn open_inline_socket(&self) -> Result<std::net::TcpStream> {
+        let target = self.inline_target()?;
+        let connect = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
+        let stream = tokio::time::timeout(target.connect_timeout, connect)
+            .await
+            .map_err(|_| timed_out(&self.addr))?
+            .map_err(|e| map_error(&e.into(), &self.addr, None))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| map_error(&e.into(), &self.addr, None))?;
+        stream
+            .into_std()
+            .map_err(|e| map_error(&e.into(), &self.addr, None))
+    }
+
+    /// A twin of this store whose commands go over `stream` (after the store's handshake on
+    /// it), and the future that drives the connection: it must be polled, where the stream's
+    /// readiness is delivered, until it returns (the connection closed).
+    ///
+    /// # Errors
+    /// `Config` if the store cannot have twins; `Backend` when the handshake fails.
+    pub async fn inline_twin<S>(&self, stream: S) -> Result<(RedisStore, Driver)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let target = self.inline_target()?;
+        let Conn::Single(fallback) = &self.conn else {
+            return Err(not_inline());
+        };
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(target.response_timeout));
+        let (conn, driver) = tokio::time::timeout(
+            target.connect_timeout,
+            MultiplexedConnection::new_with_config(&target.settings, stream, config),
+        )
+        .await
+        .map_err(|_| timed_out(&self.addr))?
+        .map_err(|e| map_error(&e, &self.addr, None))?;
+        let twin = RedisStore {
+            conn: Conn::Inline {
+                conn,
+                fallback: fallback.clone(),
+            },
+            keys: self.keys.clone(),
+            addr: self.addr.clone(),
+            notifier: Arc::clone(&self.notifier),
+            inline: None,
+        };
+        Ok((twin, Box::pin(driver)))
+    }
+
+    fn inline_target(&self) -> Result<&InlineTarget> {
+        match (&self.inline, &self.conn) {
+            (Some(t), Conn::Single(_)) => Ok(t),
+            _ => Err(not_inline()),
+        }
+    }
+}
+
+fn not_inline() -> crate::error::LeaseError {
+    crate::error::LeaseError::Config(
+        "this Redis store cannot have a caller-driven connection (TLS, Entra ID, cluster, or already one)".into(),
+    )
+}

@@ -1,0 +1,215 @@
+"""The event loop's own Redis connection (src/python/inline.rs).
+
+On a single Redis server over plain TCP, one-attempt acquires and releases awaited on an event
+loop run on the loop's thread, over a connection the loop polls, opened in the background on
+first use. These tests watch it on a real server: which connection carries the commands
+(MONITOR), what a killed connection or a paused server costs, what a cancelled await leaves,
+and that a loop that ends closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import distributed_leasing as dl
+import pytest
+from redis_servers import RedisServer
+
+MONITOR_LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([\d.]+:\d+)\] "(\w+)"', re.MULTILINE)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def connections(srv: RedisServer) -> set[str]:
+    """Addresses of the server's clients, without the one asking."""
+    listing = _text(srv.command("CLIENT", "LIST"))
+    out = set()
+    for line in listing.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("cmd") != "client|list":
+            out.add(fields["addr"])
+    return out
+
+
+async def open_loop_connection(client: dl.LeaseClient, srv: RedisServer, name: str) -> str:
+    """Runs acquire+release until the loop's own connection shows up on the server; its address."""
+    before = connections(srv)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        lease = await client.acquire(name)
+        assert await lease.release() is True
+        new = connections(srv) - before
+        if new:
+            assert len(new) == 1, f"expected one new connection, got {new}"
+            return new.pop()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the event loop's connection never opened")
+
+
+class Monitor:
+    """MONITOR on a raw socket in a thread: which client address sent which command."""
+
+    def __init__(self, srv: RedisServer) -> None:
+        self.sock = socket.create_connection((srv.host, srv.port), timeout=5)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.data = b""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.data += chunk
+
+    def senders(self, command: bytes) -> list[str]:
+        return [
+            m.group(1).decode()
+            for m in MONITOR_LINE.finditer(self.data)
+            if m.group(2).upper() == command
+        ]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def monitor(fresh_redis_server: RedisServer) -> Iterator[Monitor]:
+    m = Monitor(fresh_redis_server)
+    yield m
+    m.close()
+
+
+async def test_acquire_and_release_go_over_the_loops_own_connection(
+    fresh_redis_server: RedisServer, monitor: Monitor, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url)
+    shared = connections(srv)
+    own = await open_loop_connection(client, srv, unique_name)
+    assert own not in shared
+    monitor.data = b""
+    for _ in range(20):
+        lease = await client.acquire(unique_name)
+        assert await lease.release() is True
+    time.sleep(0.3)  # MONITOR output is asynchronous
+    senders = monitor.senders(b"EVALSHA")
+    assert len(senders) == 40, senders
+    assert set(senders) == {own}
+    # Renewals and other commands stay on the shared connection.
+    info = await client.inspect(unique_name)
+    assert info is None
+
+
+async def test_a_killed_loop_connection_costs_no_operation_and_is_reopened(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url)
+    own = await open_loop_connection(client, srv, unique_name)
+    srv.command("CLIENT", "KILL", "ADDR", own)
+    after_kill = connections(srv)
+    assert own not in after_kill
+    for _ in range(30):
+        lease = await client.acquire(unique_name)
+        assert await lease.release() is True
+    # A new one opens (at the earliest a second after the old one closed).
+    deadline = time.monotonic() + 15
+    while not connections(srv) - after_kill:
+        assert time.monotonic() < deadline, "the loop's connection was not reopened"
+        await asyncio.sleep(0.2)
+        lease = await client.acquire(unique_name)
+        assert await lease.release() is True
+
+
+async def test_a_paused_server_times_out_on_the_loops_connection_then_recovers(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url, operation_timeout=0.5)
+    await open_loop_connection(client, srv, unique_name)
+    srv.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(dl.BackendError) as err:
+            await client.acquire(unique_name, duration=2)
+        assert time.monotonic() - started < 10
+        assert "time" in str(err.value).lower()
+    finally:
+        srv.resume()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            lease = await client.acquire(unique_name)
+            break
+        except dl.LeaseUnavailable:
+            # The timed-out acquire may have landed after all: its lease expires on its own.
+            assert time.monotonic() < deadline, "the lease never became free again"
+            await asyncio.sleep(0.2)
+    assert await lease.release() is True
+
+
+async def test_a_cancelled_acquire_on_the_loops_connection_leaves_no_lease(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url)
+    await open_loop_connection(client, srv, unique_name)
+    task = asyncio.ensure_future(client.acquire(unique_name, duration=30))
+    await asyncio.sleep(0)  # the request is on the wire; the reply is not in yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 10
+    while srv.command("EXISTS", f"lease:{unique_name}") != 0:
+        assert time.monotonic() < deadline, "the lease won by the cancelled acquire was kept"
+        await asyncio.sleep(0.05)
+    lease = await client.acquire(unique_name)
+    assert await lease.release() is True
+
+
+def test_a_loop_that_ends_closes_its_connection(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url)
+    baseline = connections(srv)
+    found: list[str] = []
+
+    def in_a_thread() -> None:
+        found.append(asyncio.run(open_loop_connection(client, srv, unique_name)))
+
+    for _ in range(2):
+        t = threading.Thread(target=in_a_thread)
+        t.start()
+        t.join(60)
+    assert len(found) == 2 and found[0] != found[1]
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while connections(srv) - baseline:
+        assert time.monotonic() < deadline, (
+            f"connections of ended loops still open: {connections(srv) - baseline}"
+        )
+        gc.collect()
+        time.sleep(0.1)
+    # The client itself still works, synchronously and on a new loop.
+    lease = client.acquire_sync(unique_name)
+    assert lease.release_blocking() is True
