@@ -107,6 +107,9 @@ pub struct LeaseClient {
     renewals: renewal::Scheduler,
     /// Set in an inline twin (see [`Self::inline_twin`]): the store its attempts go through.
     inline: Option<Arc<dyn LeaseStore>>,
+    /// The runtime the client was made in: its leases' renewals and background releases run
+    /// there, wherever (on whichever runtime) the acquire itself was polled.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Shortest renewal interval accepted: shorter would renew in a busy loop.
@@ -200,6 +203,7 @@ impl LeaseClient {
             options,
             renewals,
             inline: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -380,11 +384,12 @@ impl LeaseClient {
             events: std::sync::OnceLock::new(),
             registration: self.renewals.reserve(),
         });
-        self.renewals.register(&shared, interval, t_sent);
-        Ok(TryAcquire::Acquired(Lease::new(
-            shared,
-            tokio::runtime::Handle::current(),
-        )))
+        let runtime = self
+            .runtime
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        self.renewals.register(&shared, interval, t_sent, &runtime);
+        Ok(TryAcquire::Acquired(Lease::new(shared, runtime)))
     }
 
     /// Takes the lease, waiting up to `wait` for it (`None`: forever; zero: one attempt).

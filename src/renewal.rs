@@ -123,12 +123,14 @@ impl Scheduler {
     }
 
     /// Starts watching `shared` (acquired by a request sent at `t_sent`), renewing it every
-    /// `interval` if one is given. Must run inside the tokio runtime.
+    /// `interval` if one is given. The scheduler's task, if it has to be started, goes to
+    /// `runtime`.
     pub(crate) fn register(
         &self,
         shared: &Arc<Shared>,
         interval: Option<Duration>,
         t_sent: Instant,
+        runtime: &tokio::runtime::Handle,
     ) {
         let id = shared.registration.id;
         let deadline_at = shared.lock().deadline;
@@ -158,7 +160,7 @@ impl Scheduler {
             None => {
                 t.planned = Some(first);
                 drop(t);
-                tokio::spawn(run(Arc::clone(&self.inner)));
+                runtime.spawn(run(Arc::clone(&self.inner)));
             }
             Some(planned) if first < planned => {
                 t.planned = Some(first);

@@ -26,6 +26,7 @@ use super::bridge::{
 };
 use super::inline;
 use super::runtime;
+use super::thread_twin;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
 /// passes it; `min == max` is a fixed delay.
@@ -190,8 +191,9 @@ impl PyLeaseInfo {
 pub(crate) struct PyLease {
     inner: Arc<Lease>,
     pid: u32,
-    /// The client that took it and its id, if that client can have loop twins (see `inline`).
-    twin: Option<(u64, LeaseClient)>,
+    /// The client that took it, its id and liveness token, if that client can have twins
+    /// (see `inline` and `thread_twin`).
+    twin: Option<(u64, Arc<()>, LeaseClient)>,
 }
 
 fn end_name(end: LeaseEnd) -> Option<&'static str> {
@@ -263,7 +265,7 @@ impl PyLease {
     fn release<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let lease = Arc::clone(&self.inner);
-        if let Some((id, client)) = &self.twin {
+        if let Some((id, _, client)) = &self.twin {
             if let Some(twin) = inline::ready(py, *id, client)? {
                 let store = twin.store.clone();
                 return twin.future_into_py(py, async move { lease.release_via(&*store).await });
@@ -274,6 +276,12 @@ impl PyLease {
     fn release_blocking(&self, py: Python<'_>) -> PyResult<bool> {
         runtime::check_pid(self.pid)?;
         let lease = Arc::clone(&self.inner);
+        if let Some((id, alive, client)) = &self.twin {
+            if let Some(ready) = thread_twin::ready(py, *id, alive, client) {
+                let store = ready.store;
+                return thread_twin::block_on(py, async move { lease.release_via(&*store).await });
+            }
+        }
         block_on(py, async move { lease.release().await })
     }
     /// Resolves when the lease ends: to the loss reason, or None if it was released.
@@ -413,7 +421,7 @@ impl PyLeaseEvents {
 }
 
 impl PyLease {
-    fn new(lease: Lease, twin: Option<(u64, LeaseClient)>) -> Self {
+    fn new(lease: Lease, twin: Option<(u64, Arc<()>, LeaseClient)>) -> Self {
         Self {
             inner: Arc::new(lease),
             pid: runtime::pid(),
@@ -429,6 +437,8 @@ pub(crate) struct PyClient {
     pid: u32,
     /// Set when the store can have loop twins (see `inline`): the client's key for them.
     twin_id: Option<u64>,
+    /// Dropped with the client: tells thread twins (see `thread_twin`) their client is gone.
+    alive: Arc<()>,
 }
 
 impl PyClient {
@@ -442,7 +452,14 @@ impl PyClient {
             inner,
             pid: runtime::pid(),
             twin_id,
+            alive: Arc::new(()),
         }
+    }
+
+    /// This client's twin on the calling thread (see `thread_twin`).
+    fn thread_twin(&self, py: Python<'_>) -> Option<thread_twin::Ready> {
+        let id = self.twin_id?;
+        thread_twin::ready(py, id, &self.alive, &self.inner)
     }
 
     /// This client's twin on the running loop, if ready (see `inline`).
@@ -454,8 +471,9 @@ impl PyClient {
     }
 
     /// What a lease of this client needs to release through a loop twin.
-    fn twin(&self) -> Option<(u64, LeaseClient)> {
-        self.twin_id.map(|id| (id, self.inner.clone()))
+    fn twin(&self) -> Option<(u64, Arc<()>, LeaseClient)> {
+        self.twin_id
+            .map(|id| (id, Arc::clone(&self.alive), self.inner.clone()))
     }
 }
 
@@ -487,7 +505,7 @@ fn args(
 
 type TryOut = (Option<PyLease>, Option<PyLeaseInfo>);
 
-fn try_out(r: TryAcquire, twin: Option<(u64, LeaseClient)>) -> TryOut {
+fn try_out(r: TryAcquire, twin: Option<(u64, Arc<()>, LeaseClient)>) -> TryOut {
     match r {
         TryAcquire::Acquired(l) => (Some(PyLease::new(l, twin)), None),
         TryAcquire::Held(h) => (None, Some(h.into())),
@@ -643,8 +661,14 @@ impl PyClient {
     ) -> PyResult<TryOut> {
         runtime::check_pid(self.pid)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
-        let client = self.inner.clone();
         let twin = self.twin();
+        if let Some(ready) = self.thread_twin(py) {
+            return thread_twin::block_on(py, async move {
+                let r = ready.client.try_acquire(&a.name, &a.options).await?;
+                Ok(try_out(r, twin))
+            });
+        }
+        let client = self.inner.clone();
         block_on(py, async move {
             let r = client.try_acquire(&a.name, &a.options).await?;
             Ok(try_out(r, twin))
@@ -720,8 +744,16 @@ impl PyClient {
             metadata,
             backoff,
         )?;
-        let client = self.inner.clone();
         let twin = self.twin();
+        if wait == Some(Duration::ZERO) {
+            if let Some(ready) = self.thread_twin(py) {
+                return thread_twin::block_on(py, async move {
+                    let lease = ready.client.acquire(&a.name, &a.options, wait).await?;
+                    Ok(PyLease::new(lease, twin))
+                });
+            }
+        }
+        let client = self.inner.clone();
         block_on(py, async move {
             let lease = client.acquire(&a.name, &a.options, wait).await?;
             Ok(PyLease::new(lease, twin))

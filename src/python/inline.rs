@@ -323,6 +323,7 @@ impl Drop for LoopStream {
 
 // -- one twin per (client, loop) -------------------------------------------------------------
 
+#[allow(clippy::large_enum_variant)] // one per client and loop (thread): size is no matter
 enum State {
     /// Not open; may be opened from `retry_at` on.
     Closed {

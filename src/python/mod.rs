@@ -11,6 +11,7 @@ mod errors;
 mod inline;
 mod logging;
 mod runtime;
+mod thread_twin;
 
 use pyo3::prelude::*;
 

@@ -1,10 +1,13 @@
-"""The event loop's own Redis connection (src/python/inline.rs).
+"""The event loop's and the thread's own Redis connections (src/python/inline.rs and
+src/python/thread_twin.rs).
 
 On a single Redis server over plain TCP, one-attempt acquires and releases awaited on an event
-loop run on the loop's thread, over a connection the loop polls, opened in the background on
-first use. These tests watch it on a real server: which connection carries the commands
-(MONITOR), what a killed connection or a paused server costs, what a cancelled await leaves,
-and that a loop that ends closes its connection.
+loop run on the loop's thread, over a connection the loop polls (opened in the background on
+first use); blocking ones run on the calling thread, over that thread's own connection. These
+tests watch them on a real server: which connection carries the commands (MONITOR), what a
+killed connection or a paused server costs, what a cancelled await leaves, that leases taken
+there are renewed and released by the client like any other, and that a loop or thread that
+ends closes its connection.
 """
 
 from __future__ import annotations
@@ -213,3 +216,130 @@ def test_a_loop_that_ends_closes_its_connection(
     # The client itself still works, synchronously and on a new loop.
     lease = client.acquire_sync(unique_name)
     assert lease.release_blocking() is True
+
+
+def open_thread_connection(client: dl.LeaseClient, srv: RedisServer, name: str) -> str:
+    """The blocking twin of ``open_loop_connection``: the calling thread's connection."""
+    before = connections(srv)
+    lease = client.acquire_sync(name)
+    assert lease.release_blocking() is True
+    new = connections(srv) - before
+    assert len(new) == 1, f"expected this thread's connection to open, got {new}"
+    return new.pop()
+
+
+def test_blocking_calls_go_over_the_threads_own_connection(
+    fresh_redis_server: RedisServer, monitor: Monitor, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url)
+    own = open_thread_connection(client, srv, unique_name)
+    monitor.data = b""
+    for _ in range(20):
+        lease = client.acquire_sync(unique_name)
+        assert lease.release_blocking() is True
+    held = client.try_acquire_sync(unique_name)
+    assert held is not None
+    assert held.release_blocking() is True
+    time.sleep(0.3)  # MONITOR output is asynchronous
+    senders = monitor.senders(b"EVALSHA")
+    assert len(senders) == 42, senders
+    assert set(senders) == {own}
+
+
+def test_a_killed_thread_connection_costs_no_operation_and_is_reopened(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url)
+    own = open_thread_connection(client, srv, unique_name)
+    srv.command("CLIENT", "KILL", "ADDR", own)
+    after_kill = connections(srv)
+    for _ in range(30):
+        lease = client.acquire_sync(unique_name)
+        assert lease.release_blocking() is True
+    deadline = time.monotonic() + 15
+    while not connections(srv) - after_kill:
+        assert time.monotonic() < deadline, "the thread's connection was not reopened"
+        time.sleep(0.2)
+        lease = client.acquire_sync(unique_name)
+        assert lease.release_blocking() is True
+
+
+def test_a_paused_server_times_out_on_the_threads_connection_then_recovers(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url, operation_timeout=0.5)
+    open_thread_connection(client, srv, unique_name)
+    srv.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(dl.BackendError) as err:
+            client.acquire_sync(unique_name, duration=2)
+        assert time.monotonic() - started < 10
+        assert "time" in str(err.value).lower()
+    finally:
+        srv.resume()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            lease = client.acquire_sync(unique_name)
+            break
+        except dl.LeaseUnavailable:
+            assert time.monotonic() < deadline, "the lease never became free again"
+            time.sleep(0.2)
+    assert lease.release_blocking() is True
+
+
+def test_leases_taken_on_a_threads_connection_are_renewed_and_released_by_the_client(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url)
+    open_thread_connection(client, srv, unique_name)
+    lease = client.acquire_sync(unique_name, duration=1.0, renew_interval=0.2)
+    # No call on this thread meanwhile: the renewals run on the client's runtime.
+    time.sleep(2.5)
+    assert not lease.is_lost
+    assert lease.renewals >= 5
+    assert srv.command("EXISTS", f"lease:{unique_name}") == 1
+    # Dropped without a release: released in the background, by the client's runtime.
+    del lease
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while srv.command("EXISTS", f"lease:{unique_name}") != 0:
+        assert time.monotonic() < deadline, "a dropped lease was not released"
+        time.sleep(0.05)
+
+
+async def test_leases_taken_on_a_loops_connection_are_renewed_by_the_client(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url)
+    await open_loop_connection(client, srv, unique_name)
+    lease = await client.acquire(unique_name, duration=1.0, renew_interval=0.2)
+    await asyncio.sleep(2.5)
+    assert not lease.is_lost
+    assert lease.renewals >= 5
+    assert await lease.release() is True
+
+
+def test_a_thread_that_ends_closes_its_connection(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url)
+    baseline = connections(srv)
+    found: list[str] = []
+    t = threading.Thread(
+        target=lambda: found.append(open_thread_connection(client, srv, unique_name))
+    )
+    t.start()
+    t.join(60)
+    assert len(found) == 1
+    deadline = time.monotonic() + 10
+    while connections(srv) - baseline:
+        assert time.monotonic() < deadline, "the ended thread's connection is still open"
+        time.sleep(0.1)
