@@ -1,6 +1,8 @@
 //! One conformance suite, stamped out for every store: a failure reads like
 //! `redis_cluster::fencing_token_strictly_increases`. Each store gets a small harness that
 //! makes a client on a real store; names are unique per test, so tests share a store safely.
+//! `redis_inline` runs the Redis store's caller-driven twin (`store::redis::inline`), whose
+//! commands go over a connection of its own and fall back to the store's after a drop.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -25,6 +27,8 @@ pub fn options() -> ClientOptions {
 /// Makes clients for one store.
 pub struct Harness {
     pub url: String,
+    /// Clients go through a caller-driven twin of the Redis store (`store::redis::inline`).
+    inline: bool,
     _server: Option<common::RedisServer>,
     _dir: Option<TempDir>,
 }
@@ -39,23 +43,45 @@ impl Drop for TempDir {
 
 impl Harness {
     pub async fn client(&self) -> LeaseClient {
-        LeaseClient::connect(&self.url, options())
+        let client = LeaseClient::connect(&self.url, options())
             .await
-            .expect("connect")
+            .expect("connect");
+        if !self.inline {
+            return client;
+        }
+        // Every operation of this client goes over a twin of the store, on a connection of
+        // its own (driven here by a task of the test's runtime).
+        let redis = client.store().as_redis().expect("a Redis store").clone();
+        assert!(redis.supports_inline());
+        let sock = redis.open_inline_socket().await.expect("inline socket");
+        let stream = tokio::net::TcpStream::from_std(sock).expect("tokio stream");
+        let (twin, driver) = redis.inline_twin(stream).await.expect("inline twin");
+        assert!(!twin.supports_inline(), "a twin has no twins");
+        tokio::spawn(driver);
+        LeaseClient::with_store(std::sync::Arc::new(twin), options())
     }
 
     pub fn redis() -> Self {
         let server = common::RedisServer::start();
         Self {
             url: server.url(),
+            inline: false,
             _server: Some(server),
             _dir: None,
+        }
+    }
+
+    pub fn redis_inline() -> Self {
+        Self {
+            inline: true,
+            ..Self::redis()
         }
     }
 
     pub fn redis_cluster() -> Self {
         Self {
             url: common::shared_cluster().url(),
+            inline: false,
             _server: None,
             _dir: None,
         }
@@ -66,6 +92,7 @@ impl Harness {
         std::fs::create_dir_all(&dir).unwrap();
         Self {
             url: format!("sqlite://{}", dir.join("leases.db").display()),
+            inline: false,
             _server: None,
             _dir: Some(TempDir(dir)),
         }
@@ -94,6 +121,7 @@ macro_rules! conformance {
 macro_rules! all_stores {
     ($($case:ident),* $(,)?) => {
         conformance!(redis, crate::Harness::redis(), [$($case),*]);
+        conformance!(redis_inline, crate::Harness::redis_inline(), [$($case),*]);
         conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
         conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
     };
