@@ -306,7 +306,15 @@ where
     F: Future<Output = Result<T, CoreError>> + Send,
     T: Send,
 {
-    let rt = runtime::get()?;
+    block_on_in(py, runtime::get()?, fut)
+}
+
+/// [`block_on`] on a given runtime (a thread's own, see `thread_twin`).
+pub(crate) fn block_on_in<F, T>(py: Python<'_>, rt: &tokio::runtime::Runtime, fut: F) -> PyResult<T>
+where
+    F: Future<Output = Result<T, CoreError>> + Send,
+    T: Send,
+{
     super::logging::refresh(py);
     let mut fut = std::pin::pin!(fut);
     loop {

@@ -278,8 +278,8 @@ impl PyLease {
         let lease = Arc::clone(&self.inner);
         if let Some((id, alive, client)) = &self.twin {
             if let Some(ready) = thread_twin::ready(py, *id, alive, client) {
-                let store = ready.store;
-                return thread_twin::block_on(py, async move { lease.release_via(&*store).await });
+                let store = Arc::clone(&ready.store);
+                return ready.block_on(py, async move { lease.release_via(&*store).await });
             }
         }
         block_on(py, async move { lease.release().await })
@@ -635,18 +635,18 @@ impl PyClient {
         runtime::check_pid(self.pid)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
         let twin = self.twin();
-        if let Some(ready) = self.ready_twin(py)? {
-            let client = ready.client.clone();
-            return ready.future_into_py(py, async move {
-                let r = client.try_acquire(&a.name, &a.options).await?;
-                Ok(try_out(r, twin))
-            });
-        }
-        let client = self.inner.clone();
-        future_into_py(py, async move {
+        let ready = self.ready_twin(py)?;
+        let client = ready
+            .as_ref()
+            .map_or_else(|| self.inner.clone(), |r| r.client.clone());
+        let fut = async move {
             let r = client.try_acquire(&a.name, &a.options).await?;
             Ok(try_out(r, twin))
-        })
+        };
+        match ready {
+            Some(ready) => ready.future_into_py(py, fut),
+            None => future_into_py(py, fut),
+        }
     }
 
     #[pyo3(signature = (name, *, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
@@ -662,17 +662,19 @@ impl PyClient {
         runtime::check_pid(self.pid)?;
         let a = args(name, duration, renew_interval, auto_renew, metadata, None)?;
         let twin = self.twin();
-        if let Some(ready) = self.thread_twin(py) {
-            return thread_twin::block_on(py, async move {
-                let r = ready.client.try_acquire(&a.name, &a.options).await?;
-                Ok(try_out(r, twin))
-            });
-        }
-        let client = self.inner.clone();
-        block_on(py, async move {
+        // On this thread's own connection when it can have one (see `thread_twin`).
+        let ready = self.thread_twin(py);
+        let client = ready
+            .as_ref()
+            .map_or_else(|| self.inner.clone(), |r| r.client.clone());
+        let fut = async move {
             let r = client.try_acquire(&a.name, &a.options).await?;
             Ok(try_out(r, twin))
-        })
+        };
+        match ready {
+            Some(ready) => ready.block_on(py, fut),
+            None => block_on(py, fut),
+        }
     }
 
     #[pyo3(signature = (name, *, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
@@ -699,25 +701,24 @@ impl PyClient {
             backoff,
         )?;
         let twin = self.twin();
-        if wait == Some(Duration::ZERO) {
-            // One attempt: on the loop's own connection when it has one.
-            if let Some(ready) = self.ready_twin(py)? {
-                let client = ready.client.clone();
-                return ready.future_into_py(py, async move {
-                    let lease = client.acquire(&a.name, &a.options, wait).await?;
-                    Ok(PyLease::new(lease, twin))
-                });
-            }
-        }
-        let client = self.inner.clone();
+        // One attempt goes over the loop's own connection when it has one (see `inline`).
+        let one_attempt = wait == Some(Duration::ZERO);
+        let ready = if one_attempt {
+            self.ready_twin(py)?
+        } else {
+            None
+        };
+        let client = ready
+            .as_ref()
+            .map_or_else(|| self.inner.clone(), |r| r.client.clone());
         let fut = async move {
             let lease = client.acquire(&a.name, &a.options, wait).await?;
             Ok(PyLease::new(lease, twin))
         };
-        if wait == Some(Duration::ZERO) {
-            future_into_py(py, fut)
-        } else {
-            abortable_future_into_py(py, fut)
+        match ready {
+            Some(ready) => ready.future_into_py(py, fut),
+            None if one_attempt => future_into_py(py, fut),
+            None => abortable_future_into_py(py, fut),
         }
     }
 
@@ -745,19 +746,23 @@ impl PyClient {
             backoff,
         )?;
         let twin = self.twin();
-        if wait == Some(Duration::ZERO) {
-            if let Some(ready) = self.thread_twin(py) {
-                return thread_twin::block_on(py, async move {
-                    let lease = ready.client.acquire(&a.name, &a.options, wait).await?;
-                    Ok(PyLease::new(lease, twin))
-                });
-            }
-        }
-        let client = self.inner.clone();
-        block_on(py, async move {
+        // One attempt goes over this thread's own connection when it can have one.
+        let ready = if wait == Some(Duration::ZERO) {
+            self.thread_twin(py)
+        } else {
+            None
+        };
+        let client = ready
+            .as_ref()
+            .map_or_else(|| self.inner.clone(), |r| r.client.clone());
+        let fut = async move {
             let lease = client.acquire(&a.name, &a.options, wait).await?;
             Ok(PyLease::new(lease, twin))
-        })
+        };
+        match ready {
+            Some(ready) => ready.block_on(py, fut),
+            None => block_on(py, fut),
+        }
     }
 
     fn inspect<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {

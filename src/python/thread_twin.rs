@@ -29,8 +29,6 @@ use crate::error::LeaseError as CoreError;
 use crate::store::LeaseStore;
 use crate::LeaseClient;
 
-use super::errors::to_py;
-
 /// How long a thread keeps to the shared path after its twin failed to open or closed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -49,7 +47,8 @@ enum Twin {
 
 struct ThreadTwins {
     pid: u32,
-    runtime: Runtime,
+    /// Shared with calls in progress; dropped (closing the twins) when the thread ends.
+    runtime: Arc<Runtime>,
     twins: HashMap<u64, Twin>,
 }
 
@@ -61,6 +60,7 @@ thread_local! {
 pub(crate) struct Ready {
     pub(crate) client: LeaseClient,
     pub(crate) store: Arc<dyn LeaseStore>,
+    runtime: Arc<Runtime>,
 }
 
 /// The twin of client `id` on this thread, opening it (blocking, GIL released) if there is
@@ -73,21 +73,19 @@ pub(crate) fn ready(
 ) -> Option<Ready> {
     let pid = super::runtime::pid();
     let found = TWINS.with_borrow(|t| {
-        match t
-            .as_ref()
-            .filter(|t| t.pid == pid)
-            .and_then(|t| t.twins.get(&id))
-        {
-            Some(Twin::Ready {
+        let t = t.as_ref().filter(|t| t.pid == pid)?;
+        match t.twins.get(&id)? {
+            Twin::Ready {
                 client,
                 store,
                 alive,
                 ..
-            }) if alive.load(SeqCst) => Some(Some(Ready {
+            } if alive.load(SeqCst) => Some(Some(Ready {
                 client: client.clone(),
                 store: Arc::clone(store),
+                runtime: Arc::clone(&t.runtime),
             })),
-            Some(Twin::Closed { retry_at }) if Instant::now() < *retry_at => Some(None),
+            Twin::Closed { retry_at } if Instant::now() < *retry_at => Some(None),
             _ => None,
         }
     });
@@ -109,7 +107,7 @@ pub(crate) fn ready(
                     .ok()?;
                 *t = Some(ThreadTwins {
                     pid: super::runtime::pid(),
-                    runtime,
+                    runtime: Arc::new(runtime),
                     twins: HashMap::new(),
                 });
             }
@@ -138,6 +136,7 @@ pub(crate) fn ready(
                     let ready = Ready {
                         client: client.inline_twin(Arc::clone(&store)),
                         store: Arc::clone(&store),
+                        runtime: Arc::clone(&t.runtime),
                     };
                     t.twins.insert(
                         id,
@@ -166,34 +165,14 @@ pub(crate) fn ready(
     opened
 }
 
-/// Runs `fut` on this thread's runtime (where its twin's connection lives), GIL released,
-/// checking for signals every 50 ms as `bridge::block_on` does.
-pub(crate) fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
-where
-    F: std::future::Future<Output = Result<T, CoreError>> + Send,
-    T: Send,
-{
-    super::logging::refresh(py);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let step = py.detach(|| {
-            TWINS.with_borrow(|t| {
-                t.as_ref().map(|t| {
-                    t.runtime.block_on(async {
-                        tokio::time::timeout(Duration::from_millis(50), &mut fut).await
-                    })
-                })
-            })
-        });
-        match step {
-            Some(Ok(result)) => return result.map_err(|e| to_py(py, e)),
-            Some(Err(_elapsed)) => py.check_signals()?,
-            None => {
-                return Err(to_py(
-                    py,
-                    CoreError::Config("this thread has no runtime of its own".into()),
-                ))
-            }
-        }
+impl Ready {
+    /// Runs `fut` on this thread's runtime (where the twin's connection lives), as
+    /// `bridge::block_on` does on the process's.
+    pub(crate) fn block_on<F, T>(&self, py: Python<'_>, fut: F) -> PyResult<T>
+    where
+        F: std::future::Future<Output = Result<T, CoreError>> + Send,
+        T: Send,
+    {
+        super::bridge::block_on_in(py, &self.runtime, fut)
     }
 }
