@@ -117,9 +117,12 @@ async def test_acquire_and_release_go_over_the_loops_own_connection(
     senders = monitor.senders(b"EVALSHA")
     assert len(senders) == 40, senders
     assert set(senders) == {own}
-    # Renewals and other commands stay on the shared connection.
-    info = await client.inspect(unique_name)
-    assert info is None
+    # Other commands (inspect here) stay on the shared connection.
+    monitor.data = b""
+    assert await client.inspect(unique_name) is None
+    time.sleep(0.3)
+    inspected = monitor.senders(b"EVALSHA")  # twice on a fresh server: NOSCRIPT, then loaded
+    assert inspected and own not in inspected, (inspected, own)
 
 
 async def test_a_killed_loop_connection_costs_no_operation_and_is_reopened(
