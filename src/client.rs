@@ -31,7 +31,9 @@ use crate::secret::Secret;
 use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{validate_metadata, validate_name, AcquireOutcome, AcquireRequest, LeaseStore};
+use crate::store::{
+    validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+};
 use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
 
 /// The longest a waiter waits for its release subscription to be confirmed before it goes on
@@ -264,6 +266,7 @@ impl LeaseClient {
     /// # Errors
     /// `InvalidArgument` for a bad name, metadata or durations; backend errors.
     pub async fn try_acquire(&self, name: &str, opts: &LeaseOptions) -> Result<TryAcquire> {
+        self.check_open()?;
         validate_name(name)?;
         validate_metadata(&opts.metadata)?;
         let (duration, interval) = self.resolve(opts)?;
@@ -339,7 +342,9 @@ impl LeaseClient {
         duration: Duration,
         interval: Option<Duration>,
     ) -> Result<TryAcquire> {
-        let lease_id = uuid::Uuid::new_v4().to_string();
+        // From the OS's random source (getrandom), never a user-space generator: a generator's
+        // state is copied by fork(), and forked children would then draw the same ids.
+        let lease_id = new_lease_id()?;
         // Stored with millisecond precision (the sample's format): keep the handle's copy equal.
         let acquired_at = Utc::now().trunc_subsecs(3);
         let t_sent = Instant::now();
@@ -410,6 +415,7 @@ impl LeaseClient {
         opts: &LeaseOptions,
         wait: Option<Duration>,
     ) -> Result<Lease> {
+        self.check_open()?;
         validate_name(name)?;
         validate_metadata(&opts.metadata)?;
         let (duration, interval) = self.resolve(opts)?;
@@ -542,20 +548,79 @@ impl LeaseClient {
     }
 
     /// Deletes a lease whoever holds it (administrators only; its holder finds out at its next
-    /// renewal). Returns whether one existed.
+    /// renewal or at its release). Returns whether one existed. Prefer
+    /// [`Self::force_release_if`] after showing the holder to a person.
     ///
     /// # Errors
-    /// `InvalidArgument` for a bad name; backend errors.
+    /// `InvalidArgument` for a bad name; `WrongType` for a record that is not a lease (never
+    /// deleted); backend errors.
     pub async fn force_release(&self, name: &str) -> Result<bool> {
+        Ok(self.force_release_if(name, None).await? == ForceReleased::Released)
+    }
+
+    /// Deletes the lease of `name` if `lease_id` still holds it (whoever holds it, given
+    /// `None`): a compare-and-delete, so the holder an administrator confirmed is the one
+    /// removed, never a successor that took the lease meanwhile.
+    ///
+    /// # Errors
+    /// As [`Self::force_release`].
+    pub async fn force_release_if(
+        &self,
+        name: &str,
+        lease_id: Option<&str>,
+    ) -> Result<ForceReleased> {
         validate_name(name)?;
-        let existed = self.store.force_release(name).await?;
+        let outcome = self.store.force_release(name, lease_id).await?;
         tracing::info!(
             lease = name,
-            outcome = if existed { "released" } else { "not_held" },
+            outcome = match &outcome {
+                ForceReleased::Released => "released",
+                ForceReleased::Absent => "not_held",
+                ForceReleased::HeldByOther(_) => "changed_hands",
+            },
             "lease force-released"
         );
-        Ok(existed)
+        Ok(outcome)
     }
+
+    /// Closes the client: stops renewing its leases and releases them (best effort, owner
+    /// checked), each handle ending as lost with reason `ClientClosed`; then no new lease can
+    /// be taken through it (or any clone of it). Returns once every release was answered.
+    pub async fn close(&self) {
+        self.renewals.close().await;
+    }
+
+    /// Whether [`Self::close`] was called on this client or a clone of it.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.renewals.is_closed()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.renewals.is_closed() {
+            return Err(LeaseError::Config(
+                "this lease client is closed; create a new one".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A fresh lease id: a UUID v4 from the OS's random source (getrandom), explicitly, so that no
+/// feature of the `uuid` crate turned on elsewhere in a build can swap in a user-space generator
+/// whose state a fork() would copy into every child.
+fn new_lease_id() -> Result<String> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| {
+        LeaseError::backend(
+            crate::error::BackendErrorKind::Other,
+            format!("the operating system's random source failed ({e}); retry"),
+        )
+    })?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string())
 }
 
 /// The reply of an acquire attempt on its way to the caller. If it is dropped unread (the caller

@@ -20,6 +20,8 @@ pub enum LostReason {
     Missing,
     /// Another holder has the lease now.
     HeldByOther,
+    /// Its client was closed while it was held (the client released it).
+    ClientClosed,
 }
 
 impl fmt::Display for LostReason {
@@ -30,6 +32,7 @@ impl fmt::Display for LostReason {
                 "the store no longer has it (deleted, expired or the server lost its data)"
             }
             Self::HeldByOther => "another holder has it now",
+            Self::ClientClosed => "its client was closed, which released it",
         })
     }
 }
@@ -42,6 +45,7 @@ impl LostReason {
             Self::Expired => "expired",
             Self::Missing => "missing",
             Self::HeldByOther => "held_by_other",
+            Self::ClientClosed => "client_closed",
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::error::{LeaseError, LostReason, Result};
 use crate::metrics;
-use crate::store::{LeaseStore, RenewOutcome};
+use crate::store::{LeaseStore, ReleaseOutcome, RenewOutcome};
 
 /// Events kept for a stream that has not read them yet; an older unread event is dropped.
 const EVENT_BACKLOG: usize = 64;
@@ -186,6 +186,15 @@ impl Shared {
         }
     }
 
+    /// Ends the lease as lost because a renewal (or its deadline) said so, unless the holder is
+    /// letting go of it: then the release's own answer decides how it ended.
+    pub(crate) fn renewal_lost(&self, reason: LostReason) -> bool {
+        if self.lock().release_sent {
+            return false;
+        }
+        self.end(LeaseEnd::Lost(reason))
+    }
+
     /// Marks the release as sent; returns false if it already was (release runs once).
     pub(crate) fn take_release(&self) -> bool {
         let mut st = self.lock();
@@ -237,7 +246,7 @@ impl Shared {
                 Ok(())
             }
             RenewOutcome::Lost(reason) => {
-                self.end(LeaseEnd::Lost(reason));
+                self.renewal_lost(reason);
                 Err(self.ended_error(reason))
             }
         }
@@ -418,20 +427,35 @@ impl Lease {
     /// # Errors
     /// As [`Self::release`].
     pub async fn release_via(&self, store: &dyn crate::store::LeaseStore) -> Result<bool> {
-        // A lost lease may still be ours on the server (its deadline passed during a
-        // partition): the owner-checked delete is sent once all the same, and is harmless.
-        self.shared.end(LeaseEnd::Released);
+        // Stops the renewals first, so that none can be sent after the delete (and a reply of
+        // one already on its way cannot end the lease as lost while we let go of it).
         if !self.shared.take_release() {
             return Ok(false);
         }
-        let released = store
+        self.shared.registration.cancel();
+        // A lost lease may still be ours on the server (its deadline passed during a
+        // partition): the owner-checked delete is sent once all the same, and is harmless.
+        let outcome = store
             .release(&self.shared.name, &self.shared.lease_id)
             .await
             .inspect_err(|e| {
+                self.shared.end(LeaseEnd::Released);
                 tracing::warn!(lease = %self.shared.name, outcome = "error", error = %e, "lease release failed; it will expire by itself");
             })?;
-        tracing::debug!(lease = %self.shared.name, fencing_token = self.shared.fencing_token, outcome = if released { "released" } else { "not_held" }, "lease released");
-        Ok(released)
+        match outcome {
+            ReleaseOutcome::Released => {
+                self.shared.end(LeaseEnd::Released);
+                tracing::debug!(lease = %self.shared.name, fencing_token = self.shared.fencing_token, outcome = "released", "lease released");
+                Ok(true)
+            }
+            ReleaseOutcome::Lost(reason) => {
+                // Not ours when we let go: whatever ran under it since the loss was not
+                // protected. The handle says so (lost, with the reason), never "released".
+                self.shared.end(LeaseEnd::Lost(reason));
+                tracing::debug!(lease = %self.shared.name, fencing_token = self.shared.fencing_token, outcome = "not_held", reason = reason.as_str(), "lease was no longer held at release");
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -442,11 +466,55 @@ impl Drop for Lease {
             let shared = Arc::clone(&self.shared);
             // Spawning never blocks; if the runtime is shutting down the task is dropped and
             // the lease expires by itself.
-            self.runtime.spawn(async move {
-                if let Err(e) = shared.store.release(&shared.name, &shared.lease_id).await {
-                    tracing::warn!(lease = %shared.name, error = %e, "background release of a dropped lease failed; it will expire by itself");
-                }
-            });
+            self.runtime.spawn(background_release(shared));
         }
+    }
+}
+
+/// Releases a lease nobody holds a handle to any more (dropped, or its client closed), counted
+/// in [`PENDING_RELEASES`] until the store answered, so that process exit can wait for it.
+pub(crate) async fn background_release(shared: Arc<Shared>) {
+    let _pending = PendingRelease::new();
+    match shared.store.release(&shared.name, &shared.lease_id).await {
+        Ok(ReleaseOutcome::Released) => {}
+        Ok(ReleaseOutcome::Lost(reason)) => {
+            tracing::warn!(lease = %shared.name, reason = reason.as_str(), "a lease released in the background was no longer held: {reason}");
+        }
+        Err(e) => {
+            tracing::warn!(lease = %shared.name, error = %e, "background release of a lease failed; it will expire by itself");
+        }
+    }
+}
+
+/// Background releases not yet answered, process-wide (see [`wait_for_background_releases`]).
+static PENDING_RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct PendingRelease;
+
+impl PendingRelease {
+    fn new() -> Self {
+        PENDING_RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        PENDING_RELEASES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Blocks the calling thread (not a runtime worker) until every background release of this
+/// process was answered, or `limit` passed; returns how many were still pending. Process exit
+/// calls it, so that a lease dropped just before the end is released rather than left to expire.
+#[must_use]
+pub fn wait_for_background_releases(limit: Duration) -> usize {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let pending = PENDING_RELEASES.load(std::sync::atomic::Ordering::SeqCst);
+        if pending == 0 || std::time::Instant::now() >= until {
+            return pending;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

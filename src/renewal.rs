@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
 use crate::error::{LeaseError, LostReason};
-use crate::lease::{LeaseEnd, Shared};
+use crate::lease::{background_release, LeaseEnd, Shared};
 use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 
 /// First retry delay after a failed renewal.
@@ -62,6 +62,8 @@ struct Timers {
     /// When the task will next wake by itself; `None` while it is not running.
     planned: Option<Instant>,
     idle_since: Option<Instant>,
+    /// Set by [`Scheduler::close`]: a lease registered afterwards is released at once.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,15 @@ impl Scheduler {
         if shared.lock().end.is_some() {
             return;
         }
+        if t.closed {
+            drop(t);
+            // The client was closed while this acquire was on the wire: not ours to keep.
+            if shared.take_release() {
+                shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
+                runtime.spawn(background_release(Arc::clone(shared)));
+            }
+            return;
+        }
         t.entries.insert(
             id,
             Entry {
@@ -169,6 +180,36 @@ impl Scheduler {
             }
             Some(_) => {}
         }
+    }
+}
+
+impl Scheduler {
+    /// Whether [`Self::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.inner.state).closed
+    }
+
+    /// Stops renewing every lease of this client and releases them (owner-checked), each
+    /// handle ending as lost with [`LostReason::ClientClosed`] (its holder no longer holds it:
+    /// with `on_lost="cancel"` its body is cancelled). Returns once every release was answered
+    /// or failed; a lease registered later is released at once.
+    pub(crate) async fn close(&self) {
+        let leases: Vec<Arc<Shared>> = {
+            let mut t = lock(&self.inner.state);
+            t.closed = true;
+            t.renew.clear();
+            t.deadline.clear();
+            t.entries.drain().map(|(_, e)| e.shared).collect()
+        };
+        self.inner.wake.notify_one();
+        let releases = leases.into_iter().filter_map(|shared| {
+            if !shared.take_release() {
+                return None;
+            }
+            shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
+            Some(background_release(shared))
+        });
+        futures_util::future::join_all(releases).await;
     }
 }
 
@@ -258,7 +299,7 @@ async fn run(inner: Arc<Inner>) {
                 shared.renewal_failed(attempt, &e, false);
                 tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry = false, error = %e, "lease renewal failed at the deadline");
             }
-            shared.end(LeaseEnd::Lost(LostReason::Expired));
+            shared.renewal_lost(LostReason::Expired);
         }
         if !due.renew.is_empty() {
             tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
@@ -291,7 +332,7 @@ async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
                 reschedule(&inner, id, &shared, Ok(t_sent));
             }
             Ok(RenewOutcome::Lost(reason)) => {
-                shared.end(LeaseEnd::Lost(reason));
+                shared.renewal_lost(reason);
             }
             Err(e) => reschedule(&inner, id, &shared, Err(e)),
         }

@@ -61,6 +61,28 @@ pub enum RenewOutcome {
     Lost(LostReason),
 }
 
+/// The result of a release by the holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The lease was ours and is deleted.
+    Released,
+    /// The lease was no longer ours when the release arrived: another lease id holds it, or
+    /// the store no longer has it. Nothing was deleted.
+    Lost(LostReason),
+}
+
+/// The result of an administrator's forced release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForceReleased {
+    /// A lease was deleted (the one named by its lease id, when one was given).
+    Released,
+    /// There was no lease to delete.
+    Absent,
+    /// A lease id was given and another holder has the lease now (it changed hands): nothing
+    /// was deleted; this is the current holder.
+    HeldByOther(LeaseInfo),
+}
+
 /// One lease of a batch renewal.
 #[derive(Debug, Clone, Copy)]
 pub struct RenewItem<'a> {
@@ -86,8 +108,10 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// Takes the lease if nobody holds it; otherwise returns the holder.
     ///
-    /// Taking it again with the same lease id while still held succeeds with the same token,
-    /// which makes a retry after a lost reply safe.
+    /// A lease id that already holds the lease is refused like any other holder: lease ids are
+    /// unique per acquisition, and only a store's own retry of the very request whose reply it
+    /// lost (the Redis store, after a dropped connection) may be re-admitted, never another
+    /// process that happens to present the same id.
     ///
     /// # Errors
     /// Backend failures; `WrongType` if the stored record is not a lease.
@@ -111,11 +135,11 @@ pub trait LeaseStore: Send + Sync + Debug {
         .await
     }
 
-    /// Deletes the lease if `lease_id` still holds it; returns whether it did.
+    /// Deletes the lease if `lease_id` still holds it; otherwise says why it was not ours.
     ///
     /// # Errors
     /// Backend failures.
-    async fn release(&self, name: &str, lease_id: &str) -> Result<bool>;
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome>;
 
     /// The current holder, if any.
     ///
@@ -129,12 +153,15 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Backend failures.
     async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>>;
 
-    /// Deletes the lease whoever holds it (an administrator's tool); returns whether one existed.
-    /// The fencing counter is kept, so tokens stay increasing.
+    /// Deletes the lease whoever holds it (an administrator's tool), or, given `lease_id`, only
+    /// if that lease id still holds it (a compare-and-delete: the holder an administrator was
+    /// shown, not whoever holds it by the time they confirm). The fencing counter is kept, so
+    /// tokens stay increasing. A record that is not a lease (no `leaseId`/`acquiredAt`) is
+    /// never deleted.
     ///
     /// # Errors
-    /// Backend failures.
-    async fn force_release(&self, name: &str) -> Result<bool>;
+    /// Backend failures; `WrongType` if the record is not a lease.
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased>;
 
     /// Starts watching for releases of `name` by anyone (see [`crate::wait`]): the returned
     /// watch wakes one waiter per release (release and force release). Never fails: a store

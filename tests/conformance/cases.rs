@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distributed_leasing::lease::LeaseEnd;
-use distributed_leasing::store::{AcquireOutcome, AcquireRequest, RenewOutcome};
-use distributed_leasing::{LeaseError, LeaseOptions, LostReason, TryAcquire};
+use distributed_leasing::store::{
+    AcquireOutcome, AcquireRequest, ForceReleased, ReleaseOutcome, RenewOutcome,
+};
+use distributed_leasing::{LeaseError, LeaseEvent, LeaseOptions, LostReason, TryAcquire};
 
 use crate::{unique, Harness};
 
@@ -178,7 +180,10 @@ pub async fn foreign_lease_id_cannot_renew_or_release(h: &Harness) {
         .await
         .unwrap();
     let store = c.store();
-    assert!(!store.release(&name, "not-the-holder").await.unwrap());
+    assert_eq!(
+        store.release(&name, "not-the-holder").await.unwrap(),
+        ReleaseOutcome::Lost(LostReason::HeldByOther)
+    );
     assert_eq!(
         store
             .renew(&name, "not-the-holder", Duration::from_secs(60))
@@ -521,20 +526,133 @@ pub async fn invalid_durations_are_refused(h: &Harness) {
         c.inspect(&name).await.unwrap().is_none(),
         "a refused acquire writes nothing"
     );
-    // A store-level acquire with the same id is idempotent (safe retry after a lost reply).
+}
+
+/// Two requests presenting one lease id (forked children whose random generator was copied)
+/// must not both be granted the lease: a matching lease id is not a retry.
+pub async fn a_repeated_lease_id_is_refused(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("same-id");
     let meta = BTreeMap::new();
     let req = AcquireRequest {
         name: &name,
-        lease_id: "retry-id",
+        lease_id: "copied-id",
         duration: Duration::from_secs(5),
         acquired_at: chrono::Utc::now(),
         metadata: &meta,
     };
     let first = c.store().try_acquire(&req).await.unwrap();
-    let again = c.store().try_acquire(&req).await.unwrap();
-    assert!(matches!(first, AcquireOutcome::Acquired { .. }));
-    assert_eq!(first, again);
-    assert!(c.store().release(&name, "retry-id").await.unwrap());
+    assert!(
+        matches!(first, AcquireOutcome::Acquired { .. }),
+        "{first:?}"
+    );
+    match c.store().try_acquire(&req).await.unwrap() {
+        AcquireOutcome::Held(holder) => assert_eq!(holder.lease_id, "copied-id"),
+        other => panic!("a second request with the same lease id was granted: {other:?}"),
+    }
+    assert_eq!(
+        c.store().release(&name, "copied-id").await.unwrap(),
+        ReleaseOutcome::Released
+    );
+}
+
+/// A release that finds the lease taken over (or gone) ends the handle as lost, never as
+/// released: the work done since the loss was not protected.
+pub async fn release_after_a_takeover_reports_the_loss(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("takeover");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(c.force_release(&name).await.unwrap());
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(
+        !a.release().await.unwrap(),
+        "the release must not report success"
+    );
+    assert_eq!(a.lost_reason(), Some(LostReason::HeldByOther));
+    assert_eq!(a.end(), Some(LeaseEnd::Lost(LostReason::HeldByOther)));
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        b.lease_id(),
+        "the successor keeps its lease"
+    );
+    // Gone altogether: lost as missing.
+    assert!(c.force_release(&name).await.unwrap());
+    let mut events = b.events();
+    assert!(!b.release().await.unwrap());
+    assert_eq!(b.lost_reason(), Some(LostReason::Missing));
+    assert_eq!(
+        events.next().await,
+        Some(LeaseEvent::Lost {
+            reason: LostReason::Missing
+        })
+    );
+    assert_eq!(events.next().await, None);
+}
+
+/// A forced release given the lease id that was shown removes only that holder.
+pub async fn force_release_if_removes_only_the_holder_shown(h: &Harness) {
+    let c = h.client().await;
+    let name = unique("cas");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    let shown = a.lease_id().to_owned();
+    assert!(c.force_release(&name).await.unwrap());
+    let b = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    match c.force_release_if(&name, Some(&shown)).await.unwrap() {
+        ForceReleased::HeldByOther(now) => assert_eq!(now.lease_id, b.lease_id()),
+        other => panic!("the successor must be kept: {other:?}"),
+    }
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        b.lease_id()
+    );
+    assert_eq!(
+        c.force_release_if(&name, Some(b.lease_id())).await.unwrap(),
+        ForceReleased::Released
+    );
+    assert_eq!(
+        c.force_release_if(&name, Some(b.lease_id())).await.unwrap(),
+        ForceReleased::Absent
+    );
+    assert!(c.inspect(&name).await.unwrap().is_none());
+    drop(a);
+}
+
+/// Closing a client releases what it holds, ends the handles as lost (client_closed), and
+/// refuses new acquisitions.
+pub async fn close_releases_the_leases_and_stops_renewing(h: &Harness) {
+    let c = h.client().await;
+    let watcher = h.client().await;
+    let name = unique("close");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_millis(1_500)),
+        renew_interval: Some(Duration::from_millis(300)),
+        ..LeaseOptions::default()
+    };
+    let a = c.acquire(&name, &opts, NOW).await.unwrap();
+    let ended = a.ended();
+    c.close().await;
+    assert_eq!(ended.await, LeaseEnd::Lost(LostReason::ClientClosed));
+    assert!(watcher.inspect(&name).await.unwrap().is_none(), "released");
+    let renewals = a.renewals();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(a.renewals(), renewals, "no renewal after close");
+    assert!(c.is_closed());
+    assert!(c.acquire(&name, &opts, NOW).await.is_err());
+    // Somebody else can take it at once.
+    let b = watcher.acquire(&name, &opts, NOW).await.unwrap();
+    b.release().await.unwrap();
 }
 
 pub async fn many_leases_are_renewed_in_batches(h: &Harness) {

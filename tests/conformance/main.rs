@@ -158,4 +158,8 @@ all_stores!(
     hundred_waiters_each_acquire_once,
     events_report_renewals_and_the_loss,
     waiter_never_polls_faster_than_every_100_ms,
+    a_repeated_lease_id_is_refused,
+    release_after_a_takeover_reports_the_loss,
+    force_release_if_removes_only_the_holder_shown,
+    close_releases_the_leases_and_stops_renewing,
 );

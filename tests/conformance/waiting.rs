@@ -459,7 +459,11 @@ impl distributed_leasing::store::LeaseStore for CountingStore {
     ) -> distributed_leasing::Result<distributed_leasing::store::RenewOutcome> {
         self.inner.renew(name, lease_id, duration).await
     }
-    async fn release(&self, name: &str, lease_id: &str) -> distributed_leasing::Result<bool> {
+    async fn release(
+        &self,
+        name: &str,
+        lease_id: &str,
+    ) -> distributed_leasing::Result<distributed_leasing::store::ReleaseOutcome> {
         self.inner.release(name, lease_id).await
     }
     async fn inspect(
@@ -474,8 +478,12 @@ impl distributed_leasing::store::LeaseStore for CountingStore {
     ) -> distributed_leasing::Result<Vec<distributed_leasing::LeaseInfo>> {
         self.inner.list(prefix).await
     }
-    async fn force_release(&self, name: &str) -> distributed_leasing::Result<bool> {
-        self.inner.force_release(name).await
+    async fn force_release(
+        &self,
+        name: &str,
+        lease_id: Option<&str>,
+    ) -> distributed_leasing::Result<distributed_leasing::store::ForceReleased> {
+        self.inner.force_release(name, lease_id).await
     }
     fn watch_releases(&self, name: &str) -> distributed_leasing::wait::ReleaseWatch {
         self.inner.watch_releases(name)

@@ -25,7 +25,10 @@ use redis::{RedisError, Script, ScriptInvocation, Value};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::secret::Secret;
-use crate::store::{AcquireOutcome, AcquireRequest, LeaseStore, RenewItem, RenewOutcome};
+use crate::store::{
+    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
+    RenewOutcome,
+};
 use crate::wait::ReleaseWatch;
 
 pub mod entra;
@@ -180,8 +183,19 @@ impl RedisStore {
     }
 
     async fn invoke(&self, inv: &ScriptInvocation<'_>, key: &str) -> Result<Value> {
+        self.invoke_with(|_| inv, key).await
+    }
+
+    /// Runs the script `build(retry)` gives, retrying once (`retry == true`) on a fresh
+    /// connection if the first connection dropped. Every script is idempotent, and the acquire
+    /// script re-admits a lease id only when told that this is the retry of its own request.
+    async fn invoke_with<'i, F>(&self, build: F, key: &str) -> Result<Value>
+    where
+        F: Fn(bool) -> &'i ScriptInvocation<'i>,
+    {
         let mut attempt = 0;
         loop {
+            let inv = build(attempt > 0);
             let result = match (&self.conn, attempt) {
                 (Conn::Single(c), _) => inv.invoke_async(&mut c.clone()).await,
                 (Conn::Cluster(c), _) => inv.invoke_async(&mut c.clone()).await,
@@ -446,7 +460,7 @@ async fn scan_node<C: ConnectionLike + Send>(
 ) -> redis::RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
@@ -454,7 +468,9 @@ async fn scan_node<C: ConnectionLike + Send>(
             .arg(1000)
             .query_async(c)
             .await?;
-        out.extend(batch);
+        // A key that is not UTF-8 cannot be a lease of ours (names are text): skip it rather
+        // than fail the whole listing.
+        out.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
         if next == 0 {
             return Ok(());
         }
@@ -470,6 +486,14 @@ fn wrong_type(key: &str) -> LeaseError {
     )
 }
 
+/// The error for a hash that lacks the lease fields (application data under the prefix).
+pub(crate) fn not_a_lease(key: &str) -> LeaseError {
+    LeaseError::backend(
+        BackendErrorKind::WrongType,
+        format!("Redis key '{key}' is a hash without the lease fields (leaseId, acquiredAt): it is not a lease, and it was left untouched; choose another lease name or KeyPrefix (an empty KeyPrefix makes every hash look like a lease)"),
+    )
+}
+
 /// Reduces a Redis error to a message without secrets that says what to do next. Redis error
 /// texts carry no credentials (the URL is never part of them), but only the kind, the server's
 /// code and its detail are used, to be sure.
@@ -481,6 +505,9 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
             BackendErrorKind::WrongType,
             format!("Redis key '{key}:fence', the fencing counter of lease key '{key}', holds something other than an integer counter; it was left untouched: choose another lease name or KeyPrefix, or delete that key if it is stray data (the fencing tokens of this name then start again at 1)"),
         );
+    }
+    if code == "BADLEASE" {
+        return not_a_lease(key.unwrap_or("?"));
     }
     if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
         return wrong_type(key.unwrap_or("?"));
@@ -592,15 +619,29 @@ impl LeaseStore for RedisStore {
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
         let key = self.keys.lease(req.name);
-        let mut inv = ACQUIRE.key(&key);
-        inv.key(self.keys.fence(req.name))
-            .arg(req.lease_id)
-            .arg(millis(req.duration))
-            .arg(format_timestamp(req.acquired_at));
-        for (k, v) in req.metadata {
-            inv.arg(format!("{META_PREFIX}{k}")).arg(v);
-        }
-        let reply = self.invoke(&inv, &key).await?;
+        let fence = self.keys.fence(req.name);
+        let acquired_at = format_timestamp(req.acquired_at);
+        let meta: Vec<(String, &String)> = req
+            .metadata
+            .iter()
+            .map(|(k, v)| (format!("{META_PREFIX}{k}"), v))
+            .collect();
+        let build = |retry: bool| {
+            let mut inv = ACQUIRE.key(&key);
+            inv.key(&fence)
+                .arg(req.lease_id)
+                .arg(millis(req.duration))
+                .arg(&acquired_at)
+                .arg(if retry { "1" } else { "0" });
+            for (k, v) in &meta {
+                inv.arg(k).arg(*v);
+            }
+            inv
+        };
+        let (first, second) = (build(false), build(true));
+        let reply = self
+            .invoke_with(|retry| if retry { &second } else { &first }, &key)
+            .await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("acquire", &self.addr));
         };
@@ -619,7 +660,9 @@ impl LeaseStore for RedisStore {
                     Some(Value::Array(f)) => f.as_slice(),
                     _ => &[],
                 };
-                Ok(AcquireOutcome::Held(info_from_hash(req.name, pttl, fields)))
+                Ok(AcquireOutcome::Held(lease_info(
+                    req.name, pttl, fields, &key,
+                )?))
             }
             _ => Err(unexpected("acquire", &self.addr)),
         }
@@ -691,13 +734,18 @@ impl LeaseStore for RedisStore {
             .collect()
     }
 
-    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         let key = self.keys.lease(name);
         let mut inv = RELEASE.key(&key);
         inv.arg(lease_id)
             .arg(self.keys.released(name))
             .arg(self.publish_command());
-        Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
+        match int(Some(&self.invoke(&inv, &key).await?)) {
+            Some(1) => Ok(ReleaseOutcome::Released),
+            Some(0) => Ok(ReleaseOutcome::Lost(LostReason::Missing)),
+            Some(-1) => Ok(ReleaseOutcome::Lost(LostReason::HeldByOther)),
+            _ => Err(unexpected("release", &self.addr)),
+        }
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
@@ -711,7 +759,7 @@ impl LeaseStore for RedisStore {
                     Some(Value::Array(f)) => f.as_slice(),
                     _ => &[],
                 };
-                Ok(Some(info_from_hash(name, pttl, fields)))
+                Ok(Some(lease_info(name, pttl, fields, &key)?))
             }
             _ => Err(unexpected("inspect", &self.addr)),
         }
@@ -738,12 +786,31 @@ impl LeaseStore for RedisStore {
         Ok(out)
     }
 
-    async fn force_release(&self, name: &str) -> Result<bool> {
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
         let key = self.keys.lease(name);
         let mut inv = FORCE_RELEASE.key(&key);
         inv.arg(self.keys.released(name))
-            .arg(self.publish_command());
-        Ok(int(Some(&self.invoke(&inv, &key).await?)) == Some(1))
+            .arg(self.publish_command())
+            .arg(lease_id.unwrap_or(""));
+        let reply = self.invoke(&inv, &key).await?;
+        let Value::Array(items) = reply else {
+            return Err(unexpected("force release", &self.addr));
+        };
+        match int(items.first()) {
+            Some(1) => Ok(ForceReleased::Released),
+            Some(0) => Ok(ForceReleased::Absent),
+            Some(-1) => {
+                let pttl = int(items.get(1)).unwrap_or(-1);
+                let fields = match items.get(2) {
+                    Some(Value::Array(f)) => f.as_slice(),
+                    _ => &[],
+                };
+                Ok(ForceReleased::HeldByOther(lease_info(
+                    name, pttl, fields, &key,
+                )?))
+            }
+            _ => Err(unexpected("force release", &self.addr)),
+        }
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
@@ -759,6 +826,20 @@ impl RedisStore {
             Conn::Cluster(_) => "SPUBLISH",
         }
     }
+}
+
+/// A lease read from its hash, or `WrongType` if the hash lacks the lease fields (someone
+/// else's data under the prefix: never treated as a lease, never deleted).
+fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
+    let has = |field: &str| {
+        fields
+            .chunks(2)
+            .any(|kv| keys::as_string(&kv[0]).as_deref() == Some(field))
+    };
+    if !has("leaseId") || !has("acquiredAt") {
+        return Err(not_a_lease(key));
+    }
+    Ok(info_from_hash(name, pttl, fields))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -38,7 +38,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{validate_name, AcquireOutcome, AcquireRequest, LeaseStore, RenewOutcome};
+use super::{
+    validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
+    RenewOutcome,
+};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::wait::{ReleaseBoard, ReleaseWatch};
@@ -112,6 +115,60 @@ struct Inner {
     board: Arc<ReleaseBoard>,
     /// `None` only while `Inner` is dropped.
     conn: Mutex<Option<Connection>>,
+    /// The identity of the file the connection has open (see [`FileId`]); checked against
+    /// the path before every operation, under the `conn` lock.
+    file: Mutex<Option<FileId>>,
+}
+
+/// Which file a path names: device and inode. While our connection keeps the file open its
+/// inode cannot be reused, so a path that names another (or no) inode means the file was
+/// deleted or replaced under us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The file `path` names now; `None` if there is none (or on a platform without inodes).
+    fn of(path: &Path) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|m| Self {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+}
+
+impl Inner {
+    /// Makes sure `conn` has open the file the path names now. If the file was deleted or
+    /// replaced (by a person, a cleanup job, a test), every process that keeps using the old
+    /// inode would hold leases nobody else can see, and a new process would start a fresh file
+    /// at fencing token 1: two holders. So the store switches to the file at the path (creating
+    /// it if needed), and the leases held in the old file, which the new one does not have,
+    /// are reported lost (`missing`) at their next renewal or release.
+    fn follow_path(&self, conn: &mut Connection) -> Result<(), Failure> {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = FileId::of(&self.path);
+        if file.is_none() || now == *file {
+            return Ok(());
+        }
+        tracing::warn!(
+            path = %self.path.display(),
+            "the SQLite lease database was deleted or replaced while open; switching to the file now at that path: leases held in the old file are lost, and fencing tokens restart in a new file"
+        );
+        *conn = open_connection(&self.path, self.busy_timeout)?;
+        *file = FileId::of(&self.path);
+        Ok(())
+    }
 }
 
 impl Drop for Inner {
@@ -212,12 +269,14 @@ impl SqliteStore {
         }
         let conn =
             open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
+        let file = FileId::of(&path);
         Ok(Self {
             inner: Arc::new(Inner {
                 board: board_for(&path),
                 path,
                 busy_timeout,
                 conn: Mutex::new(Some(conn)),
+                file: Mutex::new(file),
             }),
         })
     }
@@ -233,6 +292,11 @@ impl SqliteStore {
             // A panic while the lock was held cannot leave a transaction open (a `Transaction`
             // rolls back when dropped), so a poisoned connection is still good to use.
             let mut guard = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(conn) = guard.as_mut() {
+                if let Err(f) = inner.follow_path(conn) {
+                    return Err(f.into_error(&inner.path, inner.busy_timeout));
+                }
+            }
             let result = match guard.as_mut() {
                 Some(conn) => op(conn),
                 None => Err(Failure::Closed),
@@ -269,17 +333,10 @@ impl LeaseStore for SqliteStore {
                 .prepare_cached(SELECT_LEASE)?
                 .query_row([&name], StoredLease::from_row)
                 .optional()?;
+            // A live row is a holder, even one presenting our lease id: lease ids are unique
+            // per acquisition, and a request to this store is never retried, so a matching id
+            // can only be another process's (a forked child with a copied generator, say).
             let outcome = match held {
-                Some(held) if held.lease_id == lease_id => {
-                    // A retry by the same holder (its first reply was lost): same token, and
-                    // the full duration from now, as a fresh acquire would give.
-                    tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
-                        .execute(params![name, now.saturating_add(duration_ms)])?;
-                    let fencing_token = held.fencing_token.ok_or_else(|| {
-                        Failure::bad_record(&name, "its fencing token is invalid")
-                    })?;
-                    AcquireOutcome::Acquired { fencing_token }
-                }
                 Some(held) => AcquireOutcome::Held(held.into_info(name.clone(), now)?),
                 None => {
                     let token: i64 = tx
@@ -346,31 +403,44 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         validate_name(name)?;
         let notified = name.to_owned();
         let name = name.to_owned();
         let lease_id = lease_id.to_owned();
-        let released = self
+        let outcome = self
             .run(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let now = now_ms();
-                // Our own expired row goes too (it is absent in all but storage), but only a live one
-                // counts as released.
+                // Our own expired row goes too (it is absent in all but storage), but only a
+                // live one counts as released.
                 let expires_at: Option<i64> = tx
                     .prepare_cached(
                         "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
                     )?
                     .query_row([&name, &lease_id], |r| r.get(0))
                     .optional()?;
+                let outcome = if expires_at.is_some_and(|e| e > now) {
+                    ReleaseOutcome::Released
+                } else {
+                    let other: Option<i64> = tx
+                        .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
+                        .query_row([&name], |r| r.get(0))
+                        .optional()?;
+                    if other.is_some_and(|e| e > now) {
+                        ReleaseOutcome::Lost(LostReason::HeldByOther)
+                    } else {
+                        ReleaseOutcome::Lost(LostReason::Missing)
+                    }
+                };
                 tx.commit()?;
-                Ok(expires_at.is_some_and(|e| e > now))
+                Ok(outcome)
             })
             .await?;
-        if released {
+        if outcome == ReleaseOutcome::Released {
             self.inner.board.notify(&notified);
         }
-        Ok(released)
+        Ok(outcome)
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
@@ -418,27 +488,42 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn force_release(&self, name: &str) -> Result<bool> {
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
         validate_name(name)?;
         let notified = name.to_owned();
         let name = name.to_owned();
-        let released = self
+        let lease_id = lease_id.map(str::to_owned);
+        let outcome = self
             .run(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let now = now_ms();
-                // The fence row stays: the next holder's token must still be greater.
-                let expires_at: Option<i64> = tx
-                    .prepare_cached("DELETE FROM leases WHERE name = ?1 RETURNING expires_at")?
-                    .query_row([&name], |r| r.get(0))
-                    .optional()?;
+                let held = tx
+                    .prepare_cached(SELECT_LEASE)?
+                    .query_row([&name], StoredLease::from_row)
+                    .optional()?
+                    .filter(|h| h.expires_at > now);
+                let outcome = match held {
+                    None => ForceReleased::Absent,
+                    // A compare-and-delete: not the holder the administrator was shown.
+                    Some(h) if lease_id.as_ref().is_some_and(|id| *id != h.lease_id) => {
+                        ForceReleased::HeldByOther(h.into_info(name.clone(), now)?)
+                    }
+                    Some(_) => ForceReleased::Released,
+                };
+                // The fence row stays: the next holder's token must still be greater. An
+                // expired row goes in any case (it is absent in all but storage).
+                if !matches!(outcome, ForceReleased::HeldByOther(_)) {
+                    tx.prepare_cached("DELETE FROM leases WHERE name = ?1")?
+                        .execute([&name])?;
+                }
                 tx.commit()?;
-                Ok(expires_at.is_some_and(|e| e > now))
+                Ok(outcome)
             })
             .await?;
-        if released {
+        if outcome == ForceReleased::Released {
             self.inner.board.notify(&notified);
         }
-        Ok(released)
+        Ok(outcome)
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
@@ -778,7 +863,10 @@ mod tests {
         assert_eq!(store.kind(), "sqlite");
         let m = meta(&[]);
         let t1 = token(&acquire(&store, "job", "a", LONG, &m).await);
-        assert!(store.release("job", "a").await.unwrap());
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Released
+        );
         assert_eq!(store.inspect("job").await.unwrap(), None);
         let t2 = token(&acquire(&store, "job", "b", LONG, &m).await);
         assert!(t2 > t1);
@@ -806,15 +894,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_id_reacquire_is_idempotent_and_extends() {
+    async fn same_id_reacquire_is_refused_as_held() {
+        // Two processes presenting one lease id (forked children with a copied generator) must
+        // not both be granted the lease.
         let db = TempDb::new();
         let store = SqliteStore::open(&db.0).unwrap();
         let m = meta(&[("k", "v")]);
-        let t1 = token(&acquire(&store, "job", "a", Duration::from_secs(2), &m).await);
-        let t2 = token(&acquire(&store, "job", "a", LONG, &m).await);
-        assert_eq!(t1, t2);
-        let ttl = store.inspect("job").await.unwrap().unwrap().ttl.unwrap();
-        assert!(ttl > Duration::from_secs(25), "{ttl:?}");
+        token(&acquire(&store, "job", "a", LONG, &m).await);
+        match acquire(&store, "job", "a", LONG, &m).await {
+            AcquireOutcome::Held(h) => assert_eq!(h.lease_id, "a"),
+            other => panic!("a second request with the same lease id was granted: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_is_followed_and_its_leases_are_lost() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        let t1 = token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        std::fs::remove_file(&db.0).unwrap();
+        // Another process creates a fresh file at the same path and takes the lease there.
+        let other = SqliteStore::open(&db.0).unwrap();
+        let t2 = token(&acquire(&other, "job", "b", LONG, &meta(&[])).await);
+        assert_eq!(t2, 1, "a fresh file starts its fencing tokens again at 1");
+        assert_eq!(t1, 1);
+        // The holder on the deleted file is told at its next renewal.
+        assert_eq!(
+            store.renew("job", "a", LONG).await.unwrap(),
+            RenewOutcome::Lost(LostReason::HeldByOther)
+        );
+        // And from now on this store sees the file the path names.
+        assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "b");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_alone_loses_the_lease() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.0).unwrap();
+        token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        std::fs::remove_file(&db.0).unwrap();
+        assert_eq!(
+            store.renew("job", "a", LONG).await.unwrap(),
+            RenewOutcome::Lost(LostReason::Missing)
+        );
     }
 
     #[tokio::test]
@@ -865,7 +987,10 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.0).unwrap();
         token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
-        assert!(!store.release("job", "b").await.unwrap());
+        assert_eq!(
+            store.release("job", "b").await.unwrap(),
+            ReleaseOutcome::Lost(LostReason::HeldByOther)
+        );
         assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "a");
     }
 
@@ -874,9 +999,18 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.0).unwrap();
         token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
-        assert!(store.release("job", "a").await.unwrap());
-        assert!(!store.release("job", "a").await.unwrap());
-        assert!(!store.release("never-held", "a").await.unwrap());
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Released
+        );
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Lost(LostReason::Missing)
+        );
+        assert_eq!(
+            store.release("never-held", "a").await.unwrap(),
+            ReleaseOutcome::Lost(LostReason::Missing)
+        );
     }
 
     #[tokio::test]
@@ -888,8 +1022,11 @@ mod tests {
         tokio::time::sleep(PAST_SHORT).await;
         let t2 = token(&acquire(&store, "job", "b", LONG, &m).await);
         assert!(t2 > t1);
-        // The old holder's expired lease is gone for it in every way.
-        assert!(!store.release("job", "a").await.unwrap());
+        // The old holder's expired lease is gone for it in every way: another holder has it.
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Lost(LostReason::HeldByOther)
+        );
         assert_eq!(store.inspect("job").await.unwrap().unwrap().lease_id, "b");
     }
 
@@ -899,17 +1036,29 @@ mod tests {
         let store = SqliteStore::open(&db.0).unwrap();
         let m = meta(&[]);
         let mut tokens = vec![token(&acquire(&store, "job", "a", LONG, &m).await)];
-        assert!(store.release("job", "a").await.unwrap());
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Released
+        );
         tokens.push(token(&acquire(&store, "job", "b", SHORT, &m).await));
         tokio::time::sleep(PAST_SHORT).await;
         tokens.push(token(&acquire(&store, "job", "c", LONG, &m).await));
-        assert!(store.force_release("job").await.unwrap());
-        assert!(!store.force_release("job").await.unwrap());
+        assert_eq!(
+            store.force_release("job", None).await.unwrap(),
+            ForceReleased::Released
+        );
+        assert_eq!(
+            store.force_release("job", None).await.unwrap(),
+            ForceReleased::Absent
+        );
         tokens.push(token(&acquire(&store, "job", "d", LONG, &m).await));
         // And across reopening the file.
         drop(store);
         let store = SqliteStore::open(&db.0).unwrap();
-        assert!(store.force_release("job").await.unwrap());
+        assert_eq!(
+            store.force_release("job", None).await.unwrap(),
+            ForceReleased::Released
+        );
         tokens.push(token(&acquire(&store, "job", "e", LONG, &m).await));
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
         // Counters are per name.
@@ -974,7 +1123,10 @@ mod tests {
         expected.sort();
         assert_eq!(listed, expected);
         for name in names {
-            assert!(store.release(name, "a").await.unwrap());
+            assert_eq!(
+                store.release(name, "a").await.unwrap(),
+                ReleaseOutcome::Released
+            );
         }
         assert!(store.inspect(&"x".repeat(1025)).await.is_err());
     }

@@ -2,37 +2,51 @@
 --
 -- KEYS[1]  the lease key, a hash (lease:<name>, or lease:{<name>} on a cluster)
 -- KEYS[2]  the fencing counter (<lease key>:fence), a plain integer with no TTL
--- ARGV[1]  the new holder's lease id
+-- ARGV[1]  the new holder's lease id (fresh from the OS's random source for every acquisition)
 -- ARGV[2]  the lease duration in milliseconds (the key's PEXPIRE)
 -- ARGV[3]  acquiredAt, e.g. 2025-12-25T21:00:00.000Z
--- ARGV[4..] metadata as field/value pairs, fields already named meta_<key>
+-- ARGV[4]  '1' when this is the client's one retry of this very request after its reply was
+--          lost with a dropped connection, '0' otherwise
+-- ARGV[5..] metadata as field/value pairs, fields already named meta_<key>
 --
--- Returns  {1, fencingToken}           acquired (or already held by this same lease id: a retry
---                                      after a lost reply, which re-arms the TTL)
+-- Returns  {1, fencingToken}           acquired (or, for a retry, already granted to this very
+--                                      request: same lease id AND same acquiredAt; re-arms the TTL)
 --          {0, pttl, {field, value, ...}}  held by someone else: the holder's whole hash and the
 --                                      milliseconds it has left, in the same round trip
---          error BADFENCE              KEYS[2] is not an integer counter (someone else's data)
+--          error BADFENCE              KEYS[2] is not a non-negative integer counter
+--          error BADLEASE              KEYS[1] is a hash without a leaseId (not a lease)
 --
 -- Atomic because a script runs alone on the server: no other client can take the lease between
--- the check and the write. Nothing is written before the key is known to be free, and a key of
--- another type fails with WRONGTYPE in the first read, so someone else's data is left untouched.
--- The counter is the only other key, and it is the first one written, so an INCR that fails
--- (a counter of another type, or not an integer) leaves everything untouched too; it gets its own
--- error so that the message names that key rather than the lease key.
+-- the check and the write. Everything is validated before anything is written: a lease key of
+-- another type fails with WRONGTYPE in the first read, a hash without a leaseId and a counter
+-- that is not a non-negative integer fail with their own errors, so someone else's data is
+-- never touched and no lease is left behind that nobody holds.
+--
+-- A matching lease id alone never re-admits: a process that presents a lease id that already
+-- holds the lease (a forked child whose random generator was copied, say) is refused like any
+-- other. Only the retry flag plus the same acquiredAt stamp identify the request that won.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local holder = redis.call('HGET', KEYS[1], 'leaseId')
-  if holder == ARGV[1] then
+  if not holder then
+    return redis.error_reply('BADLEASE the key is a hash without a leaseId')
+  end
+  if holder == ARGV[1] and ARGV[4] == '1'
+      and redis.call('HGET', KEYS[1], 'acquiredAt') == ARGV[3] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return {1, tonumber(redis.call('HGET', KEYS[1], 'fencingToken'))}
   end
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
 end
-local token = redis.pcall('INCR', KEYS[2])
-if type(token) == 'table' and token.err then
-  return redis.error_reply('BADFENCE the fencing counter is not an integer')
+local last = redis.pcall('GET', KEYS[2])
+if type(last) == 'table' and last.err then
+  return redis.error_reply('BADFENCE the fencing counter is not a string')
 end
+if last and not string.match(last, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+  return redis.error_reply('BADFENCE the fencing counter is not a non-negative integer')
+end
+local token = redis.call('INCR', KEYS[2])
 local fields = {'leaseId', ARGV[1], 'acquiredAt', ARGV[3], 'fencingToken', token}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
