@@ -1,0 +1,746 @@
+//! The lease / renewal / client state machine under paused tokio time, on an in-memory store
+//! with injected faults (`common/fault_store.rs`): renewal retries and expiry, the deadline
+//! arithmetic, loss reported exactly once, release at exit and on drop, late replies, cancelled
+//! acquires, and waiting.
+//!
+//! Every test runs on a current-thread runtime whose clock is paused: time moves only when every
+//! task is idle, straight to the next timer, so the instants asserted below are exact (up to the
+//! timer's millisecond) and independent of the machine's load.
+
+#[path = "common/fault_store.rs"]
+mod fault_store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distributed_leasing::clock;
+use distributed_leasing::lease::LeaseEnd;
+use distributed_leasing::{
+    BackendErrorKind, ClientOptions, Lease, LeaseClient, LeaseError, LeaseEvent, LeaseEvents,
+    LeaseOptions, LostReason, TryAcquire,
+};
+use fault_store::{Fault, FaultStore, Op};
+use tokio::time::{sleep, sleep_until, Instant};
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A client over `store` whose leases last `duration` and renew every `interval` (`None`: no
+/// auto-renewal).
+fn client(store: &Arc<FaultStore>, duration: Duration, interval: Option<Duration>) -> LeaseClient {
+    LeaseClient::with_store(
+        store.dyn_store(),
+        ClientOptions {
+            default_duration: duration,
+            renew_interval: interval,
+            auto_renew: interval.is_some(),
+            ..ClientOptions::default()
+        },
+    )
+}
+
+async fn take(client: &LeaseClient, name: &str) -> Lease {
+    match client.try_acquire(name, &LeaseOptions::default()).await {
+        Ok(TryAcquire::Acquired(lease)) => lease,
+        other => panic!("expected to acquire {name}, got {other:?}"),
+    }
+}
+
+/// Awaits `fut`, failing the test if it takes more than `limit` of (paused) time.
+async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+/// Every event until the stream ends (it ends after the lease's end).
+async fn drain(mut events: LeaseEvents) -> Vec<LeaseEvent> {
+    within(Duration::from_secs(3600), async {
+        let mut all = Vec::new();
+        while let Some(e) = events.next().await {
+            all.push(e);
+        }
+        all
+    })
+    .await
+}
+
+fn lost(reason: LostReason) -> LeaseEvent {
+    LeaseEvent::Lost { reason }
+}
+
+fn assert_near(at: Instant, expected: Instant, what: &str) {
+    // The timer wheel has a resolution of one millisecond.
+    assert!(
+        at >= expected && at <= expected + ms(1),
+        "{what}: at {:?} after the expected instant (negative: before)",
+        at.checked_duration_since(expected)
+            .map_or_else(|| format!("-{:?}", expected - at), |d| format!("{d:?}"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal
+
+#[tokio::test(start_paused = true)]
+async fn renewals_follow_the_interval_from_when_each_renewal_was_sent() {
+    let store = FaultStore::new();
+    // Every renewal reply takes 300 ms: the next one must still be due `interval` after the
+    // previous one was *sent*, not after its reply came back.
+    store.set_standing(Op::Renew, Some(Fault::slow_reply(ms(300))));
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "cadence").await;
+    let events = lease.events();
+
+    sleep_until(t0 + ms(5500)).await;
+
+    let sent = store.call_times(Op::Renew);
+    assert_eq!(sent.len(), 5, "one renewal per second: {sent:?}");
+    assert_eq!(
+        sent[0],
+        t0 + ms(1000),
+        "the first renewal is due t_sent + interval"
+    );
+    for pair in sent.windows(2) {
+        let gap = pair[1] - pair[0];
+        // At most a quarter of the interval early (batching), never late by the reply's 300 ms.
+        assert!(gap >= ms(750) && gap <= ms(1000), "renewal gap {gap:?}");
+    }
+    assert_eq!(lease.renewals(), 5);
+    assert!(!lease.is_lost());
+    // The deadline runs from the last renewal's sending, not from its reply.
+    let last = *sent.last().unwrap();
+    assert_eq!(
+        lease.expires_in(),
+        clock::deadline(last, ms(3000)) - Instant::now()
+    );
+    // ... and falls before the store's expiry of the same renewal.
+    let ttl = store.mem().holder("cadence").unwrap().ttl.unwrap();
+    assert!(
+        lease.expires_in() < ttl,
+        "{:?} vs {ttl:?}",
+        lease.expires_in()
+    );
+
+    assert!(lease.release().await.unwrap());
+    let got = drain(events).await;
+    let want: Vec<LeaseEvent> = (1..=5)
+        .map(|renewals| LeaseEvent::Renewed { renewals })
+        .chain([LeaseEvent::Released])
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_renewals_are_retried_until_the_deadline_then_the_lease_expires() {
+    let store = FaultStore::new();
+    store.set_standing(Op::Renew, Some(Fault::error(BackendErrorKind::Unreachable)));
+    let duration = ms(3000);
+    let c = client(&store, duration, Some(ms(1000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "flaky").await;
+    let events = lease.events();
+
+    let end = within(Duration::from_secs(60), lease.ended()).await;
+    let lost_at = Instant::now();
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Expired));
+    assert_near(
+        lost_at,
+        clock::deadline(t0, duration),
+        "loss at the deadline",
+    );
+    // The local deadline comes before the store's expiry: the store still has the lease.
+    assert!(store.mem().holder("flaky").is_some());
+
+    let got = drain(events).await;
+    let (last, failures) = got.split_last().unwrap();
+    assert_eq!(*last, lost(LostReason::Expired));
+    let n = failures.len();
+    assert!(
+        n >= 2,
+        "retried, not given up at the first failure: {got:?}"
+    );
+    let mut retries = Vec::new();
+    for (i, e) in failures.iter().enumerate() {
+        let LeaseEvent::RenewalFailed {
+            attempt,
+            will_retry,
+            error,
+        } = e
+        else {
+            panic!("expected RenewalFailed, got {e:?}");
+        };
+        assert_eq!(*attempt as usize, i + 1, "attempts count up: {got:?}");
+        assert!(error.contains("Unreachable"), "{error}");
+        retries.push(*will_retry);
+    }
+    // `will_retry` is true until the retries run into the deadline, then false. (Exactly one
+    // false, the last, is what it should be: see
+    // `will_retry_false_is_the_last_attempt_before_the_deadline`.)
+    assert!(retries[0], "{got:?}");
+    assert!(!retries[n - 1], "{got:?}");
+    assert!(retries.windows(2).all(|w| w[0] || !w[1]), "{got:?}");
+    assert_eq!(store.calls(Op::Renew), n, "one event per attempt");
+    assert_eq!(lease.renewal_failures(), n as u64);
+    assert_eq!(lease.renewals(), 0);
+    let sent = store.call_times(Op::Renew);
+    assert_eq!(sent[0], t0 + ms(1000));
+    assert!(*sent.last().unwrap() < lost_at);
+
+    // Nothing more is sent for a lost lease.
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Renew), n);
+    assert_eq!(lease.lost_reason(), Some(LostReason::Expired));
+    assert_eq!(lease.expires_in(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_fails_then_succeeds_keeps_the_lease() {
+    let store = FaultStore::new();
+    store.push(Op::Renew, Fault::error(BackendErrorKind::Unreachable));
+    // Applied by the store, but the reply is lost: it must not count as a renewal.
+    store.push(Op::Renew, Fault::lost_reply(BackendErrorKind::Timeout));
+    let duration = ms(3000);
+    let c = client(&store, duration, Some(ms(1000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "recovers").await;
+    let mut events = lease.events();
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            within(Duration::from_secs(10), events.next())
+                .await
+                .unwrap(),
+        );
+    }
+    let sent = store.call_times(Op::Renew);
+    assert_eq!(sent.len(), 3);
+    assert!(
+        matches!(
+            got[..],
+            [
+                LeaseEvent::RenewalFailed {
+                    attempt: 1,
+                    will_retry: true,
+                    ..
+                },
+                LeaseEvent::RenewalFailed {
+                    attempt: 2,
+                    will_retry: true,
+                    ..
+                },
+                LeaseEvent::Renewed { renewals: 1 },
+            ]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(lease.renewals(), 1);
+    assert_eq!(lease.renewal_failures(), 2);
+    // The deadline moved to the successful renewal's t_sent + duration - drift ...
+    assert_eq!(
+        lease.expires_in(),
+        clock::deadline(sent[2], duration) - Instant::now()
+    );
+    // The next renewal is due `interval` after the success was sent, at most a quarter early.
+    sleep_until(sent[2] + ms(749)).await;
+    assert_eq!(store.calls(Op::Renew), 3);
+    sleep_until(sent[2] + ms(1001)).await;
+    assert_eq!(store.calls(Op::Renew), 4);
+    assert_eq!(lease.renewals(), 2);
+    // The first deadline passes without loss.
+    sleep_until(clock::deadline(t0, duration) + ms(10)).await;
+    assert!(!lease.is_lost());
+}
+
+/// Instant failures (a refused connection) must not turn into a burst of retries: each retry
+/// waits its backoff (the first 25-50 ms, then doubling, with jitter, up to 2 s).
+/// A `RenewalFailed { will_retry: false }` promises that no other attempt is made before the
+/// deadline: consumers may start shutting down on it.
+/// Leases renewed in one batch: a slow reply for one of them must not keep the others' successful
+/// renewals from counting until their own deadlines pass.
+#[tokio::test(start_paused = true)]
+async fn a_slow_acquire_reply_shortens_the_local_validity() {
+    let store = FaultStore::new();
+    store.push(Op::Acquire, Fault::slow_reply(ms(2000)));
+    let duration = ms(10_000);
+    let c = client(&store, duration, None);
+    let t_sent = Instant::now();
+    let lease = take(&c, "slow-acquire").await;
+    assert_eq!(Instant::now(), t_sent + ms(2000), "the reply took 2 s");
+
+    // deadline = t_sent + duration - drift, drift = 1% + 3 ms: 10 s - 103 ms, of which 2 s
+    // were spent waiting for the reply.
+    let deadline = t_sent + ms(10_000 - 103);
+    assert_eq!(clock::deadline(t_sent, duration), deadline);
+    assert_eq!(lease.expires_in(), ms(7897));
+
+    sleep_until(deadline - ms(1)).await;
+    assert!(!lease.is_lost(), "still valid 1 ms before the deadline");
+    assert_eq!(lease.expires_in(), ms(1));
+
+    let end = within(Duration::from_secs(1), lease.ended()).await;
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Expired));
+    assert_near(Instant::now(), deadline, "loss");
+    // The store (which started its TTL when it applied the acquire) still has it.
+    let ttl = store.mem().holder("slow-acquire").unwrap().ttl.unwrap();
+    assert_eq!(ttl, ms(103) - (Instant::now() - deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_acquire_request_still_counts_from_when_it_was_sent() {
+    let store = FaultStore::new();
+    // The request reaches the store after 1.5 s: the store's TTL runs from then, the holder's
+    // deadline from before the request left.
+    store.push(Op::Acquire, Fault::late(ms(1500)));
+    let duration = ms(10_000);
+    let c = client(&store, duration, None);
+    let t_sent = Instant::now();
+    let lease = take(&c, "late-acquire").await;
+    assert_eq!(lease.expires_in(), ms(10_000 - 103 - 1500));
+    assert_eq!(
+        store.mem().holder("late-acquire").unwrap().ttl,
+        Some(duration)
+    );
+    let end = within(Duration::from_secs(20), lease.ended()).await;
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Expired));
+    assert_near(Instant::now(), clock::deadline(t_sent, duration), "loss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_reply_moves_the_deadline_from_when_the_renewal_was_sent() {
+    let store = FaultStore::new();
+    store.push(Op::Renew, Fault::slow_reply(ms(1000)));
+    let duration = ms(10_000);
+    let c = client(&store, duration, Some(ms(5000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "slow-renew").await;
+    let mut events = lease.events();
+    assert_eq!(
+        within(Duration::from_secs(10), events.next()).await,
+        Some(LeaseEvent::Renewed { renewals: 1 })
+    );
+    assert_eq!(
+        Instant::now(),
+        t0 + ms(6000),
+        "sent at 5 s, answered at 6 s"
+    );
+    assert_eq!(lease.expires_in(), ms(5000 + 10_000 - 103 - 6000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loss, exactly once
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_finding_another_holder_loses_the_lease_once_as_held_by_other() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let lease = take(&c, "stolen").await;
+    let early = lease.events();
+    let ended = lease.ended();
+
+    // The store loses the record and another process takes the name.
+    sleep(ms(500)).await;
+    assert!(store.mem().wipe("stolen"));
+    assert!(matches!(
+        store
+            .mem()
+            .take_as("stolen", "intruder", Duration::from_secs(60)),
+        distributed_leasing::store::AcquireOutcome::Acquired { fencing_token: 2 }
+    ));
+
+    let end = within(Duration::from_secs(5), ended).await;
+    assert_eq!(end, LeaseEnd::Lost(LostReason::HeldByOther));
+    assert_eq!(store.calls(Op::Renew), 1, "found out at the first renewal");
+    assert_eq!(
+        within(ms(1), lease.ended()).await,
+        end,
+        "ended() resolves again, the same"
+    );
+    assert_eq!(drain(early).await, [lost(LostReason::HeldByOther)]);
+    assert_eq!(drain(lease.events()).await, [lost(LostReason::HeldByOther)]);
+    assert_eq!(lease.lost_reason(), Some(LostReason::HeldByOther));
+    assert!(matches!(
+        lease.renew().await,
+        Err(LeaseError::Lost {
+            reason: LostReason::HeldByOther,
+            ..
+        })
+    ));
+
+    // Nothing more is sent for it, and releasing or dropping it leaves the new holder alone.
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Renew), 1);
+    let _ = lease.release().await;
+    drop(lease);
+    sleep(ms(10)).await;
+    assert_eq!(store.mem().holder("stolen").unwrap().lease_id, "intruder");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_finding_no_key_loses_the_lease_once_as_missing() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let lease = take(&c, "wiped").await;
+    let events = lease.events();
+    assert!(store.mem().wipe("wiped"));
+
+    let end = within(Duration::from_secs(5), lease.ended()).await;
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Missing));
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Renew), 1);
+    assert_eq!(drain(events).await, [lost(LostReason::Missing)]);
+    assert_eq!(lease.end(), Some(LeaseEnd::Lost(LostReason::Missing)));
+    // Not resurrected by anything that follows, not even a fresh holder under another id.
+    let other = take(&client(&store, ms(3000), None), "wiped").await;
+    assert_eq!(other.fencing_token(), 2);
+    assert_eq!(lease.lost_reason(), Some(LostReason::Missing));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_still_on_the_wire_at_the_deadline_fails_it_and_its_late_success_is_ignored() {
+    let store = FaultStore::new();
+    // Sent at 500 ms; reaches the store at 995 ms, after the local deadline (987 ms) but before
+    // the store's expiry (1000 ms): the store renews, the holder has already given up.
+    store.push(Op::Renew, Fault::late(ms(495)));
+    let duration = ms(1000);
+    let c = client(&store, duration, Some(ms(500)));
+    let t0 = Instant::now();
+    let lease = take(&c, "late-renewal").await;
+    let events = lease.events();
+
+    let end = within(Duration::from_secs(5), lease.ended()).await;
+    assert_eq!(end, LeaseEnd::Lost(LostReason::Expired));
+    assert_near(Instant::now(), t0 + ms(987), "loss at the deadline");
+
+    sleep_until(t0 + ms(1100)).await;
+    assert_eq!(store.calls(Op::Renew), 1);
+    assert!(
+        store.mem().holder("late-renewal").is_some(),
+        "the store did apply the renewal"
+    );
+    assert_eq!(
+        lease.renewals(),
+        0,
+        "a renewal after the loss does not count"
+    );
+    assert_eq!(lease.lost_reason(), Some(LostReason::Expired));
+    assert_eq!(lease.expires_in(), Duration::ZERO);
+    let got = drain(events).await;
+    assert!(
+        matches!(
+            got[..],
+            [
+                LeaseEvent::RenewalFailed {
+                    attempt: 1,
+                    will_retry: false,
+                    ..
+                },
+                LeaseEvent::Lost {
+                    reason: LostReason::Expired
+                },
+            ]
+        ),
+        "{got:?}"
+    );
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(store.calls(Op::Renew), 1, "no renewal after the loss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_held_by_other_reply_after_the_deadline_does_not_report_a_second_loss() {
+    let store = FaultStore::new();
+    store.push(Op::Renew, Fault::late(ms(600)));
+    let c = client(&store, ms(1000), Some(ms(500)));
+    let t0 = Instant::now();
+    let lease = take(&c, "late-other").await;
+    let events = lease.events();
+
+    sleep_until(t0 + ms(990)).await;
+    assert_eq!(lease.lost_reason(), Some(LostReason::Expired));
+    store.mem().wipe("late-other");
+    store
+        .mem()
+        .take_as("late-other", "intruder", Duration::from_secs(60));
+    // The renewal lands at 1100 ms and finds the intruder.
+    sleep_until(t0 + ms(1200)).await;
+    assert_eq!(store.calls(Op::Renew), 1);
+    assert_eq!(lease.lost_reason(), Some(LostReason::Expired));
+    let got = drain(events).await;
+    assert_eq!(
+        got.iter().filter(|e| e.is_final()).count(),
+        1,
+        "one end only: {got:?}"
+    );
+    assert_eq!(got.last(), Some(&lost(LostReason::Expired)));
+    assert_eq!(
+        store.mem().holder("late-other").unwrap().lease_id,
+        "intruder"
+    );
+}
+
+/// DESIGN.md §4: a release that finds another holder (or no key) ends the lease as lost, and a
+/// handle never reports `released` for a lease that was not ours when we released it.
+#[tokio::test(start_paused = true)]
+async fn release_deletes_the_lease_once_and_stops_renewal() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let lease = take(&c, "released").await;
+    let events = lease.events();
+    sleep(ms(1500)).await;
+    assert_eq!(lease.renewals(), 1);
+
+    assert!(lease.release().await.unwrap(), "the store had it");
+    assert!(store.mem().holder("released").is_none());
+    assert_eq!(within(ms(1), lease.ended()).await, LeaseEnd::Released);
+    assert!(
+        !lease.release().await.unwrap(),
+        "a second release is a no-op"
+    );
+    assert_eq!(store.calls(Op::Release), 1);
+    assert_eq!(
+        drain(events).await,
+        [LeaseEvent::Renewed { renewals: 1 }, LeaseEvent::Released]
+    );
+    assert!(!lease.is_lost());
+    assert_eq!(lease.lost_reason(), None);
+
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Renew), 1, "no renewal after the release");
+    // The next holder gets the next token at once.
+    let next = take(&c, "released").await;
+    assert_eq!(next.fencing_token(), lease.fencing_token() + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_lease_releases_it_in_the_background() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+
+    // Plain drop: released as soon as the runtime gets to it.
+    let lease = take(&c, "dropped").await;
+    let ended = lease.ended();
+    drop(lease);
+    assert_eq!(within(ms(1), ended).await, LeaseEnd::Released);
+    sleep(ms(1)).await;
+    assert!(store.mem().holder("dropped").is_none());
+    assert_eq!(store.calls(Op::Release), 1);
+
+    // A release that takes 2 s to reach the store: dropping does not wait for it.
+    store.push(Op::Release, Fault::late(ms(2000)));
+    let lease = take(&c, "dropped-slowly").await;
+    let before = Instant::now();
+    drop(lease);
+    assert_eq!(Instant::now(), before, "drop does not block");
+    sleep(ms(1000)).await;
+    assert!(store.mem().holder("dropped-slowly").is_some());
+    sleep(ms(1001)).await;
+    assert!(store.mem().holder("dropped-slowly").is_none());
+    assert_eq!(store.calls(Op::Release), 2);
+
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Renew), 0, "a dropped lease is not renewed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_release_ends_the_lease_locally_and_the_store_expires_it() {
+    let store = FaultStore::new();
+    store.push(Op::Release, Fault::error(BackendErrorKind::Unreachable));
+    let duration = ms(3000);
+    let c = client(&store, duration, Some(ms(1000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "unreleased").await;
+    assert!(matches!(
+        lease.release().await,
+        Err(LeaseError::Backend {
+            kind: BackendErrorKind::Unreachable,
+            ..
+        })
+    ));
+    // Not renewed any more; the store drops it at its TTL, and then it is free.
+    sleep_until(t0 + duration - ms(1)).await;
+    assert!(store.mem().holder("unreleased").is_some());
+    assert_eq!(store.calls(Op::Renew), 0);
+    sleep_until(t0 + duration).await;
+    assert!(store.mem().holder("unreleased").is_none());
+    drop(lease);
+    sleep(ms(1)).await;
+    assert_eq!(
+        store.calls(Op::Release),
+        1,
+        "dropping does not release twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_reply_arriving_after_the_release_does_not_revive_the_lease() {
+    let store = FaultStore::new();
+    // "slow": renewed in the store at once, the reply comes back after the release.
+    // "late": reaches the store after the release, which it must not undo.
+    for (name, fault) in [
+        ("slow", Fault::slow_reply(ms(1000))),
+        ("late", Fault::late(ms(1000))),
+    ] {
+        store.push(Op::Renew, fault);
+        let c = client(&store, ms(3000), Some(ms(1000)));
+        let t0 = Instant::now();
+        let lease = take(&c, name).await;
+        let events = lease.events();
+        sleep_until(t0 + ms(1500)).await;
+        assert!(lease.release().await.unwrap(), "{name}");
+        sleep_until(t0 + ms(2500)).await;
+
+        assert_eq!(lease.end(), Some(LeaseEnd::Released), "{name}");
+        assert_eq!(lease.renewals(), 0, "{name}");
+        assert!(store.mem().holder(name).is_none(), "{name}");
+        assert_eq!(drain(events).await, [LeaseEvent::Released], "{name}");
+        sleep(Duration::from_secs(10)).await;
+        assert!(store.mem().holder(name).is_none(), "{name}");
+    }
+    assert_eq!(
+        store.calls(Op::Renew),
+        2,
+        "one renewal each, none after release"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acquire: cancellation, lost replies, waiting
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_acquire_leaves_no_lease_behind() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(30_000), Some(ms(10_000)));
+    // "late": the store takes the lease after the caller left; "slow": before, but the caller
+    // leaves before the reply.
+    for (name, fault) in [
+        ("late", Fault::late(ms(1000))),
+        ("slow", Fault::slow_reply(ms(1000))),
+    ] {
+        store.push(Op::Acquire, fault);
+        let releases = store.calls(Op::Release);
+        let cancelled =
+            tokio::time::timeout(ms(100), c.try_acquire(name, &LeaseOptions::default())).await;
+        assert!(cancelled.is_err(), "{name}: the caller gave up");
+        sleep(ms(1500)).await;
+        assert_eq!(store.mem().fence(name), 1, "{name}: the store did grant it");
+        assert!(
+            store.mem().holder(name).is_none(),
+            "{name}: and got it back"
+        );
+        assert_eq!(store.calls(Op::Release), releases + 1, "{name}");
+        let lease = take(&c, name).await;
+        assert_eq!(lease.fencing_token(), 2, "{name}");
+        assert!(lease.release().await.unwrap());
+    }
+
+    // Cancelled while waiting (no attempt on the wire): no subscription is left either.
+    store
+        .mem()
+        .take_as("waited", "holder", Duration::from_secs(60));
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.acquire("waited", &LeaseOptions::default(), None),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    assert_eq!(store.mem().waiters("waited"), 0);
+    assert_eq!(store.mem().holder("waited").unwrap().lease_id, "holder");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_acquire_reply_never_makes_two_holders_and_expires_by_itself() {
+    let store = FaultStore::new();
+    store.push(
+        Op::Acquire,
+        Fault::lost_reply(BackendErrorKind::Unreachable),
+    );
+    let duration = ms(3000);
+    let c = client(&store, duration, Some(ms(1000)));
+    let t0 = Instant::now();
+    assert!(matches!(
+        c.try_acquire("orphan", &LeaseOptions::default()).await,
+        Err(LeaseError::Backend {
+            kind: BackendErrorKind::Unreachable,
+            ..
+        })
+    ));
+    let orphan = store.mem().holder("orphan").expect("the store granted it");
+    // Nobody renews the orphan; until it expires, every other attempt is refused.
+    match c.try_acquire("orphan", &LeaseOptions::default()).await {
+        Ok(TryAcquire::Held(h)) => assert_eq!(h.lease_id, orphan.lease_id),
+        other => panic!("expected Held, got {other:?}"),
+    }
+    let lease = within(
+        Duration::from_secs(10),
+        c.acquire("orphan", &LeaseOptions::default(), None),
+    )
+    .await
+    .unwrap();
+    assert!(Instant::now() >= t0 + duration);
+    assert_eq!(lease.fencing_token(), 2);
+    assert_eq!(store.calls(Op::Renew), 0, "nobody renewed the orphan");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_acquire_is_woken_at_the_holders_expiry() {
+    let store = FaultStore::new();
+    // A holder that crashed: nobody releases it, it expires after 10 s.
+    store
+        .mem()
+        .take_as("crashed", "dead-holder", Duration::from_secs(10));
+    let c = client(&store, ms(30_000), None);
+    let t0 = Instant::now();
+    let lease = within(
+        Duration::from_secs(60),
+        c.acquire(
+            "crashed",
+            &LeaseOptions::default(),
+            Some(Duration::from_secs(60)),
+        ),
+    )
+    .await
+    .unwrap();
+    let waited = Instant::now() - t0;
+    // The holder's TTL, plus 1 ms, plus at most 100 ms of jitter.
+    assert!(
+        waited > Duration::from_secs(10) && waited <= ms(10_102),
+        "waited {waited:?}"
+    );
+    // First attempt, the attempt right after subscribing, the one at the expiry: no polls
+    // (the store's notifications are live).
+    assert_eq!(store.calls(Op::Acquire), 3);
+    assert_eq!(lease.fencing_token(), 2);
+    assert_eq!(store.mem().waiters("crashed"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_acquire_is_woken_by_the_release() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(30_000), Some(ms(10_000)));
+    let held = take(&c, "handed-over").await;
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let lease = c
+                .acquire("handed-over", &LeaseOptions::default(), None)
+                .await;
+            (lease, Instant::now())
+        })
+    };
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.mem().waiters("handed-over"), 1);
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let (lease, at) = within(ms(1), waiter).await.unwrap();
+    let lease = lease.unwrap();
+    assert_eq!(
+        at, released_at,
+        "woken by the release, not by a poll or the expiry"
+    );
+    assert_eq!(lease.fencing_token(), 2);
+    assert_eq!(store.calls(Op::Acquire), 1 + 3);
+}
