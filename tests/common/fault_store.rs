@@ -12,10 +12,10 @@
 //! gives up meanwhile), a delay of the reply, an error instead of the operation, or an error
 //! after the operation was applied (a lost reply). Every call is counted, with its time.
 //!
-//! The store's own outcomes are kept richer than the trait asks for today ([`ReleaseResult`],
-//! [`Forced`], the `retry` flag of [`MemStore::acquire`]), so that the trait changes planned in
-//! `store/mod.rs` (`ReleaseOutcome`, `ForceReleased`, `AcquireRequest::retry`) are a matter of
-//! mapping them in the `impl LeaseStore` blocks below.
+//! Its semantics are those of the real stores (DESIGN.md §3-4, `store/mod.rs`): owner-checked
+//! renew and release, a lease id that already holds the lease refused like any other holder, a
+//! release that finds another holder or no key answering `Lost(HeldByOther | Missing)`, a forced
+//! release that compares lease ids when given one.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -27,7 +27,8 @@ use chrono::{DateTime, Utc};
 use distributed_leasing::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use distributed_leasing::info::LeaseInfo;
 use distributed_leasing::store::{
-    AcquireOutcome, AcquireRequest, LeaseStore, RenewItem, RenewOutcome,
+    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
+    RenewOutcome,
 };
 use distributed_leasing::wait::{ReleaseBoard, ReleaseWatch};
 use tokio::time::Instant;
@@ -74,28 +75,6 @@ impl Leases {
     }
 }
 
-/// What a release did (the planned `store::ReleaseOutcome`: `Released` / `Lost(reason)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReleaseResult {
-    /// Deleted: it was ours.
-    Released,
-    /// Not deleted: another lease id holds it (`Lost(HeldByOther)`).
-    HeldByOther,
-    /// Not deleted: nobody holds it (`Lost(Missing)`).
-    Missing,
-}
-
-/// What a forced release did (the planned `store::ForceReleased`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Forced {
-    /// Deleted.
-    Released,
-    /// Nobody held it.
-    Absent,
-    /// Not deleted: the holder is not the one named.
-    HeldByOther(LeaseInfo),
-}
-
 /// Leases in memory, on tokio's clock.
 #[derive(Debug)]
 pub struct MemStore {
@@ -128,9 +107,8 @@ impl MemStore {
         }
     }
 
-    /// Takes `name` if free. With `retry`, a request whose lease id already holds it is
-    /// re-admitted (a retry after a lost reply: same token, TTL re-armed); without, it is
-    /// refused as held.
+    /// Takes `name` if free; otherwise returns the holder (whatever its lease id: the same id
+    /// presented again is refused too).
     pub fn acquire(
         &self,
         name: &str,
@@ -138,17 +116,10 @@ impl MemStore {
         duration: Duration,
         acquired_at: DateTime<Utc>,
         metadata: &BTreeMap<String, String>,
-        retry: bool,
     ) -> AcquireOutcome {
         let now = Instant::now();
         let mut l = lock(&self.leases);
         if let Some(r) = l.live(name, now) {
-            if retry && r.lease_id == lease_id {
-                r.expires_at = now + duration;
-                return AcquireOutcome::Acquired {
-                    fencing_token: r.fencing_token,
-                };
-            }
             return AcquireOutcome::Held(r.info(name, now));
         }
         let fence = l.fences.entry(name.to_owned()).or_insert(0);
@@ -181,42 +152,42 @@ impl MemStore {
     }
 
     /// Deletes `name` if `lease_id` holds it, and tells a waiter.
-    pub fn release(&self, name: &str, lease_id: &str) -> ReleaseResult {
+    pub fn release(&self, name: &str, lease_id: &str) -> ReleaseOutcome {
         let now = Instant::now();
         let outcome = {
             let mut l = lock(&self.leases);
             match l.live(name, now) {
                 Some(r) if r.lease_id == lease_id => {
                     l.records.remove(name);
-                    ReleaseResult::Released
+                    ReleaseOutcome::Released
                 }
-                Some(_) => ReleaseResult::HeldByOther,
-                None => ReleaseResult::Missing,
+                Some(_) => ReleaseOutcome::Lost(LostReason::HeldByOther),
+                None => ReleaseOutcome::Lost(LostReason::Missing),
             }
         };
-        if outcome == ReleaseResult::Released {
+        if outcome == ReleaseOutcome::Released {
             self.notify(name);
         }
         outcome
     }
 
     /// Deletes `name` if held (by `lease_id`, when given), and tells a waiter.
-    pub fn force_release(&self, name: &str, lease_id: Option<&str>) -> Forced {
+    pub fn force_release(&self, name: &str, lease_id: Option<&str>) -> ForceReleased {
         let now = Instant::now();
         let outcome = {
             let mut l = lock(&self.leases);
             match l.live(name, now) {
-                None => Forced::Absent,
+                None => ForceReleased::Absent,
                 Some(r) if lease_id.is_some_and(|id| id != r.lease_id) => {
-                    Forced::HeldByOther(r.info(name, now))
+                    ForceReleased::HeldByOther(r.info(name, now))
                 }
                 Some(_) => {
                     l.records.remove(name);
-                    Forced::Released
+                    ForceReleased::Released
                 }
             }
         };
-        if outcome == Forced::Released {
+        if outcome == ForceReleased::Released {
             self.notify(name);
         }
         outcome
@@ -261,7 +232,6 @@ impl MemStore {
             ttl,
             Utc::now(),
             &BTreeMap::from([("instanceId".to_owned(), lease_id.to_owned())]),
-            false,
         )
     }
 
@@ -301,15 +271,12 @@ impl LeaseStore for MemStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        // TODO(trait): `retry: req.retry` once AcquireRequest carries the flag; today the trait
-        // re-admits any request with the holder's lease id.
         Ok(self.acquire(
             req.name,
             req.lease_id,
             req.duration,
             req.acquired_at,
             req.metadata,
-            true,
         ))
     }
 
@@ -317,9 +284,8 @@ impl LeaseStore for MemStore {
         Ok(MemStore::renew(self, name, lease_id, duration))
     }
 
-    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
-        // TODO(trait): map to ReleaseOutcome (Released / Lost(HeldByOther) / Lost(Missing)).
-        Ok(MemStore::release(self, name, lease_id) == ReleaseResult::Released)
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
+        Ok(MemStore::release(self, name, lease_id))
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
@@ -330,9 +296,8 @@ impl LeaseStore for MemStore {
         Ok(self.list_prefix(prefix))
     }
 
-    async fn force_release(&self, name: &str) -> Result<bool> {
-        // TODO(trait): take `lease_id: Option<&str>` and return ForceReleased.
-        Ok(MemStore::force_release(self, name, None) == Forced::Released)
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
+        Ok(MemStore::force_release(self, name, lease_id))
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
@@ -585,10 +550,8 @@ impl LeaseStore for FaultStore {
             req.metadata.clone(),
         );
         let (duration, acquired_at) = (req.duration, req.acquired_at);
-        // TODO(trait): pass `req.retry` once AcquireRequest carries it.
-        let retry = true;
         self.call(Op::Acquire, req.name, move |m| {
-            m.acquire(&name, &lease_id, duration, acquired_at, &metadata, retry)
+            m.acquire(&name, &lease_id, duration, acquired_at, &metadata)
         })
         .await
     }
@@ -608,13 +571,10 @@ impl LeaseStore for FaultStore {
         .await
     }
 
-    async fn release(&self, name: &str, lease_id: &str) -> Result<bool> {
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         let (n, lease_id) = (name.to_owned(), lease_id.to_owned());
-        // TODO(trait): return the ReleaseOutcome instead of a bool.
-        self.call(Op::Release, name, move |m| {
-            m.release(&n, &lease_id) == ReleaseResult::Released
-        })
-        .await
+        self.call(Op::Release, name, move |m| m.release(&n, &lease_id))
+            .await
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
@@ -628,11 +588,10 @@ impl LeaseStore for FaultStore {
             .await
     }
 
-    async fn force_release(&self, name: &str) -> Result<bool> {
-        let n = name.to_owned();
-        // TODO(trait): `lease_id: Option<&str>`, returning ForceReleased.
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
+        let (n, id) = (name.to_owned(), lease_id.map(str::to_owned));
         self.call(Op::ForceRelease, name, move |m| {
-            m.force_release(&n, None) == Forced::Released
+            m.force_release(&n, id.as_deref())
         })
         .await
     }
