@@ -607,28 +607,128 @@ async fn a_late_held_by_other_reply_after_the_deadline_does_not_report_a_second_
 /// DESIGN.md §4: a release that finds another holder (or no key) ends the lease as lost, and a
 /// handle never reports `released` for a lease that was not ours when we released it.
 #[tokio::test(start_paused = true)]
-#[ignore = "release() ends the lease as Released before asking the store (lease.rs release_via); \
-            needs LeaseStore::release -> ReleaseOutcome"]
-async fn a_release_finding_another_holder_reports_the_lease_lost() {
+async fn a_release_finding_another_holder_or_no_key_reports_the_lease_lost() {
     let store = FaultStore::new();
     let c = client(&store, ms(30_000), None);
-    let lease = take(&c, "released-late").await;
+    for (name, reason) in [
+        ("taken-over", LostReason::HeldByOther),
+        ("vanished", LostReason::Missing),
+    ] {
+        let lease = take(&c, name).await;
+        let events = lease.events();
+        store.mem().wipe(name);
+        if reason == LostReason::HeldByOther {
+            store
+                .mem()
+                .take_as(name, "intruder", Duration::from_secs(60));
+        }
+        assert!(!lease.release().await.unwrap(), "{name}: not ours any more");
+        assert_eq!(
+            within(ms(1), lease.ended()).await,
+            LeaseEnd::Lost(reason),
+            "{name}"
+        );
+        assert_eq!(lease.lost_reason(), Some(reason), "{name}");
+        assert_eq!(drain(events).await, [lost(reason)], "{name}");
+        assert!(!lease.release().await.unwrap(), "{name}: once");
+        assert_eq!(store.calls_for(Op::Release, name), 1, "{name}");
+    }
+    assert_eq!(
+        store.mem().holder("taken-over").unwrap().lease_id,
+        "intruder",
+        "the other holder's lease is left alone"
+    );
+}
+
+/// While a release is on its way, the renewal's findings do not end the lease: the release's
+/// own answer does.
+#[tokio::test(start_paused = true)]
+async fn while_releasing_the_release_answer_decides_how_the_lease_ended() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let t0 = Instant::now();
+    let lease = take(&c, "letting-go").await;
     let events = lease.events();
-    store.mem().wipe("released-late");
+    // The renewal sent at 1 s reaches the store at 2 s; the release sent at 1.5 s at 2.5 s.
+    store.push(Op::Renew, Fault::late(ms(1000)));
+    store.push(Op::Release, Fault::late(ms(1000)));
+    sleep_until(t0 + ms(1500)).await;
+    let release = {
+        let lease = Arc::new(lease);
+        let l = Arc::clone(&lease);
+        (tokio::spawn(async move { l.release().await }), lease)
+    };
+    // Meanwhile another holder takes the name (the renewal will find it) and lets it go again
+    // (the release will find no key).
+    sleep_until(t0 + ms(1600)).await;
+    store.mem().wipe("letting-go");
     store
         .mem()
-        .take_as("released-late", "intruder", Duration::from_secs(60));
+        .take_as("letting-go", "intruder", Duration::from_secs(60));
+    sleep_until(t0 + ms(2200)).await;
+    assert_eq!(store.calls(Op::Renew), 1);
+    assert_eq!(release.1.end(), None, "not ended by the renewal's answer");
+    store.mem().release("letting-go", "intruder");
 
-    let _ = lease.release().await;
-    assert_eq!(
-        within(ms(1), lease.ended()).await,
-        LeaseEnd::Lost(LostReason::HeldByOther)
-    );
-    assert_eq!(drain(events).await, [lost(LostReason::HeldByOther)]);
-    assert_eq!(
-        store.mem().holder("released-late").unwrap().lease_id,
-        "intruder"
-    );
+    assert!(!within(Duration::from_secs(2), release.0)
+        .await
+        .unwrap()
+        .unwrap());
+    assert_eq!(release.1.end(), Some(LeaseEnd::Lost(LostReason::Missing)));
+    assert_eq!(drain(events).await, [lost(LostReason::Missing)]);
+}
+
+/// `close()` stops renewing and releases what the client holds, each handle ending as lost with
+/// `ClientClosed`; it returns once the releases were answered, and the client takes no more
+/// leases (one whose acquire was on the wire is released as soon as it lands).
+#[tokio::test(start_paused = true)]
+async fn close_releases_every_lease_and_ends_them_as_client_closed() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(3000), Some(ms(1000)));
+    let a = take(&c, "a").await;
+    let b = take(&c, "b").await;
+    let (ea, eb) = (a.events(), b.events());
+    store.push_for(Op::Acquire, "on-the-wire", Fault::late(ms(1000)));
+    let pending = {
+        let c = c.clone();
+        tokio::spawn(async move { c.try_acquire("on-the-wire", &LeaseOptions::default()).await })
+    };
+    sleep(ms(100)).await;
+    store.push_for(Op::Release, "a", Fault::late(ms(500)));
+
+    let t = Instant::now();
+    c.close().await;
+    assert_eq!(Instant::now(), t + ms(500), "close waits for the releases");
+    assert!(c.is_closed());
+    for (lease, events) in [(&a, ea), (&b, eb)] {
+        assert_eq!(lease.lost_reason(), Some(LostReason::ClientClosed));
+        assert_eq!(drain(events).await, [lost(LostReason::ClientClosed)]);
+        assert!(store.mem().holder(lease.name()).is_none());
+    }
+    assert!(matches!(
+        c.try_acquire("d", &LeaseOptions::default()).await,
+        Err(LeaseError::Config(_))
+    ));
+    assert!(matches!(
+        c.acquire("d", &LeaseOptions::default(), None).await,
+        Err(LeaseError::Config(_))
+    ));
+    assert_eq!(store.calls_for(Op::Acquire, "d"), 0);
+
+    // The acquire that was on the wire lands at 1 s: its lease is given back at once.
+    let late = within(Duration::from_secs(2), pending).await.unwrap();
+    let Ok(TryAcquire::Acquired(late)) = late else {
+        panic!("expected the acquire on the wire to complete, got {late:?}");
+    };
+    assert_eq!(late.lost_reason(), Some(LostReason::ClientClosed));
+    sleep(ms(1)).await;
+    assert!(store.mem().holder("on-the-wire").is_none());
+    assert_eq!(store.calls(Op::Release), 3);
+    // Dropping the handles afterwards sends nothing more; nothing is ever renewed.
+    drop((a, b, late));
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.calls(Op::Release), 3);
+    assert_eq!(store.calls(Op::Renew), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
