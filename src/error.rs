@@ -87,6 +87,16 @@ pub enum LeaseError {
         reason: LostReason,
     },
     /// Configuration is missing or invalid.
+    /// A forced release for a lease id that no longer holds the lease: nothing was deleted.
+    #[error("lease '{name}' changed hands: it is now held by {}, not by lease id {shown} that was shown; nothing was released (look again, and confirm the current holder if it is the one to remove)", describe_holder(Some(holder)))]
+    ChangedHands {
+        /// The lease name.
+        name: String,
+        /// The lease id an administrator was shown and asked to remove.
+        shown: String,
+        /// The holder now.
+        holder: Box<LeaseInfo>,
+    },
     #[error("{0}")]
     Config(String),
     /// An argument is out of range or malformed.

@@ -204,7 +204,8 @@ impl Shared {
     /// Records a renewal that was sent at `t_sent` and succeeded.
     pub(crate) fn renewed(&self, t_sent: Instant) {
         let mut st = self.lock();
-        if st.end.is_none() {
+        // Not once the holder is letting go: the lease is no longer relied on.
+        if st.end.is_none() && !st.release_sent {
             st.deadline = st.deadline.max(clock::deadline(t_sent, self.duration));
             st.renewals += 1;
             metrics::RENEWALS.add(1);

@@ -104,16 +104,49 @@ fn lock(m: &Mutex<Timers>) -> MutexGuard<'_, Timers> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Every scheduler of this process, with the pid that made it, so that [`close_all`] can
+/// release what the process still holds when it exits. A forked child inherits the parent's
+/// list; the pid keeps it from ever releasing its parent's leases.
+static ALL: Mutex<Vec<(u32, Weak<Inner>)>> = Mutex::new(Vec::new());
+
+/// Closes every scheduler this process made (see [`Scheduler::close`]): its leases are
+/// released, owner-checked. For process exit: a lease still held then would otherwise be left
+/// to expire, blocking everyone else for its whole duration.
+pub async fn close_all() {
+    let pid = std::process::id();
+    let live: Vec<Arc<Inner>> = {
+        let mut all = ALL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|(_, w)| w.strong_count() > 0);
+        all.iter()
+            .filter(|(p, _)| *p == pid)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect()
+    };
+    futures_util::future::join_all(
+        live.into_iter()
+            .map(|inner| async move { Scheduler { inner }.close().await }),
+    )
+    .await;
+}
+
 impl Scheduler {
     pub(crate) fn new(store: Arc<dyn LeaseStore>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                state: Mutex::new(Timers::default()),
-                wake: Notify::new(),
-                next_id: AtomicU64::new(1),
-            }),
+        let inner = Arc::new(Inner {
+            store,
+            state: Mutex::new(Timers::default()),
+            wake: Notify::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let mut all = ALL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.len() >= 64 && all.len().is_power_of_two() {
+            all.retain(|(_, w)| w.strong_count() > 0);
         }
+        all.push((std::process::id(), Arc::downgrade(&inner)));
+        Self { inner }
     }
 
     /// A registration slot for a lease about to be built.
@@ -259,9 +292,12 @@ fn collect(inner: &Inner, now: Instant) -> Due {
             t.renew.remove(&(at, id));
             continue;
         };
-        let window = entry
-            .interval
-            .map_or(Duration::ZERO, |i| (i / 4).min(BATCH_WINDOW));
+        // A retry after a failure goes at its own time, never early: its delay is the
+        // backoff, and whether it comes before the deadline is what `will_retry` promised.
+        let window = match entry.interval {
+            Some(i) if entry.failures == 0 => (i / 4).min(BATCH_WINDOW),
+            _ => Duration::ZERO,
+        };
         if at > now + window {
             continue;
         }
@@ -312,29 +348,61 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
+/// Most renewals one request carries (one Lua script on a Redis server).
+const BATCH_CHUNK: usize = 256;
+
 async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
-    let items: Vec<RenewItem<'_>> = batch
-        .iter()
-        .map(|(_, s)| RenewItem {
-            name: &s.name,
-            lease_id: &s.lease_id,
-            duration: s.duration,
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let t_sent = Instant::now();
+    // Each result is handled as soon as it arrives: a slow reply for one lease must not hold
+    // back the credit of the others (their deadlines would pass although the store renewed
+    // them). A store that renews a chunk in one request answers the chunk at once; any other
+    // store's renewals are sent one by one (pipelined on a multiplexed connection).
+    let chunk = if inner.store.renews_in_one_request() {
+        BATCH_CHUNK
+    } else {
+        1
+    };
+    let mut pending: FuturesUnordered<_> = batch
+        .chunks(chunk)
+        .map(|part| {
+            let inner = &inner;
+            async move {
+                let items: Vec<RenewItem<'_>> = part
+                    .iter()
+                    .map(|(_, s)| RenewItem {
+                        name: &s.name,
+                        lease_id: &s.lease_id,
+                        duration: s.duration,
+                    })
+                    .collect();
+                let results = if let [one] = items.as_slice() {
+                    vec![
+                        inner
+                            .store
+                            .renew(one.name, one.lease_id, one.duration)
+                            .await,
+                    ]
+                } else {
+                    inner.store.renew_many(&items).await
+                };
+                (part, results)
+            }
         })
         .collect();
-    let t_sent = Instant::now();
-    let results = inner.store.renew_many(&items).await;
-    drop(items);
-    for ((id, shared), result) in batch.into_iter().zip(results) {
-        match result {
-            Ok(RenewOutcome::Renewed) => {
-                shared.renewed(t_sent);
-                tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
-                reschedule(&inner, id, &shared, Ok(t_sent));
+    while let Some((part, results)) = pending.next().await {
+        for ((id, shared), result) in part.iter().zip(results) {
+            match result {
+                Ok(RenewOutcome::Renewed) => {
+                    shared.renewed(t_sent);
+                    tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
+                    reschedule(&inner, *id, shared, Ok(t_sent));
+                }
+                Ok(RenewOutcome::Lost(reason)) => {
+                    shared.renewal_lost(reason);
+                }
+                Err(e) => reschedule(&inner, *id, shared, Err(e)),
             }
-            Ok(RenewOutcome::Lost(reason)) => {
-                shared.renewal_lost(reason);
-            }
-            Err(e) => reschedule(&inner, id, &shared, Err(e)),
         }
     }
 }

@@ -268,9 +268,6 @@ async fn a_renewal_that_fails_then_succeeds_keeps_the_lease() {
 /// Instant failures (a refused connection) must not turn into a burst of retries: each retry
 /// waits its backoff (the first 25-50 ms, then doubling, with jitter, up to 2 s).
 #[tokio::test(start_paused = true)]
-#[ignore = "renewal.rs collect(): the batch window (up to min(interval/4, 250 ms)) also applies to \
-            retries, and reschedule() wakes the task at once, so every retry due within the \
-            window is sent immediately"]
 async fn renewal_retries_back_off() {
     let store = FaultStore::new();
     store.set_standing(Op::Renew, Some(Fault::error(BackendErrorKind::Unreachable)));
@@ -292,9 +289,6 @@ async fn renewal_retries_back_off() {
 /// A `RenewalFailed { will_retry: false }` promises that no other attempt is made before the
 /// deadline: consumers may start shutting down on it.
 #[tokio::test(start_paused = true)]
-#[ignore = "renewal.rs: the retry scheduled after the deadline (will_retry false) is sent early, \
-            inside the batch window, by any wake-up before the deadline (here another lease's \
-            deadline), and can even renew the lease"]
 async fn will_retry_false_is_the_last_attempt_before_the_deadline() {
     let store = FaultStore::new();
     let c = client(&store, ms(1000), Some(ms(950)));
@@ -347,9 +341,6 @@ async fn will_retry_false_is_the_last_attempt_before_the_deadline() {
 /// Leases renewed in one batch: a slow reply for one of them must not keep the others' successful
 /// renewals from counting until their own deadlines pass.
 #[tokio::test(start_paused = true)]
-#[ignore = "renewal.rs renew_batch(): the results of a batch are handled only once every renewal \
-            of it has answered (renew_many joins them all), so a slow renewal of one lease makes \
-            the others, renewed in time, expire locally"]
 async fn a_slow_renewal_does_not_hold_up_the_others_in_its_batch() {
     let store = FaultStore::new();
     let c = client(&store, ms(1000), Some(ms(500)));
@@ -370,7 +361,10 @@ async fn a_slow_renewal_does_not_hold_up_the_others_in_its_batch() {
 
     // Past the deadline of the acquisition (987 ms), before that of the renewal (1487 ms).
     sleep(ms(1200)).await;
-    assert_eq!(store.calls_for(Op::Renew, "quick"), 1, "renewed at 500 ms");
+    assert!(
+        store.calls_for(Op::Renew, "quick") >= 1,
+        "renewed at 500 ms (and on schedule after)"
+    );
     assert!(
         store.mem().holder("quick").is_some(),
         "the store renewed it"

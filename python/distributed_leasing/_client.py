@@ -253,23 +253,42 @@ class LeaseClient:
         """``list`` for synchronous code."""
         return self._native.list_blocking(prefix)
 
-    async def force_release(self, name: str) -> bool:
-        """Deletes the lease whoever holds it (administrators). True if one existed."""
-        return await self._native.force_release(name)
+    async def force_release(self, name: str, *, lease_id: str | None = None) -> bool:
+        """Deletes a lease (administrators). True if one was deleted, False if none was held.
 
-    def force_release_sync(self, name: str) -> bool:
+        Given ``lease_id`` (the holder you were shown), deletes the lease only if that lease id
+        still holds it: if it changed hands meanwhile, nothing is deleted and
+        ``LeaseUnavailable`` is raised with the current ``.holder``. Without it, deletes
+        whoever holds the lease at that moment. A record that is not a lease is never deleted
+        (``BackendError``, kind ``wrong_type``).
+        """
+        return await self._native.force_release(name, lease_id=lease_id)
+
+    def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool:
         """``force_release`` for synchronous code."""
-        return self._native.force_release_blocking(name)
+        return self._native.force_release_blocking(name, lease_id=lease_id)
+
+    @property
+    def key_prefix(self) -> str:
+        """The Redis key prefix of this client's leases (``lease:`` unless configured)."""
+        return self._native.key_prefix
 
     # -- lifetime ----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Closes the connection. Leases still held expire by themselves."""
-        self.__native = None
+        """Closes the client: stops renewing its leases and releases them (best effort,
+        owner-checked); their handles end as lost with reason ``client_closed``, so a body
+        under ``lease(..., on_lost="cancel")`` is cancelled. Afterwards the client refuses
+        every call. Closing twice is harmless."""
+        native, self.__native = self.__native, None
+        if native is not None:
+            await native.close()
 
     def close_sync(self) -> None:
         """``close`` for synchronous code."""
-        self.__native = None
+        native, self.__native = self.__native, None
+        if native is not None:
+            native.close_blocking()
 
     async def __aenter__(self) -> LeaseClient:
         return self

@@ -7,6 +7,8 @@ cancellation. ``on_lost="ignore"`` only sets ``lease.is_lost`` and resolves ``le
 
 The same object works with ``with`` in synchronous code; a synchronous body cannot be
 interrupted, so with ``on_lost="cancel"`` a loss during the body raises ``LeaseLost`` at exit.
+A loss that only the release at exit finds (the lease was force-released and taken by another
+holder before a renewal noticed) is reported the same way, async and sync.
 """
 
 from __future__ import annotations
@@ -141,8 +143,12 @@ class LeaseContext:
             if self._on_lost == "cancel" and exc_type is None:
                 raise _lost_error(lease)
             return
-        # Shielded: a cancellation of the body must not abort the release half-way.
-        await asyncio.shield(lease.release())
+        # Shielded: a cancellation of the body must not abort the release half-way. A release
+        # that finds another holder (or no lease) means the lease was lost during the body
+        # before a renewal noticed: the handle is lost, and the loss is reported here.
+        released = await asyncio.shield(lease.release())
+        if not released and lease.is_lost and self._on_lost == "cancel" and exc_type is None:
+            raise _lost_error(lease)
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -176,4 +182,6 @@ class LeaseContext:
             if self._on_lost == "cancel" and exc_type is None:
                 raise _lost_error(lease)
             return
-        lease.release_blocking()
+        released = lease.release_blocking()
+        if not released and lease.is_lost and self._on_lost == "cancel" and exc_type is None:
+            raise _lost_error(lease)

@@ -2,7 +2,8 @@
 
     leasing inspect critical-section-lock        who holds it, since when, for how long more
     leasing list [PREFIX]                        every held lease (a table)
-    leasing release NAME --force [--yes]         delete a lease whoever holds it
+    leasing release NAME --force [--yes]         delete a lease (only the holder shown and
+                                                 confirmed: if it changed hands, nothing)
     leasing configure                            the configuration wizard
 
 The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``)
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import _wizard
 from ._client import LeaseClient
-from ._native import ConfigError, LeaseError, LeaseInfo
+from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -170,6 +171,13 @@ def _release(args: argparse.Namespace) -> int:
             "breaks their mutual exclusion; add --force if you are sure its holder is gone"
         )
     client = _client(args)
+    if client.key_prefix == "" and client.kind != "sqlite" and not args.allow_empty_prefix:
+        raise _Refused(
+            f"refusing to release {args.name!r} with an empty key prefix: every key in the "
+            "database would count as a lease name, so this could delete application data; "
+            "set KeyPrefix (or --key-prefix), or add --allow-empty-prefix if this database "
+            "holds nothing but leases"
+        )
     info = client.inspect_sync(args.name)
     if info is None:
         print(f"Lease {args.name!r} is not held; nothing to release.")
@@ -184,7 +192,18 @@ def _release(args: argparse.Namespace) -> int:
         if not _confirm(question):
             print("Not released.")
             return EXIT_OK
-    if client.force_release_sync(args.name):
+    # Compare-and-delete: only the holder shown above, never whoever holds it by now.
+    try:
+        released = client.force_release_sync(args.name, lease_id=info.lease_id)
+    except LeaseUnavailable as e:
+        now = e.holder
+        who = "another holder" if now is None else f"{_holder(now)} (lease id {now.lease_id})"
+        raise _Refused(
+            f"lease {args.name!r} changed hands while you were asked: it is now held by {who}, "
+            f"not by {_holder(info)} (lease id {info.lease_id}); nothing was released. "
+            "Run the command again to see the current holder."
+        ) from None
+    if released:
         print(f"Released lease {args.name!r} (was held by {_holder(info)}).")
     else:
         print(f"Lease {args.name!r} was no longer held; nothing released.")
@@ -246,6 +265,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", metavar="NAME")
     s.add_argument("--force", action="store_true", help="required: you know its holder is gone")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument(
+        "--allow-empty-prefix",
+        action="store_true",
+        help="release even with an empty key prefix (only if the database holds only leases)",
+    )
     _store_options(s, suppress=True)
     s.set_defaults(run=_release)
 

@@ -18,6 +18,7 @@ use pyo3::IntoPyObjectExt;
 use crate::client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 use crate::info::LeaseInfo;
 use crate::lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
+use crate::store::ForceReleased;
 use crate::wait::{Backoff, MIN_POLL};
 
 use super::bridge::{
@@ -622,6 +623,11 @@ impl PyClient {
         self.inner.store().kind()
     }
 
+    #[getter]
+    fn key_prefix(&self) -> &str {
+        &self.inner.options().key_prefix
+    }
+
     #[pyo3(signature = (name, *, duration=None, renew_interval=None, auto_renew=None, metadata=None))]
     fn try_acquire<'py>(
         &self,
@@ -807,19 +813,70 @@ impl PyClient {
         })
     }
 
-    fn force_release<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (name, *, lease_id=None))]
+    fn force_release<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        lease_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let client = self.inner.clone();
-        future_into_py(py, async move { client.force_release(&name).await })
+        future_into_py(py, async move {
+            let outcome = client.force_release_if(&name, lease_id.as_deref()).await?;
+            forced(&name, lease_id.as_deref(), outcome)
+        })
     }
-    fn force_release_blocking(&self, py: Python<'_>, name: String) -> PyResult<bool> {
+    #[pyo3(signature = (name, *, lease_id=None))]
+    fn force_release_blocking(
+        &self,
+        py: Python<'_>,
+        name: String,
+        lease_id: Option<String>,
+    ) -> PyResult<bool> {
         runtime::check_pid(self.pid)?;
         let client = self.inner.clone();
-        block_on(py, async move { client.force_release(&name).await })
+        block_on(py, async move {
+            let outcome = client.force_release_if(&name, lease_id.as_deref()).await?;
+            forced(&name, lease_id.as_deref(), outcome)
+        })
+    }
+
+    /// Stops renewing this client's leases and releases them (their handles end as lost,
+    /// `client_closed`); afterwards no lease can be taken through it.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        future_into_py(py, async move {
+            client.close().await;
+            Ok(())
+        })
+    }
+    fn close_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        runtime::check_pid(self.pid)?;
+        let client = self.inner.clone();
+        block_on(py, async move {
+            client.close().await;
+            Ok(())
+        })
     }
 
     fn __repr__(&self) -> String {
         format!("LeaseClient(store={:?})", self.inner.store().kind())
+    }
+}
+
+/// A forced release's answer for Python: whether a lease was deleted; a lease that changed hands
+/// since its lease id was shown is `LeaseUnavailable` naming both holders (nothing deleted).
+fn forced(name: &str, shown: Option<&str>, outcome: ForceReleased) -> crate::error::Result<bool> {
+    match outcome {
+        ForceReleased::Released => Ok(true),
+        ForceReleased::Absent => Ok(false),
+        ForceReleased::HeldByOther(holder) => Err(crate::error::LeaseError::ChangedHands {
+            name: name.to_owned(),
+            shown: shown.unwrap_or("?").to_owned(),
+            holder: Box::new(holder),
+        }),
     }
 }
 

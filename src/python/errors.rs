@@ -65,6 +65,14 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
             let _ = value.setattr("name", name);
             err
         }
+        CoreError::ChangedHands { name, holder, .. } => {
+            let err = LeaseUnavailable::new_err(message);
+            let value = err.value(py);
+            let holder = Py::new(py, PyLeaseInfo::from(*holder)).ok();
+            let _ = value.setattr("holder", holder);
+            let _ = value.setattr("name", name);
+            err
+        }
         CoreError::Lost { name, reason } => {
             let err = LeaseLost::new_err(message);
             let _ = err.value(py).setattr("name", name);

@@ -117,6 +117,31 @@ pub(crate) fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Optio
 /// most five seconds) for those already inside to leave.
 #[pyfunction]
 pub(crate) fn _shutdown(py: Python<'_>) {
+    // First give back what this process still holds: leases whose handles are still alive
+    // (their clients are closed: released, owner-checked) and leases dropped just before the
+    // end (their background releases are waited for). Without this, a lease held at exit was
+    // left to expire, blocking everyone for its whole duration. Only this process's own
+    // runtime is used (never one inherited through fork(), whose threads do not exist here);
+    // a process that never used the library has none and skips this.
+    let current = SLOT.load(SeqCst);
+    // SAFETY: slots are leaked on purpose and never freed.
+    if let Some(slot) = unsafe { current.as_ref() } {
+        if slot.pid == pid() {
+            py.detach(|| {
+                let _ = slot.runtime.block_on(tokio::time::timeout(
+                    Duration::from_secs(3),
+                    crate::renewal::close_all(),
+                ));
+                let left = crate::lease::wait_for_background_releases(Duration::from_secs(2));
+                if left > 0 {
+                    tracing::warn!(
+                        pending = left,
+                        "process exit: some lease releases did not complete; those leases expire by themselves"
+                    );
+                }
+            });
+        }
+    }
     CLOSING.store(true, SeqCst);
     py.detach(|| {
         let until = Instant::now() + Duration::from_secs(5);

@@ -135,6 +135,13 @@ pub trait LeaseStore: Send + Sync + Debug {
         .await
     }
 
+    /// Whether [`Self::renew_many`] renews a whole batch in one request (so its results
+    /// arrive together anyway); otherwise the renewal scheduler sends renewals one by one and
+    /// handles each reply as it arrives.
+    fn renews_in_one_request(&self) -> bool {
+        false
+    }
+
     /// Deletes the lease if `lease_id` still holds it; otherwise says why it was not ours.
     ///
     /// # Errors

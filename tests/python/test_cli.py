@@ -348,3 +348,86 @@ def test_main_in_process_prints_inspect(
 ) -> None:
     assert cli.main(["--url", demo_redis.url, "inspect", name]) == 0
     assert fields(capsys.readouterr().out)["Lease ID"] == held.lease_id
+
+
+# -- release: only the holder that was shown (issue 12) ---------------------------------------------
+
+
+class _Terminal:
+    """A stdin that says it is a terminal (the answer comes from the patched ``_confirm``)."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self) -> str:
+        return "y\n"
+
+
+def test_release_force_never_removes_a_holder_it_did_not_show(
+    demo_redis: RedisServer,
+    client: dl.LeaseClient,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = client.acquire_sync(name, duration=30, metadata=METADATA)
+    successor: list[dl.Lease] = []
+
+    def confirm_after_the_lease_changed_hands(question: str) -> bool:
+        # While the administrator reads the prompt, the shown holder's lease is freed and
+        # someone else takes it.
+        assert "us-east-1 (us-east)" in question
+        assert client.force_release_sync(name)
+        successor.append(
+            client.acquire_sync(name, duration=30, metadata={"instanceId": "eu-west-1"})
+        )
+        return True
+
+    monkeypatch.setattr(cli, "_confirm", confirm_after_the_lease_changed_hands)
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    code = cli.main(["--url", demo_redis.url, "release", name, "--force"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE, err
+    assert "changed hands" in err and "eu-west-1" in err and "nothing was released" in err
+    info = client.inspect_sync(name)
+    assert info is not None and info.lease_id == successor[0].lease_id, "the successor was removed"
+    successor[0].release_blocking()
+    first.release_blocking()
+
+
+def test_release_force_refuses_an_empty_key_prefix(demo_redis: RedisServer, name: str) -> None:
+    app_key = f"user:{name}"
+    demo_redis.cli("HSET", app_key, "leaseId", "not-a-lease", "acquiredAt", "2025-01-01")
+    try:
+        result = leasing(
+            "--url", demo_redis.url, "--key-prefix", "", "release", app_key, "--force", "--yes"
+        )
+        assert result.returncode == cli.EXIT_USAGE
+        assert "empty key prefix" in result.stderr and "--allow-empty-prefix" in result.stderr
+        assert demo_redis.cli("EXISTS", app_key).strip() == "1"
+    finally:
+        demo_redis.cli("DEL", app_key)
+
+
+def test_release_force_leaves_an_application_hash_alone(
+    demo_redis: RedisServer, name: str
+) -> None:
+    app_key = f"user:{name}"
+    demo_redis.cli("HSET", app_key, "name", "Ada")
+    try:
+        result = leasing(
+            "--url",
+            demo_redis.url,
+            "--key-prefix",
+            "",
+            "release",
+            app_key,
+            "--force",
+            "--yes",
+            "--allow-empty-prefix",
+        )
+        assert result.returncode == cli.EXIT_ERROR, result.stdout
+        assert "not a lease" in result.stderr
+        assert demo_redis.cli("HGET", app_key, "name").strip() == "Ada"
+    finally:
+        demo_redis.cli("DEL", app_key)

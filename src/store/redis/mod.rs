@@ -680,6 +680,12 @@ impl LeaseStore for RedisStore {
         }
     }
 
+    fn renews_in_one_request(&self) -> bool {
+        // One script per chunk on a standalone server; a cluster's leases live in different
+        // slots, so there each renewal is its own request.
+        !matches!(self.conn, Conn::Cluster(_))
+    }
+
     async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
         // One script per chunk on a standalone server; a cluster pipelines single renewals
         // (the leases' keys live in different slots).

@@ -161,6 +161,12 @@ impl Inner {
         if file.is_none() || now == *file {
             return Ok(());
         }
+        if now.is_none() && leftover_wal(&self.path).is_some() {
+            // The file alone was deleted; its write-ahead log (which this connection keeps
+            // open) is still there, and a new database beside it would be read through that log:
+            // create nothing. Leases held in the deleted file are lost.
+            return Err(Failure::Gone);
+        }
         tracing::warn!(
             path = %self.path.display(),
             "the SQLite lease database was deleted or replaced while open; switching to the file now at that path: leases held in the old file are lost, and fencing tokens restart in a new file"
@@ -267,6 +273,9 @@ impl SqliteStore {
                 ));
             }
         }
+        if !path.exists() && leftover_wal(&path).is_some() {
+            return Err(Failure::Gone.into_error(&path, busy_timeout));
+        }
         let conn =
             open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
         let file = FileId::of(&path);
@@ -287,14 +296,26 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
     {
+        self.run_or(op, None).await
+    }
+
+    /// [`Self::run`], answering `gone` instead of running `op` when the database file was
+    /// deleted under us (see [`Inner::follow_path`]).
+    async fn run_or<T, F>(&self, op: F, gone: Option<T>) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             // A panic while the lock was held cannot leave a transaction open (a `Transaction`
             // rolls back when dropped), so a poisoned connection is still good to use.
             let mut guard = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(conn) = guard.as_mut() {
-                if let Err(f) = inner.follow_path(conn) {
-                    return Err(f.into_error(&inner.path, inner.busy_timeout));
+                match (inner.follow_path(conn), gone) {
+                    (Ok(()), _) => {}
+                    (Err(Failure::Gone), Some(gone)) => return Ok(gone),
+                    (Err(f), _) => return Err(f.into_error(&inner.path, inner.busy_timeout)),
                 }
             }
             let result = match guard.as_mut() {
@@ -376,30 +397,33 @@ impl LeaseStore for SqliteStore {
         let name = name.to_owned();
         let lease_id = lease_id.to_owned();
         let duration_ms = duration_ms(duration);
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            let current: Option<(String, i64)> = tx
-                .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
-                .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let outcome = match current {
-                None => RenewOutcome::Lost(LostReason::Missing),
-                Some((_, expires_at)) if expires_at <= now => {
-                    RenewOutcome::Lost(LostReason::Missing)
-                }
-                Some((holder, _)) if holder != lease_id => {
-                    RenewOutcome::Lost(LostReason::HeldByOther)
-                }
-                Some(_) => {
-                    tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
-                        .execute(params![name, now.saturating_add(duration_ms)])?;
-                    RenewOutcome::Renewed
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
-        })
+        self.run_or(
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let current: Option<(String, i64)> = tx
+                    .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
+                    .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let outcome = match current {
+                    None => RenewOutcome::Lost(LostReason::Missing),
+                    Some((_, expires_at)) if expires_at <= now => {
+                        RenewOutcome::Lost(LostReason::Missing)
+                    }
+                    Some((holder, _)) if holder != lease_id => {
+                        RenewOutcome::Lost(LostReason::HeldByOther)
+                    }
+                    Some(_) => {
+                        tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                            .execute(params![name, now.saturating_add(duration_ms)])?;
+                        RenewOutcome::Renewed
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+            },
+            Some(RenewOutcome::Lost(LostReason::Missing)),
+        )
         .await
     }
 
@@ -409,33 +433,36 @@ impl LeaseStore for SqliteStore {
         let name = name.to_owned();
         let lease_id = lease_id.to_owned();
         let outcome = self
-            .run(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = now_ms();
-                // Our own expired row goes too (it is absent in all but storage), but only a
-                // live one counts as released.
-                let expires_at: Option<i64> = tx
+            .run_or(
+                move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = now_ms();
+                    // Our own expired row goes too (it is absent in all but storage), but only a
+                    // live one counts as released.
+                    let expires_at: Option<i64> = tx
                     .prepare_cached(
                         "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
                     )?
                     .query_row([&name, &lease_id], |r| r.get(0))
                     .optional()?;
-                let outcome = if expires_at.is_some_and(|e| e > now) {
-                    ReleaseOutcome::Released
-                } else {
-                    let other: Option<i64> = tx
-                        .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
-                        .query_row([&name], |r| r.get(0))
-                        .optional()?;
-                    if other.is_some_and(|e| e > now) {
-                        ReleaseOutcome::Lost(LostReason::HeldByOther)
+                    let outcome = if expires_at.is_some_and(|e| e > now) {
+                        ReleaseOutcome::Released
                     } else {
-                        ReleaseOutcome::Lost(LostReason::Missing)
-                    }
-                };
-                tx.commit()?;
-                Ok(outcome)
-            })
+                        let other: Option<i64> = tx
+                            .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
+                            .query_row([&name], |r| r.get(0))
+                            .optional()?;
+                        if other.is_some_and(|e| e > now) {
+                            ReleaseOutcome::Lost(LostReason::HeldByOther)
+                        } else {
+                            ReleaseOutcome::Lost(LostReason::Missing)
+                        }
+                    };
+                    tx.commit()?;
+                    Ok(outcome)
+                },
+                Some(ReleaseOutcome::Lost(LostReason::Missing)),
+            )
             .await?;
         if outcome == ReleaseOutcome::Released {
             self.inner.board.notify(&notified);
@@ -529,6 +556,14 @@ impl LeaseStore for SqliteStore {
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.inner.board.join(name)
     }
+}
+
+/// The `-wal` file of the database at `path`, if one exists.
+fn leftover_wal(path: &Path) -> Option<PathBuf> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    wal.exists().then_some(wal)
 }
 
 /// Opens the connection, sets it up for several processes, and checks or creates the schema.
@@ -666,6 +701,8 @@ enum Failure {
     Sql(rusqlite::Error),
     /// The file is a database, but not one this version may use.
     Schema(String),
+    /// The database file was deleted while in use, and its `-wal`/`-shm` files were left.
+    Gone,
     /// A lease row that this library would not have written.
     BadRecord {
         name: String,
@@ -704,6 +741,12 @@ impl Failure {
             Self::Closed => (
                 BackendErrorKind::Other,
                 format!("SQLite database {p}: the store is closed; open it again"),
+            ),
+            Self::Gone => (
+                BackendErrorKind::Other,
+                format!(
+                    "SQLite database {p} was deleted while in use, but its {p}-wal and {p}-shm files were left: every lease held in it is lost; stop the processes using it, delete those two files as well, and start again (fencing tokens then restart at 1)"
+                ),
             ),
             Self::Sql(e) => sql_error(&e, path, busy_timeout),
         };
@@ -912,7 +955,12 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.0).unwrap();
         let t1 = token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
-        std::fs::remove_file(&db.0).unwrap();
+        // `rm leases.db*`: the file and its write-ahead log.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.0.clone().into_os_string();
+            p.push(suffix);
+            std::fs::remove_file(p).unwrap();
+        }
         // Another process creates a fresh file at the same path and takes the lease there.
         let other = SqliteStore::open(&db.0).unwrap();
         let t2 = token(&acquire(&other, "job", "b", LONG, &meta(&[])).await);
@@ -932,11 +980,41 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.0).unwrap();
         token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
+        // The file alone: its -wal and -shm stay (this connection keeps them open).
         std::fs::remove_file(&db.0).unwrap();
         assert_eq!(
             store.renew("job", "a", LONG).await.unwrap(),
             RenewOutcome::Lost(LostReason::Missing)
         );
+        assert_eq!(
+            store.release("job", "a").await.unwrap(),
+            ReleaseOutcome::Lost(LostReason::Missing)
+        );
+        // Nobody is granted a lease in a file beside the old log; the error says what to do.
+        let e = acquire_err(&store, "job").await;
+        assert!(
+            e.contains("was deleted while in use") && e.contains("-wal"),
+            "{e}"
+        );
+        let e = SqliteStore::open(&db.0).unwrap_err().to_string();
+        assert!(
+            e.contains("was deleted while in use") && e.contains("-wal"),
+            "{e}"
+        );
+    }
+
+    async fn acquire_err(store: &SqliteStore, name: &str) -> String {
+        store
+            .try_acquire(&AcquireRequest {
+                name,
+                lease_id: "z",
+                duration: LONG,
+                acquired_at: Utc::now(),
+                metadata: &meta(&[]),
+            })
+            .await
+            .unwrap_err()
+            .to_string()
     }
 
     #[tokio::test]
