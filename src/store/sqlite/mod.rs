@@ -40,7 +40,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 
 use super::{
     validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
-    RenewOutcome,
+    RenewItem, RenewOutcome,
 };
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
@@ -299,6 +299,43 @@ impl SqliteStore {
         self.run_or(op, None).await
     }
 
+    /// Renews each `(name, lease id, duration ms)` owned by its lease id, all in one write
+    /// transaction (one commit and one fsync for a whole batch of the renewal scheduler).
+    async fn renew_all(&self, items: Vec<(String, String, i64)>) -> Result<Vec<RenewOutcome>> {
+        let gone = vec![RenewOutcome::Lost(LostReason::Missing); items.len()];
+        self.run_or(
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (name, lease_id, duration_ms) in &items {
+                    let current: Option<(String, i64)> = tx
+                        .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
+                        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    outcomes.push(match current {
+                        None => RenewOutcome::Lost(LostReason::Missing),
+                        Some((_, expires_at)) if expires_at <= now => {
+                            RenewOutcome::Lost(LostReason::Missing)
+                        }
+                        Some((holder, _)) if holder != *lease_id => {
+                            RenewOutcome::Lost(LostReason::HeldByOther)
+                        }
+                        Some(_) => {
+                            tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                                .execute(params![name, now.saturating_add(*duration_ms)])?;
+                            RenewOutcome::Renewed
+                        }
+                    });
+                }
+                tx.commit()?;
+                Ok(outcomes)
+            },
+            Some(gone),
+        )
+        .await
+    }
+
     /// [`Self::run`], answering `gone` instead of running `op` when the database file was
     /// deleted under us (see [`Inner::follow_path`]).
     async fn run_or<T, F>(&self, op: F, gone: Option<T>) -> Result<T>
@@ -394,39 +431,50 @@ impl LeaseStore for SqliteStore {
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
         validate_name(name)?;
-        let name = name.to_owned();
-        let lease_id = lease_id.to_owned();
-        let duration_ms = duration_ms(duration);
-        self.run_or(
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = now_ms();
-                let current: Option<(String, i64)> = tx
-                    .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
-                    .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let outcome = match current {
-                    None => RenewOutcome::Lost(LostReason::Missing),
-                    Some((_, expires_at)) if expires_at <= now => {
-                        RenewOutcome::Lost(LostReason::Missing)
-                    }
-                    Some((holder, _)) if holder != lease_id => {
-                        RenewOutcome::Lost(LostReason::HeldByOther)
-                    }
-                    Some(_) => {
-                        tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
-                            .execute(params![name, now.saturating_add(duration_ms)])?;
-                        RenewOutcome::Renewed
-                    }
-                };
-                tx.commit()?;
-                Ok(outcome)
-            },
-            Some(RenewOutcome::Lost(LostReason::Missing)),
-        )
-        .await
+        let items = vec![(name.to_owned(), lease_id.to_owned(), duration_ms(duration))];
+        let mut outcomes = self.renew_all(items).await?;
+        Ok(outcomes
+            .pop()
+            .unwrap_or(RenewOutcome::Lost(LostReason::Missing)))
     }
 
+    fn renews_in_one_request(&self) -> bool {
+        true
+    }
+
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
+        if let Some(bad) = items.iter().find_map(|i| validate_name(i.name).err()) {
+            let message = bad.to_string();
+            return items
+                .iter()
+                .map(|_| Err(LeaseError::InvalidArgument(message.clone())))
+                .collect();
+        }
+        let owned = items
+            .iter()
+            .map(|i| {
+                (
+                    i.name.to_owned(),
+                    i.lease_id.to_owned(),
+                    duration_ms(i.duration),
+                )
+            })
+            .collect();
+        match self.renew_all(owned).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let message = e.to_string();
+                let kind = match &e {
+                    LeaseError::Backend { kind, .. } => *kind,
+                    _ => BackendErrorKind::Other,
+                };
+                items
+                    .iter()
+                    .map(|_| Err(LeaseError::backend(kind, message.clone())))
+                    .collect()
+            }
+        }
+    }
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         validate_name(name)?;
         let notified = name.to_owned();
