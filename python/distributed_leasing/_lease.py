@@ -147,7 +147,8 @@ class LeaseContext:
         # that finds another holder (or no lease) means the lease was lost during the body
         # before a renewal noticed: the handle is lost, and the loss is reported here.
         released = await asyncio.shield(lease.release())
-        if not released and lease.is_lost and self._on_lost == "cancel" and exc_type is None:
+        lost = lease.lost_reason is not None  # read again: the release may have ended it
+        if not released and lost and self._on_lost == "cancel" and exc_type is None:
             raise _lost_error(lease)
 
     # -- sync --------------------------------------------------------------------------------
@@ -183,5 +184,6 @@ class LeaseContext:
                 raise _lost_error(lease)
             return
         released = lease.release_blocking()
-        if not released and lease.is_lost and self._on_lost == "cancel" and exc_type is None:
+        lost = lease.lost_reason is not None  # read again: the release may have ended it
+        if not released and lost and self._on_lost == "cancel" and exc_type is None:
             raise _lost_error(lease)

@@ -128,10 +128,10 @@ pub(crate) fn _shutdown(py: Python<'_>) {
     if let Some(slot) = unsafe { current.as_ref() } {
         if slot.pid == pid() {
             py.detach(|| {
-                let _ = slot.runtime.block_on(tokio::time::timeout(
-                    Duration::from_secs(3),
-                    crate::renewal::close_all(),
-                ));
+                // The timer is made inside the runtime (a tokio timer needs one).
+                let _ = slot.runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(3), crate::renewal::close_all()).await
+                });
                 let left = crate::lease::wait_for_background_releases(Duration::from_secs(2));
                 if left > 0 {
                     tracing::warn!(

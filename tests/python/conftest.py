@@ -119,17 +119,30 @@ class StoreUnderTest:
         return f"<store {self.kind} {self.url}>"
 
 
+_DELETE_ROW = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=10)
+with con:
+    cur = con.execute("DELETE FROM leases WHERE name = ?", (sys.argv[2],))
+con.close()
+print(cur.rowcount)
+"""
+
+
 def _sqlite_make_lost(path: Path) -> Callable[[str], None]:
     def make_lost(name: str) -> None:
-        import sqlite3
-
-        con = sqlite3.connect(path, timeout=10)
-        try:
-            with con:
-                cur = con.execute("DELETE FROM leases WHERE name = ?", (name,))
-            assert cur.rowcount == 1, f"no row for lease {name!r} in {path}"
-        finally:
-            con.close()
+        # In another process, as an operator would: two SQLite libraries in one process (this
+        # interpreter's and the extension's bundled one) share the process's POSIX locks, so
+        # closing this one's connection would drop the other's locks and let SQLite delete the
+        # write-ahead log under it.
+        out = subprocess.run(
+            [sys.executable, "-c", _DELETE_ROW, str(path), name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert out.stdout.strip() == "1", f"no row for lease {name!r} in {path}"
 
     return make_lost
 

@@ -350,7 +350,7 @@ def test_main_in_process_prints_inspect(
     assert fields(capsys.readouterr().out)["Lease ID"] == held.lease_id
 
 
-# -- release: only the holder that was shown (issue 12) ---------------------------------------------
+# -- release: only the holder that was shown (issue 12) ---------------------------------------
 
 
 class _Terminal:

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +25,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import distributed_leasing as dl
 import pytest
 from conftest import StoreUnderTest
 from redis_servers import RedisServer
-
-import distributed_leasing as dl
 
 CHILDREN = 4
 
@@ -61,7 +59,7 @@ def _use_thread(url: str, name: str) -> None:
     def run() -> None:
         try:
             _use_sync(url, name + "-thread")
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     t = threading.Thread(target=run)
@@ -101,7 +99,7 @@ def _child(url: str, name: str, conn: Connection, hold: float) -> None:
         if lease is not None:
             lease.release_blocking()
         c.close_sync()
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
+    except BaseException as e:
         conn.send(("error", repr(e), 0))
     finally:
         conn.close()
@@ -261,9 +259,8 @@ def test_sync_with_raises_when_the_release_finds_no_lease(
 ) -> None:
     c = dl.LeaseClient.connect_sync(store.url)
     try:
-        with pytest.raises(dl.LeaseLost) as err:
-            with c.lease(unique_name, duration=30) as lease:
-                store.make_lost(unique_name)
+        with pytest.raises(dl.LeaseLost) as err, c.lease(unique_name, duration=30) as lease:
+            store.make_lost(unique_name)
         assert err.value.reason == "missing"
         assert lease.lost_reason == "missing"
         # on_lost="ignore": no exception, but the handle still says lost, never released.
