@@ -160,8 +160,8 @@ def test_no_secret_in_cli_output(secret_server: RedisServer, tmp_path: Path) -> 
     wrong = write_config(tmp_path / "wrong", se_string(srv, WRONG))
     bad = write_config(tmp_path / "bad", se_string(srv, SECRET, ",defaultDatabase=x"))
     url_ok, url_wrong = srv.url_for("alice", SECRET), srv.url_for("alice", WRONG)
-    srv.cli("HSET", "lease:held", "leaseId", "x", "meta_instanceId", "cli", user="alice",
-            password=SECRET)  # fmt: skip
+    srv.cli("HSET", "lease:held", "leaseId", "x", "acquiredAt", "2025-12-25T21:00:00.000Z",
+            "meta_instanceId", "cli", user="alice", password=SECRET)  # fmt: skip
     runs = [
         ["--dir", str(ok), "inspect", "held"],
         ["--dir", str(ok), "inspect", "--json", "held"],
