@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from . import _native
+from . import _args, _native
 from ._backoff import Backoff, _native_backoff
 from ._lease import LeaseContext, OnLost
 from ._native import Lease, LeaseError, LeaseInfo
@@ -60,6 +60,15 @@ class LeaseClient:
 
         ``backoff`` is the default polling schedule and attempt limit of waiting acquires.
         """
+        _check_connect(
+            url,
+            duration,
+            renew_interval,
+            auto_renew,
+            key_prefix,
+            connect_timeout,
+            operation_timeout,
+        )
         native = await _native._Client.connect(
             url,
             duration=duration,
@@ -88,6 +97,15 @@ class LeaseClient:
         backoff: Backoff | None = None,
     ) -> LeaseClient:
         """``connect`` for synchronous code (blocks with the GIL released)."""
+        _check_connect(
+            url,
+            duration,
+            renew_interval,
+            auto_renew,
+            key_prefix,
+            connect_timeout,
+            operation_timeout,
+        )
         native = _native._Client.connect_blocking(
             url,
             duration=duration,
@@ -159,12 +177,19 @@ class LeaseClient:
         metadata: Mapping[str, str] | None = None,
     ) -> Lease | None:
         """One attempt: the lease, or None if someone else holds it."""
+        meta = _args.lease_args(
+            name,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata_=metadata,
+        )
         lease, _holder = await self._native.try_acquire(
             name,
             duration=duration,
             renew_interval=renew_interval,
             auto_renew=auto_renew,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=meta,
         )
         return lease
 
@@ -178,12 +203,19 @@ class LeaseClient:
         metadata: Mapping[str, str] | None = None,
     ) -> Lease | None:
         """``try_acquire`` for synchronous code."""
+        meta = _args.lease_args(
+            name,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata_=metadata,
+        )
         lease, _holder = self._native.try_acquire_blocking(
             name,
             duration=duration,
             renew_interval=renew_interval,
             auto_renew=auto_renew,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=meta,
         )
         return lease
 
@@ -205,13 +237,21 @@ class LeaseClient:
         Raises ``LeaseUnavailable`` (with ``.holder``) when the wait or the backoff's attempt
         limit runs out. Cancelling the call leaves no lease and no subscription behind.
         """
+        meta = _args.lease_args(
+            name,
+            wait=wait,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata_=metadata,
+        )
         return await self._native.acquire(
             name,
             wait=wait,
             duration=duration,
             renew_interval=renew_interval,
             auto_renew=auto_renew,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=meta,
             backoff=_native_backoff(backoff),
         )
 
@@ -227,13 +267,21 @@ class LeaseClient:
         backoff: Backoff | None = None,
     ) -> Lease:
         """``acquire`` for synchronous code (Ctrl-C interrupts a wait)."""
+        meta = _args.lease_args(
+            name,
+            wait=wait,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata_=metadata,
+        )
         return self._native.acquire_blocking(
             name,
             wait=wait,
             duration=duration,
             renew_interval=renew_interval,
             auto_renew=auto_renew,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=meta,
             backoff=_native_backoff(backoff),
         )
 
@@ -315,6 +363,25 @@ class LeaseClient:
     def __repr__(self) -> str:
         native = self.__native
         return "LeaseClient(closed)" if native is None else repr(native)
+
+
+def _check_connect(
+    url: object,
+    duration: object,
+    renew_interval: object,
+    auto_renew: object,
+    key_prefix: object,
+    connect_timeout: object,
+    operation_timeout: object,
+) -> None:
+    _args.text("url", url, "redis://127.0.0.1:6379")
+    _args.seconds("duration", duration)
+    _args.seconds("renew_interval", renew_interval)
+    _args.flag("auto_renew", auto_renew)
+    if key_prefix is not None:
+        _args.text("key_prefix", key_prefix, "lease:")
+    _args.seconds("connect_timeout", connect_timeout)
+    _args.seconds("operation_timeout", operation_timeout)
 
 
 def is_configured(dir: str | os.PathLike[str] = ".") -> bool:

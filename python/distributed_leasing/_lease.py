@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from . import _args
 from ._native import Lease, LeaseLost
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ class LeaseContext:
         metadata: Mapping[str, str] | None,
         backoff: Backoff | None = None,
     ) -> None:
+        # Checked here, when lease(...) is called, not at the first `with`.
+        meta = _args.lease_args(
+            name,
+            wait=wait,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata_=metadata,
+        )
         if on_lost not in ("cancel", "ignore"):
             raise ValueError(f"on_lost={on_lost!r} is not valid: use 'cancel' or 'ignore'")
         self._get_client = get_client
@@ -84,7 +94,7 @@ class LeaseContext:
         self._duration = duration
         self._renew_interval = renew_interval
         self._auto_renew = auto_renew
-        self._metadata = dict(metadata) if metadata is not None else None
+        self._metadata = meta
         self._backoff = backoff
         self._lease: Lease | None = None
         self._task: asyncio.Task[object] | None = None

@@ -420,3 +420,97 @@ def test_nan_is_never_mistaken_for_a_duration(fuzz_client: dl.LeaseClient) -> No
     for value in (math.nan, -math.nan):
         with pytest.raises(ValueError, match="finite number"):
             fuzz_client.try_acquire_sync("nan", duration=value)
+
+
+# ------------------------------------------------------------------------------------------
+# Wrong types name the argument, the type given and what to give (issue 12, defect 8)
+# ------------------------------------------------------------------------------------------
+
+# (argument, value, the value's type name, what the message must suggest)
+WRONG_TYPES = [
+    ("wait", "5", "str", "number of seconds"),
+    ("wait", True, "bool", "number of seconds"),
+    ("duration", "30", "str", "number of seconds"),
+    ("renew_interval", b"10", "bytes", "number of seconds"),
+    ("auto_renew", "yes", "str", "True or False"),
+    ("auto_renew", 1, "int", "True or False"),
+    ("metadata", "abc", "str", "dict of str to str"),
+    ("metadata", [("instanceId", "a")], "list", "dict of str to str"),  # no silent dict()
+    ("metadata", 42, "int", "dict of str to str"),
+]
+
+
+def lease_calls(client: dl.LeaseClient, name: str, **kwargs: Any) -> dict[str, Any]:
+    """Every public way to acquire, each a no-argument callable run to completion."""
+    no_wait = {k: v for k, v in kwargs.items() if k != "wait"}
+
+    async def async_with(make: Any) -> None:
+        async with make():
+            pass
+
+    def sync_with(make: Any) -> None:
+        with make():
+            pass
+
+    calls: dict[str, Any] = {
+        "dl.lease async": lambda: asyncio.run(
+            async_with(lambda: dl.lease(name, client=client, **kwargs))
+        ),
+        "dl.lease sync": lambda: sync_with(lambda: dl.lease(name, client=client, **kwargs)),
+        "LeaseClient.lease async": lambda: asyncio.run(
+            async_with(lambda: client.lease(name, **kwargs))
+        ),
+        "LeaseClient.lease sync": lambda: sync_with(lambda: client.lease(name, **kwargs)),
+        "acquire": lambda: asyncio.run(client.acquire(name, **kwargs)),
+        "acquire_sync": lambda: client.acquire_sync(name, **kwargs),
+    }
+    if "wait" not in kwargs:
+        calls["try_acquire"] = lambda: asyncio.run(client.try_acquire(name, **no_wait))
+        calls["try_acquire_sync"] = lambda: client.try_acquire_sync(name, **no_wait)
+    return calls
+
+
+@pytest.mark.parametrize(("param", "value", "type_name", "hint"), WRONG_TYPES)
+def test_wrong_types_name_the_argument_its_type_and_what_to_give(
+    fuzz_client: dl.LeaseClient, param: str, value: Any, type_name: str, hint: str
+) -> None:
+    name = f"types-{uuid.uuid4().hex[:8]}"
+    calls = lease_calls(fuzz_client, name, **{param: value})
+    # Without a client, refused before a default client is looked for (nothing configured here).
+    calls["dl.lease default client"] = lambda: dl.lease(name, **{param: value})
+    for path, call in calls.items():
+        with pytest.raises(TypeError) as info:
+            call()
+        message = str(info.value)
+        assert f"{param}=" in message, (path, message)
+        assert f"is a {type_name}" in message, (path, message)
+        assert hint in message, (path, message)
+        assert fuzz_client.inspect_sync(name) is None, path  # nothing was acquired
+
+
+def test_numbers_of_other_types_are_still_seconds(fuzz_client: dl.LeaseClient) -> None:
+    """Strict, not narrow: any real number is a number of seconds (Fraction, Decimal)."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    name = f"types-{uuid.uuid4().hex[:8]}"
+    lease = fuzz_client.acquire_sync(name, wait=Fraction(1, 2), duration=Decimal("10"))
+    assert lease.expires_in > 5
+    lease.release_blocking()
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "type_name"),
+    [("duration", "30", "str"), ("auto_renew", "yes", "str"), ("connect_timeout", [1], "list")],
+)
+def test_wrong_client_option_types_name_the_argument(
+    tmp_path: Path, param: str, value: Any, type_name: str
+) -> None:
+    url = f"sqlite://{tmp_path / 'leases.db'}"
+    for connect in (
+        lambda: dl.LeaseClient.connect_sync(url, **{param: value}),
+        lambda: asyncio.run(dl.LeaseClient.connect(url, **{param: value})),
+    ):
+        with pytest.raises(TypeError, match=rf"^{param}=.* is a {type_name}; give "):
+            connect()
+
