@@ -213,12 +213,35 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks metadata keys: not empty, no control characters (values may be anything).
+/// Most metadata entries accepted per lease. Metadata describes the holder (instance, region,
+/// host, start time); a Redis script also cannot take an unbounded number of fields at once
+/// (Lua's `unpack` stops at about 8,000 values).
+pub const MAX_METADATA_ENTRIES: usize = 1000;
+
+/// Most metadata accepted per lease, keys and values together, in bytes of UTF-8. Every
+/// `inspect`, `list` and refused acquire carries all of it.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// Checks metadata: at most [`MAX_METADATA_ENTRIES`] entries and [`MAX_METADATA_BYTES`] bytes
+/// of keys and values; keys not empty and without control characters (values may be anything).
+/// Every acquire path of every store enforces this.
 ///
 /// # Errors
-/// `InvalidArgument` naming the key.
+/// `InvalidArgument` naming the limit or the key.
 pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
     use crate::error::LeaseError;
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(LeaseError::InvalidArgument(format!(
+            "metadata has {} entries; the limit is {MAX_METADATA_ENTRIES} entries (and {MAX_METADATA_BYTES} bytes of keys and values): keep a few entries that describe the holder, and store larger data elsewhere with a reference to it in the metadata",
+            metadata.len()
+        )));
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(LeaseError::InvalidArgument(format!(
+            "metadata is {bytes} bytes (keys and values, UTF-8); the limit is {MAX_METADATA_BYTES} bytes (64 KiB) and {MAX_METADATA_ENTRIES} entries: store larger data elsewhere, with a reference to it in the metadata"
+        )));
+    }
     for key in metadata.keys() {
         if key.is_empty() || key.chars().any(char::is_control) {
             return Err(LeaseError::InvalidArgument(format!(
@@ -227,4 +250,41 @@ pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(n: usize, value: &str) -> BTreeMap<String, String> {
+        (0..n)
+            .map(|i| (format!("k{i}"), value.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn metadata_up_to_the_limits_is_accepted() {
+        assert!(validate_metadata(&meta(MAX_METADATA_ENTRIES, "v")).is_ok());
+        let one = BTreeMap::from([("k".to_owned(), "v".repeat(MAX_METADATA_BYTES - 1))]);
+        assert!(validate_metadata(&one).is_ok());
+    }
+
+    #[test]
+    fn metadata_above_the_limits_is_refused_naming_the_limit() {
+        for (metadata, limit) in [
+            (meta(MAX_METADATA_ENTRIES + 1, "v"), "1000 entries"),
+            (meta(8000, "v"), "1000 entries"),
+            (
+                BTreeMap::from([("k".to_owned(), "v".repeat(MAX_METADATA_BYTES))]),
+                "65536 bytes",
+            ),
+        ] {
+            match validate_metadata(&metadata) {
+                Err(crate::error::LeaseError::InvalidArgument(m)) => {
+                    assert!(m.contains(limit), "{m}");
+                }
+                other => panic!("expected InvalidArgument, got {other:?}"),
+            }
+        }
+    }
 }

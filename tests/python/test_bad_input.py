@@ -514,3 +514,47 @@ def test_wrong_client_option_types_name_the_argument(
         with pytest.raises(TypeError, match=rf"^{param}=.* is a {type_name}; give "):
             connect()
 
+
+# ------------------------------------------------------------------------------------------
+# Metadata limits: 1,000 entries, 64 KiB (issue 12, defect 8)
+# ------------------------------------------------------------------------------------------
+
+
+def many(n: int) -> dict[str, str]:
+    return {f"key{i:05d}": f"value{i}" for i in range(n)}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "limit"),
+    [
+        (many(8000), "1000 entries"),  # was a raw Lua "too many results to unpack" in Redis
+        (many(1001), "1000 entries"),
+        ({"blob": "x" * (64 * 1024)}, "65536 bytes"),
+        ({f"k{i}": "y" * 700 for i in range(100)}, "65536 bytes"),
+    ],
+    ids=["8000-entries", "1001-entries", "one-64KiB-value", "100-values-of-700-bytes"],
+)
+def test_metadata_above_the_limits_is_refused_on_every_path_naming_the_limit(
+    store_url: str, metadata: dict[str, str], limit: str
+) -> None:
+    client = dl.LeaseClient.connect_sync(store_url)
+    name = f"limits-{uuid.uuid4().hex[:8]}"
+    for path, call in lease_calls(client, name, metadata=metadata).items():
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert "metadata" in message and limit in message, (path, message)
+        assert client.inspect_sync(name) is None, path
+    # The waiting path (wait > 0) too.
+    with pytest.raises(ValueError, match=limit):
+        client.acquire_sync(name, wait=1.0, metadata=metadata)
+
+
+def test_metadata_at_the_limits_is_stored_exactly(store_url: str) -> None:
+    client = dl.LeaseClient.connect_sync(store_url)
+    for metadata in (many(1000), {"blob": "x" * (64 * 1024 - 4)}):
+        name = f"limits-{uuid.uuid4().hex[:8]}"
+        with client.lease(name, metadata=metadata):
+            info = client.inspect_sync(name)
+            assert info is not None and info.metadata == metadata
+

@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
-    RenewItem, RenewOutcome,
+    validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
@@ -374,6 +374,7 @@ impl LeaseStore for SqliteStore {
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
         validate_name(req.name)?;
+        validate_metadata(req.metadata)?;
         let name = req.name.to_owned();
         let lease_id = req.lease_id.to_owned();
         let duration_ms = duration_ms(req.duration);
