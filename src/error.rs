@@ -135,17 +135,73 @@ impl LeaseError {
     }
 }
 
+/// Someone else's text (the holder's metadata, its lease id) for a message: as is when it has
+/// no control, format (bidi, zero-width) or separator characters, else quoted with escapes, so
+/// that it cannot forge lines or hide text in a log or terminal.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{FEFF}'
+                | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if text.chars().any(hidden) || text.starts_with(['"', '\'']) {
+        let escaped: String = text
+            .chars()
+            .map(|c| {
+                if hidden(c) && !matches!(c, '\n' | '\r' | '\t') {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.escape_debug().to_string()
+                }
+            })
+            .collect();
+        format!("\"{escaped}\"").into()
+    } else {
+        text.into()
+    }
+}
+
 fn describe_holder(holder: Option<&LeaseInfo>) -> String {
     let Some(h) = holder else {
         return "it is held by another holder".to_owned();
     };
     let who = match (h.metadata.get("instanceId"), h.metadata.get("region")) {
-        (Some(i), Some(r)) => format!("{i} ({r})"),
-        (Some(i), None) => i.clone(),
-        _ => format!("lease id {}", h.lease_id),
+        (Some(i), Some(r)) => format!("{} ({})", shown(i), shown(r)),
+        (Some(i), None) => shown(i).into_owned(),
+        _ => format!("lease id {}", shown(&h.lease_id)),
     };
     match h.ttl {
         Some(ttl) => format!("held by {who} for up to {:.1}s more", ttl.as_secs_f64()),
         None => format!("held by {who}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn someone_elses_text_in_a_message_cannot_forge_lines() {
+        assert_eq!(shown("us-east-1"), "us-east-1");
+        assert_eq!(shown("C:\\dir"), "C:\\dir");
+        assert_eq!(shown("a\r\nb"), "\"a\\r\\nb\"");
+        assert_eq!(shown("\u{1b}[2J"), "\"\\u{1b}[2J\"");
+        assert_eq!(shown("\u{202e}abc"), "\"\\u{202e}abc\"");
+        assert_eq!(shown("\"quoted\""), "\"\\\"quoted\\\"\"");
+        let holder = LeaseInfo {
+            name: "job".into(),
+            lease_id: "id".into(),
+            acquired_at: None,
+            fencing_token: None,
+            metadata: [("instanceId".to_owned(), "x\nforged line".to_owned())].into(),
+            ttl: None,
+        };
+        let e = LeaseError::Unavailable {
+            name: "job".into(),
+            holder: Some(Box::new(holder)),
+        };
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(e.to_string().contains("held by \"x\\nforged line\""), "{e}");
     }
 }

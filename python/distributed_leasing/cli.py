@@ -42,12 +42,33 @@ class _Refused(Exception):
 # -- formatting ---------------------------------------------------------------------------------
 
 
+def _safe(text: str) -> str:
+    """Someone else's text (metadata, a lease name or id) for a terminal: as is when every
+    character is printable, else as a Python string literal with escapes (``'a\\nb'``), so that a
+    newline, a carriage return, an escape sequence or a bidi override in it can neither forge
+    lines nor hide or reorder text. A shown value that starts with a quote is always such a
+    literal (a value that itself starts with a quote is shown as one too). ``--json`` output
+    stays exact."""
+    if text.isprintable() and not text.startswith(("'", '"')):
+        return text
+    return repr(text)
+
+
+def _holder_raw(info: LeaseInfo) -> str | None:
+    instance = info.metadata.get("instanceId")
+    region = info.metadata.get("region")
+    if not instance:
+        return None
+    return f"{instance} ({region})" if region else instance
+
+
 def _holder(info: LeaseInfo) -> str:
+    """The holder for people: its instanceId (and region), escaped (see ``_safe``)."""
     instance = info.metadata.get("instanceId")
     region = info.metadata.get("region")
     if not instance:
         return "unknown (no instanceId in its metadata)"
-    return f"{instance} ({region})" if region else instance
+    return f"{_safe(instance)} ({_safe(region)})" if region else _safe(instance)
 
 
 def _time(t: datetime | None) -> str:
@@ -67,7 +88,7 @@ def _fencing(token: int | None) -> str:
 def _as_json(info: LeaseInfo) -> dict[str, Any]:
     return {
         "name": info.name,
-        "holder": _holder(info) if info.metadata.get("instanceId") else None,
+        "holder": _holder_raw(info),
         "lease_id": info.lease_id,
         "acquired_at": None if info.acquired_at is None else _time(info.acquired_at),
         "fencing_token": info.fencing_token,
@@ -78,9 +99,9 @@ def _as_json(info: LeaseInfo) -> dict[str, Any]:
 
 def _print_info(info: LeaseInfo) -> None:
     rows = [
-        ("Lease", info.name),
+        ("Lease", _safe(info.name)),
         ("Holder", _holder(info)),
-        ("Lease ID", info.lease_id),
+        ("Lease ID", _safe(info.lease_id)),
         ("Acquired at", _time(info.acquired_at)),
         ("Fencing token", _fencing(info.fencing_token)),
         ("TTL", _ttl(info.ttl)),
@@ -89,8 +110,9 @@ def _print_info(info: LeaseInfo) -> None:
         print(f"{label + ':':<15} {value}")
     if info.metadata:
         print("Metadata:")
-        width = max(len(k) for k in info.metadata) + 1
-        for key, value in sorted(info.metadata.items()):
+        entries = [(_safe(k), _safe(v)) for k, v in sorted(info.metadata.items())]
+        width = max(len(k) for k, _ in entries) + 1
+        for key, value in entries:
             print(f"  {key + ':':<{width}} {value}")
     else:
         print("Metadata:       (none)")
@@ -100,9 +122,9 @@ def _print_table(infos: Sequence[LeaseInfo]) -> None:
     header = ("NAME", "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
     rows = [
         (
-            i.name,
+            _safe(i.name),
             _holder(i) if i.metadata.get("instanceId") else "-",
-            i.lease_id[:8],
+            _safe(i.lease_id[:8]),
             "-" if i.fencing_token is None else str(i.fencing_token),
             _ttl(i.ttl),
             _time(i.acquired_at),
@@ -197,10 +219,12 @@ def _release(args: argparse.Namespace) -> int:
         released = client.force_release_sync(args.name, lease_id=info.lease_id)
     except LeaseUnavailable as e:
         now = e.holder
-        who = "another holder" if now is None else f"{_holder(now)} (lease id {now.lease_id})"
+        who = (
+            "another holder" if now is None else f"{_holder(now)} (lease id {_safe(now.lease_id)})"
+        )
         raise _Refused(
             f"lease {args.name!r} changed hands while you were asked: it is now held by {who}, "
-            f"not by {_holder(info)} (lease id {info.lease_id}); nothing was released. "
+            f"not by {_holder(info)} (lease id {_safe(info.lease_id)}); nothing was released. "
             "Run the command again to see the current holder."
         ) from None
     if released:

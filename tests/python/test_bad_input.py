@@ -558,3 +558,17 @@ def test_metadata_at_the_limits_is_stored_exactly(store_url: str) -> None:
             info = client.inspect_sync(name)
             assert info is not None and info.metadata == metadata
 
+
+def test_unavailable_message_escapes_the_holders_text(store_url: str) -> None:
+    """The message shows the holder's instanceId and region; someone else's control characters
+    in them cannot forge lines in a log (the attributes stay exact)."""
+    client = dl.LeaseClient.connect_sync(store_url)
+    name = f"forge-{uuid.uuid4().hex[:8]}"
+    metadata = {"instanceId": "x\nERROR forged line", "region": "\x1b[2J\u202e"}
+    with client.lease(name, metadata=metadata), pytest.raises(dl.LeaseUnavailable) as info:
+        client.acquire_sync(name)
+    message = str(info.value)
+    for c in ("\n", "\x1b", "\u202e"):
+        assert c not in message, message
+    assert '"x\\nERROR forged line"' in message, message
+    assert info.value.holder is not None and info.value.holder.metadata == metadata

@@ -329,9 +329,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "NAME" in capsys.readouterr().err
 
 
-def test_configure_delegates_to_the_wizard(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_configure_delegates_to_the_wizard(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[str] = []
 
     def main(directory: str) -> int:
@@ -431,3 +429,110 @@ def test_release_force_leaves_an_application_hash_alone(
         assert demo_redis.cli("HGET", app_key, "name").strip() == "Ada"
     finally:
         demo_redis.cli("DEL", app_key)
+
+
+# -- someone else's text cannot forge output (issue 12, defect 8) ------------------------------
+
+# Each would forge or hide output if printed raw: a new line, a carriage return that overwrites
+# the line, terminal escape sequences (clear screen, colour), a bidi override that reverses what
+# follows, a zero-width space, a line separator, a tab.
+FORGED_ID = "abc\nHolder:         admin (trusted)"
+FORGED = {
+    "instanceId": "evil\r\nLease ID:       00000000-forged",
+    "region": "\x1b[2J\x1b[31mred",
+    "note": "\u202eesrever\u200b\u2028\tend",
+    "plain": "C:\\path\\n is fine",  # printable: shown as is
+    "quoted": "'looks like an escape\\n'",  # starts with a quote: shown as a literal
+}
+BAD_CHARS = ("\x1b", "\r", "\u202e", "\u200b", "\u2028", "\t")
+
+
+def forged_lease(demo_redis: RedisServer, name: str) -> str:
+    """A lease record written by someone else (as the .NET origin would): any lease id."""
+    key = f"lease:{name}"
+    pairs = [x for k, v in FORGED.items() for x in (f"meta_{k}", v)]
+    demo_redis.cli(
+        "HSET", key, "leaseId", FORGED_ID, "acquiredAt", "2025-12-25T21:00:00.000Z", *pairs
+    )
+    demo_redis.cli("EXPIRE", key, "60")
+    return key
+
+
+def assert_no_raw(output: str) -> None:
+    for c in BAD_CHARS:
+        assert c not in output, (c, output)
+
+
+def test_inspect_escapes_control_and_format_characters(demo_redis: RedisServer, name: str) -> None:
+    key = forged_lease(demo_redis, name)
+    try:
+        result = leasing("--url", demo_redis.url, "inspect", name)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert_no_raw(out)
+        lines = out.splitlines()
+        # Lease, Holder, Lease ID, Acquired at, Fencing token, TTL, Metadata:, 5 entries.
+        assert len(lines) == 12, out
+        assert [line.split(":")[0] for line in lines].count("Holder") == 1
+        assert [line.split(":")[0] for line in lines].count("Lease ID") == 1
+        f = fields(out)
+        assert f["Lease ID"] == repr(FORGED_ID)
+        assert f["Holder"] == f"{FORGED['instanceId']!r} ({FORGED['region']!r})"
+        for k, v in FORGED.items():
+            shown = v if k == "plain" else repr(v)
+            assert re.search(rf"^  {k}:\s+{re.escape(shown)}$", out, re.M), (k, out)
+        # --json stays exact.
+        data = json.loads(leasing("--url", demo_redis.url, "inspect", name, "--json").stdout)
+        assert data["lease_id"] == FORGED_ID
+        assert data["metadata"] == FORGED
+        assert data["holder"] == f"{FORGED['instanceId']} ({FORGED['region']})"
+    finally:
+        demo_redis.cli("DEL", key)
+
+
+def test_list_escapes_names_ids_and_holders(demo_redis: RedisServer, name: str) -> None:
+    # A key name with an escape sequence and a newline (someone else's key under the prefix).
+    odd = f"{name}-\x1b[2J\nforged-row"
+    keys = [forged_lease(demo_redis, name), forged_lease(demo_redis, odd)]
+    try:
+        result = leasing("--url", demo_redis.url, "list", name)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert_no_raw(out)
+        lines = out.splitlines()
+        assert len(lines) == 4, out  # the header, two rows, the note on FENCING '-'
+        assert lines[3].startswith("(FENCING '-': ")
+        assert lines[1].startswith(f"{name} ") and lines[2].startswith(repr(odd))
+        for row in lines[1:3]:
+            assert repr(FORGED_ID[:8]) in row and repr(FORGED["instanceId"]) in row, row
+        data = json.loads(leasing("--url", demo_redis.url, "list", name, "--json").stdout)
+        assert [d["name"] for d in data] == [name, odd]
+        assert all(d["lease_id"] == FORGED_ID for d in data)
+    finally:
+        for key in keys:
+            demo_redis.cli("DEL", key)
+
+
+def test_release_prompt_and_refusal_escape_the_holder(
+    demo_redis: RedisServer, client: dl.LeaseClient, name: str
+) -> None:
+    metadata = {"instanceId": "x? [y/N] y\nReleased lease 'other'", "region": "\x1b[8m"}
+    lease = client.acquire_sync(name, duration=30, metadata=metadata)
+    holder = f"{metadata['instanceId']!r} ({metadata['region']!r})"
+    try:
+        refused = leasing("--url", demo_redis.url, "release", name, "--force")
+        assert refused.returncode == 2
+        assert f"is held by {holder};" in refused.stderr, refused.stderr
+        assert_no_raw(refused.stderr)
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        master, slave = pty.openpty()
+        try:
+            os.write(master, b"n\n")
+            result = leasing("--url", demo_redis.url, "release", name, "--force", stdin=slave)
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"Release lease {name!r} held by {holder}? [y/N] Not released.\n"
+    finally:
+        lease.release_blocking()
