@@ -55,8 +55,11 @@ impl LostReason {
 pub enum BackendErrorKind {
     /// The server could not be reached or the connection broke.
     Unreachable,
-    /// Authentication or authorization failed.
+    /// Authentication failed: a wrong user, password, access key or token.
     Auth,
+    /// The server knows who we are but refuses a command, key or channel to this user (a Redis
+    /// ACL rule, `NOPERM`): the message names what was refused and the rule to add.
+    Permission,
     /// The operation did not finish within the configured timeout.
     Timeout,
     /// The key at the lease name holds something other than a lease.

@@ -11,7 +11,7 @@ __version__: Final[str]
 LostReasonName = Literal["expired", "missing", "held_by_other", "client_closed"]
 LeaseEventKind = Literal["renewed", "renewal_failed", "lost", "released"]
 _BackoffArg = tuple[float, float, int | None]
-BackendErrorKind = Literal["unreachable", "auth", "timeout", "wrong_type", "other"]
+BackendErrorKind = Literal["unreachable", "auth", "permission", "timeout", "wrong_type", "other"]
 
 class LeaseError(Exception):
     """Base class of every error of distributed_leasing. Messages never contain secrets."""
@@ -34,7 +34,12 @@ class ConfigError(LeaseError):
     and its source."""
 
 class BackendError(LeaseError):
-    """The store failed: unreachable, authentication, timeout, WRONGTYPE..."""
+    """The store failed: unreachable, authentication, permission (ACL), timeout, WRONGTYPE...
+
+    ``kind``: ``unreachable``, ``auth`` (wrong user, password or token), ``permission`` (the
+    server refused a command, key or channel to this user: an ACL rule is missing; the message
+    names it), ``timeout``, ``wrong_type`` (the key holds something other than a lease),
+    ``other``."""
 
     kind: BackendErrorKind
 

@@ -40,13 +40,14 @@ create_exception!(
     distributed_leasing,
     BackendError,
     LeaseError,
-    "The store failed: unreachable, authentication, timeout, WRONGTYPE..."
+    "The store failed: unreachable, authentication, permission (ACL), timeout, WRONGTYPE..."
 );
 
 fn kind_name(kind: BackendErrorKind) -> &'static str {
     match kind {
         BackendErrorKind::Unreachable => "unreachable",
         BackendErrorKind::Auth => "auth",
+        BackendErrorKind::Permission => "permission",
         BackendErrorKind::Timeout => "timeout",
         BackendErrorKind::WrongType => "wrong_type",
         BackendErrorKind::Other => "other",

@@ -4,6 +4,7 @@ process of its own), and a wrong password is a ``BackendError`` that says so wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -230,3 +231,207 @@ def test_a_user_without_dangerous_commands_can_lease(
         with client.lease(unique_name) as lease:
             info = client.inspect_sync(unique_name)
             assert info is not None and info.lease_id == lease.lease_id
+
+
+# -- The documented ACL rule (issue 12, defect 9) ------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# What the library tries and does without (README, "ACL users and passwords").
+TOLERATED_REFUSALS = {"info", "cluster|info", "client|setinfo"}
+
+
+def readme_acl_rule(marker: str) -> list[str]:
+    """The rules of the ``ACL SETUSER <user> ...`` line in the README's text block after
+    ``<!-- marker``, without the user name."""
+    text = README.read_text(encoding="utf-8")
+    after = text[text.index(f"<!-- {marker}") :]
+    block = after.split("```text\n", 1)[1].split("```", 1)[0]
+    words = block.replace("\\\n", " ").split()
+    assert words[:2] == ["ACL", "SETUSER"], block
+    return words[3:]
+
+
+def base_rule(password: str) -> list[str]:
+    rules = readme_acl_rule("acl-rule:")
+    assert ">PASSWORD" in rules
+    return [f">{password}" if r == ">PASSWORD" else r for r in rules]
+
+
+def rule_commands() -> str:
+    """The documented rule after `reset on >PASSWORD`: what error messages quote."""
+    rules = readme_acl_rule("acl-rule:")
+    return " ".join(rules[rules.index(">PASSWORD") + 1 :])
+
+
+def acl_log(srv: RedisServer, user: str) -> set[str]:
+    """The objects (commands, keys, channels) the server refused to ``user``, per its ACL LOG."""
+    entries = srv.command("ACL", "LOG", "128")
+    assert isinstance(entries, list)
+    refused = set()
+    for entry in entries:
+        fields = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else v
+            )
+            for k, v in zip(entry[::2], entry[1::2], strict=True)
+        }
+        if fields["username"] == user:
+            refused.add(str(fields["object"]))
+    return refused
+
+
+async def every_operation(url: str, name: str, *, flush: Callable[[], object]) -> None:
+    """Acquire (each path), renew, release, a notified wait, inspect, list and force_release,
+    before and after the server forgets the scripts (``flush``: SCRIPT LOAD again)."""
+    holder = await dl.LeaseClient.connect(url, operation_timeout=5.0)
+    waiter = await dl.LeaseClient.connect(url, operation_timeout=5.0)
+    for round in range(2):
+        n = f"{name}-{round}"
+        lease = await holder.acquire(n, duration=10, renew_interval=0.2, metadata={"r": "1"})
+        await lease.renew()
+        await asyncio.sleep(0.5)  # background renewals (renew_many)
+        assert lease.renewals >= 2 and not lease.is_lost, lease.lost_reason
+        assert await waiter.try_acquire(n) is None
+        info = await waiter.inspect(n)
+        assert info is not None and info.lease_id == lease.lease_id
+        assert [i.name for i in await waiter.list(name)] == [n]
+        notices = dl.metrics()["leasing.wait.notifications.total"]
+        waiting = asyncio.ensure_future(waiter.acquire(n, wait=20.0))
+        await asyncio.sleep(0.5)
+        await lease.release()
+        second = await waiting
+        assert dl.metrics()["leasing.wait.notifications.total"] > notices  # woken, not polled
+        assert await holder.force_release(n)
+        assert await holder.inspect(n) is None
+        assert second.lease_id != lease.lease_id
+        # The synchronous paths (their own connection per thread).
+        sync = holder.acquire_sync(n + "-sync", wait=1.0)
+        sync.renew_blocking()
+        assert holder.inspect_sync(n + "-sync") is not None
+        assert [i.name for i in holder.list_sync(n + "-sync")] == [n + "-sync"]
+        sync.release_blocking()
+        other = holder.try_acquire_sync(n + "-sync")
+        assert other is not None
+        assert holder.force_release_sync(n + "-sync")
+        flush()
+
+
+def test_a_user_with_exactly_the_readmes_acl_rule_runs_every_operation(
+    redis_server_factory: Callable[..., RedisServer], unique_name: str
+) -> None:
+    srv = redis_server_factory(acl_users={"leasing": base_rule(SECRET)})
+    # The rule really is narrow: no other command, no other key.
+    assert "NOPERM" in srv.cli("SET", "lease:x", "1", user="leasing", password=SECRET)
+    assert "NOPERM" in srv.cli("EVAL", "return 1", "0", user="leasing", password=SECRET)
+    assert "NOPERM" in srv.cli("EVALSHA", "0" * 40, "1", "other:x", user="leasing", password=SECRET)
+    srv.command("ACL", "LOG", "RESET")
+    asyncio.run(
+        every_operation(
+            srv.url_for("leasing", SECRET), unique_name, flush=lambda: srv.cli("SCRIPT", "FLUSH")
+        )
+    )
+    # Nothing was refused on the way (a refused PUBLISH inside a script would be silent).
+    assert acl_log(srv, "leasing") <= TOLERATED_REFUSALS
+
+
+def test_the_readmes_acl_rule_covers_a_long_wait(
+    redis_server_factory: Callable[..., RedisServer], unique_name: str
+) -> None:
+    """A wait longer than the subscription's health check (PING every 10 s), then the
+    unsubscribe 2 s after the last waiter left."""
+    srv = redis_server_factory(acl_users={"leasing": base_rule(SECRET)})
+    url = srv.url_for("leasing", SECRET)
+
+    async def main() -> None:
+        holder = await dl.LeaseClient.connect(url)
+        waiter = await dl.LeaseClient.connect(url)
+        lease = await holder.acquire(unique_name, duration=30)
+        notices = dl.metrics()["leasing.wait.notifications.total"]
+        waiting = asyncio.ensure_future(waiter.acquire(unique_name, wait=30.0))
+        await asyncio.sleep(11.0)
+        await lease.release()
+        await (await waiting).release()
+        assert dl.metrics()["leasing.wait.notifications.total"] > notices
+        await asyncio.sleep(3.0)
+
+    srv.command("ACL", "LOG", "RESET")
+    asyncio.run(main())
+    assert srv.cli("PUBSUB", "CHANNELS").strip() == ""  # unsubscribed
+    assert acl_log(srv, "leasing") <= TOLERATED_REFUSALS
+
+
+def test_the_readmes_acl_rule_on_a_cluster(
+    redis_cluster: redis_servers.RedisCluster, unique_name: str
+) -> None:
+    user = f"leasing-{unique_name[-12:]}"
+    rules = base_rule(SECRET) + readme_acl_rule("acl-rule-cluster")
+    for node in redis_cluster.nodes:
+        assert node.cli("ACL", "SETUSER", user, *rules).strip() == "OK"
+    try:
+        url = redis_cluster.nodes[0].url_for(user, SECRET)
+
+        def flush() -> None:
+            for node in redis_cluster.nodes:
+                node.cli("SCRIPT", "FLUSH")
+
+        asyncio.run(every_operation(url, unique_name, flush=flush))
+        for node in redis_cluster.nodes:
+            assert acl_log(node, user) <= TOLERATED_REFUSALS
+    finally:
+        for node in redis_cluster.nodes:
+            node.cli("ACL", "DELUSER", user)
+
+
+def without(rules: list[str], rule: str) -> list[str]:
+    assert rule in rules, rule
+    return [r for r in rules if r != rule]
+
+
+def server_version(srv: RedisServer) -> tuple[int, ...]:
+    return tuple(int(p) for p in srv.info("server")["redis_version"].split(".")[:2])
+
+
+@pytest.mark.parametrize(
+    ("missing", "operation"),
+    [
+        ("+scan", "list"),
+        ("+evalsha", "acquire"),
+        ("+script|load", "acquire"),  # the server has not loaded the scripts yet
+        ("+hset", "acquire"),  # inside the acquire script
+        ("+del", "release"),  # inside the release script
+        ("~lease:*", "acquire"),  # the key pattern
+    ],
+)
+def test_a_user_missing_part_of_the_rule_is_told_what_is_missing(
+    redis_server_factory: Callable[..., RedisServer],
+    unique_name: str,
+    missing: str,
+    operation: str,
+) -> None:
+    srv = redis_server_factory(acl_users={"leasing": without(base_rule(SECRET), missing)})
+    client = dl.LeaseClient.connect_sync(srv.url_for("leasing", SECRET))
+    lease = client.acquire_sync(unique_name) if operation == "release" else None
+    with pytest.raises(dl.BackendError) as info:
+        if operation == "list":
+            client.list_sync()
+        elif operation == "acquire":
+            client.acquire_sync(unique_name)
+        else:
+            assert lease is not None
+            lease.release_blocking()
+    e = info.value
+    message = str(e)
+    assert e.kind == "permission", message
+    assert "authentication" not in message and "password)" not in message, message
+    assert rule_commands() in message, message  # quotes the README's rule
+    assert SECRET not in message and SECRET not in repr(e)
+    thing = missing[1:]
+    if missing == "~lease:*":
+        assert f"lease:{unique_name}" in message and "~lease:*" in message, message
+    elif missing in ("+hset", "+del") and server_version(srv) < (7, 2):
+        # Redis 6.2 and 7.0 do not name a command refused inside a script.
+        assert "did not say which" in message and "ACL LOG" in message, message
+    else:
+        assert f"'{thing}'" in message and f"+{thing}" in message, message
+    refused = acl_log(srv, "leasing")
+    assert (f"lease:{unique_name}" if missing == "~lease:*" else thing) in refused, refused

@@ -31,6 +31,7 @@ use crate::store::{
 };
 use crate::wait::ReleaseWatch;
 
+pub mod acl;
 pub mod entra;
 pub mod inline;
 pub mod keys;
@@ -516,8 +517,16 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
         // Our own Entra ID failure (no token): it says what failed and what to do, no secret.
         return LeaseError::backend(BackendErrorKind::Auth, detail.to_owned());
     }
+    // Before the authentication check: a user that lacks a command, key or channel logged in
+    // fine, and must be told which rule is missing, not to check its password.
+    if let Some(refused) = acl::permission_error(e, addr, key) {
+        return refused;
+    }
+    if code == "CROSSSLOT" {
+        return acl::cross_slot_error(addr);
+    }
     if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
-        || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
+        || matches!(code, "NOAUTH" | "WRONGPASS")
     {
         return LeaseError::backend(
             BackendErrorKind::Auth,
