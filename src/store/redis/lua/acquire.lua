@@ -39,7 +39,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local last = redis.pcall('GET', KEYS[2])
 if type(last) == 'table' and last.err then
-  return redis.error_reply('BADFENCE the fencing counter is not a string')
+  if string.find(last.err, 'WRONGTYPE', 1, true) then
+    return redis.error_reply('BADFENCE the fencing counter is not a string')
+  end
+  -- Any other error (a refusal by an ACL rule, say) as the server gave it: not a counter problem.
+  return last
 end
 if last and not string.match(last, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
   return redis.error_reply('BADFENCE the fencing counter is not a non-negative integer')
