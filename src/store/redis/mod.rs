@@ -627,6 +627,8 @@ impl LeaseStore for RedisStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
+        // Also for callers of the bare store: the script unpacks the metadata onto Lua's stack.
+        crate::store::validate_metadata(req.metadata)?;
         let key = self.keys.lease(req.name);
         let fence = self.keys.fence(req.name);
         let acquired_at = format_timestamp(req.acquired_at);
