@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it through .ci/run).
 #
-# Works on a fresh Debian 12 machine that has only Rust and Python >= 3.11 with pip: installs
-# redis-server, redis-tools and openssl (apt) and the test tools (requirements-dev.txt), then runs
+# Works on a fresh Debian 12 machine that has only Rust >= 1.88 and Python >= 3.11: installs
+# redis-server, redis-tools and openssl (apt) and, into the active virtual environment or the
+# project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
 #   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings,
 #   maturin build --release + pip install of the wheel, ruff, mypy --strict, pytest tests/python.
 # Every Redis server the tests need is started by the tests themselves, on private loopback ports.
@@ -11,7 +12,8 @@
 #   SKIP_DEPS=1   no apt-get / pip install          SKIP_RUST=1   no cargo fmt/clippy/test
 #   SKIP_BUILD=1  no wheel build/install            SKIP_LINT=1   no ruff/mypy
 #   SKIP_PYTEST=1 no pytest
-# Other knobs: PYTHON (default python3), PYTEST_TIMEOUT (seconds per test, default 300).
+# Other knobs: PYTHON (default python3: the base of .venv), USE_SYSTEM_PYTHON=1 (install into
+# PYTHON itself), PYTEST_TIMEOUT (seconds per test, default 300).
 # Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
 set -euo pipefail
 
@@ -37,12 +39,17 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 section "Toolchain"
-command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
-"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
-    || die "Python >= 3.11 needed"
-PY_EXE=$("$PYTHON" -c 'import sys; print(sys.executable)')
+# The active virtual environment, else the project's .venv (created here): works on a system
+# Python that refuses pip installs (PEP 668) and never installs test tools into it.
+# shellcheck source=scripts/_python.sh
+source scripts/_python.sh
+pick_python
+PY_EXE=$PY
+# Everything the tests start by name (python3, leasing, the demo scripts) is this environment's.
+PATH="$(dirname "$PY_EXE"):$PATH"
+export PATH PYTHON=$PY_EXE
 echo "python: $PY_EXE ($("$PY_EXE" --version 2>&1))"
-command -v cargo >/dev/null || die "cargo not found"
+check_rust
 cargo --version
 rustc --version
 

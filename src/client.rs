@@ -27,7 +27,6 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
-use crate::secret::Secret;
 use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
@@ -121,32 +120,21 @@ const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl LeaseClient {
-    /// Connects to `url`: `redis://`, `rediss://` (Redis, TLS) or `sqlite:///path/leases.db`.
+    /// Connects to `url`, read by the same parser as the configuration's ConnectionString:
+    /// `redis://`, `rediss://` (TLS), `valkey://`, the StackExchange.Redis form
+    /// (`host:6380,password=KEY,ssl=True`), or `sqlite:///path/leases.db` (a relative path is
+    /// relative to the current directory).
     ///
     /// # Errors
-    /// `Config` for an unknown scheme; backend errors from connecting.
+    /// `Config` for a value the parser refuses (it says why; the value itself is not repeated,
+    /// it may hold a password); backend errors from connecting.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Self> {
-        let store: Arc<dyn LeaseStore> = if url.starts_with("redis://")
-            || url.starts_with("rediss://")
-        {
-            Arc::new(
-                RedisStore::connect(RedisOptions {
-                    urls: vec![Secret::new(url)],
-                    key_prefix: options.key_prefix.clone(),
-                    connect_timeout: options.connect_timeout,
-                    response_timeout: options.operation_timeout,
-                    ca_file: options.ca_file.clone(),
-                    credentials: None,
-                })
-                .await?,
-            )
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
-            Arc::new(SqliteStore::open_async(std::path::Path::new(path)).await?)
-        } else {
-            return Err(LeaseError::Config(
-                "unknown store URL scheme: use redis://host:port, rediss://host:port (TLS) or sqlite:///path/leases.db".into(),
-            ));
-        };
+        let (target, warnings) = crate::config::parse_connection_string(url)
+            .map_err(|e| LeaseError::Config(format!("the store URL is not valid: {e}")))?;
+        for w in warnings {
+            tracing::warn!("store URL: {w}");
+        }
+        let store = open_store(&target, &options, false).await?;
         Ok(Self::with_store(store, options))
     }
 
@@ -165,34 +153,10 @@ impl LeaseClient {
             ca_file: settings.ca_file.clone(),
             ..ClientOptions::default()
         };
-        let store: Arc<dyn LeaseStore> = match &settings.target {
-            None => return Err(crate::config::not_configured_error(dir)),
-            Some(StoreTarget::Sqlite { path }) => Arc::new(SqliteStore::open_async(path).await?),
-            Some(StoreTarget::Redis(target)) => {
-                // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
-                let credentials = if target.entra_id {
-                    let c = EntraCredentials::from_process_env();
-                    c.ready().await?;
-                    Some(c)
-                } else {
-                    None
-                };
-                let connected = RedisStore::connect(RedisOptions {
-                    urls: target.node_urls(),
-                    key_prefix: options.key_prefix.clone(),
-                    connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
-                    response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
-                    ca_file: settings.ca_file.clone(),
-                    credentials: credentials.clone(),
-                })
-                .await;
-                match (connected, &credentials) {
-                    (Ok(store), _) => Arc::new(store),
-                    (Err(e), Some(c)) => return Err(c.explain(e)),
-                    (Err(e), None) => return Err(e),
-                }
-            }
+        let Some(target) = &settings.target else {
+            return Err(crate::config::not_configured_error(dir));
         };
+        let store = open_store(target, &options, true).await?;
         Ok(Self::with_store(store, options))
     }
 
@@ -484,6 +448,11 @@ impl LeaseClient {
                 return Err(LeaseError::Unavailable {
                     name: name.to_owned(),
                     holder: Some(Box::new(holder)),
+                    waited: if attempts > 1 || wait.is_some_and(|w| !w.is_zero()) {
+                        started.elapsed()
+                    } else {
+                        Duration::ZERO
+                    },
                 });
             }
             let Some(watch) = waiting.watch.as_mut() else {
@@ -603,6 +572,42 @@ impl LeaseClient {
             ));
         }
         Ok(())
+    }
+}
+
+/// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a
+/// password, which only the configuration loader produces).
+async fn open_store(
+    target: &StoreTarget,
+    options: &ClientOptions,
+    entra: bool,
+) -> Result<Arc<dyn LeaseStore>> {
+    match target {
+        StoreTarget::Sqlite { path } => Ok(Arc::new(SqliteStore::open_async(path).await?)),
+        StoreTarget::Redis(target) => {
+            // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
+            let credentials = if entra && target.entra_id {
+                let c = EntraCredentials::from_process_env();
+                c.ready().await?;
+                Some(c)
+            } else {
+                None
+            };
+            let connected = RedisStore::connect(RedisOptions {
+                urls: target.node_urls(),
+                key_prefix: options.key_prefix.clone(),
+                connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
+                response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
+                ca_file: options.ca_file.clone(),
+                credentials: credentials.clone(),
+            })
+            .await;
+            match (connected, &credentials) {
+                (Ok(store), _) => Ok(Arc::new(store)),
+                (Err(e), Some(c)) => Err(c.explain(e)),
+                (Err(e), None) => Err(e),
+            }
+        }
     }
 }
 

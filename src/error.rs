@@ -72,12 +72,14 @@ pub enum BackendErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     /// The lease is held by someone else (after waiting, if a wait was asked for).
-    #[error("lease '{name}' is unavailable: {}; retry later, or pass wait=<seconds> to wait for it", describe_holder(holder.as_deref()))]
+    #[error("lease '{name}' is unavailable: {}; {}", describe_holder(holder.as_deref()), advice(*waited))]
     Unavailable {
         /// The lease name.
         name: String,
         /// The current holder, from the same round trip as the refused acquire.
         holder: Option<Box<LeaseInfo>>,
+        /// How long the acquire waited before giving up (zero: one attempt).
+        waited: std::time::Duration,
     },
     /// The lease was lost while held.
     #[error(
@@ -165,6 +167,18 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// What to do after a refusal: wait for it if the caller did not, else wait longer.
+fn advice(waited: std::time::Duration) -> String {
+    if waited.is_zero() {
+        "retry later, or pass wait=<seconds> to wait for it".to_owned()
+    } else {
+        format!(
+            "gave up after waiting {:.1}s: retry later, or wait longer (wait=None waits as long as it takes)",
+            waited.as_secs_f64()
+        )
+    }
+}
+
 fn describe_holder(holder: Option<&LeaseInfo>) -> String {
     let Some(h) = holder else {
         return "it is held by another holder".to_owned();
@@ -203,6 +217,7 @@ mod tests {
         let e = LeaseError::Unavailable {
             name: "job".into(),
             holder: Some(Box::new(holder)),
+            waited: std::time::Duration::ZERO,
         };
         assert!(!e.to_string().contains('\n'), "{e}");
         assert!(e.to_string().contains("held by \"x\\nforged line\""), "{e}");

@@ -412,9 +412,22 @@ async def _default_client() -> LeaseClient:
     return await asyncio.to_thread(_default_client_sync)
 
 
+_by_url: dict[str, tuple[int, LeaseClient]] = {}
+
+
+def _url_client_sync(url: str) -> LeaseClient:
+    with _default_lock:
+        current = _by_url.get(url)
+        if current is None or current[0] != os.getpid():
+            current = (os.getpid(), LeaseClient.connect_sync(url))
+            _by_url[url] = current
+        return current[1]
+
+
 def lease(
     name: str,
     *,
+    url: str | None = None,
     duration: float | None = None,
     wait: float | None = 0.0,
     auto_renew: bool | None = None,
@@ -426,13 +439,46 @@ def lease(
 ) -> LeaseContext:
     """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
 
-    None means "from config": without ``client``, a process-wide client is made from
-    ``appsettings.json`` / ``appsettings.Local.json`` / ``RedisLeasing__*`` environment variables
-    in the current directory, and ``ConfigError`` says how to configure if nothing is.
+    ``url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``) names the
+    store; one client per URL is kept for the process. Without ``url`` or ``client``, a
+    process-wide client is made from ``appsettings.json`` / ``appsettings.Local.json`` /
+    ``RedisLeasing__*`` environment variables in the current directory, and ``ConfigError`` says
+    how to configure if nothing is. None means "from config" for the other arguments.
     ``wait=0`` tries once and raises ``LeaseUnavailable`` (with ``.holder``); ``wait=5.0`` waits
     up to 5 s; ``wait=None`` waits forever. ``backoff`` paces polls and limits attempts while
     waiting (see ``Backoff``).
     """
+    if url is not None and client is not None:
+        raise ValueError("give url= or client=, not both: a client already has its store")
+    if url is not None:
+        if not isinstance(url, str):
+            raise TypeError(
+                f"url={url!r} is a {type(url).__name__}: give a store URL string such as "
+                "'redis://127.0.0.1:6379' or 'sqlite:///tmp/leases.db'"
+            )
+        store_url = url
+
+        def get_sync() -> LeaseClient:
+            return _url_client_sync(store_url)
+
+        async def get() -> LeaseClient:
+            current = _by_url.get(store_url)
+            if current is not None and current[0] == os.getpid():
+                return current[1]
+            return await asyncio.to_thread(get_sync)
+
+        return LeaseContext(
+            get,
+            get_sync,
+            name,
+            wait=wait,
+            on_lost=on_lost,
+            duration=duration,
+            renew_interval=renew_interval,
+            auto_renew=auto_renew,
+            metadata=metadata,
+            backoff=backoff,
+        )
     if client is not None:
         return client.lease(
             name,

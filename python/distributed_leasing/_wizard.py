@@ -465,7 +465,10 @@ def _no_terminal(dir: Path) -> int:
         '"mycache.redis.cache.windows.net:6380"}}\n'
         f"  - set the environment variable {SECTION}__ConnectionString "
         "(e.g. redis://localhost:6379)\n"
-        "  - create an Azure cache and the file with scripts/setup-resources.sh --project redis\n"
+        "  - for a new Azure cache: az redis create --name NAME --resource-group GROUP "
+        "--location eastus --sku Basic --vm-size c0, then az redis list-keys --name NAME "
+        "--resource-group GROUP for its key (a clone of the project's repository also has "
+        "scripts/setup-resources.sh, which does both and writes the file)\n"
         "  - or run `leasing configure` in a terminal.",
         file=sys.stderr,
     )

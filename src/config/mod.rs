@@ -239,8 +239,9 @@ pub fn not_configured_error(dir: &Path) -> LeaseError {
          \x20    or, for Microsoft Entra ID (no key stored; uses your Azure login or managed identity):\n\
          \x20      {{\"{SECTION}\": {{\"Endpoint\": \"mycache.redis.cache.windows.net:6380\"}}}}\n\
          \x20 2. set the environment variable {SECTION}__ConnectionString, e.g. redis://localhost:6379\n\
-         \x20 3. pass a URL: redis://[user:password@]host:port/db, rediss://... for TLS, or \
-         sqlite:///absolute/path/leases.db for leases shared by processes of one machine\n\
+         \x20 3. pass a URL: dl.lease(name, url=\"redis://[user:password@]host:port/db\") (rediss://... \
+         for TLS), or url=\"sqlite:///absolute/path/leases.db\" for leases shared by the processes of \
+         one machine; or LeaseClient.connect(url)\n\
          \x20 4. run the wizard: leasing configure\n\
          There is deliberately no silent local default: it would give each machine its own lock.",
         base = dir.join(BASE_FILE).display(),
@@ -807,15 +808,31 @@ impl Layers {
             let text = cs.raw.text().unwrap_or_default();
             match parse_connection_string(text) {
                 Ok((t, w)) => {
-                    self.warnings.extend(w.into_iter().map(|w| format!("{SECTION}:ConnectionString (from {}): {w}", cs.origin)));
+                    self.warnings.extend(
+                        w.into_iter().map(|w| {
+                            format!("{SECTION}:ConnectionString (from {}): {w}", cs.origin)
+                        }),
+                    );
                     target = Some(t);
                     target_key = Some((Field::ConnectionString, cs.clone()));
                 }
-                Err(e) => self.problems.push(format!(
-                    "{SECTION}:ConnectionString (from {}; value hidden: it may contain a password): {e}. \
-                     Fix: write it as host:6380,password=KEY,ssl=True or redis://host:6379",
-                    cs.origin
-                )),
+                Err(e) => {
+                    // A SQLite value's own error already says how to write it; the Redis
+                    // forms would be a wrong hint there.
+                    let fix = if text
+                        .trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("sqlite:")
+                    {
+                        ""
+                    } else {
+                        " Fix: write it as host:6380,password=KEY,ssl=True or redis://host:6379"
+                    };
+                    self.problems.push(format!(
+                        "{SECTION}:ConnectionString (from {}; value hidden: it may contain a password): {e}.{fix}",
+                        cs.origin
+                    ));
+                }
             }
         } else if let Some(ep) = &ep {
             match ep.raw.text() {

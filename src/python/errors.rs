@@ -58,7 +58,7 @@ fn kind_name(kind: BackendErrorKind) -> &'static str {
 pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
     let message = e.to_string();
     match e {
-        CoreError::Unavailable { name, holder } => {
+        CoreError::Unavailable { name, holder, .. } => {
             let err = LeaseUnavailable::new_err(message);
             let value = err.value(py);
             let holder = holder.and_then(|h| Py::new(py, PyLeaseInfo::from(*h)).ok());
