@@ -433,14 +433,17 @@ impl Lease {
         if !self.shared.take_release() {
             return Ok(false);
         }
-        self.shared.registration.cancel();
+        self.shared.registration.stop_renewing();
         // A lost lease may still be ours on the server (its deadline passed during a
         // partition): the owner-checked delete is sent once all the same, and is harmless.
         let outcome = store
             .release(&self.shared.name, &self.shared.lease_id)
             .await
             .inspect_err(|e| {
-                self.shared.end(LeaseEnd::Released);
+                // Unknown whether it was still ours: the handle does not say "released". It
+                // stays held (not renewed) until its deadline, when it ends as lost (expired),
+                // and release() may be called again meanwhile.
+                self.shared.lock().release_sent = false;
                 tracing::warn!(lease = %self.shared.name, outcome = "error", error = %e, "lease release failed; it will expire by itself");
             })?;
         match outcome {

@@ -85,6 +85,20 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// Stops renewing the lease but keeps its deadline timer: a release is on its way, and if
+    /// it fails, the lease still ends (lost, expired) at its deadline.
+    pub(crate) fn stop_renewing(&self) {
+        if let Some(inner) = self.scheduler.upgrade() {
+            let mut t = lock(&inner.state);
+            if let Some(e) = t.entries.get_mut(&self.id) {
+                e.interval = None;
+                if let Some(at) = e.renew_at.take() {
+                    t.renew.remove(&(at, self.id));
+                }
+            }
+        }
+    }
+
     /// Forgets the lease (it ended): its timers are dropped, nothing more is sent for it.
     pub(crate) fn cancel(&self) {
         if let Some(inner) = self.scheduler.upgrade() {
@@ -335,7 +349,9 @@ async fn run(inner: Arc<Inner>) {
                 shared.renewal_failed(attempt, &e, false);
                 tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry = false, error = %e, "lease renewal failed at the deadline");
             }
-            shared.renewal_lost(LostReason::Expired);
+            // Also while a release is on its way: a lease past its deadline may have expired
+            // on the server, so a release answered later cannot show it was still ours.
+            shared.end(LeaseEnd::Lost(LostReason::Expired));
         }
         if !due.renew.is_empty() {
             tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
