@@ -437,35 +437,34 @@ class Leaf:
         import distributed_leasing as dl
 
         if self.sabotage == "nolease":
-            h = self.acquired(lane, None, time.monotonic(), 0.0)
-            self.body_sync(reg, h, rng)
-            self.end(h)
+            fake = self.acquired(lane, None, time.monotonic(), 0.0)
+            self.body_sync(reg, fake, rng)
+            self.end(fake)
             return True
         wait = pick_wait(rng)
         kw = self.lease_kwargs(rng, lane)
-        h: Handle | None = None
+        box: list[Handle] = []  # the handle, once acquired
         t_call = time.monotonic()
         if lane == "sync_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
                 with client.lease(self.name, wait=wait, on_lost=on_lost, **kw) as lease:
-                    h = self.acquired(lane, lease, t_call, wait)
-                    h.on_lost = on_lost
-                    self.body_sync(reg, h, rng)
+                    box.append(self.acquired(lane, lease, t_call, wait))
+                    box[0].on_lost = on_lost
+                    self.body_sync(reg, box[0], rng)
             except dl.LeaseUnavailable:
                 self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
                 return False
             except dl.LeaseLost as e:
-                if h is None:
+                if not box:
                     raise
-                h.lease_lost_exc = str(e.reason)
+                box[0].lease_lost_exc = str(e.reason)
             except dl.BackendError as e:
-                if h is None:
+                if not box:
                     self.backend_error(lane, "acquire", e)
                     return False
-                h.release_error = str(e.kind)
-            assert h is not None
-            self.finish_sync(h)
+                box[0].release_error = str(e.kind)
+            self.finish_sync(box[0])
             return True
         # sync_acquire
         try:
@@ -554,37 +553,36 @@ class Leaf:
         import distributed_leasing as dl
 
         if self.sabotage == "nolease":
-            h = self.acquired(lane, None, time.monotonic(), 0.0)
-            await self.body_async(reg, h, rng)
-            self.end(h)
+            fake = self.acquired(lane, None, time.monotonic(), 0.0)
+            await self.body_async(reg, fake, rng)
+            self.end(fake)
             return True
         wait = pick_wait(rng)
         kw = self.lease_kwargs(rng, lane)
-        h: Handle | None = None
+        box: list[Handle] = []  # the handle, once acquired
         watch = None
         t_call = time.monotonic()
         if lane == "async_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
                 async with client.lease(self.name, wait=wait, on_lost=on_lost, **kw) as lease:
-                    h = self.acquired(lane, lease, t_call, wait)
-                    h.on_lost = on_lost
+                    box.append(self.acquired(lane, lease, t_call, wait))
+                    box[0].on_lost = on_lost
                     watch = self.watch(lease)
-                    await self.body_async(reg, h, rng)
+                    await self.body_async(reg, box[0], rng)
             except dl.LeaseUnavailable:
                 self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
                 return False
             except dl.LeaseLost as e:
-                if h is None:
+                if not box:
                     raise
-                h.lease_lost_exc = str(e.reason)
+                box[0].lease_lost_exc = str(e.reason)
             except dl.BackendError as e:
-                if h is None:
+                if not box:
                     self.backend_error(lane, "acquire", e)
                     return False
-                h.release_error = str(e.kind)
-            assert h is not None
-            finishers.append(asyncio.ensure_future(self.finish_async(h, watch)))
+                box[0].release_error = str(e.kind)
+            finishers.append(asyncio.ensure_future(self.finish_async(box[0], watch)))
             return True
         # async_try
         try:
@@ -1162,7 +1160,7 @@ def _worker_env() -> dict[str, str]:
 
 def host_plan(fork: bool = True) -> list[dict[str, Any]]:
     """The worker processes of a run: 4 direct (two through the proxy) and 2 fork hosts."""
-    plan = [
+    plan: list[dict[str, Any]] = [
         {"id": "A", "kind": "direct", "lanes": ["async_ctx", "async_try"], "via": "direct"},
         {"id": "B", "kind": "direct", "lanes": ["sync_ctx", "sync_acquire"], "via": "direct"},
         {"id": "C", "kind": "direct", "lanes": ["async_try", "sync_ctx"], "via": "proxied"},
@@ -1604,8 +1602,8 @@ def analyze(
     losses: Counter[str] = Counter()
     lease_lost_raised = release_false = 0
     for h, e in ends.items():
-        a = acqs.get(h)
-        if a is None or a["lease_id"].startswith("nolease-"):
+        acq = acqs.get(h)
+        if acq is None or acq["lease_id"].startswith("nolease-"):
             continue
         if e["is_lost"]:
             losses[str(e["lost_reason"])] += 1
@@ -1613,7 +1611,7 @@ def analyze(
             lease_lost_raised += 1
         if e["release_result"] is False:
             release_false += 1
-        who = {"pid": a["pid"], "handle": h, "lane": e["lane"], "token": a["token"]}
+        who = {"pid": acq["pid"], "handle": h, "lane": e["lane"], "token": acq["token"]}
         reported = e["is_lost"] or e["lease_lost_exc"] is not None or e["release_result"] is False
         if (h in refused_handles or h in forced) and not reported:
             why = "refused by the register" if h in refused_handles else "force-released"
@@ -1667,8 +1665,8 @@ def analyze(
     wins_by_kind: Counter[str] = Counter()
     for a in acqs.values():
         wins_by_lane[a["lane"]] += 1
-        st = starts.get(a["wid"])
-        wins_by_kind[st["kind"] if st else "?"] += 1
+        start = starts.get(a["wid"])
+        wins_by_kind[start["kind"] if start else "?"] += 1
     counts: Counter[str] = Counter()
     for x in exits.values():
         for c in x["counts"].values():
@@ -1786,8 +1784,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seconds",
         type=float,
-        default=float(os.environ.get("CHECKER_SECONDS", 15)),
-        help="workload seconds per store (default $CHECKER_SECONDS or 15)",
+        default=float(os.environ.get("CHECKER_SECONDS", 12)),
+        help="workload seconds per store (default $CHECKER_SECONDS or 12)",
     )
     p.add_argument("--seed", type=int, default=int(os.environ.get("CHECKER_SEED", 1)))
     p.add_argument("--duration", type=float, default=2.0, help="lease duration, seconds")
