@@ -1182,6 +1182,7 @@ class Summary:
     violations: dict[str, int] = field(default_factory=dict)
     details: dict[str, list[Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fault_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_violations(self) -> int:
@@ -1193,6 +1194,7 @@ class Summary:
             "elapsed": round(self.elapsed, 1), "operations": self.operations,
             "faults": self.faults, "violations": self.violations,
             "violation_details": self.details, "notes": self.notes,
+            "fault_log": self.fault_log,
         }  # fmt: skip
 
     def text(self) -> str:
@@ -1593,12 +1595,21 @@ def analyze(
 
     # (c) losses reported, exactly once ------------------------------------------------------
     refused_handles: set[str] = {r["handle"] for r in reg_log if not r["accepted"]}
+    # A force release is attributed to the handle it removed only when it was a
+    # compare-and-delete on that handle's lease id; any force release that inspected the
+    # handle's lease id is mentioned in the details, as a hint.
+    handles_of_id: dict[str, list[str]] = defaultdict(list)
+    for h, a in acqs.items():
+        handles_of_id[a["lease_id"]].append(h)
     forced: dict[str, dict[str, Any]] = {}
+    inspected: set[str] = set()
     for f in faults:
-        if f.get("kind") == "force_release" and f.get("result") and f.get("compare_and_delete"):
-            for h, a in acqs.items():
-                if a["lease_id"] == f["lease_id"]:
-                    forced[h] = f
+        if f.get("kind") != "force_release" or "lease_id" not in f:
+            continue
+        for h in handles_of_id.get(f["lease_id"], []):
+            inspected.add(h)
+            if f.get("result") and f.get("compare_and_delete"):
+                forced[h] = f
     losses: Counter[str] = Counter()
     lease_lost_raised = release_false = 0
     for h, e in ends.items():
@@ -1615,7 +1626,10 @@ def analyze(
         reported = e["is_lost"] or e["lease_lost_exc"] is not None or e["release_result"] is False
         if (h in refused_handles or h in forced) and not reported:
             why = "refused by the register" if h in refused_handles else "force-released"
-            v["loss_not_reported"].append({**who, "why": why, "end": _brief(e)})
+            v["loss_not_reported"].append(
+                {**who, "why": why, "admin_force_released_its_id": h in inspected,
+                 "end": _brief(e)}
+            )  # fmt: skip
         if not (e["is_lost"] or e["is_released"]):
             v["handle_not_ended"].append({**who, "end": _brief(e)})
         if e["lease_lost_exc"] is not None and (
@@ -1694,6 +1708,7 @@ def analyze(
         },
     }
     s.faults = dict(Counter(f["kind"] for f in faults if "skipped" not in f))
+    s.fault_log = list(faults)
     skipped = Counter(f["kind"] for f in faults if "skipped" in f)
     if skipped:
         s.notes.append(f"faults skipped (nothing to apply them to, or store down): {dict(skipped)}")
