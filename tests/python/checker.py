@@ -17,13 +17,20 @@ Workers (each a separate OS process; several "lanes" per process share one ``Lea
 - ``sync_acquire``: ``client.try_acquire_sync`` / ``client.acquire_sync(..., wait=...)`` on a
   thread, then ``lease.release_blocking()``;
 - forked children: a host process first uses the library (a synchronous and an asynchronous
-  acquire and release), then forks children (``os.fork`` in one host, multiprocessing's "fork"
-  start method in another) that each make their own client and run lanes, the first one on
-  their main thread. A SIGKILLed child is replaced by a new fork of the same host.
+  acquire and release, on its main thread), then forks children that each make their own
+  client (as documented: clients are made after the fork) and start together. The ``os.fork``
+  host's 3 children run a sync lane on their main thread (the thread that used the library
+  before the fork) and half the time an async lane on an event loop in a thread; the
+  multiprocessing host's 2 children ("fork" start method) alternate between that and an event
+  loop on the main thread. A SIGKILLed child is replaced by a new fork of the same host.
 
-Some processes reach Redis through a loopback TCP proxy (``tcp_proxy.TcpProxy``) so that their
-connections can be black-holed while the others keep going; on the cluster every node is
-reached through its own proxy (the nodes announce the proxy's port).
+The processes: 4 started directly (lanes ``async_ctx+async_try``, ``sync_ctx+sync_acquire``,
+``async_try+sync_ctx``, ``async_ctx+sync_acquire``) and the 2 fork hosts; a SIGKILLed direct
+worker is started again. Half of them reach Redis through a loopback TCP proxy
+(``tcp_proxy.TcpProxy``) so that their connections can be black-holed while the others keep
+going; on the cluster every node is reached through its own proxy (the nodes announce the
+proxy's port), so a black hole cuts everybody off the node it fronts. ``--no-fork`` runs the
+direct workers only; ``--faults sigkill,sigstop`` restricts the fault kinds.
 
 Each iteration of a lane: acquire, read the register (with the fencing token), sometimes sleep
 (now and then past a renewal, across a fault), write value+1 with the token, release. The
@@ -57,7 +64,9 @@ Checks (any failure is a *violation*):
 (c) losses are reported exactly once: a handle whose register operation was refused, or whose
     lease an administrator force-released (attributed only when the release was a
     compare-and-delete on its lease id), reports a loss (``is_lost``, ``LeaseLost`` or a release
-    that found the lease gone) unless its process was killed; ``wait_lost()`` agrees with
+    that found the lease gone) unless its process was killed (if its release failed with a
+    ``BackendError`` and the handle still says ``is_released``, the violation is called
+    ``released_despite_failed_release``); ``wait_lost()`` agrees with
     ``lost_reason``; ``LeaseLost`` agrees with ``is_lost``; the ``events()`` stream ends with
     exactly one ``lost`` or ``released``; every handle ends (released or lost); each process's
     ``leasing.leases_lost.total`` and ``leasing.acquisitions.total`` counters moved by exactly
@@ -1626,7 +1635,15 @@ def analyze(
         reported = e["is_lost"] or e["lease_lost_exc"] is not None or e["release_result"] is False
         if (h in refused_handles or h in forced) and not reported:
             why = "refused by the register" if h in refused_handles else "force-released"
-            v["loss_not_reported"].append(
+            # A release that failed (store unreachable, timeout) and still left the handle
+            # "released" is told apart: the handle claims a release that never happened, for a
+            # lease that was no longer its own.
+            kind = (
+                "released_despite_failed_release"
+                if e["release_error"] is not None and e["is_released"]
+                else "loss_not_reported"
+            )
+            v[kind].append(
                 {**who, "why": why, "admin_force_released_its_id": h in inspected,
                  "end": _brief(e)}
             )  # fmt: skip
