@@ -1192,6 +1192,7 @@ class Summary:
     details: dict[str, list[Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fault_log: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_violations(self) -> int:
@@ -1200,7 +1201,8 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "store": self.store, "seed": self.seed, "seconds": self.seconds,
-            "elapsed": round(self.elapsed, 1), "operations": self.operations,
+            "elapsed": round(self.elapsed, 1), "timings": self.timings,
+            "operations": self.operations,
             "faults": self.faults, "violations": self.violations,
             "violation_details": self.details, "notes": self.notes,
             "fault_log": self.fault_log,
@@ -1210,7 +1212,7 @@ class Summary:
         ops = self.operations
         lines = [
             f"== checker: store={self.store} seed={self.seed} seconds={self.seconds} "
-            f"(elapsed {self.elapsed:.1f} s)",
+            f"(elapsed {self.elapsed:.1f} s: {self.timings})",
             f"   operations: {ops.get('acquisitions', 0)} acquisitions, "
             f"{ops.get('writes_accepted', 0)} writes accepted, "
             f"{ops.get('writes_refused', 0)} writes refused, "
@@ -1460,11 +1462,15 @@ class Orchestrator:
             stack.callback(self._kill_all)
             self.start_hosts()
             self._wait_started(timeout=60.0)
+            t_running = time.monotonic()
             self.log(f"{len(self.leaves())} worker processes running")
-            self.fault_loop(time.monotonic() + self.seconds)
+            self.fault_loop(t_running + self.seconds)
+            t_stopping = time.monotonic()
             stuck = self._stop_all()
+            t_stopped = time.monotonic()
             _, final = reg.state()
             log_rows = reg.log()
+        t_cleaned = time.monotonic()
         summary = analyze(
             store=self.store, seed=self.seed, seconds=self.seconds,
             records_dir=self.workdir / "records", reg_log=log_rows, final_value=final,
@@ -1475,6 +1481,12 @@ class Orchestrator:
             sabotage=self.sabotage,
         )  # fmt: skip
         summary.elapsed = time.monotonic() - started
+        summary.timings = {
+            "start": round(t_running - started, 1),
+            "run": round(t_stopping - t_running, 1),
+            "stop": round(t_stopped - t_stopping, 1),
+            "cleanup": round(t_cleaned - t_stopped, 1),
+        }
         summary.notes.extend(self.notes)
         return summary
 
