@@ -82,7 +82,8 @@ with warnings.catch_warnings(record=True) as caught:
     refused(lambda: dl.LeaseClient.from_config(dir_bad))
     refused(lambda: dl.LeaseClient.connect_sync(url_ok + "/notadb"))
     refused(lambda: dl.LeaseClient.connect_sync(url_ok.replace("redis://", "redis+x://")))
-    refused(lambda: dl.LeaseClient.connect_sync(se_ok))  # not a URL: refused, not echoed
+    show(dl.LeaseClient.connect_sync(se_ok))  # the configuration's form works here too
+    refused(lambda: dl.LeaseClient.connect_sync(se_ok + ",defaultDatabase=x"))  # not echoed
     os.environ["RedisLeasing__ConnectionString"] = se_ok
     show(dl.LeaseClient.from_config(dir_empty))
     os.environ["RedisLeasing__ConnectionString"] = se_ok + ",defaultDatabase=x"
