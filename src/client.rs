@@ -554,9 +554,11 @@ impl LeaseClient {
 
     /// Closes the client: stops renewing its leases and releases them (best effort, owner
     /// checked), each handle ending as lost with reason `ClientClosed`; then no new lease can
-    /// be taken through it (or any clone of it). Returns once every release was answered.
+    /// be taken through it (or any clone of it). Returns once every release was answered and
+    /// the store's connections (or file) were closed.
     pub async fn close(&self) {
         self.renewals.close().await;
+        self.store.close().await;
     }
 
     /// Whether [`Self::close`] was called on this client or a clone of it.

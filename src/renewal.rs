@@ -14,6 +14,9 @@
 //! Registering a lease never wakes the task unless the lease is due before the task's next
 //! wake-up, and the task wakes at least every [`MAX_SLEEP`] while it has leases (and lingers
 //! for [`IDLE_LINGER`] after the last one), so acquiring a lease costs no thread wake-up.
+//! While it has no lease the task holds its scheduler only weakly: a client dropped then is
+//! freed (and its store's connections closed) at once, not after the linger. A closed
+//! scheduler's task ends.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +53,8 @@ pub(crate) struct Scheduler {
 struct Inner {
     store: Arc<dyn LeaseStore>,
     state: Mutex<Timers>,
-    wake: Notify,
+    /// Shared with the task, which may outlive `Inner` by a wake-up.
+    wake: Arc<Notify>,
     next_id: AtomicU64,
 }
 
@@ -150,7 +154,7 @@ impl Scheduler {
         let inner = Arc::new(Inner {
             store,
             state: Mutex::new(Timers::default()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
         });
         let mut all = ALL
@@ -319,6 +323,11 @@ fn collect(inner: &Inner, now: Instant) -> Due {
         due.renew.push((id, Arc::clone(&entry.shared)));
         t.renew.remove(&(at, id));
     }
+    if t.closed {
+        // Nothing is renewed any more: the task ends.
+        t.planned = None;
+        return due;
+    }
     if t.entries.is_empty() {
         let idle_since = *t.idle_since.get_or_insert(now);
         if now.duration_since(idle_since) >= IDLE_LINGER {
@@ -338,7 +347,14 @@ fn collect(inner: &Inner, now: Instant) -> Due {
 }
 
 async fn run(inner: Arc<Inner>) {
+    let wake = Arc::clone(&inner.wake);
+    let weak = Arc::downgrade(&inner);
+    let mut held = Some(inner);
     loop {
+        // Held strongly only while there are leases to renew (see the module docs).
+        let Some(inner) = held.take().or_else(|| weak.upgrade()) else {
+            return;
+        };
         let due = collect(&inner, Instant::now());
         for (shared, in_flight) in due.expired {
             if let Some(attempt) = in_flight {
@@ -357,9 +373,14 @@ async fn run(inner: Arc<Inner>) {
             tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
         }
         let Some(next) = due.next else { return };
+        if lock(&inner.state).entries.is_empty() {
+            drop(inner);
+        } else {
+            held = Some(inner);
+        }
         tokio::select! {
             () = sleep_until(next) => {}
-            () = inner.wake.notified() => {}
+            () = wake.notified() => {}
         }
     }
 }

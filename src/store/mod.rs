@@ -154,6 +154,11 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Backend failures.
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>>;
 
+    /// Closes every connection (and file) this store opened, waiting for what can be waited
+    /// for; afterwards its operations fail. Clones of the store share what is closed. The
+    /// default does nothing (a store that holds nothing open).
+    async fn close(&self) {}
+
     /// Every held lease whose name starts with `prefix`.
     ///
     /// # Errors

@@ -15,10 +15,14 @@
 //! the `redis` crate's [`MultiplexedConnection`] over the caller's stream, with the handshake
 //! (AUTH, SELECT) and the response timeout of the store. The protocol, scripts and error
 //! mapping are the store's, unchanged. A twin retries a command whose connection dropped once,
-//! on the store's own reconnecting connection, so a dead caller-driven connection costs no
-//! operation; its futures must be polled where the stream's readiness is delivered.
+//! on a fresh shared connection of the store (polled on the store's home runtime, wherever the
+//! twin is: see `shared`), so a dead caller-driven connection costs no operation; a twin
+//! whose connection failed in any way (dropped, timed out) says so ([`RedisStore::is_broken`])
+//! and its owner must open another. Its futures must be polled where the stream's readiness is
+//! delivered.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,7 +114,7 @@ impl RedisStore {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = self.inline_target()?;
-        let Conn::Single(fallback) = &self.conn else {
+        let Conn::Single(shared) = &self.conn else {
             return Err(not_inline());
         };
         let config =
@@ -125,7 +129,8 @@ impl RedisStore {
         let twin = RedisStore {
             conn: Conn::Inline {
                 conn,
-                fallback: fallback.clone(),
+                shared: Arc::clone(shared),
+                broken: Arc::new(AtomicBool::new(false)),
             },
             keys: self.keys.clone(),
             addr: self.addr.clone(),

@@ -1,19 +1,21 @@
 //! The Redis store: leases as hashes with a TTL, one Lua script per operation.
 //!
-//! Owns the connection (a reconnecting multiplexed connection to one server, or the `redis`
-//! crate's cluster client when the server says it is a cluster node), the scripts (sent with
-//! EVALSHA and reloaded on NOSCRIPT by `redis::Script`) and the mapping of Redis errors to
-//! [`LeaseError`]s without secrets. Every operation is one script, so one round trip and atomic
-//! on the server; every operation is idempotent, so one retry after a dropped connection is safe
-//! (the connection manager reconnects after the first failure).
+//! Owns the connection (a reconnecting multiplexed connection to one server, see [`shared`],
+//! or the `redis` crate's cluster client when the server says it is a cluster node), the
+//! scripts (sent with EVALSHA and reloaded on NOSCRIPT by `redis::Script`) and the mapping of
+//! Redis errors to [`LeaseError`]s without secrets. Every operation is one script, so one round
+//! trip and atomic on the server; every operation is idempotent, so one retry after a dropped
+//! connection is safe, and it is sent on a fresh connection. [`RedisStore::close`] closes every
+//! connection the store opened.
 //!
 //! Release and force release announce themselves on `<lease key>:released` (PUBLISH, or sharded
 //! SPUBLISH on a cluster); waiters of this process listen through one shared connection
 //! (see [`notify`]).
 
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{
@@ -36,10 +38,12 @@ pub mod entra;
 pub mod inline;
 pub mod keys;
 pub(crate) mod notify;
+mod shared;
 pub mod tls;
 
 use keys::{info_from_hash, Keys, META_PREFIX};
 use notify::{Connector, Notifier, PushConn};
+use shared::{breaks_connection, retryable, Call, Failure, SharedConn};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
@@ -84,13 +88,16 @@ impl Default for RedisOptions {
 
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-    /// A connection driven by its owner (see [`inline`]), and the manager connection of the
-    /// store it was made from, which takes the one retry after a dropped connection.
+    Single(Arc<SharedConn>),
+    /// `None` once closed.
+    Cluster(Arc<Mutex<Option<ClusterConnection>>>),
+    /// A connection driven by its owner (see [`inline`]), the shared connection of the store it
+    /// was made from, which takes the one retry after a dropped connection, and whether the
+    /// owner's connection failed (then it is never used again: see [`RedisStore::is_broken`]).
     Inline {
         conn: MultiplexedConnection,
-        fallback: ConnectionManager,
+        shared: Arc<SharedConn>,
+        broken: Arc<AtomicBool>,
     },
 }
 
@@ -146,7 +153,7 @@ impl RedisStore {
         // and never answers would otherwise take about 3.5 times as long to report.
         let mut single = tokio::time::timeout(
             options.connect_timeout,
-            client.get_connection_manager_with_config(cfg),
+            client.get_connection_manager_with_config(cfg.clone()),
         )
         .await
         .map_err(|_| timed_out(&addr))?
@@ -155,14 +162,16 @@ impl RedisStore {
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
         let (conn, connector, inline) = if cluster {
+            // The probe connection is not needed any more: close it now, not with the store.
+            drop(single);
             (
-                Conn::Cluster(connect_cluster(&options).await?),
+                Conn::Cluster(Arc::new(Mutex::new(Some(connect_cluster(&options).await?)))),
                 cluster_push_connector(&options),
                 None,
             )
         } else {
             (
-                Conn::Single(single),
+                Conn::Single(Arc::new(SharedConn::new(client.clone(), cfg, single))),
                 single_push_connector(&client, &options),
                 inline::InlineTarget::for_client(&client, &options).map(Arc::new),
             )
@@ -183,56 +192,89 @@ impl RedisStore {
         &self.keys
     }
 
-    async fn invoke(&self, inv: &ScriptInvocation<'_>, key: &str) -> Result<Value> {
-        self.invoke_with(|_| inv, key).await
+    async fn invoke(&self, inv: ScriptInvocation<'static>, key: &str) -> Result<Value> {
+        self.invoke_call(Call::once(inv), key).await
     }
 
-    /// Runs the script `build(retry)` gives, retrying once (`retry == true`) on a fresh
-    /// connection if the first connection dropped. Every script is idempotent, and the acquire
-    /// script re-admits a lease id only when told that this is the retry of its own request.
-    async fn invoke_with<'i, F>(&self, build: F, key: &str) -> Result<Value>
-    where
-        F: Fn(bool) -> &'i ScriptInvocation<'i>,
-    {
-        let mut attempt = 0;
-        loop {
-            let inv = build(attempt > 0);
-            let result = match (&self.conn, attempt) {
-                (Conn::Single(c), _) => inv.invoke_async(&mut c.clone()).await,
-                (Conn::Cluster(c), _) => inv.invoke_async(&mut c.clone()).await,
-                (Conn::Inline { conn, .. }, 0) => inv.invoke_async(&mut conn.clone()).await,
-                (Conn::Inline { fallback, .. }, _) => inv.invoke_async(&mut fallback.clone()).await,
-            };
-            match result {
-                Ok(v) => return Ok(v),
-                // The connection manager reconnects after a failed command: one retry of an
-                // idempotent script is safe and hides a connection that dropped while idle.
-                // A timeout is not retried: it would double the configured operation timeout
-                // (a timed-out request stays on the same connection, which is not rebuilt).
-                Err(e)
-                    if attempt == 0
-                        && !e.is_timeout()
-                        && (e.is_connection_dropped() || e.is_io_error()) =>
-                {
+    /// Runs `call`, retrying it once on a fresh connection if its connection dropped. Every
+    /// script is idempotent, and the acquire script re-admits a lease id only when told (by
+    /// `call.retry`) that this is the retry of its own request. A connection that failed is
+    /// never used again (see [`shared`]).
+    async fn invoke_call(&self, call: Call, key: &str) -> Result<Value> {
+        let result = match &self.conn {
+            Conn::Single(shared) => shared.invoke(Arc::new(call), None).await,
+            Conn::Cluster(cluster) => {
+                let Some(mut c) = lock(cluster).clone() else {
+                    return Err(closed_error());
+                };
+                let mut result = call.first.invoke_async(&mut c).await;
+                // The cluster client reconnects to the node by itself after a failed command.
+                if result.as_ref().is_err_and(retryable) {
                     tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
-                    attempt += 1;
+                    result = call.get(true).invoke_async(&mut c).await;
                 }
-                Err(e) => return Err(map_error(&e, &self.addr, Some(key))),
+                result.map_err(Failure::Redis)
             }
+            Conn::Inline {
+                conn,
+                shared,
+                broken,
+            } => {
+                let started = Instant::now();
+                match call.first.invoke_async(&mut conn.clone()).await {
+                    Ok(v) => Ok(v),
+                    Err(e) if breaks_connection(&e) => {
+                        // The owner opens another connection for its next call.
+                        broken.store(true, SeqCst);
+                        if retryable(&e) {
+                            tracing::debug!(addr = %self.addr, "caller-driven connection dropped; retrying once on a fresh shared connection");
+                            shared.invoke(Arc::new(call), Some(started)).await
+                        } else {
+                            Err(Failure::Redis(e))
+                        }
+                    }
+                    Err(e) => Err(Failure::Redis(e)),
+                }
+            }
+        };
+        result.map_err(|f| self.failure(f, Some(key)))
+    }
+
+    fn failure(&self, f: Failure, key: Option<&str>) -> LeaseError {
+        match f {
+            Failure::Redis(e) => map_error(&e, &self.addr, key),
+            Failure::Closed => closed_error(),
+            Failure::Interrupted => LeaseError::backend(
+                BackendErrorKind::Other,
+                "the Redis command was dropped by its runtime (shutting down?): retry it",
+            ),
         }
+    }
+
+    /// Whether this is a caller-driven twin whose connection failed: its owner must not use it
+    /// again (see [`inline`]).
+    #[must_use]
+    pub fn is_broken(&self) -> bool {
+        matches!(&self.conn, Conn::Inline { broken, .. } if broken.load(SeqCst))
     }
 
     async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         match &self.conn {
-            Conn::Single(c) | Conn::Inline { fallback: c, .. } => {
-                let mut c = c.clone();
-                scan_node(&mut c, pattern, &mut out)
+            Conn::Single(shared) | Conn::Inline { shared, .. } => {
+                let pattern = pattern.to_owned();
+                out = shared
+                    .with_manager(move |mut c| async move {
+                        let mut out = Vec::new();
+                        scan_node(&mut c, &pattern, &mut out).await.map(|()| out)
+                    })
                     .await
-                    .map_err(|e| map_error(&e, &self.addr, None))?;
+                    .map_err(|f| self.failure(f, None))?;
             }
-            Conn::Cluster(c) => {
-                let mut c = c.clone();
+            Conn::Cluster(cluster) => {
+                let Some(mut c) = lock(cluster).clone() else {
+                    return Err(closed_error());
+                };
                 for (host, port) in cluster_masters(&mut c)
                     .await
                     .map_err(|e| map_error(&e, &self.addr, None))?
@@ -250,6 +292,30 @@ impl RedisStore {
         }
         Ok(out)
     }
+
+    /// Closes every connection of this store: the shared (or cluster) connection and the
+    /// release-notification subscription. Afterwards every operation fails as closed. A
+    /// caller-driven twin only stops using its connection (its owner closes it).
+    pub async fn close(&self) {
+        match &self.conn {
+            Conn::Single(shared) => shared.close(),
+            Conn::Cluster(cluster) => drop(lock(cluster).take()),
+            Conn::Inline { broken, .. } => {
+                broken.store(true, SeqCst);
+                return;
+            }
+        }
+        self.notifier.close().await;
+        tracing::debug!(addr = %self.addr, "Redis connections closed");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn closed_error() -> LeaseError {
+    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 fn open_client(url: &Secret, ca_file: Option<&PathBuf>) -> Result<redis::Client> {
@@ -649,10 +715,11 @@ impl LeaseStore for RedisStore {
             }
             inv
         };
-        let (first, second) = (build(false), build(true));
-        let reply = self
-            .invoke_with(|retry| if retry { &second } else { &first }, &key)
-            .await?;
+        let call = Call {
+            first: build(false),
+            retry: Some(build(true)),
+        };
+        let reply = self.invoke_call(call, &key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("acquire", &self.addr));
         };
@@ -683,7 +750,7 @@ impl LeaseStore for RedisStore {
         let key = self.keys.lease(name);
         let mut inv = RENEW.key(&key);
         inv.arg(lease_id).arg(millis(duration));
-        match int(Some(&self.invoke(&inv, &key).await?)) {
+        match int(Some(&self.invoke(inv, &key).await?)) {
             Some(1) => Ok(RenewOutcome::Renewed),
             Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
             Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
@@ -715,7 +782,7 @@ impl LeaseStore for RedisStore {
             for (item, key) in chunk.iter().zip(&keys) {
                 inv.key(key).arg(item.lease_id).arg(millis(item.duration));
             }
-            match self.invoke(&inv, &keys[0]).await {
+            match self.invoke(inv, &keys[0]).await {
                 Ok(Value::Array(codes)) if codes.len() == chunk.len() => codes
                     .iter()
                     .zip(&keys)
@@ -757,7 +824,7 @@ impl LeaseStore for RedisStore {
         inv.arg(lease_id)
             .arg(self.keys.released(name))
             .arg(self.publish_command());
-        match int(Some(&self.invoke(&inv, &key).await?)) {
+        match int(Some(&self.invoke(inv, &key).await?)) {
             Some(1) => Ok(ReleaseOutcome::Released),
             Some(0) => Ok(ReleaseOutcome::Lost(LostReason::Missing)),
             Some(-1) => Ok(ReleaseOutcome::Lost(LostReason::HeldByOther)),
@@ -767,8 +834,7 @@ impl LeaseStore for RedisStore {
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
         let key = self.keys.lease(name);
-        let inv = INSPECT.key(&key);
-        match self.invoke(&inv, &key).await? {
+        match self.invoke(INSPECT.key(&key), &key).await? {
             Value::Nil => Ok(None),
             Value::Array(items) => {
                 let pttl = int(items.first()).unwrap_or(-1);
@@ -809,7 +875,7 @@ impl LeaseStore for RedisStore {
         inv.arg(self.keys.released(name))
             .arg(self.publish_command())
             .arg(lease_id.unwrap_or(""));
-        let reply = self.invoke(&inv, &key).await?;
+        let reply = self.invoke(inv, &key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("force release", &self.addr));
         };
@@ -832,6 +898,10 @@ impl LeaseStore for RedisStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.notifier.board().join(&self.keys.released(name))
+    }
+
+    async fn close(&self) {
+        RedisStore::close(self).await;
     }
 }
 

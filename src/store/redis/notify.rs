@@ -131,6 +131,8 @@ impl AsyncPushSender for Pushes {
 pub(crate) struct Notifier {
     board: Arc<ReleaseBoard>,
     start: Mutex<Option<Start>>,
+    /// The supervisor, once started: [`Notifier::close`] ends it (and so its connection).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Dropped with the notifier: stops the supervisor, which closes the connection.
     _stop: oneshot::Sender<()>,
 }
@@ -169,18 +171,37 @@ impl Notifier {
                 connect,
                 addr,
             })),
+            task: Mutex::new(None),
             _stop: stop,
+        }
+    }
+
+    /// Stops the supervisor, closing the subscription connection (waiters fall back to
+    /// polling, and the store is closing anyway); it is never started again.
+    pub(crate) async fn close(&self) {
+        drop(
+            self.start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+            // Returns once the task (and the connection it owns) has been dropped.
+            let _ = task.await;
         }
     }
 
     /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
     pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
-        let start = self
-            .start
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(s) = start {
+        // Held until the task is recorded, so that `close` cannot miss it.
+        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = start.take() {
             let supervisor = Supervisor {
                 pushes: Pushes {
                     board: Arc::downgrade(&self.board),
@@ -198,8 +219,10 @@ impl Notifier {
                 retry_delay: RETRY_MIN,
                 warned: false,
             };
-            tokio::spawn(supervisor.run(s.control_rx, s.stop_rx));
+            let task = tokio::spawn(supervisor.run(s.control_rx, s.stop_rx));
+            *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         }
+        drop(start);
         &self.board
     }
 }

@@ -605,6 +605,21 @@ impl LeaseStore for SqliteStore {
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.inner.board.join(name)
     }
+
+    async fn close(&self) {
+        // Closing the connection checkpoints the WAL (disk writes): on the blocking pool. Other
+        // clones of this store share the connection and fail as closed from now on.
+        let inner = Arc::clone(&self.inner);
+        let closed = tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .conn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            drop(conn);
+        });
+        let _ = closed.await;
+    }
 }
 
 /// The `-wal` file of the database at `path`, if one exists.
