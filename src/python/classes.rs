@@ -28,6 +28,7 @@ use super::bridge::{
 use super::inline;
 use super::runtime;
 use super::thread_twin;
+use super::twins::Twins;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
 /// passes it; `min == max` is a fixed delay.
@@ -192,9 +193,9 @@ impl PyLeaseInfo {
 pub(crate) struct PyLease {
     inner: Arc<Lease>,
     pid: u32,
-    /// The client that took it, its id and liveness token, if that client can have twins
-    /// (see `inline` and `thread_twin`).
-    twin: Option<(u64, Arc<()>, LeaseClient)>,
+    /// The client that took it and its twins, if that client can have twins (see `inline`
+    /// and `thread_twin`).
+    twin: Option<(Arc<Twins>, LeaseClient)>,
 }
 
 fn end_name(end: LeaseEnd) -> Option<&'static str> {
@@ -266,8 +267,8 @@ impl PyLease {
     fn release<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
         let lease = Arc::clone(&self.inner);
-        if let Some((id, _, client)) = &self.twin {
-            if let Some(twin) = inline::ready(py, *id, client)? {
+        if let Some((twins, client)) = &self.twin {
+            if let Some(twin) = inline::ready(py, twins, client)? {
                 let store = twin.store.clone();
                 return twin.future_into_py(py, async move { lease.release_via(&*store).await });
             }
@@ -277,8 +278,8 @@ impl PyLease {
     fn release_blocking(&self, py: Python<'_>) -> PyResult<bool> {
         runtime::check_pid(self.pid)?;
         let lease = Arc::clone(&self.inner);
-        if let Some((id, alive, client)) = &self.twin {
-            if let Some(ready) = thread_twin::ready(py, *id, alive, client) {
+        if let Some((twins, client)) = &self.twin {
+            if let Some(ready) = thread_twin::ready(py, twins, client) {
                 let store = Arc::clone(&ready.store);
                 return ready.block_on(py, async move { lease.release_via(&*store).await });
             }
@@ -422,7 +423,7 @@ impl PyLeaseEvents {
 }
 
 impl PyLease {
-    fn new(lease: Lease, twin: Option<(u64, Arc<()>, LeaseClient)>) -> Self {
+    fn new(lease: Lease, twin: Option<(Arc<Twins>, LeaseClient)>) -> Self {
         Self {
             inner: Arc::new(lease),
             pid: runtime::pid(),
@@ -436,45 +437,63 @@ impl PyLease {
 pub(crate) struct PyClient {
     inner: LeaseClient,
     pid: u32,
-    /// Set when the store can have loop twins (see `inline`): the client's key for them.
-    twin_id: Option<u64>,
-    /// Dropped with the client: tells thread twins (see `thread_twin`) their client is gone.
-    alive: Arc<()>,
+    /// Set when the store can have twins (see `inline` and `thread_twin`): closed with the
+    /// client, and when it is dropped.
+    twins: Option<Arc<Twins>>,
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        // A dropped client closes the connections its loops and threads drive for it (the
+        // shared ones close when the last lease and clone of the client are gone). Never in a
+        // forked child: those sockets are the parent's.
+        if self.pid == runtime::pid() {
+            if let Some(twins) = &self.twins {
+                twins.close();
+            }
+        }
+    }
 }
 
 impl PyClient {
     fn new(inner: LeaseClient) -> Self {
-        let twin_id = inner
+        let twins = inner
             .store()
             .as_redis()
             .is_some_and(|r| r.supports_inline())
-            .then(inline::new_client_id);
+            .then(Twins::new);
         Self {
             inner,
             pid: runtime::pid(),
-            twin_id,
-            alive: Arc::new(()),
+            twins,
         }
     }
 
     /// This client's twin on the calling thread (see `thread_twin`).
     fn thread_twin(&self, py: Python<'_>) -> Option<thread_twin::Ready> {
-        let id = self.twin_id?;
-        thread_twin::ready(py, id, &self.alive, &self.inner)
+        thread_twin::ready(py, self.twins.as_ref()?, &self.inner)
     }
 
     /// This client's twin on the running loop, if ready (see `inline`).
     fn ready_twin(&self, py: Python<'_>) -> PyResult<Option<inline::Ready>> {
-        match self.twin_id {
-            Some(id) => inline::ready(py, id, &self.inner),
+        match &self.twins {
+            Some(twins) => inline::ready(py, twins, &self.inner),
             None => Ok(None),
         }
     }
 
-    /// What a lease of this client needs to release through a loop twin.
-    fn twin(&self) -> Option<(u64, Arc<()>, LeaseClient)> {
-        self.twin_id
-            .map(|id| (id, Arc::clone(&self.alive), self.inner.clone()))
+    /// What a lease of this client needs to release through a twin.
+    fn twin(&self) -> Option<(Arc<Twins>, LeaseClient)> {
+        self.twins
+            .as_ref()
+            .map(|t| (Arc::clone(t), self.inner.clone()))
+    }
+
+    /// Closes the connections of this client's twins (see `twins`), here and now.
+    fn close_twins(&self) {
+        if let Some(twins) = &self.twins {
+            twins.close();
+        }
     }
 }
 
@@ -506,7 +525,7 @@ fn args(
 
 type TryOut = (Option<PyLease>, Option<PyLeaseInfo>);
 
-fn try_out(r: TryAcquire, twin: Option<(u64, Arc<()>, LeaseClient)>) -> TryOut {
+fn try_out(r: TryAcquire, twin: Option<(Arc<Twins>, LeaseClient)>) -> TryOut {
     match r {
         TryAcquire::Acquired(l) => (Some(PyLease::new(l, twin)), None),
         TryAcquire::Held(h) => (None, Some(h.into())),
@@ -843,9 +862,11 @@ impl PyClient {
     }
 
     /// Stops renewing this client's leases and releases them (their handles end as lost,
-    /// `client_closed`); afterwards no lease can be taken through it.
+    /// `client_closed`), then closes every connection the client opened; afterwards no lease
+    /// can be taken through it.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::check_pid(self.pid)?;
+        self.close_twins();
         let client = self.inner.clone();
         future_into_py(py, async move {
             client.close().await;
@@ -854,6 +875,7 @@ impl PyClient {
     }
     fn close_blocking(&self, py: Python<'_>) -> PyResult<()> {
         runtime::check_pid(self.pid)?;
+        self.close_twins();
         let client = self.inner.clone();
         block_on(py, async move {
             client.close().await;

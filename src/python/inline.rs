@@ -14,18 +14,24 @@
 //! opened on first use, in the background (tokio connects; the handshake runs here). Until it
 //! is ready, and for a second after it closes, operations take the tokio path, so nothing waits
 //! for it. Only acquires that make one attempt (`wait=0`) and releases run here; a command whose
-//! connection dropped is retried once on the store's own reconnecting connection (by the
-//! store), so a dying twin costs no operation. These operations run to the end once started
-//! (a cancelled await discards their result), as on the tokio path.
+//! connection dropped is retried once by the store on a fresh shared connection, so a dying
+//! twin costs no operation, and a twin whose connection failed in any way (dropped, timed out)
+//! is never used again: the next operation opens another. These operations run to the end once
+//! started (a cancelled await discards their result), as on the tokio path.
+//!
+//! Closing: the client closes its twins when it is closed or dropped ([`LoopTwin::close`], see
+//! `twins`); on the loop's own thread the socket is closed at once, from another thread it is
+//! shut down at once and dropped by the loop. A collected loop closes its twins.
 
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -39,16 +45,10 @@ use crate::LeaseClient;
 
 use super::bridge::{get_running_loop, inbox_for, settle, Convert, Inbox};
 use super::runtime;
+use super::twins::Twins;
 
 /// How long operations keep to the tokio path after a twin failed to open or closed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A new id for a client that can have twins (the key of its twin on each loop).
-pub(crate) fn new_client_id() -> u64 {
-    NEXT_ID.fetch_add(1, SeqCst)
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -323,7 +323,7 @@ impl Drop for LoopStream {
 
 // -- one twin per (client, loop) -------------------------------------------------------------
 
-#[allow(clippy::large_enum_variant)] // one per client and loop (thread): size is no matter
+#[allow(clippy::large_enum_variant)] // one per client and loop: size is no matter
 enum State {
     /// Not open; may be opened from `retry_at` on.
     Closed {
@@ -333,24 +333,81 @@ enum State {
     Ready {
         client: LeaseClient,
         store: Arc<dyn LeaseStore>,
+        stream: Arc<StreamShared>,
     },
+    /// Closed for good: its client was closed or dropped.
+    Shut,
 }
 
-/// A client's twin on one loop (kept in the loop's `_distributed_leasing_inline` dict). When
-/// the loop is collected, the twin's connection is closed.
-#[pyclass(frozen, module = "distributed_leasing._native")]
-struct Twin {
+/// A client's twin on one loop: kept by the loop (in its `_distributed_leasing_inline` dict,
+/// see [`Twin`]), closed by its client ([`LoopTwin::close`]) or when the loop is collected.
+pub(crate) struct LoopTwin {
     state: Arc<Mutex<State>>,
     inbox: Arc<Inbox>,
+    /// The task that drives the connection (handshake, then every reply).
     driver: Arc<Mutex<Option<Arc<LocalTask>>>>,
+    /// The loop's thread: the only one that may drop the connection (it unregisters the socket
+    /// from the loop's selector first).
+    thread: ThreadId,
+}
+
+impl LoopTwin {
+    /// Closes the twin for good, from any thread. On the loop's thread the socket is closed
+    /// before this returns; from another thread it is shut down (the server sees it closed at
+    /// once), and the loop drops it when it next runs.
+    pub(crate) fn close(&self) {
+        let old = std::mem::replace(&mut *lock(&self.state), State::Shut);
+        if std::thread::current().id() == self.thread {
+            abort(&self.driver);
+        } else {
+            if let State::Ready { stream, .. } = &old {
+                let _ = stream.sock.shutdown(std::net::Shutdown::Both);
+            }
+            let driver = Arc::clone(&self.driver);
+            self.inbox.push(Box::new(move |_py| abort(&driver)));
+        }
+        drop(old);
+    }
+}
+
+/// Ends the driver's task (dropping its socket). Its task and its socket's wakers refer to
+/// each other, so it is never left to be dropped by reference counting.
+fn abort(driver: &Mutex<Option<Arc<LocalTask>>>) {
+    let task = lock(driver).take();
+    if let Some(task) = task {
+        task.abort();
+    }
+}
+
+/// Sets `state` closed after a failure to open or the end of the connection `stream` (if it is
+/// still the current one), unless the twin was closed for good.
+fn closed(state: &Mutex<State>, stream: Option<&Arc<StreamShared>>) {
+    let mut state = lock(state);
+    let current = match &*state {
+        State::Shut => return,
+        State::Ready { stream: s, .. } => Some(s),
+        _ => None,
+    };
+    if let (Some(ours), Some(current)) = (stream, current) {
+        if !Arc::ptr_eq(ours, current) {
+            return;
+        }
+    }
+    *state = State::Closed {
+        retry_at: Some(Instant::now() + RETRY_AFTER),
+    };
+}
+
+/// The loop's handle on a [`LoopTwin`]: when the loop is collected, its twins' connections are
+/// closed.
+#[pyclass(frozen, module = "distributed_leasing._native")]
+struct Twin {
+    core: Arc<LoopTwin>,
 }
 
 impl Drop for Twin {
     fn drop(&mut self) {
-        // The driver's task and its socket's wakers refer to each other: end it here.
-        if let Some(task) = lock(&self.driver).take() {
-            task.abort();
-        }
+        abort(&self.core.driver);
     }
 }
 
@@ -362,14 +419,22 @@ pub(crate) struct Ready {
     event_loop: Py<PyAny>,
 }
 
-/// The ready twin of the client `id` on the running loop; `None` (take the tokio path) while it
-/// opens, after it closed, or outside a running loop. Starts opening one when there is none.
-pub(crate) fn ready(py: Python<'_>, id: u64, client: &LeaseClient) -> PyResult<Option<Ready>> {
+/// The ready twin of the client of `twins` on the running loop; `None` (take the tokio path)
+/// while it opens, after it closed, outside a running loop, and always once the client is
+/// closed. Starts opening one when there is none, or when the last one failed.
+pub(crate) fn ready(
+    py: Python<'_>,
+    twins: &Arc<Twins>,
+    client: &LeaseClient,
+) -> PyResult<Option<Ready>> {
+    if twins.is_closed() || client.is_closed() {
+        return Ok(None);
+    }
     let Ok(event_loop) = get_running_loop(py) else {
         return Ok(None);
     };
     let attr = pyo3::intern!(py, "_distributed_leasing_inline");
-    let twins = match event_loop.getattr(attr) {
+    let table = match event_loop.getattr(attr) {
         Ok(d) => d.cast_into::<PyDict>()?,
         Err(_) => {
             let d = PyDict::new(py);
@@ -380,25 +445,27 @@ pub(crate) fn ready(py: Python<'_>, id: u64, client: &LeaseClient) -> PyResult<O
             d
         }
     };
-    let twin = match twins.get_item(id)? {
+    let twin = match table.get_item(twins.id)? {
         Some(t) => t.cast_into::<Twin>()?,
         None => {
-            let t = Bound::new(
-                py,
-                Twin {
-                    state: Arc::new(Mutex::new(State::Closed { retry_at: None })),
-                    inbox: inbox_for(py, &event_loop)?,
-                    driver: Arc::new(Mutex::new(None)),
-                },
-            )?;
-            twins.set_item(id, &t)?;
+            let core = Arc::new(LoopTwin {
+                state: Arc::new(Mutex::new(State::Closed { retry_at: None })),
+                inbox: inbox_for(py, &event_loop)?,
+                driver: Arc::new(Mutex::new(None)),
+                thread: std::thread::current().id(),
+            });
+            if !twins.add_loop(&core) {
+                return Ok(None);
+            }
+            let t = Bound::new(py, Twin { core })?;
+            table.set_item(twins.id, &t)?;
             t
         }
     };
-    let twin = twin.get();
+    let twin = &twin.get().core;
     let mut state = lock(&twin.state);
     match &*state {
-        State::Ready { client, store } => {
+        State::Ready { client, store, .. } if !store.as_redis().is_some_and(|r| r.is_broken()) => {
             return Ok(Some(Ready {
                 client: client.clone(),
                 store: Arc::clone(store),
@@ -406,7 +473,16 @@ pub(crate) fn ready(py: Python<'_>, id: u64, client: &LeaseClient) -> PyResult<O
                 event_loop: event_loop.unbind(),
             }))
         }
-        State::Opening => return Ok(None),
+        // Its connection failed: never used again; a new one opens now.
+        State::Ready { .. } => {
+            let old = std::mem::replace(&mut *state, State::Opening);
+            drop(state);
+            abort(&twin.driver);
+            drop(old);
+            open(&event_loop, twin, client)?;
+            return Ok(None);
+        }
+        State::Opening | State::Shut => return Ok(None),
         State::Closed { retry_at: Some(at) } if Instant::now() < *at => return Ok(None),
         State::Closed { .. } => {}
     }
@@ -418,7 +494,7 @@ pub(crate) fn ready(py: Python<'_>, id: u64, client: &LeaseClient) -> PyResult<O
 
 /// Opens the twin: tokio connects the socket, then the loop thread runs the handshake and,
 /// for as long as the connection lives, its driver.
-fn open(event_loop: &Bound<'_, PyAny>, twin: &Twin, client: &LeaseClient) -> PyResult<()> {
+fn open(event_loop: &Bound<'_, PyAny>, twin: &LoopTwin, client: &LeaseClient) -> PyResult<()> {
     let Some(redis) = client.store().as_redis() else {
         *lock(&twin.state) = State::Closed { retry_at: None };
         return Ok(());
@@ -430,23 +506,21 @@ fn open(event_loop: &Bound<'_, PyAny>, twin: &Twin, client: &LeaseClient) -> PyR
     let inbox = Arc::clone(&twin.inbox);
     let driver = Arc::clone(&twin.driver);
     let weak_loop = PyWeakrefReference::new(event_loop)?.unbind();
-    let closed = |state: &Mutex<State>| {
-        *lock(state) = State::Closed {
-            retry_at: Some(Instant::now() + RETRY_AFTER),
-        };
-    };
     rt.spawn(async move {
         let sock = match store.open_inline_socket().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open the event loop's connection; using the shared one");
-                closed(&state);
+                closed(&state, None);
                 return;
             }
         };
         let loop_inbox = Arc::clone(&inbox);
         loop_inbox.push(Box::new(move |py| {
-            let stream = LoopStream(Arc::new(StreamShared {
+            if matches!(*lock(&state), State::Shut) {
+                return; // closed while connecting: the socket closes here
+            }
+            let shared = Arc::new(StreamShared {
                 sock,
                 event_loop: weak_loop,
                 inbox: Arc::clone(&inbox),
@@ -455,16 +529,24 @@ fn open(event_loop: &Bound<'_, PyAny>, twin: &Twin, client: &LeaseClient) -> PyR
                 reading: AtomicBool::new(false),
                 writing: AtomicBool::new(false),
                 drained: AtomicBool::new(false),
-            }));
+            });
+            let stream = LoopStream(Arc::clone(&shared));
             let task_state = Arc::clone(&state);
             let run = async move {
                 match store.inline_twin(stream).await {
                     Ok((twin, connection)) => {
                         let twin: Arc<dyn LeaseStore> = Arc::new(twin);
-                        *lock(&task_state) = State::Ready {
-                            client: client.inline_twin(Arc::clone(&twin)),
-                            store: twin,
-                        };
+                        {
+                            let mut s = lock(&task_state);
+                            if matches!(*s, State::Shut) {
+                                return;
+                            }
+                            *s = State::Ready {
+                                client: client.inline_twin(Arc::clone(&twin)),
+                                store: twin,
+                                stream: Arc::clone(&shared),
+                            };
+                        }
                         tracing::debug!("the event loop's connection is open");
                         connection.await;
                         tracing::debug!("the event loop's connection closed");
@@ -473,11 +555,16 @@ fn open(event_loop: &Bound<'_, PyAny>, twin: &Twin, client: &LeaseClient) -> PyR
                         tracing::debug!(error = %e, "cannot open the event loop's connection; using the shared one");
                     }
                 }
-                closed(&task_state);
+                closed(&task_state, Some(&shared));
             };
             match LocalTask::spawn(py, &inbox, run) {
-                Ok(task) => *lock(&driver) = Some(task),
-                Err(_) => closed(&state),
+                Ok(task) => {
+                    let mut slot = lock(&driver);
+                    if let Some(old) = slot.replace(task) {
+                        old.abort();
+                    }
+                }
+                Err(_) => closed(&state, None),
             }
         }));
     });

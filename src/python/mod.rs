@@ -1,9 +1,11 @@
 //! The Python module `distributed_leasing._native`: the only place that uses PyO3.
 //!
 //! `runtime` owns the tokio runtime and the shutdown/fork rules, `bridge` turns Rust futures
-//! into asyncio futures or blocking calls, `classes` holds the Python classes and argument
-//! checks, `errors` the exception hierarchy, `logging` forwards the core's `tracing` events to
-//! Python's `logging`. The public API is `python/distributed_leasing`.
+//! into asyncio futures or blocking calls, `inline` and `thread_twin` a client's connections
+//! driven by an event loop or a thread, `twins` the record of them that closes them with the
+//! client, `classes` holds the Python classes and argument checks, `errors` the exception
+//! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
+//! API is `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
@@ -12,6 +14,7 @@ mod inline;
 mod logging;
 mod runtime;
 mod thread_twin;
+mod twins;
 
 use pyo3::prelude::*;
 

@@ -9,47 +9,82 @@
 //!
 //! What it owns: the thread's runtime and twins, opened on the thread's first blocking call of
 //! a client (within the connect timeout; a failure means the shared path for a second). Only
-//! one-attempt acquires and releases use them. The twin's connection is driven only while a
-//! call runs on its thread; a server-side close is seen by the next call, whose command is
-//! then retried once on the store's own reconnecting connection (by the store), so it costs no
-//! operation. Leases taken here belong to the client's runtime for renewal and release, like
-//! any other. Twins of clients that were dropped are closed when the thread opens another
-//! twin, or ends.
+//! one-attempt acquires and releases use them. A twin's connection is driven by the calls made
+//! on it (its driver is polled beside the call's future, see [`Ready::block_on`]), so it does
+//! nothing between calls: a server-side close is seen by the next call, whose command is then
+//! retried once by the store on a fresh shared connection (on the process's runtime, never on
+//! this thread's, which runs only during calls), and the twin is replaced. A twin whose
+//! connection failed in any way is never used again. Leases taken here belong to the client's
+//! runtime for renewal and release, like any other.
+//!
+//! Closing: a twin can be closed from any thread ([`ThreadTwin::close`], called when its client
+//! is closed or dropped, see `twins`): that drops its connection at once. Twins also close when
+//! their thread ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Weak};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 
 use crate::error::LeaseError as CoreError;
+use crate::store::redis::inline::Driver;
 use crate::store::LeaseStore;
 use crate::LeaseClient;
 
-/// How long a thread keeps to the shared path after its twin failed to open or closed.
+use super::twins::Twins;
+
+/// How long a thread keeps to the shared path after its twin failed to open.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-#[allow(clippy::large_enum_variant)] // one per client and loop (thread): size is no matter
-enum Twin {
-    Ready {
-        client: LeaseClient,
-        store: Arc<dyn LeaseStore>,
-        alive: Arc<AtomicBool>,
-        owner: Weak<()>,
-    },
-    Closed {
-        retry_at: Instant,
-    },
+/// One client's twin on one thread. Kept by the thread; its client closes it from anywhere.
+pub(crate) struct ThreadTwin {
+    /// `None` once closed.
+    live: Mutex<Option<Live>>,
+}
+
+struct Live {
+    client: LeaseClient,
+    store: Arc<dyn LeaseStore>,
+    /// Drives the connection; `None` once the connection ended.
+    driver: Option<Driver>,
+}
+
+impl ThreadTwin {
+    fn lock(&self) -> MutexGuard<'_, Option<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the connection (from any thread): its socket is closed before this returns.
+    pub(crate) fn close(&self) {
+        let live = self.lock().take();
+        drop(live);
+    }
+
+    /// Whether the twin can take another call: open, its connection alive and never failed.
+    fn usable(&self) -> bool {
+        self.lock().as_ref().is_some_and(|l| {
+            l.driver.is_some() && !l.store.as_redis().is_some_and(|r| r.is_broken())
+        })
+    }
+}
+
+enum Slot {
+    Open(Arc<ThreadTwin>),
+    Failed { retry_at: Instant },
 }
 
 struct ThreadTwins {
     pid: u32,
-    /// Shared with calls in progress; dropped (closing the twins) when the thread ends.
+    /// Dropped before the runtime (fields drop in order): their sockets close first.
+    twins: HashMap<u64, Slot>,
+    /// Shared with calls in progress.
     runtime: Arc<Runtime>,
-    twins: HashMap<u64, Twin>,
 }
 
 thread_local! {
@@ -60,32 +95,37 @@ thread_local! {
 pub(crate) struct Ready {
     pub(crate) client: LeaseClient,
     pub(crate) store: Arc<dyn LeaseStore>,
+    twin: Arc<ThreadTwin>,
     runtime: Arc<Runtime>,
 }
 
-/// The twin of client `id` on this thread, opening it (blocking, GIL released) if there is
-/// none; `None` when it cannot be had now (then take the shared path).
-pub(crate) fn ready(
-    py: Python<'_>,
-    id: u64,
-    owner: &Arc<()>,
-    client: &LeaseClient,
-) -> Option<Ready> {
+impl Ready {
+    fn of(twin: &Arc<ThreadTwin>, runtime: &Arc<Runtime>) -> Option<Self> {
+        let live = twin.lock();
+        let live = live.as_ref()?;
+        Some(Self {
+            client: live.client.clone(),
+            store: Arc::clone(&live.store),
+            twin: Arc::clone(twin),
+            runtime: Arc::clone(runtime),
+        })
+    }
+}
+
+/// The twin of the client of `twins` on this thread, opening it (blocking, GIL released) if
+/// there is none or the last one failed; `None` when it cannot be had now (then take the
+/// shared path), and always once the client is closed.
+pub(crate) fn ready(py: Python<'_>, twins: &Arc<Twins>, client: &LeaseClient) -> Option<Ready> {
+    if twins.is_closed() || client.is_closed() {
+        return None;
+    }
+    let id = twins.id;
     let pid = super::runtime::pid();
     let found = TWINS.with_borrow(|t| {
         let t = t.as_ref().filter(|t| t.pid == pid)?;
         match t.twins.get(&id)? {
-            Twin::Ready {
-                client,
-                store,
-                alive,
-                ..
-            } if alive.load(SeqCst) => Some(Some(Ready {
-                client: client.clone(),
-                store: Arc::clone(store),
-                runtime: Arc::clone(&t.runtime),
-            })),
-            Twin::Closed { retry_at } if Instant::now() < *retry_at => Some(None),
+            Slot::Open(twin) if twin.usable() => Some(Ready::of(twin, &t.runtime)),
+            Slot::Failed { retry_at } if Instant::now() < *retry_at => Some(None),
             _ => None,
         }
     });
@@ -93,7 +133,7 @@ pub(crate) fn ready(
         return found;
     }
     let redis = client.store().as_redis()?.clone();
-    let opened = py.detach(|| {
+    py.detach(|| {
         TWINS.with_borrow_mut(|t| {
             // After fork() the parent's runtime and sockets are shared with it: start afresh
             // (leaking the old ones; dropping them could touch the parent's state).
@@ -107,53 +147,45 @@ pub(crate) fn ready(
                     .ok()?;
                 *t = Some(ThreadTwins {
                     pid: super::runtime::pid(),
-                    runtime: Arc::new(runtime),
                     twins: HashMap::new(),
+                    runtime: Arc::new(runtime),
                 });
             }
             let t = t.as_mut()?;
-            // Twins of dropped clients go now.
-            t.twins.retain(|_, twin| match twin {
-                Twin::Ready { owner, .. } => owner.strong_count() > 0,
-                Twin::Closed { .. } => true,
+            // Closed twins (their client closed or dropped) and failed ones go now.
+            t.twins.retain(|_, slot| match slot {
+                Slot::Open(twin) => twin.usable(),
+                Slot::Failed { .. } => true,
             });
-            let alive = Arc::new(AtomicBool::new(true));
             let opened = t.runtime.block_on(async {
                 let sock = redis.open_inline_socket().await?;
                 let stream = tokio::net::TcpStream::from_std(sock)
                     .map_err(|e| CoreError::Config(format!("cannot use the socket: {e}")))?;
-                let (twin, driver) = redis.inline_twin(stream).await?;
-                let flag = Arc::clone(&alive);
-                tokio::spawn(async move {
-                    driver.await;
-                    flag.store(false, SeqCst);
-                });
-                Ok::<_, CoreError>(twin)
+                redis.inline_twin(stream).await
             });
             match opened {
-                Ok(twin) => {
-                    let store: Arc<dyn LeaseStore> = Arc::new(twin);
-                    let ready = Ready {
-                        client: client.inline_twin(Arc::clone(&store)),
-                        store: Arc::clone(&store),
-                        runtime: Arc::clone(&t.runtime),
-                    };
-                    t.twins.insert(
-                        id,
-                        Twin::Ready {
-                            client: ready.client.clone(),
+                Ok((store, driver)) => {
+                    let store: Arc<dyn LeaseStore> = Arc::new(store);
+                    let twin = Arc::new(ThreadTwin {
+                        live: Mutex::new(Some(Live {
+                            client: client.inline_twin(Arc::clone(&store)),
                             store,
-                            alive,
-                            owner: Arc::downgrade(owner),
-                        },
-                    );
-                    Some(ready)
+                            driver: Some(driver),
+                        })),
+                    });
+                    if !twins.add_thread(&twin) {
+                        // The client was closed meanwhile.
+                        twin.close();
+                        return None;
+                    }
+                    t.twins.insert(id, Slot::Open(Arc::clone(&twin)));
+                    Ready::of(&twin, &t.runtime)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot open this thread's connection; using the shared one");
                     t.twins.insert(
                         id,
-                        Twin::Closed {
+                        Slot::Failed {
                             retry_at: Instant::now() + RETRY_AFTER,
                         },
                     );
@@ -161,18 +193,36 @@ pub(crate) fn ready(
                 }
             }
         })
-    });
-    opened
+    })
 }
 
 impl Ready {
-    /// Runs `fut` on this thread's runtime (where the twin's connection lives), as
+    /// Runs `fut` on this thread's runtime, driving the twin's connection meanwhile, as
     /// `bridge::block_on` does on the process's.
     pub(crate) fn block_on<F, T>(&self, py: Python<'_>, fut: F) -> PyResult<T>
     where
-        F: std::future::Future<Output = Result<T, CoreError>> + Send,
+        F: Future<Output = Result<T, CoreError>> + Send,
         T: Send,
     {
-        super::bridge::block_on_in(py, &self.runtime, fut)
+        let twin = &self.twin;
+        let mut fut = std::pin::pin!(fut);
+        // Hand-written rather than a `select!`: the driver lives in the twin (so that its
+        // client can close it from any thread), and is polled under the twin's lock, which is
+        // never held across a suspension.
+        let driven = std::future::poll_fn(move |cx| {
+            {
+                let mut live = twin.lock();
+                if let Some(live) = live.as_mut() {
+                    if let Some(driver) = live.driver.as_mut() {
+                        if driver.as_mut().poll(cx).is_ready() {
+                            // The connection ended; the call fails over to the shared one.
+                            live.driver = None;
+                        }
+                    }
+                }
+            }
+            fut.as_mut().poll(cx)
+        });
+        super::bridge::block_on_in(py, &self.runtime, driven)
     }
 }

@@ -1,0 +1,91 @@
+//! The twins of one client (its connections driven by an event loop or by a thread, see
+//! `inline` and `thread_twin`), so that closing or dropping the client closes them.
+//!
+//! A twin is kept by the loop or thread that drives it; the client keeps weak references here.
+//! [`Twins::close`] closes every twin still open, from any thread, and from then on no twin of
+//! the client opens: it runs when the client is closed and when it is dropped. The client's
+//! leases share it (a lease releases through a twin of its client while the client is open).
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use super::inline::LoopTwin;
+use super::thread_twin::ThreadTwin;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The twins of one client.
+pub(crate) struct Twins {
+    /// The client's key in each loop's and thread's table of twins.
+    pub(crate) id: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    closed: bool,
+    loops: Vec<Weak<LoopTwin>>,
+    threads: Vec<Weak<ThreadTwin>>,
+}
+
+impl Twins {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, SeqCst),
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the client was closed or dropped: no twin may open.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Records a twin opened on a loop; `false` (the caller closes it) if the client closed
+    /// meanwhile.
+    pub(crate) fn add_loop(&self, twin: &Arc<LoopTwin>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.loops.retain(|w| w.strong_count() > 0);
+        inner.loops.push(Arc::downgrade(twin));
+        true
+    }
+
+    /// Records a twin opened on a thread; `false` (the caller closes it) if the client closed
+    /// meanwhile.
+    pub(crate) fn add_thread(&self, twin: &Arc<ThreadTwin>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.threads.retain(|w| w.strong_count() > 0);
+        inner.threads.push(Arc::downgrade(twin));
+        true
+    }
+
+    /// Closes every twin of the client, wherever it is, and keeps new ones from opening.
+    pub(crate) fn close(&self) {
+        let (loops, threads) = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            (
+                std::mem::take(&mut inner.loops),
+                std::mem::take(&mut inner.threads),
+            )
+        };
+        for twin in loops.iter().filter_map(Weak::upgrade) {
+            twin.close();
+        }
+        for twin in threads.iter().filter_map(Weak::upgrade) {
+            twin.close();
+        }
+    }
+}
