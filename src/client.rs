@@ -358,7 +358,11 @@ impl LeaseClient {
             .clone()
             .unwrap_or_else(tokio::runtime::Handle::current);
         self.renewals.register(&shared, interval, t_sent, &runtime);
-        Ok(TryAcquire::Acquired(Lease::new(shared, runtime)))
+        Ok(TryAcquire::Acquired(Lease::new(
+            shared,
+            runtime,
+            self.renewals.clone(),
+        )))
     }
 
     /// Takes the lease, waiting up to `wait` for it (`None`: forever; zero: one attempt).

@@ -275,11 +275,22 @@ fn reason_of(end: Option<LeaseEnd>) -> LostReason {
 pub struct Lease {
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
+    /// Keeps the client's renewal scheduler (which renews this lease) alive for as long as the
+    /// handle, even if the client itself is dropped.
+    _renewals: crate::renewal::Scheduler,
 }
 
 impl Lease {
-    pub(crate) fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Self {
-        Self { shared, runtime }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        runtime: tokio::runtime::Handle,
+        renewals: crate::renewal::Scheduler,
+    ) -> Self {
+        Self {
+            shared,
+            runtime,
+            _renewals: renewals,
+        }
     }
 
     /// The lease name.

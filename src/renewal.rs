@@ -14,9 +14,10 @@
 //! Registering a lease never wakes the task unless the lease is due before the task's next
 //! wake-up, and the task wakes at least every [`MAX_SLEEP`] while it has leases (and lingers
 //! for [`IDLE_LINGER`] after the last one), so acquiring a lease costs no thread wake-up.
-//! While it has no lease the task holds its scheduler only weakly: a client dropped then is
-//! freed (and its store's connections closed) at once, not after the linger. A closed
-//! scheduler's task ends.
+//! Between wake-ups the task holds its scheduler only weakly: the client and the lease handles
+//! keep it alive (a handle keeps renewing after its client was dropped), so a dropped client
+//! without leases is freed, and its store's connections closed, at once rather than after the
+//! linger. A closed scheduler's task ends.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,10 +350,10 @@ fn collect(inner: &Inner, now: Instant) -> Due {
 async fn run(inner: Arc<Inner>) {
     let wake = Arc::clone(&inner.wake);
     let weak = Arc::downgrade(&inner);
-    let mut held = Some(inner);
+    drop(inner);
     loop {
-        // Held strongly only while there are leases to renew (see the module docs).
-        let Some(inner) = held.take().or_else(|| weak.upgrade()) else {
+        // Held only while awake (see the module docs).
+        let Some(inner) = weak.upgrade() else {
             return;
         };
         let due = collect(&inner, Instant::now());
@@ -373,11 +374,7 @@ async fn run(inner: Arc<Inner>) {
             tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
         }
         let Some(next) = due.next else { return };
-        if lock(&inner.state).entries.is_empty() {
-            drop(inner);
-        } else {
-            held = Some(inner);
-        }
+        drop(inner);
         tokio::select! {
             () = sleep_until(next) => {}
             () = wake.notified() => {}
