@@ -326,8 +326,10 @@ class LeaseClient:
     async def close(self) -> None:
         """Closes the client: stops renewing its leases and releases them (best effort,
         owner-checked); their handles end as lost with reason ``client_closed``, so a body
-        under ``lease(..., on_lost="cancel")`` is cancelled. Afterwards the client refuses
-        every call. Closing twice is harmless."""
+        under ``lease(..., on_lost="cancel")`` is cancelled. Then closes every connection the
+        client opened (shared, per event loop, per thread, release notifications; the SQLite
+        file). Afterwards the client refuses every call. Closing twice is harmless. A client
+        dropped without closing closes its connections too, once its last lease is gone."""
         native, self.__native = self.__native, None
         if native is not None:
             await native.close()
