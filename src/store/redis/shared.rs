@@ -15,6 +15,8 @@
 //!   old one closes once its last in-flight command ends.
 //! - **Close.** [`SharedConn::close`] empties the slot, so the connection closes even while
 //!   clones of the store (leases, twins) still exist; every later command fails as closed.
+//! - **Bounded.** A command, waiting for its connection included, takes at most the connect
+//!   timeout plus the response timeout ([`SharedConn::limit`]).
 //!
 //! A retry is sent on a fresh connection: after a drop the manager's own reconnection, after any
 //! other failure a new manager, and for a caller-driven twin's failure one opened after the
@@ -22,7 +24,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, ScriptInvocation, Value};
@@ -211,11 +213,13 @@ impl SharedConn {
             None => (self.current()?, false),
         };
         loop {
-            match call
-                .get(retry)
-                .invoke_async(&mut current.manager.clone())
-                .await
-            {
+            let mut manager = current.manager.clone();
+            let command = call.get(retry).invoke_async(&mut manager);
+            let result = match tokio::time::timeout(self.limit(), command).await {
+                Ok(result) => result,
+                Err(_) => Err(elapsed()),
+            };
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     self.failed(&current, &e);
@@ -230,6 +234,22 @@ impl SharedConn {
                 }
             }
         }
+    }
+
+    /// The longest one command may take: connecting once, then the reply. The manager's own
+    /// timeouts apply to each connection attempt and each reply, but a command waiting for a
+    /// manager that keeps failing to connect (a paused or black-holed server after a discard)
+    /// would otherwise wait through all its attempts and their backoff.
+    fn limit(&self) -> Duration {
+        let connect = self
+            .config
+            .connection_timeout()
+            .unwrap_or(Duration::from_secs(5));
+        let reply = self
+            .config
+            .response_timeout()
+            .unwrap_or(Duration::from_secs(5));
+        connect + reply
     }
 
     /// After a failed command: a connection the manager would keep is discarded.
@@ -249,11 +269,25 @@ impl SharedConn {
     {
         self.at_home(move |me| async move {
             let current = me.current()?;
-            f(current.manager.clone()).await.map_err(|e| {
+            let command = f(current.manager.clone());
+            let result = match tokio::time::timeout(me.limit(), command).await {
+                Ok(result) => result,
+                Err(_) => Err(elapsed()),
+            };
+            result.map_err(|e| {
                 me.failed(&current, &e);
                 Failure::Redis(e)
             })
         })
         .await
     }
+}
+
+/// The error of a command that ran out of [`SharedConn::limit`]: a timeout, as the manager's own.
+fn elapsed() -> RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no connection and reply in time",
+    )
+    .into()
 }
