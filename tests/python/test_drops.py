@@ -228,6 +228,43 @@ def test_a_sync_waiting_acquire_survives_kills_and_gets_the_released_lease(
     waiter.close_sync()
 
 
+def test_a_paused_server_times_out_then_every_path_recovers(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url, operation_timeout=0.5, connect_timeout=0.5)
+    open_thread_connection(client, srv, unique_name)
+    srv.pause()
+    try:
+        # The thread's connection, then the shared one twice (the second time on the new
+        # connection that replaced the timed-out one, which cannot connect either).
+        calls: list[Callable[[], object]] = [
+            lambda: client.try_acquire_sync(f"{unique_name}-paused", duration=1.0),
+            lambda: client.inspect_sync(unique_name),
+            lambda: client.inspect_sync(unique_name),
+        ]
+        for call in calls:
+            with pytest.raises(dl.BackendError) as err:
+                call()
+            assert err.value.kind == "timeout", err.value
+    finally:
+        srv.resume()
+    # Timed-out connections are not used again: new ones answer on every path.
+    lease = client.try_acquire_sync(unique_name)
+    assert lease is not None and lease.release_blocking() is True
+    assert client.inspect_sync(unique_name) is None
+
+    async def on_a_loop() -> None:
+        for _ in range(3):
+            lease = await client.try_acquire(unique_name)
+            assert lease is not None and await lease.release() is True
+
+    asyncio.run(on_a_loop())
+    held = client.acquire_sync(f"{unique_name}-held", **HELD)
+    wait_until(renewing(held, 0), "a lease taken after the pause renews")
+    client.close_sync()
+
+
 # -- a server that closes idle connections ----------------------------------------------------
 
 
