@@ -6,7 +6,7 @@ It is importable from subprocesses too (they get this directory on ``PYTHONPATH`
 
 ``report(name, **figures)`` prints a measured figure as one ``FIGURE {...}`` line (visible with
 ``pytest -s``) and appends it to the JSON-lines file named by ``$RELIABILITY_FIGURES`` if set;
-``README (Reliability)`` quotes these figures.
+``docs/reliability.md`` quotes these figures.
 """
 
 from __future__ import annotations

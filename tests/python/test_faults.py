@@ -3,7 +3,7 @@
 Redis killed and restarted (with and without persistence), Redis paused past the lease, the
 connection black-holed by the loopback proxy, a client SIGKILLed while holding, and an event loop
 blocked while holding. Short leases (2-3 s) keep the suite fast; every bound asserted is
-generous, and the measured figures are printed as ``FIGURE`` lines for README (Reliability).
+generous, and the measured figures are printed as ``FIGURE`` lines for docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ async def test_redis_restarted_empty_holders_report_lost_and_the_client_recovers
     assert all(r in ("missing", "held_by_other", "expired") for r in reasons), reasons
     assert all(lease.is_lost for lease in leases)
     # Two holders for a moment, and fencing cannot tell them apart: the counter died with the
-    # data, so tokens start again at 1 (README (Reliability): use persistence, or an epoch).
+    # data, so tokens start again at 1 (docs/reliability.md: use persistence, or an epoch).
     assert intruder.fencing_token == 1 <= old_tokens[1]
     assert overlap < 5.0  # about one renew interval (0.5 s); generous
     await intruder.release()
@@ -152,7 +152,7 @@ async def test_redis_paused_holder_is_lost_at_its_deadline_before_the_server_exp
             # it would run the renewal the client sent, and gave up on, during the pause: a late
             # renewal can extend the key after its holder stopped trusting it. That delays the
             # next holder by up to one duration; it is not a safety problem, since the old
-            # holder has already stopped. See README (Reliability).)
+            # holder has already stopped. See docs/reliability.md.)
             await asyncio.sleep(max(0.0, expiry_ms / 1000 - time.time()) + 0.2)
         finally:
             srv.resume()

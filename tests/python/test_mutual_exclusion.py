@@ -4,7 +4,7 @@ Contention: 8 OS processes take one lease over and over (``try_acquire``, no wai
 has won its quota, and under the lease do a deliberately non-atomic read-modify-write of a
 shared record (count, last fencing token). Two holders at once would lose an update (final count
 below the number of wins) or see a token regression. ``CONTENTION_TOTAL`` sets the total number
-of wins per store (default 20,000; the documented long run is 100,000, see README (Reliability)).
+of wins per store (default 20,000; the documented long run is 100,000, see docs/reliability.md).
 A control run without the lease proves that the check does catch overlapping holders.
 """
 
