@@ -23,6 +23,8 @@ parsers, and ``leasing --help`` runs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import re
@@ -143,6 +145,22 @@ def block_env(store_url: str, tmp: Path) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def shared_file_lock(code: str) -> Iterator[None]:
+    """Blocks that name the machine-wide ``/tmp/leases.db`` (as a reader would) run one at a
+    time across concurrent runs of this test on one machine, so that they never meet each
+    other's leases there."""
+    if "sqlite:///tmp/" not in code:
+        yield
+        return
+    with open("/tmp/distributed-leasing-docs.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.mark.parametrize("store", ["redis", "sqlite"])
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.where for b in PYTHON_BLOCKS])
 def test_python_block_runs_as_pasted(
@@ -153,7 +171,8 @@ def test_python_block_runs_as_pasted(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     url = docs_redis.url if store == "redis" else f"sqlite://{tmp_path / 'leases.db'}"
-    result = run_program(block.code, cwd, block_env(url, tmp_path))
+    with shared_file_lock(block.code):
+        result = run_program(block.code, cwd, block_env(url, tmp_path))
     assert result.returncode == 0, (
         f"{block.where} exited with {result.returncode} on {store}\n"
         f"--- block\n{block.code}--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
