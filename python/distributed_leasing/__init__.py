@@ -60,6 +60,8 @@ def refresh_logging() -> None:
 # inside to leave (a tokio thread entering a finalizing interpreter crashes the process).
 atexit.register(_native._shutdown)
 
+# The version of Cargo.toml's [package], the one place it is set: compiled into the native
+# module, and the wheel's metadata version (PEP 440 spelling) that pip shows.
 __version__: str = _native.__version__
 
 __all__ = [

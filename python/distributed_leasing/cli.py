@@ -5,6 +5,7 @@
     leasing release NAME --force [--yes]         delete a lease (only the holder shown and
                                                  confirmed: if it changed hands, nothing)
     leasing configure                            the configuration wizard
+    leasing --version                            the installed version
 
 The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``)
 or the configuration in ``--dir`` (appsettings.json, appsettings.Local.json, ``RedisLeasing__*``
@@ -26,6 +27,7 @@ from typing import Any
 from . import _wizard
 from ._client import LeaseClient
 from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable
+from ._native import __version__ as _version
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -269,6 +271,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="leasing",
         description="Inspect, list and release distributed leases.",
+    )
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s (distributed-leasing) {_version}"
     )
     _store_options(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
