@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import distributed_leasing as dl
 import pytest
@@ -151,11 +154,39 @@ def manylinux_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- checking a wheel ---------------------------------------------------------------------------
 
 
-def auditwheel_show(wheel: Path) -> str:
-    got = run([sys.executable, "-m", "auditwheel", "show", wheel], timeout=120)
-    assert got.returncode == 0, got.stdout
-    print(got.stdout)  # the report quotes it (pytest -s)
-    return " ".join(got.stdout.split())
+def auditwheel_show(wheel: Path, *options: str) -> dict[str, Any]:
+    """Prints ``auditwheel show`` (pytest -s shows it) and returns its ``--json`` report."""
+    argv = [sys.executable, "-m", "auditwheel", "show", *options]
+    text = run([*argv, wheel], timeout=120)
+    assert text.returncode == 0, text.stdout
+    print(text.stdout)
+    got = subprocess.run(
+        [*argv, "--json", str(wheel)], capture_output=True, text=True, timeout=120, check=True
+    )
+    report: dict[str, Any] = json.loads(got.stdout)
+    return report
+
+
+# Debian's `musl` package: musl's shared libc and its dynamic loader.
+MUSL_LIBDIR = Path("/lib/x86_64-linux-musl")
+MUSL_LOADER = Path("/lib/ld-musl-x86_64.so.1")
+
+
+def check_musl_extension(report: dict[str, Any], platform_tag: str, so: Path) -> None:
+    """auditwheel 6.8 accepts only the soname Alpine gives musl (libc.musl-x86_64.so.1) and
+    this extension needs musl's own soname, libc.so, as zig links it (and as the musllinux
+    cross toolchains do). Every musl dynamic loader takes any ``libc.*`` name for itself, so
+    both load: that must be auditwheel's only objection, and on this machine musl's loader
+    must resolve libc.so to itself and every symbol but Python's."""
+    assert report["sym_tag"] == platform_tag, report
+    assert list(report["external_libs"]) == ["libc.so"], report
+    assert report["policy_upgrades"][platform_tag]["libs_to_eliminate"] == ["libc.so"], report
+    if not (MUSL_LOADER.exists() and platform_tag.endswith("_x86_64")):
+        return
+    got = run([MUSL_LOADER, "--list", so], timeout=60)
+    assert f"libc.so => {MUSL_LOADER} " in got.stdout, got.stdout
+    unresolved = re.findall(r"Error relocating [^:]*: (\S+): symbol not found", got.stdout)
+    assert unresolved and all(name.startswith(("Py", "_Py")) for name in unresolved), got.stdout
 
 
 @dataclass
@@ -171,14 +202,19 @@ def read_elf(data: bytes) -> Elf:
     return Elf(str(elf["e_machine"]), [s.name for s in elf.iter_sections()])
 
 
-def check_wheel(wheel: Path, platform_tag: str, machine: str) -> None:
+def check_wheel(wheel: Path, platform_tag: str, machine: str, tmp: Path) -> None:
     """The file name's tags, what auditwheel says, a stripped extension for ``machine``, and
     the files a user needs (typing stubs, the CLI, the license)."""
     version = pep440(cargo_version())
     assert wheel.name.startswith(f"distributed_leasing-{version}-cp311-abi3-"), wheel.name
     assert wheel.name.endswith(f"{platform_tag}.whl"), wheel.name
-    report = auditwheel_show(wheel)
-    assert f'is consistent with the following platform tag: "{platform_tag}"' in report, report
+    musl = platform_tag.startswith("musllinux")
+    # On a glibc machine auditwheel would take glibc's libc.so (a linker script) for musl's.
+    ldpaths = MUSL_LIBDIR if MUSL_LIBDIR.is_dir() else tmp
+    report = auditwheel_show(wheel, "--ldpaths", str(ldpaths)) if musl else auditwheel_show(wheel)
+    if not musl:
+        assert report["overall_tag"] == platform_tag, report
+        assert report["external_libs"] == {}, report
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         dist_info = f"distributed_leasing-{version}.dist-info"
@@ -197,10 +233,13 @@ def check_wheel(wheel: Path, platform_tag: str, machine: str) -> None:
         assert f"\nVersion: {version}\n" in metadata
         assert "\nLicense-Expression: MIT\n" in metadata
         (so,) = (n for n in names if n.startswith("distributed_leasing/_native") and ".so" in n)
-        elf = read_elf(z.read(so))
+        so_path = Path(z.extract(so, tmp))
+    elf = read_elf(so_path.read_bytes())
     assert elf.machine == machine
     assert ".symtab" not in elf.sections, "the extension is not stripped"
     assert not any(s.startswith(".debug") for s in elf.sections), "debug info in the wheel"
+    if musl:
+        check_musl_extension(report, platform_tag, so_path)
 
 
 # -- the manylinux2014 wheel in a fresh virtual environment ---------------------------------------
@@ -241,8 +280,8 @@ def venv(manylinux_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Ven
     return fresh_venv(tmp_path_factory.mktemp("venv") / "venv", manylinux_wheel)
 
 
-def test_manylinux_wheel_tags_contents_and_strip(manylinux_wheel: Path) -> None:
-    check_wheel(manylinux_wheel, "manylinux_2_17_x86_64", "EM_X86_64")
+def test_manylinux_wheel_tags_contents_and_strip(manylinux_wheel: Path, tmp_path: Path) -> None:
+    check_wheel(manylinux_wheel, "manylinux_2_17_x86_64", "EM_X86_64", tmp_path)
     # abi3: one wheel for every CPython >= 3.11; manylinux2014 and its PEP 600 alias.
     assert "-cp311-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl" in manylinux_wheel.name
 
@@ -383,8 +422,8 @@ def test_cross_built_wheel(
 ) -> None:
     if not zig_available():
         pytest.fail("WHEELS_ALL=1 needs zig: pip install -r requirements-release.txt")
-    wheel = maturin_build(tmp_path, compatibility, target)
-    check_wheel(wheel, platform_tag, machine)
+    wheel = maturin_build(tmp_path / "out", compatibility, target)
+    check_wheel(wheel, platform_tag, machine, tmp_path)
 
 
 @needs_wheels_all
