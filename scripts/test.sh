@@ -147,7 +147,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "Lint: ruff, mypy --strict"
+section "Lint: ruff, mypy --strict, actionlint"
 if [[ $SKIP_LINT == 1 ]]; then
     skipped "SKIP_LINT=1"
 else
