@@ -162,7 +162,7 @@ def worker_ours_sync(role: str, url: str, name: str) -> None:
             print(t, flush=True)
         elif cmd == "release":
             assert lease is not None
-            lease.release_blocking()
+            lease.release_sync()
             t = time.monotonic_ns()
             print(t if role == "holder" else "ok", flush=True)
         elif cmd == "quit":

@@ -176,7 +176,7 @@ def scenario1_sync(url: str, port: int, seconds: float, peers: bool) -> dict[str
 
     def ours() -> None:
         lease = client.acquire_sync(name)
-        lease.release_blocking()
+        lease.release_sync()
 
     out["distributed-leasing (sync)"] = rate_sync(ours, seconds)
     if peers and redis is not None:
@@ -257,7 +257,7 @@ def _contender(kind: str, url: str, port: int, name: str, seconds: float, q: Any
             value = int(r.get(counter) or 0)  # a non-atomic read-modify-write under the lease
             r.set(counter, value + 1)
             wins += 1
-            lease.release_blocking()
+            lease.release_sync()
     else:
         while time.time() < end:
             lock = r.lock(name + "-rp", timeout=10)

@@ -39,7 +39,7 @@ def main() -> None:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             lease = client.acquire_sync(name)
-            lease.release_blocking()
+            lease.release_sync()
             n += 1
     elif mode == "redispy-async":
         import redis.asyncio as aredis

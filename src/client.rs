@@ -106,8 +106,8 @@ pub struct LeaseClient {
     store: Arc<dyn LeaseStore>,
     options: ClientOptions,
     renewals: renewal::Scheduler,
-    /// Set in an inline twin (see [`Self::inline_twin`]): the store its attempts go through.
-    inline: Option<Arc<dyn LeaseStore>>,
+    /// Set in a view made by [`Self::via`]: the store its requests go through.
+    via: Option<Arc<dyn LeaseStore>>,
     /// The runtime the client was made in: its leases' renewals and background releases run
     /// there, wherever (on whichever runtime) the acquire itself was polled.
     runtime: Option<tokio::runtime::Handle>,
@@ -168,23 +168,30 @@ impl LeaseClient {
             store,
             options,
             renewals,
-            inline: None,
+            via: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
-    /// A twin of this client whose acquire attempts go through `store`, a caller-driven twin of
-    /// this client's store (see [`crate::store::redis::inline`]), inside the caller's future:
-    /// no task is spawned, so the twin's futures must be polled where `store`'s connection is
-    /// driven, and one dropped while its attempt is on the wire leaves a lease it won to expire.
-    /// Everything else is this client's: options, the renewal of the leases it takes, and their
-    /// store (they can be released and renewed from anywhere).
+    /// A view of this client whose requests (acquire attempts, inspect, list, forced
+    /// releases) go through `store`: a caller-driven twin of this client's store (see
+    /// [`crate::store::redis::inline`]), polled inside the caller's future. No task is spawned,
+    /// so the view's futures must be polled where `store`'s connection is driven, and one
+    /// dropped while its attempt is on the wire leaves a lease it won to expire. Everything
+    /// else is this client's: options, the renewal of the leases it takes, and their store
+    /// (they can be released and renewed from anywhere, see [`Lease::release_via`]).
     #[must_use]
-    pub fn inline_twin(&self, store: Arc<dyn LeaseStore>) -> Self {
+    pub fn via(&self, store: Arc<dyn LeaseStore>) -> Self {
         Self {
-            inline: Some(store),
+            via: Some(store),
             ..self.clone()
         }
+    }
+
+    /// The store this client's requests go through: its own, or the one given to [`Self::via`].
+    #[must_use]
+    pub fn requests(&self) -> &Arc<dyn LeaseStore> {
+        self.via.as_ref().unwrap_or(&self.store)
     }
 
     /// The store behind this client.
@@ -239,7 +246,7 @@ impl LeaseClient {
             .await
     }
 
-    /// One acquire round trip in a task of its own (in the caller's future in an inline twin),
+    /// One acquire round trip in a task of its own (in the caller's future in a [`Self::via`] view),
     /// so that it completes even if the caller is cancelled meanwhile; a lease won for a caller that left is released at once (also when
     /// the caller leaves between the reply and reading it: see [`Delivery`]).
     async fn store_attempt(
@@ -250,8 +257,8 @@ impl LeaseClient {
         acquired_at: DateTime<Utc>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<AcquireOutcome> {
-        if let Some(inline) = &self.inline {
-            return inline
+        if let Some(via) = &self.via {
+            return via
                 .try_acquire(&AcquireRequest {
                     name,
                     lease_id,
@@ -509,7 +516,7 @@ impl LeaseClient {
     /// `InvalidArgument` for a bad name; backend errors.
     pub async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
         validate_name(name)?;
-        self.store.inspect(name).await
+        self.requests().inspect(name).await
     }
 
     /// All held leases whose name starts with `prefix`, sorted by name.
@@ -517,7 +524,7 @@ impl LeaseClient {
     /// # Errors
     /// Backend errors.
     pub async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
-        self.store.list(prefix).await
+        self.requests().list(prefix).await
     }
 
     /// Deletes a lease whoever holds it (administrators only; its holder finds out at its next
@@ -543,7 +550,7 @@ impl LeaseClient {
         lease_id: Option<&str>,
     ) -> Result<ForceReleased> {
         validate_name(name)?;
-        let outcome = self.store.force_release(name, lease_id).await?;
+        let outcome = self.requests().force_release(name, lease_id).await?;
         tracing::info!(
             lease = name,
             outcome = match &outcome {

@@ -231,14 +231,13 @@ impl Shared {
 
     /// One renewal round trip; moves the deadline on success, ends the lease when the store says
     /// it is gone.
-    pub(crate) async fn renew_once(&self) -> Result<()> {
+    pub(crate) async fn renew_once(&self, store: &dyn LeaseStore) -> Result<()> {
         let end = self.lock().end;
         if end.is_some() {
             return Err(self.ended_error(reason_of(end)));
         }
         let t_sent = Instant::now();
-        match self
-            .store
+        match store
             .renew(&self.name, &self.lease_id, self.duration)
             .await?
         {
@@ -415,13 +414,22 @@ impl Lease {
     /// `Lost` if the lease is no longer held; backend errors (the lease stays held until its
     /// deadline and the background renewal keeps trying).
     pub async fn renew(&self) -> Result<()> {
+        self.renew_via(&*self.shared.store).await
+    }
+
+    /// [`Self::renew`] through `store`, which must reach the same leases as the one the lease
+    /// was taken from (a caller-driven twin of it, see [`crate::LeaseClient::via`]).
+    ///
+    /// # Errors
+    /// As [`Self::renew`].
+    pub async fn renew_via(&self, store: &dyn LeaseStore) -> Result<()> {
         if self.is_lost() {
             return Err(LeaseError::Lost {
                 name: self.shared.name.clone(),
                 reason: self.lost_reason().unwrap_or(LostReason::Expired),
             });
         }
-        self.shared.renew_once().await
+        self.shared.renew_once(store).await
     }
 
     /// Releases the lease: stops renewal and deletes it in the store if this holder still has it.
@@ -434,7 +442,7 @@ impl Lease {
     }
 
     /// [`Self::release`] through `store`, which must reach the same leases as the one the lease
-    /// was taken from (a caller-driven twin of it, see [`crate::LeaseClient::inline_twin`]).
+    /// was taken from (a caller-driven twin of it, see [`crate::LeaseClient::via`]).
     ///
     /// # Errors
     /// As [`Self::release`].

@@ -15,7 +15,7 @@ import logging
 from . import _native
 from ._backoff import Backoff
 from ._client import ConfigWarning, LeaseClient, is_configured, lease
-from ._lease import LeaseContext, OnLost
+from ._lease import LeaseContext
 from ._native import (
     BackendError,
     ConfigError,
@@ -27,6 +27,7 @@ from ._native import (
     LeaseLost,
     LeaseUnavailable,
 )
+from ._options import AcquireOptions, ClientOptions, ContextOptions, LeaseOptions, OnLost
 
 # The library's records go to the logger "distributed_leasing" (acquire, renew, release, wait
 # and loss, from the Rust core); as a library it prints nothing unless the application
@@ -65,10 +66,13 @@ atexit.register(_native._shutdown)
 __version__: str = _native.__version__
 
 __all__ = [
+    "AcquireOptions",
     "BackendError",
     "Backoff",
+    "ClientOptions",
     "ConfigError",
     "ConfigWarning",
+    "ContextOptions",
     "Lease",
     "LeaseClient",
     "LeaseContext",
@@ -77,6 +81,7 @@ __all__ = [
     "LeaseEvents",
     "LeaseInfo",
     "LeaseLost",
+    "LeaseOptions",
     "LeaseUnavailable",
     "OnLost",
     "is_configured",

@@ -73,21 +73,3 @@ def metadata(value: object) -> dict[str, str] | None:
         )
     out: dict[Any, Any] = dict(value)
     return out
-
-
-def lease_args(
-    name: object,
-    *,
-    duration: object,
-    renew_interval: object,
-    auto_renew: object,
-    metadata_: object,
-    wait: object = None,
-) -> dict[str, str] | None:
-    """The checks of every acquire path; returns the metadata as a dict copy."""
-    text("name", name, "critical-section-lock")
-    seconds("wait", wait)
-    seconds("duration", duration)
-    seconds("renew_interval", renew_interval)
-    flag("auto_renew", auto_renew)
-    return metadata(metadata_)

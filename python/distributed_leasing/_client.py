@@ -7,14 +7,21 @@ import builtins
 import os
 import threading
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Unpack
 
-from . import _args, _native
-from ._backoff import Backoff, _native_backoff
-from ._lease import LeaseContext, OnLost
+from . import _native
+from ._lease import LeaseContext
 from ._native import Lease, LeaseError, LeaseInfo
+from ._options import (
+    AcquireOptions,
+    ClientOptions,
+    ContextOptions,
+    LeaseOptions,
+    client_options,
+    lease_options,
+)
 
 
 class ConfigWarning(UserWarning):
@@ -43,81 +50,20 @@ class LeaseClient:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    async def connect(
-        cls,
-        url: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        key_prefix: str | None = None,
-        connect_timeout: float | None = None,
-        operation_timeout: float | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> LeaseClient:
+    async def connect(cls, url: str, **options: Unpack[ClientOptions]) -> LeaseClient:
         """Connects to ``redis://``, ``rediss://`` (TLS) or ``sqlite:///path/leases.db``.
 
-        ``backoff`` is the default polling schedule and attempt limit of waiting acquires.
+        Options (see ``ClientOptions``): ``duration``, ``renew_interval``, ``auto_renew``
+        (the defaults of the leases taken through it), ``key_prefix``, ``connect_timeout``,
+        ``operation_timeout``, ``ca_file``, and ``backoff``: the default polling schedule and
+        attempt limit of waiting acquires.
         """
-        _check_connect(
-            url,
-            duration,
-            renew_interval,
-            auto_renew,
-            key_prefix,
-            connect_timeout,
-            operation_timeout,
-        )
-        native = await _native._Client.connect(
-            url,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            key_prefix=key_prefix,
-            connect_timeout=connect_timeout,
-            operation_timeout=operation_timeout,
-            ca_file=None if ca_file is None else os.fspath(ca_file),
-            backoff=_native_backoff(backoff),
-        )
-        return cls(native)
+        return cls(await _native._Client.connect(url, client_options(url, options)))
 
     @classmethod
-    def connect_sync(
-        cls,
-        url: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        key_prefix: str | None = None,
-        connect_timeout: float | None = None,
-        operation_timeout: float | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> LeaseClient:
+    def connect_sync(cls, url: str, **options: Unpack[ClientOptions]) -> LeaseClient:
         """``connect`` for synchronous code (blocks with the GIL released)."""
-        _check_connect(
-            url,
-            duration,
-            renew_interval,
-            auto_renew,
-            key_prefix,
-            connect_timeout,
-            operation_timeout,
-        )
-        native = _native._Client.connect_blocking(
-            url,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            key_prefix=key_prefix,
-            connect_timeout=connect_timeout,
-            operation_timeout=operation_timeout,
-            ca_file=None if ca_file is None else os.fspath(ca_file),
-            backoff=_native_backoff(backoff),
-        )
-        return cls(native)
+        return cls(_native._Client.connect_sync(url, client_options(url, options)))
 
     @classmethod
     def from_config(cls, dir: str | os.PathLike[str] = ".") -> LeaseClient:
@@ -125,7 +71,7 @@ class LeaseClient:
 
         Raises ``ConfigError`` listing the ways to configure when nothing is configured.
         """
-        native, problems = _native._Client.from_config_blocking(os.fspath(Path(dir)))
+        native, problems = _native._Client.from_config_sync(os.fspath(Path(dir)))
         for problem in problems:
             warnings.warn(problem, ConfigWarning, stacklevel=2)
         return cls(native)
@@ -137,152 +83,47 @@ class LeaseClient:
         """The store in use: ``redis``, ``redis-cluster`` or ``sqlite``."""
         return self._native.kind
 
-    def lease(
-        self,
-        name: str,
-        *,
-        duration: float | None = None,
-        wait: float | None = 0.0,
-        auto_renew: bool | None = None,
-        renew_interval: float | None = None,
-        metadata: Mapping[str, str] | None = None,
-        on_lost: OnLost = "cancel",
-        backoff: Backoff | None = None,
-    ) -> LeaseContext:
-        """A context manager (``async with`` or ``with``) holding the lease while its body runs."""
+    def lease(self, name: str, **options: Unpack[ContextOptions]) -> LeaseContext:
+        """A context manager (``async with`` or ``with``) holding the lease while its body runs.
+
+        Options: those of ``acquire`` and ``on_lost`` (see ``ContextOptions``)."""
 
         async def get() -> LeaseClient:
             return self
 
-        return LeaseContext(
-            get,
-            lambda: self,
-            name,
-            wait=wait,
-            on_lost=on_lost,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=metadata,
-            backoff=backoff,
-        )
+        return LeaseContext(get, lambda: self, name, options)
 
-    async def try_acquire(
-        self,
-        name: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> Lease | None:
-        """One attempt: the lease, or None if someone else holds it."""
-        meta = _args.lease_args(
-            name,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata_=metadata,
-        )
-        lease, _holder = await self._native.try_acquire(
-            name,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=meta,
-        )
+    async def try_acquire(self, name: str, **options: Unpack[LeaseOptions]) -> Lease | None:
+        """One attempt: the lease, or None if someone else holds it.
+
+        Options (see ``LeaseOptions``): ``duration``, ``renew_interval``, ``auto_renew``,
+        ``metadata``; None means the client's default."""
+        native = lease_options("try_acquire", "lease", name, options)
+        lease, _holder = await self._native.try_acquire(name, native)
         return lease
 
-    def try_acquire_sync(
-        self,
-        name: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> Lease | None:
+    def try_acquire_sync(self, name: str, **options: Unpack[LeaseOptions]) -> Lease | None:
         """``try_acquire`` for synchronous code."""
-        meta = _args.lease_args(
-            name,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata_=metadata,
-        )
-        lease, _holder = self._native.try_acquire_blocking(
-            name,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=meta,
-        )
+        native = lease_options("try_acquire_sync", "lease", name, options)
+        lease, _holder = self._native.try_acquire_sync(name, native)
         return lease
 
-    async def acquire(
-        self,
-        name: str,
-        *,
-        wait: float | None = 0.0,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: Mapping[str, str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> Lease:
-        """Takes the lease, waiting up to ``wait`` seconds (None: forever; 0: one attempt).
+    async def acquire(self, name: str, **options: Unpack[AcquireOptions]) -> Lease:
+        """Takes the lease, waiting up to ``wait`` seconds (None: forever; 0, the default: one
+        attempt).
 
         A waiter is woken when the holder releases (a notification, not polling), at the
         holder's expiry, and by polls on ``backoff`` only where notifications may be missed.
         Raises ``LeaseUnavailable`` (with ``.holder``) when the wait or the backoff's attempt
         limit runs out. Cancelling the call leaves no lease and no subscription behind.
+        Options (see ``AcquireOptions``): those of ``try_acquire``, ``wait`` and ``backoff``.
         """
-        meta = _args.lease_args(
-            name,
-            wait=wait,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata_=metadata,
-        )
-        return await self._native.acquire(
-            name,
-            wait=wait,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=meta,
-            backoff=_native_backoff(backoff),
-        )
+        return await self._native.acquire(name, lease_options("acquire", "acquire", name, options))
 
-    def acquire_sync(
-        self,
-        name: str,
-        *,
-        wait: float | None = 0.0,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: Mapping[str, str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> Lease:
+    def acquire_sync(self, name: str, **options: Unpack[AcquireOptions]) -> Lease:
         """``acquire`` for synchronous code (Ctrl-C interrupts a wait)."""
-        meta = _args.lease_args(
-            name,
-            wait=wait,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata_=metadata,
-        )
-        return self._native.acquire_blocking(
-            name,
-            wait=wait,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=meta,
-            backoff=_native_backoff(backoff),
+        return self._native.acquire_sync(
+            name, lease_options("acquire_sync", "acquire", name, options)
         )
 
     async def inspect(self, name: str) -> LeaseInfo | None:
@@ -291,7 +132,7 @@ class LeaseClient:
 
     def inspect_sync(self, name: str) -> LeaseInfo | None:
         """``inspect`` for synchronous code."""
-        return self._native.inspect_blocking(name)
+        return self._native.inspect_sync(name)
 
     async def list(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """Every held lease whose name starts with ``prefix``, sorted by name."""
@@ -299,7 +140,7 @@ class LeaseClient:
 
     def list_sync(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """``list`` for synchronous code."""
-        return self._native.list_blocking(prefix)
+        return self._native.list_sync(prefix)
 
     async def force_release(self, name: str, *, lease_id: str | None = None) -> bool:
         """Deletes a lease (administrators). True if one was deleted, False if none was held.
@@ -314,7 +155,7 @@ class LeaseClient:
 
     def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool:
         """``force_release`` for synchronous code."""
-        return self._native.force_release_blocking(name, lease_id=lease_id)
+        return self._native.force_release_sync(name, lease_id=lease_id)
 
     @property
     def key_prefix(self) -> str:
@@ -338,7 +179,7 @@ class LeaseClient:
         """``close`` for synchronous code."""
         native, self.__native = self.__native, None
         if native is not None:
-            native.close_blocking()
+            native.close_sync()
 
     async def __aenter__(self) -> LeaseClient:
         return self
@@ -365,25 +206,6 @@ class LeaseClient:
     def __repr__(self) -> str:
         native = self.__native
         return "LeaseClient(closed)" if native is None else repr(native)
-
-
-def _check_connect(
-    url: object,
-    duration: object,
-    renew_interval: object,
-    auto_renew: object,
-    key_prefix: object,
-    connect_timeout: object,
-    operation_timeout: object,
-) -> None:
-    _args.text("url", url, "redis://127.0.0.1:6379")
-    _args.seconds("duration", duration)
-    _args.seconds("renew_interval", renew_interval)
-    _args.flag("auto_renew", auto_renew)
-    if key_prefix is not None:
-        _args.text("key_prefix", key_prefix, "lease:")
-    _args.seconds("connect_timeout", connect_timeout)
-    _args.seconds("operation_timeout", operation_timeout)
 
 
 def is_configured(dir: str | os.PathLike[str] = ".") -> bool:
@@ -430,14 +252,8 @@ def lease(
     name: str,
     *,
     url: str | None = None,
-    duration: float | None = None,
-    wait: float | None = 0.0,
-    auto_renew: bool | None = None,
-    renew_interval: float | None = None,
-    metadata: Mapping[str, str] | None = None,
-    on_lost: OnLost = "cancel",
     client: LeaseClient | None = None,
-    backoff: Backoff | None = None,
+    **options: Unpack[ContextOptions],
 ) -> LeaseContext:
     """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
 
@@ -445,62 +261,32 @@ def lease(
     store; one client per URL is kept for the process. Without ``url`` or ``client``, a
     process-wide client is made from ``appsettings.json`` / ``appsettings.Local.json`` /
     ``RedisLeasing__*`` environment variables in the current directory, and ``ConfigError`` says
-    how to configure if nothing is. None means "from config" for the other arguments.
-    ``wait=0`` tries once and raises ``LeaseUnavailable`` (with ``.holder``); ``wait=5.0`` waits
-    up to 5 s; ``wait=None`` waits forever. ``backoff`` paces polls and limits attempts while
-    waiting (see ``Backoff``).
+    how to configure if nothing is. Options (see ``ContextOptions``): ``wait=0`` (the default)
+    tries once and raises ``LeaseUnavailable`` (with ``.holder``), ``wait=5.0`` waits up to
+    5 s, ``wait=None`` waits forever; ``backoff`` paces polls and limits attempts while
+    waiting; ``duration``, ``renew_interval``, ``auto_renew`` (None: from the client's
+    configuration), ``metadata`` and ``on_lost``.
     """
     if url is not None and client is not None:
         raise ValueError("give url= or client=, not both: a client already has its store")
-    if url is not None:
-        if not isinstance(url, str):
-            raise TypeError(
-                f"url={url!r} is a {type(url).__name__}: give a store URL string such as "
-                "'redis://127.0.0.1:6379' or 'sqlite:///tmp/leases.db'"
-            )
-        store_url = url
-
-        def get_sync() -> LeaseClient:
-            return _url_client_sync(store_url)
-
-        async def get() -> LeaseClient:
-            current = _by_url.get(store_url)
-            if current is not None and current[0] == os.getpid():
-                return current[1]
-            return await asyncio.to_thread(get_sync)
-
-        return LeaseContext(
-            get,
-            get_sync,
-            name,
-            wait=wait,
-            on_lost=on_lost,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata=metadata,
-            backoff=backoff,
-        )
     if client is not None:
-        return client.lease(
-            name,
-            duration=duration,
-            wait=wait,
-            auto_renew=auto_renew,
-            renew_interval=renew_interval,
-            metadata=metadata,
-            on_lost=on_lost,
-            backoff=backoff,
+        return client.lease(name, **options)
+    if url is None:
+        return LeaseContext(_default_client, _default_client_sync, name, options)
+    if not isinstance(url, str):
+        raise TypeError(
+            f"url={url!r} is a {type(url).__name__}: give a store URL string such as "
+            "'redis://127.0.0.1:6379' or 'sqlite:///tmp/leases.db'"
         )
-    return LeaseContext(
-        _default_client,
-        _default_client_sync,
-        name,
-        wait=wait,
-        on_lost=on_lost,
-        duration=duration,
-        renew_interval=renew_interval,
-        auto_renew=auto_renew,
-        metadata=metadata,
-        backoff=backoff,
-    )
+    store_url = url
+
+    def get_sync() -> LeaseClient:
+        return _url_client_sync(store_url)
+
+    async def get() -> LeaseClient:
+        current = _by_url.get(store_url)
+        if current is not None and current[0] == os.getpid():
+            return current[1]
+        return await asyncio.to_thread(get_sync)
+
+    return LeaseContext(get, get_sync, name, options)

@@ -14,18 +14,15 @@ holder before a renewal noticed) is reported the same way, async and sync.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from . import _args
 from ._native import Lease, LeaseLost
+from ._options import ContextOptions, OnLost, lease_options
 
 if TYPE_CHECKING:
-    from ._backoff import Backoff
     from ._client import LeaseClient
-
-OnLost = Literal["cancel", "ignore"]
 
 
 def _lost_error(lease: Lease) -> LeaseLost:
@@ -44,21 +41,15 @@ class LeaseContext:
     context manager."""
 
     __slots__ = (
-        "_auto_renew",
-        "_backoff",
         "_cancelling",
-        "_client",
-        "_duration",
         "_get_client",
         "_get_client_sync",
         "_lease",
-        "_metadata",
         "_name",
         "_on_lost",
-        "_renew_interval",
+        "_options",
         "_state",
         "_task",
-        "_wait",
     )
 
     def __init__(
@@ -66,36 +57,14 @@ class LeaseContext:
         get_client: Callable[[], Awaitable[LeaseClient]],
         get_client_sync: Callable[[], LeaseClient],
         name: str,
-        *,
-        wait: float | None,
-        on_lost: OnLost,
-        duration: float | None,
-        renew_interval: float | None,
-        auto_renew: bool | None,
-        metadata: Mapping[str, str] | None,
-        backoff: Backoff | None = None,
+        options: ContextOptions,
     ) -> None:
         # Checked here, when lease(...) is called, not at the first `with`.
-        meta = _args.lease_args(
-            name,
-            wait=wait,
-            duration=duration,
-            renew_interval=renew_interval,
-            auto_renew=auto_renew,
-            metadata_=metadata,
-        )
-        if on_lost not in ("cancel", "ignore"):
-            raise ValueError(f"on_lost={on_lost!r} is not valid: use 'cancel' or 'ignore'")
+        self._options = lease_options("lease", "context", name, options)
+        self._on_lost: OnLost = options.get("on_lost", "cancel")
         self._get_client = get_client
         self._get_client_sync = get_client_sync
         self._name = name
-        self._wait = wait
-        self._on_lost = on_lost
-        self._duration = duration
-        self._renew_interval = renew_interval
-        self._auto_renew = auto_renew
-        self._metadata = meta
-        self._backoff = backoff
         self._lease: Lease | None = None
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
@@ -107,15 +76,7 @@ class LeaseContext:
         if self._state != "new":
             raise RuntimeError("a LeaseContext can be entered only once; call lease(...) again")
         client = await self._get_client()
-        lease = await client.acquire(
-            self._name,
-            wait=self._wait,
-            duration=self._duration,
-            renew_interval=self._renew_interval,
-            auto_renew=self._auto_renew,
-            metadata=self._metadata,
-            backoff=self._backoff,
-        )
+        lease = await client._native.acquire(self._name, self._options)
         self._lease = lease
         self._state = "inside"
         if self._on_lost == "cancel":
@@ -167,15 +128,7 @@ class LeaseContext:
         if self._state != "new":
             raise RuntimeError("a LeaseContext can be entered only once; call lease(...) again")
         client = self._get_client_sync()
-        lease = client.acquire_sync(
-            self._name,
-            wait=self._wait,
-            duration=self._duration,
-            renew_interval=self._renew_interval,
-            auto_renew=self._auto_renew,
-            metadata=self._metadata,
-            backoff=self._backoff,
-        )
+        lease = client._native.acquire_sync(self._name, self._options)
         self._lease = lease
         self._state = "inside"
         return lease
@@ -193,7 +146,7 @@ class LeaseContext:
             if self._on_lost == "cancel" and exc_type is None:
                 raise _lost_error(lease)
             return
-        released = lease.release_blocking()
+        released = lease.release_sync()
         lost = lease.lost_reason is not None  # read again: the release may have ended it
         if not released and lost and self._on_lost == "cancel" and exc_type is None:
             raise _lost_error(lease)

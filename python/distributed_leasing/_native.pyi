@@ -8,10 +8,10 @@ from typing import Final, Literal, final
 
 __version__: Final[str]
 
-LostReasonName = Literal["expired", "missing", "held_by_other", "client_closed"]
-LeaseEventKind = Literal["renewed", "renewal_failed", "lost", "released"]
+_LostReasonName = Literal["expired", "missing", "held_by_other", "client_closed"]
+_LeaseEventKind = Literal["renewed", "renewal_failed", "lost", "released"]
 _BackoffArg = tuple[float, float, int | None]
-BackendErrorKind = Literal["unreachable", "auth", "permission", "timeout", "wrong_type", "other"]
+_BackendErrorKind = Literal["unreachable", "auth", "permission", "timeout", "wrong_type", "other"]
 
 class LeaseError(Exception):
     """Base class of every error of distributed_leasing. Messages never contain secrets."""
@@ -27,7 +27,7 @@ class LeaseLost(LeaseError):
     """The lease was lost while held: stop work that relies on it."""
 
     name: str
-    reason: LostReasonName
+    reason: _LostReasonName
 
 class ConfigError(LeaseError):
     """Configuration is missing or invalid; the message names the key, the value's problem
@@ -41,7 +41,7 @@ class BackendError(LeaseError):
     names it), ``timeout``, ``wrong_type`` (the key holds something other than a lease),
     ``other``."""
 
-    kind: BackendErrorKind
+    kind: _BackendErrorKind
 
 @final
 class LeaseInfo:
@@ -62,7 +62,7 @@ class LeaseInfo:
     @property
     def ttl(self) -> float | None:
         """Seconds left before the store expires it."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class Lease:
@@ -96,17 +96,19 @@ class Lease:
     def is_lost(self) -> bool:
         """True once the lease is lost (also when its deadline passed while the process slept)."""
     @property
-    def lost_reason(self) -> LostReasonName | None: ...
+    def lost_reason(self) -> _LostReasonName | None: ...
     @property
     def is_released(self) -> bool: ...
     def renew(self) -> asyncio.Future[None]:
         """Renews now. Raises LeaseLost if the lease is no longer held."""
-    def renew_blocking(self) -> None: ...
+    def renew_sync(self) -> None:
+        """``renew`` for synchronous code."""
     def release(self) -> asyncio.Future[bool]:
         """Stops renewal and deletes the lease if still held; True if it was ours. False if
         another holder had it or it was gone: the lease is then lost (``lost_reason``)."""
-    def release_blocking(self) -> bool: ...
-    def wait_lost(self) -> asyncio.Future[LostReasonName | None]:
+    def release_sync(self) -> bool:
+        """``release`` for synchronous code."""
+    def wait_lost(self) -> asyncio.Future[_LostReasonName | None]:
         """Returns when the lease ends: the loss reason, or None if it was released."""
     def events(self) -> LeaseEvents:
         """The lease's events from now on: ``async for event in lease.events(): ...``.
@@ -127,7 +129,7 @@ class LeaseEvent:
     """Something that happened to a held lease (see ``Lease.events``)."""
 
     @property
-    def kind(self) -> LeaseEventKind: ...
+    def kind(self) -> _LeaseEventKind: ...
     @property
     def renewals(self) -> int | None:
         """For ``renewed``: successful renewals so far, this one included."""
@@ -141,7 +143,7 @@ class LeaseEvent:
     def will_retry(self) -> bool | None:
         """For ``renewal_failed``: whether another attempt comes before the lease's deadline."""
     @property
-    def reason(self) -> LostReasonName | None:
+    def reason(self) -> _LostReasonName | None:
         """For ``lost``: why."""
     def __eq__(self, other: object, /) -> bool: ...
 
@@ -153,89 +155,65 @@ class LeaseEvents(AsyncIterator[LeaseEvent]):
     def __anext__(self) -> asyncio.Future[LeaseEvent]: ...
 
 @final
+class _Options:
+    """A lease's options, checked (see ``_options.py``, whose TypedDicts mirror this)."""
+
+    def __new__(
+        cls,
+        *,
+        wait: float | None = ...,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        metadata: dict[str, str] | None = None,
+        backoff: _BackoffArg | None = None,
+    ) -> _Options: ...
+
+@final
+class _ClientOptions:
+    """A client's options, checked (see ``_options.py``)."""
+
+    def __new__(
+        cls,
+        *,
+        duration: float | None = None,
+        renew_interval: float | None = None,
+        auto_renew: bool | None = None,
+        key_prefix: str | None = None,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        ca_file: str | None = None,
+        backoff: _BackoffArg | None = None,
+    ) -> _ClientOptions: ...
+
+@final
 class _Client:
     @staticmethod
-    def connect(
-        url: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        key_prefix: str | None = None,
-        connect_timeout: float | None = None,
-        operation_timeout: float | None = None,
-        ca_file: str | None = None,
-        backoff: _BackoffArg | None = None,
-    ) -> asyncio.Future[_Client]: ...
+    def connect(url: str, options: _ClientOptions) -> asyncio.Future[_Client]: ...
     @staticmethod
-    def connect_blocking(
-        url: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        key_prefix: str | None = None,
-        connect_timeout: float | None = None,
-        operation_timeout: float | None = None,
-        ca_file: str | None = None,
-        backoff: _BackoffArg | None = None,
-    ) -> _Client: ...
+    def connect_sync(url: str, options: _ClientOptions) -> _Client: ...
     @staticmethod
-    def from_config_blocking(dir: str) -> tuple[_Client, list[str]]: ...
+    def from_config_sync(dir: str) -> tuple[_Client, list[str]]: ...
     @property
     def kind(self) -> str: ...
-    def try_acquire(
-        self,
-        name: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> asyncio.Future[tuple[Lease | None, LeaseInfo | None]]: ...
-    def try_acquire_blocking(
-        self,
-        name: str,
-        *,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> tuple[Lease | None, LeaseInfo | None]: ...
-    def acquire(
-        self,
-        name: str,
-        *,
-        wait: float | None = 0.0,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: dict[str, str] | None = None,
-        backoff: _BackoffArg | None = None,
-    ) -> asyncio.Future[Lease]: ...
-    def acquire_blocking(
-        self,
-        name: str,
-        *,
-        wait: float | None = 0.0,
-        duration: float | None = None,
-        renew_interval: float | None = None,
-        auto_renew: bool | None = None,
-        metadata: dict[str, str] | None = None,
-        backoff: _BackoffArg | None = None,
-    ) -> Lease: ...
-    def inspect(self, name: str) -> asyncio.Future[LeaseInfo | None]: ...
-    def inspect_blocking(self, name: str) -> LeaseInfo | None: ...
-    def list(self, prefix: str = "") -> asyncio.Future[builtins.list[LeaseInfo]]: ...
-    def list_blocking(self, prefix: str = "") -> builtins.list[LeaseInfo]: ...
-    def force_release(
-        self, name: str, *, lease_id: str | None = None
-    ) -> asyncio.Future[bool]: ...
-    def force_release_blocking(self, name: str, *, lease_id: str | None = None) -> bool: ...
-    def close(self) -> asyncio.Future[None]: ...
     @property
     def key_prefix(self) -> str: ...
-    def close_blocking(self) -> None: ...
+    def try_acquire(
+        self, name: str, options: _Options
+    ) -> asyncio.Future[tuple[Lease | None, LeaseInfo | None]]: ...
+    def try_acquire_sync(
+        self, name: str, options: _Options
+    ) -> tuple[Lease | None, LeaseInfo | None]: ...
+    def acquire(self, name: str, options: _Options) -> asyncio.Future[Lease]: ...
+    def acquire_sync(self, name: str, options: _Options) -> Lease: ...
+    def inspect(self, name: str) -> asyncio.Future[LeaseInfo | None]: ...
+    def inspect_sync(self, name: str) -> LeaseInfo | None: ...
+    def list(self, prefix: str = ...) -> asyncio.Future[builtins.list[LeaseInfo]]: ...
+    def list_sync(self, prefix: str = ...) -> builtins.list[LeaseInfo]: ...
+    def force_release(self, name: str, *, lease_id: str | None = None) -> asyncio.Future[bool]: ...
+    def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool: ...
+    def close(self) -> asyncio.Future[None]: ...
+    def close_sync(self) -> None: ...
 
 def is_configured(dir: str) -> bool:
     """Whether ``dir`` (appsettings files) and the environment configure a store. Raises

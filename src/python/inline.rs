@@ -13,11 +13,12 @@
 //! What it owns: one twin connection per (client, event loop), kept on the loop object and
 //! opened on first use, in the background (tokio connects; the handshake runs here). Until it
 //! is ready, and for a second after it closes, operations take the tokio path, so nothing waits
-//! for it. Only acquires that make one attempt (`wait=0`) and releases run here; a command whose
-//! connection dropped is retried once by the store on a fresh shared connection, so a dying
-//! twin costs no operation, and a twin whose connection failed in any way (dropped, timed out)
-//! is never used again: the next operation opens another. These operations run to the end once
-//! started (a cancelled await discards their result), as on the tokio path.
+//! for it. Every one-request operation runs here (`executor` decides: one acquire attempt, a
+//! renewal, a release, inspect, list, a forced release); a command whose connection dropped is
+//! retried once by the store on a fresh shared connection, so a dying twin costs no operation,
+//! and a twin whose connection failed in any way (dropped, timed out) is never used again: the
+//! next operation opens another. These operations run to the end once started (a cancelled
+//! await discards their result), as on the tokio path.
 //!
 //! Closing: the client closes its twins when it is closed or dropped ([`LoopTwin::close`], see
 //! `twins`); on the loop's own thread the socket is closed at once, from another thread it is
@@ -413,8 +414,8 @@ impl Drop for Twin {
 
 /// The twin of `client` on the running loop, if it is ready to use.
 pub(crate) struct Ready {
+    /// The client's view whose requests go over this connection.
     pub(crate) client: LeaseClient,
-    pub(crate) store: Arc<dyn LeaseStore>,
     inbox: Arc<Inbox>,
     event_loop: Py<PyAny>,
 }
@@ -468,7 +469,6 @@ pub(crate) fn ready(
         State::Ready { client, store, .. } if !store.as_redis().is_some_and(|r| r.is_broken()) => {
             return Ok(Some(Ready {
                 client: client.clone(),
-                store: Arc::clone(store),
                 inbox: Arc::clone(&twin.inbox),
                 event_loop: event_loop.unbind(),
             }))
@@ -542,7 +542,7 @@ fn open(event_loop: &Bound<'_, PyAny>, twin: &LoopTwin, client: &LeaseClient) ->
                                 return;
                             }
                             *s = State::Ready {
-                                client: client.inline_twin(Arc::clone(&twin)),
+                                client: client.via(Arc::clone(&twin)),
                                 store: twin,
                                 stream: Arc::clone(&shared),
                             };

@@ -1,17 +1,20 @@
 //! The Python module `distributed_leasing._native`: the only place that uses PyO3.
 //!
 //! `runtime` owns the tokio runtime and the shutdown/fork rules, `bridge` turns Rust futures
-//! into asyncio futures or blocking calls, `inline` and `thread_twin` a client's connections
-//! driven by an event loop or a thread, `twins` the record of them that closes them with the
-//! client, `classes` holds the Python classes and argument checks, `errors` the exception
+//! into asyncio futures or blocking calls, `executor` decides where each operation runs,
+//! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
+//! `twins` the record of them that closes them with the client, `classes` holds the Python
+//! classes, `options` the checked options every entry point takes, `errors` the exception
 //! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
 //! API is `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
 mod errors;
+mod executor;
 mod inline;
 mod logging;
+mod options;
 mod runtime;
 mod thread_twin;
 mod twins;
@@ -32,6 +35,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<classes::PyLeaseInfo>()?;
     m.add_class::<classes::PyLeaseEvent>()?;
     m.add_class::<classes::PyLeaseEvents>()?;
+    m.add_class::<options::PyOptions>()?;
+    m.add_class::<options::PyClientOptions>()?;
     m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
     m.add(
         "LeaseUnavailable",

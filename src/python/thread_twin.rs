@@ -8,8 +8,8 @@
 //! thread writes the request and reads the reply itself, as redis-py does.
 //!
 //! What it owns: the thread's runtime and twins, opened on the thread's first blocking call of
-//! a client (within the connect timeout; a failure means the shared path for a second). Only
-//! one-attempt acquires and releases use them. A twin's connection is driven by the calls made
+//! a client (within the connect timeout; a failure means the shared path for a second). Every
+//! one-request operation uses them (`executor` decides). A twin's connection is driven by the calls made
 //! on it (its driver is polled beside the call's future, see [`Ready::block_on`]), so it does
 //! nothing between calls: a server-side close is seen by the next call, whose command is then
 //! retried once by the store on a fresh shared connection (on the process's runtime, never on
@@ -93,8 +93,8 @@ thread_local! {
 
 /// A ready twin on this thread.
 pub(crate) struct Ready {
+    /// The client's view whose requests go over this thread's connection.
     pub(crate) client: LeaseClient,
-    pub(crate) store: Arc<dyn LeaseStore>,
     twin: Arc<ThreadTwin>,
     runtime: Arc<Runtime>,
 }
@@ -105,7 +105,6 @@ impl Ready {
         let live = live.as_ref()?;
         Some(Self {
             client: live.client.clone(),
-            store: Arc::clone(&live.store),
             twin: Arc::clone(twin),
             runtime: Arc::clone(runtime),
         })
@@ -168,7 +167,7 @@ pub(crate) fn ready(py: Python<'_>, twins: &Arc<Twins>, client: &LeaseClient) ->
                     let store: Arc<dyn LeaseStore> = Arc::new(store);
                     let twin = Arc::new(ThreadTwin {
                         live: Mutex::new(Some(Live {
-                            client: client.inline_twin(Arc::clone(&store)),
+                            client: client.via(Arc::clone(&store)),
                             store,
                             driver: Some(driver),
                         })),

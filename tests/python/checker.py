@@ -15,7 +15,7 @@ Workers (each a separate OS process; several "lanes" per process share one ``Lea
   then ``await lease.release()``;
 - ``sync_ctx``: ``with client.lease(...)`` on a thread;
 - ``sync_acquire``: ``client.try_acquire_sync`` / ``client.acquire_sync(..., wait=...)`` on a
-  thread, then ``lease.release_blocking()``;
+  thread, then ``lease.release_sync()``;
 - forked children: a host process first uses the library (a synchronous and an asynchronous
   acquire and release, on its main thread), then forks children that each make their own
   client (as documented: clients are made after the fork) and start together. The ``os.fork``
@@ -495,7 +495,7 @@ class Leaf:
             self.body_sync(reg, h, rng)
         finally:
             try:
-                h.release_result = bool(lease.release_blocking())
+                h.release_result = bool(lease.release_sync())
             except dl.BackendError as e:
                 h.release_error = str(e.kind)
             self.finish_sync(h)
@@ -758,7 +758,7 @@ def use_library_before_fork(cfg: dict[str, Any]) -> Any:
                                                  operation_timeout=2.0)  # fmt: skip
             lease = client.try_acquire_sync(pre, duration=cfg["duration"])
             assert lease is not None, "nobody else uses this name"
-            lease.release_blocking()
+            lease.release_sync()
 
             async def once(client: Any = client) -> None:
                 lease = await client.try_acquire(pre, duration=cfg["duration"])

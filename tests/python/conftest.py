@@ -148,9 +148,7 @@ def _sqlite_make_lost(path: Path) -> Callable[[str], None]:
 
 
 @pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[StoreUnderTest]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
     """Every store in turn: a fresh SQLite file, the session's Redis, the session's cluster."""
     if request.param == "sqlite":
         db = tmp_path / "leases.db"

@@ -125,7 +125,7 @@ def main() -> None:
             write(count + 1, token)
         finally:
             # False: the store no longer had our lease when we released it.
-            if lease is not None and not lease.release_blocking():
+            if lease is not None and not lease.release_sync():
                 release_refused += 1
         wins += 1
         tokens.append(token)

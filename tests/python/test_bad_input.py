@@ -62,8 +62,8 @@ def test_foreign_key_type_is_refused_on_every_path_and_left_untouched(
         lambda: client.try_acquire_sync(unique_name),
         lambda: client.inspect_sync(unique_name),
         lambda: client.force_release_sync(unique_name),
-        lease.renew_blocking,
-        lease.release_blocking,
+        lease.renew_sync,
+        lease.release_sync,
     ):
         with pytest.raises(dl.BackendError) as info:
             call()
@@ -210,7 +210,7 @@ def call_and_clean(make: Any, kwargs: dict[str, Any]) -> None:
         return
     event("accepted")
     if isinstance(result, dl.Lease):
-        result.release_blocking()
+        result.release_sync()
 
 
 FUZZ = settings(
@@ -496,7 +496,7 @@ def test_numbers_of_other_types_are_still_seconds(fuzz_client: dl.LeaseClient) -
     name = f"types-{uuid.uuid4().hex[:8]}"
     lease = fuzz_client.acquire_sync(name, wait=Fraction(1, 2), duration=Decimal("10"))
     assert lease.expires_in > 5
-    lease.release_blocking()
+    lease.release_sync()
 
 
 @pytest.mark.parametrize(

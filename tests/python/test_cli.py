@@ -73,7 +73,7 @@ def name() -> str:
 def held(client: dl.LeaseClient, name: str) -> Iterator[dl.Lease]:
     lease = client.acquire_sync(name, duration=30, metadata=METADATA)
     yield lease
-    lease.release_blocking()
+    lease.release_sync()
 
 
 def test_console_script_is_installed(demo_redis: RedisServer) -> None:
@@ -155,7 +155,7 @@ def test_list_table_prefix_and_json(demo_redis: RedisServer, client: dl.LeaseCli
         assert data[1]["holder"] == "eu-west-1"
     finally:
         for lease in leases:
-            lease.release_blocking()
+            lease.release_sync()
     result = leasing("--url", demo_redis.url, "list", f"{base}-")
     assert result.stdout.strip() == f"No leases held whose name starts with '{base}-'."
     assert json.loads(leasing("--url", demo_redis.url, "list", base, "--json").stdout) == []
@@ -267,7 +267,7 @@ def test_release_force_asks_at_a_terminal(
     finally:
         os.close(slave)
         os.close(master)
-        lease.release_blocking()
+        lease.release_sync()
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Release lease {name!r} held by us-east-1 (us-east)? [y/N] ")
     assert ("Released lease" in result.stdout) == released
@@ -294,7 +294,7 @@ def test_embedded_store_and_key_prefix(tmp_path: Path) -> None:
         assert fields(result.stdout)["Fencing token"] == str(lease.fencing_token)
         assert "batch" in leasing("--url", url, "list").stdout
     finally:
-        lease.release_blocking()
+        lease.release_sync()
 
 
 def test_key_prefix_option(demo_redis: RedisServer, name: str) -> None:
@@ -305,7 +305,7 @@ def test_key_prefix_option(demo_redis: RedisServer, name: str) -> None:
         assert name in leasing("--url", demo_redis.url, "--key-prefix", "app:", "list").stdout
         assert name not in leasing("--url", demo_redis.url, "list").stdout
     finally:
-        lease.release_blocking()
+        lease.release_sync()
 
 
 def test_unreachable_store_is_a_message(tmp_path: Path) -> None:
@@ -389,8 +389,8 @@ def test_release_force_never_removes_a_holder_it_did_not_show(
     assert "changed hands" in err and "eu-west-1" in err and "nothing was released" in err
     info = client.inspect_sync(name)
     assert info is not None and info.lease_id == successor[0].lease_id, "the successor was removed"
-    successor[0].release_blocking()
-    first.release_blocking()
+    successor[0].release_sync()
+    first.release_sync()
 
 
 def test_release_force_refuses_an_empty_key_prefix(demo_redis: RedisServer, name: str) -> None:
@@ -535,4 +535,4 @@ def test_release_prompt_and_refusal_escape_the_holder(
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"Release lease {name!r} held by {holder}? [y/N] Not released.\n"
     finally:
-        lease.release_blocking()
+        lease.release_sync()

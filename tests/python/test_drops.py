@@ -100,14 +100,14 @@ def test_sync_calls_on_the_threads_connection_survive_kills_and_never_wedge(
         for _ in range(3):
             lease = client.try_acquire_sync(unique_name)
             assert lease is not None
-            assert lease.release_blocking() is True
+            assert lease.release_sync() is True
         # The shared connection answers, and keeps renewing the held lease (it wedged here:
         # the thread's calls had stranded its reconnection on the thread's runtime).
         for _ in range(3):
             info = client.inspect_sync(f"{unique_name}-held")
             assert info is not None and info.lease_id == held.lease_id
         wait_until(renewing(held, renewals), "the held lease renews after the kill")
-    assert held.release_blocking() is True
+    assert held.release_sync() is True
     client.close_sync()
 
 
@@ -153,7 +153,7 @@ def test_sync_calls_on_the_shared_connection_survive_kills(
         ]
         assert client.force_release_sync(unique_name, lease_id=lease.lease_id) is True
         wait_until(renewing(held, renewals), "the held lease renews after the kill")
-    assert held.release_blocking() is True
+    assert held.release_sync() is True
     client.close_sync()
 
 
@@ -220,10 +220,10 @@ def test_a_sync_waiting_acquire_survives_kills_and_gets_the_released_lease(
         kill_all(srv)
         wait_until(renewing(held, renewals), "the held lease renews after the kill")
         assert not got
-    assert held.release_blocking() is True
+    assert held.release_sync() is True
     thread.join(LIMIT)
     assert len(got) == 1 and isinstance(got[0], dl.Lease), got
-    assert got[0].release_blocking() is True
+    assert got[0].release_sync() is True
     holder.close_sync()
     waiter.close_sync()
 
@@ -251,7 +251,7 @@ def test_a_paused_server_times_out_then_every_path_recovers(
         srv.resume()
     # Timed-out connections are not used again: new ones answer on every path.
     lease = client.try_acquire_sync(unique_name)
-    assert lease is not None and lease.release_blocking() is True
+    assert lease is not None and lease.release_sync() is True
     assert client.inspect_sync(unique_name) is None
 
     async def on_a_loop() -> None:
@@ -276,7 +276,7 @@ def test_sync_calls_after_the_server_closed_idle_connections(
     # Nothing held: the shared and the thread's connections both go idle and are closed.
     for _ in range(3):
         lease = client.try_acquire_sync(unique_name)
-        assert lease is not None and lease.release_blocking() is True
+        assert lease is not None and lease.release_sync() is True
         assert client.inspect_sync(unique_name) is None
         wait_until(lambda: our_connections(srv) == 0, "the server closes idle connections")
     # A lease renewed every 0.2 s keeps the shared connection busy; the thread's idles out.
@@ -284,13 +284,13 @@ def test_sync_calls_after_the_server_closed_idle_connections(
     for _ in range(3):
         renewals = held.renewals
         lease = client.try_acquire_sync(unique_name)
-        assert lease is not None and lease.release_blocking() is True
+        assert lease is not None and lease.release_sync() is True
         busy = our_connections(srv)
         wait_until(
             lambda busy=busy: our_connections(srv) < busy, "the thread's idle connection closes"
         )
         wait_until(renewing(held, renewals), "the held lease keeps renewing")
-    assert held.release_blocking() is True
+    assert held.release_sync() is True
     client.close_sync()
 
 
@@ -375,7 +375,7 @@ def test_close_closes_every_connection_the_client_opened(
     assert srv.command("EXISTS", f"lease:{unique_name}-held") == 0
     other_thread.set()
     thread.join(LIMIT)
-    assert blocker.release_blocking() is True
+    assert blocker.release_sync() is True
     other.close_sync()
 
 
@@ -401,7 +401,7 @@ def test_a_dropped_client_closes_its_connections(
     open_thread_connection(client, srv, unique_name)
     loop_in_thread.run(open_loop_connection(client, srv, f"{unique_name}-loop"))
     lease = client.acquire_sync(f"{unique_name}-held")
-    assert lease.release_blocking() is True
+    assert lease.release_sync() is True
     assert our_connections(srv) - baseline == 3
     del client, lease
     gc.collect()
@@ -446,13 +446,13 @@ def settled(baseline):
 def sync_cycle(i):
     with dl.LeaseClient.connect_sync(url) as c:
         lease = c.try_acquire_sync(f"fd-sync-{i % 7}")
-        assert lease is not None and lease.release_blocking()
+        assert lease is not None and lease.release_sync()
 
 
 def sync_dropped(i):
     c = dl.LeaseClient.connect_sync(url)
     lease = c.try_acquire_sync(f"fd-sync-dropped-{i % 7}")
-    assert lease is not None and lease.release_blocking()
+    assert lease is not None and lease.release_sync()
 
 
 async def async_cycle(i):

@@ -97,7 +97,7 @@ print(json.dumps({
     "killed": killed,
     "lost": lease.is_lost,
     "holder_is_us": holder is not None and holder.lease_id == lease.lease_id,
-    "released": lease.release_blocking(),
+    "released": lease.release_sync(),
     "repr": repr(lease) + repr(client),
 }))
 """

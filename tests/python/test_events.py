@@ -137,11 +137,11 @@ NO_LOGGING = textwrap.dedent(
 
     client = dl.LeaseClient.connect_sync(sys.argv[1])
     for i in range(200):  # each cycle emits DEBUG events in Rust, none wanted
-        client.acquire_sync(sys.argv[2]).release_blocking()
+        client.acquire_sync(sys.argv[2]).release_sync()
     time.sleep(0.2)
     print("before", log_thread())
     logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="REC %(message)s")
-    client.acquire_sync(sys.argv[2]).release_blocking()
+    client.acquire_sync(sys.argv[2]).release_sync()
     time.sleep(0.5)
     print("after", log_thread())
     """

@@ -305,7 +305,7 @@ def test_sigkilled_holder_is_taken_over_within_the_ttl(
     takeover = time.monotonic() - killed_at
     assert holder.wait() == -signal.SIGKILL
     assert lease.fencing_token > token
-    lease.release_blocking()
+    lease.release_sync()
     # Measured here: about the TTL (the lease expires by itself). Bound: generous.
     assert takeover <= TTL + 5.0
     report("takeover_after_sigkill", store=store, ttl_s=TTL, seconds=round(takeover, 2))

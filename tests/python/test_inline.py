@@ -218,14 +218,14 @@ def test_a_loop_that_ends_closes_its_connection(
         time.sleep(0.1)
     # The client itself still works, synchronously and on a new loop.
     lease = client.acquire_sync(unique_name)
-    assert lease.release_blocking() is True
+    assert lease.release_sync() is True
 
 
 def open_thread_connection(client: dl.LeaseClient, srv: RedisServer, name: str) -> str:
     """The blocking twin of ``open_loop_connection``: the calling thread's connection."""
     before = connections(srv)
     lease = client.acquire_sync(name)
-    assert lease.release_blocking() is True
+    assert lease.release_sync() is True
     new = connections(srv) - before
     assert len(new) == 1, f"expected this thread's connection to open, got {new}"
     return new.pop()
@@ -240,10 +240,10 @@ def test_blocking_calls_go_over_the_threads_own_connection(
     monitor.data = b""
     for _ in range(20):
         lease = client.acquire_sync(unique_name)
-        assert lease.release_blocking() is True
+        assert lease.release_sync() is True
     held = client.try_acquire_sync(unique_name)
     assert held is not None
-    assert held.release_blocking() is True
+    assert held.release_sync() is True
     time.sleep(0.3)  # MONITOR output is asynchronous
     senders = monitor.senders(b"EVALSHA")
     assert len(senders) == 42, senders
@@ -260,13 +260,13 @@ def test_a_killed_thread_connection_costs_no_operation_and_is_reopened(
     after_kill = connections(srv)
     for _ in range(30):
         lease = client.acquire_sync(unique_name)
-        assert lease.release_blocking() is True
+        assert lease.release_sync() is True
     deadline = time.monotonic() + 15
     while not connections(srv) - after_kill:
         assert time.monotonic() < deadline, "the thread's connection was not reopened"
         time.sleep(0.2)
         lease = client.acquire_sync(unique_name)
-        assert lease.release_blocking() is True
+        assert lease.release_sync() is True
 
 
 def test_a_paused_server_times_out_on_the_threads_connection_then_recovers(
@@ -292,7 +292,7 @@ def test_a_paused_server_times_out_on_the_threads_connection_then_recovers(
         except dl.LeaseUnavailable:
             assert time.monotonic() < deadline, "the lease never became free again"
             time.sleep(0.2)
-    assert lease.release_blocking() is True
+    assert lease.release_sync() is True
 
 
 def test_leases_taken_on_a_threads_connection_are_renewed_and_released_by_the_client(

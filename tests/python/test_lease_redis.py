@@ -115,7 +115,7 @@ def test_two_processes_one_winner_holder_from_the_same_round_trip(
 ) -> None:
     # Load the scripts first, so that each competitor sends exactly one command for the lease.
     warm = dl.LeaseClient.connect_sync(redis_server.url)
-    warm.acquire_sync(unique_name + "-warm").release_blocking()
+    warm.acquire_sync(unique_name + "-warm").release_sync()
     monitor = Monitor(redis_server.port)
     start_at = time.time() + 2.0
     procs = [
@@ -292,7 +292,7 @@ FORK_CHILD = textwrap.dedent(
     import distributed_leasing as dl
 
     client = dl.LeaseClient.connect_sync(sys.argv[1])
-    client.acquire_sync(sys.argv[2]).release_blocking()
+    client.acquire_sync(sys.argv[2]).release_sync()
     pid = os.fork()
     if pid == 0:
         code = 0

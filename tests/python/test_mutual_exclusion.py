@@ -222,6 +222,6 @@ def test_paused_holder_learns_it_lost_and_its_stale_token_is_refused(
         report("paused_holder_takeover", store=store, seconds=round(takeover, 2))
     finally:
         holder.send("quit")
-        successor.release_blocking()
+        successor.release_sync()
         resource.close()
     assert holder.wait() == 0, holder.stderr

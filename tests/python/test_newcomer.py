@@ -70,5 +70,5 @@ def test_unavailable_after_waiting_does_not_advise_waiting(tmp_path: Path) -> No
         c.acquire_sync("job", wait=0.3)
     assert "pass wait=" not in str(waited.value)
     assert "gave up after waiting" in str(waited.value)
-    held.release_blocking()
+    held.release_sync()
     c.close_sync()

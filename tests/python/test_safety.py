@@ -40,7 +40,7 @@ def _use_sync(url: str, name: str) -> None:
     c = dl.LeaseClient.connect_sync(url)
     lease = c.try_acquire_sync(name + "-warm-sync")
     assert lease is not None
-    lease.release_blocking()
+    lease.release_sync()
 
 
 def _use_async(url: str, name: str) -> None:
@@ -97,7 +97,7 @@ def _child(url: str, name: str, conn: Connection, hold: float) -> None:
         conn.send(("won", lease.lease_id, lease.fencing_token) if lease else ("lost", None, 0))
         time.sleep(hold)
         if lease is not None:
-            lease.release_blocking()
+            lease.release_sync()
         c.close_sync()
     except BaseException as e:
         conn.send(("error", repr(e), 0))
@@ -165,7 +165,7 @@ def test_forked_children_draw_distinct_lease_ids(tmp_path: Path) -> None:
         lease = c.try_acquire_sync(f"own-{i}")
         assert lease is not None
         q.put(lease.lease_id)
-        lease.release_blocking()
+        lease.release_sync()
 
     procs = [ctx.Process(target=child, args=(i,)) for i in range(CHILDREN)]
     for p in procs:
@@ -384,7 +384,7 @@ def test_non_utf8_key_under_the_prefix_does_not_break_list(
         assert lease is not None
         names = [i.name for i in c.list_sync(unique_name)]
         assert names == [unique_name + "-ok"]
-        lease.release_blocking()
+        lease.release_sync()
     finally:
         c.close_sync()
         r.delete(bad)

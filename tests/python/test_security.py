@@ -61,10 +61,10 @@ with warnings.catch_warnings(record=True) as caught:
     lease = client.acquire_sync("sec", duration=1.0, renew_interval=0.2, metadata={"i": "x"})
     show(lease)
     time.sleep(0.6)
-    lease.renew_blocking()
+    lease.renew_sync()
     show(lease, client.inspect_sync("sec"), *client.list_sync())
     refused(lambda: client.acquire_sync("sec"))
-    show(lease.release_blocking())
+    show(lease.release_sync())
 
     async def main():
         other = await dl.LeaseClient.connect(url_ok)
@@ -212,4 +212,3 @@ def test_local_settings_file_is_git_ignored() -> None:
         [git, "check-ignore", "-q", "--no-index", "appsettings.json"], cwd=ROOT, capture_output=True
     )
     assert r.returncode == 1
-

@@ -103,7 +103,7 @@ def test_sync_api(store: StoreUnderTest, unique_name: str) -> None:
         assert client.try_acquire_sync(unique_name) is None
         info = client.inspect_sync(unique_name)
         assert info is not None and info.lease_id == lease.lease_id
-        lease.renew_blocking()
+        lease.renew_sync()
         assert lease.renewals == 1
     assert client.inspect_sync(unique_name) is None
     assert client.list_sync(unique_name) == []
@@ -196,7 +196,7 @@ def _sqlite_rounds(
         barrier.wait()
         if lease is not None:
             won.append(r)
-            lease.release_blocking()
+            lease.release_sync()
         barrier.wait()
     results.put(won)
 

@@ -306,10 +306,10 @@ async def every_operation(url: str, name: str, *, flush: Callable[[], object]) -
         assert second.lease_id != lease.lease_id
         # The synchronous paths (their own connection per thread).
         sync = holder.acquire_sync(n + "-sync", wait=1.0)
-        sync.renew_blocking()
+        sync.renew_sync()
         assert holder.inspect_sync(n + "-sync") is not None
         assert [i.name for i in holder.list_sync(n + "-sync")] == [n + "-sync"]
-        sync.release_blocking()
+        sync.release_sync()
         other = holder.try_acquire_sync(n + "-sync")
         assert other is not None
         assert holder.force_release_sync(n + "-sync")
@@ -422,7 +422,7 @@ def test_a_user_missing_part_of_the_rule_is_told_what_is_missing(
             client.force_release_sync(unique_name)
         else:
             assert lease is not None
-            lease.release_blocking()
+            lease.release_sync()
     e = info.value
     message = str(e)
     assert e.kind == "permission", message

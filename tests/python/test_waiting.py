@@ -114,7 +114,7 @@ async def test_wait_runs_out_with_the_holder(store: StoreUnderTest, unique_name:
 def test_sync_wait_is_woken_by_a_release(store: StoreUnderTest, unique_name: str) -> None:
     client = dl.LeaseClient.connect_sync(store.url)
     holder = client.acquire_sync(unique_name)
-    timer = threading.Timer(0.5, holder.release_blocking)
+    timer = threading.Timer(0.5, holder.release_sync)
     timer.start()
     t = time.monotonic()
     try:
@@ -278,7 +278,7 @@ def test_ctrl_c_interrupts_a_sync_wait_and_leaves_nothing_behind(
     assert proc.returncode == 0, err
     assert out.strip() == "interrupted", (out, err)
     assert int(redis_server.command("PUBSUB", "NUMSUB", channel)[1]) == 0  # type: ignore[index,arg-type]
-    holder.release_blocking()
+    holder.release_sync()
     time.sleep(0.3)
     assert client.inspect_sync(unique_name) is None
 
@@ -393,7 +393,7 @@ CROSS_PROCESS_HOLDER = textwrap.dedent(
     lease = client.acquire_sync(sys.argv[2])
     print("held", flush=True)
     sys.stdin.readline()
-    lease.release_blocking()
+    lease.release_sync()
     print("released", flush=True)
     """
 )
