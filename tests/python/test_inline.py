@@ -1,9 +1,10 @@
 """The event loop's and the thread's own Redis connections (src/python/inline.rs and
 src/python/thread_twin.rs).
 
-On a single Redis server over plain TCP, one-attempt acquires and releases awaited on an event
-loop run on the loop's thread, over a connection the loop polls (opened in the background on
-first use); blocking ones run on the calling thread, over that thread's own connection. These
+On a single Redis server, every one-request operation (an acquire attempt, a renewal, a release,
+inspect, list, a forced release) awaited on an event loop runs on the loop's thread, over a
+connection the loop polls (opened in the background on first use); blocking ones run on the
+calling thread, over that thread's own connection (src/python/executor.rs decides). These
 tests watch them on a real server: which connection carries the commands (MONITOR), what a
 killed connection or a paused server costs, what a cancelled await leaves, that leases taken
 there are renewed and released by the client like any other, and that a loop or thread that
@@ -18,7 +19,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import distributed_leasing as dl
 import pytest
@@ -117,12 +118,17 @@ async def test_acquire_and_release_go_over_the_loops_own_connection(
     senders = monitor.senders(b"EVALSHA")
     assert len(senders) == 40, senders
     assert set(senders) == {own}
-    # Other commands (inspect here) stay on the shared connection.
+    # Every one-request operation takes the same path (src/python/executor.rs): a renewal,
+    # inspect, list and a forced release too. A waiting acquire runs on the runtime.
+    lease = await client.acquire(unique_name, auto_renew=False)
     monitor.data = b""
-    assert await client.inspect(unique_name) is None
+    await lease.renew()
+    assert (await client.inspect(unique_name)) is not None
+    assert [i.name for i in await client.list(unique_name)] == [unique_name]
+    assert await client.force_release(unique_name, lease_id=lease.lease_id) is True
     time.sleep(0.3)
-    inspected = monitor.senders(b"EVALSHA")  # twice on a fresh server: NOSCRIPT, then loaded
-    assert inspected and own not in inspected, (inspected, own)
+    senders = monitor.senders(b"EVALSHA")  # (list's SCAN uses the shared connection)
+    assert len(senders) >= 4 and set(senders) == {own}, (senders, own)
 
 
 async def test_a_killed_loop_connection_costs_no_operation_and_is_reopened(
@@ -346,3 +352,46 @@ def test_a_thread_that_ends_closes_its_connection(
     while connections(srv) - baseline:
         assert time.monotonic() < deadline, "the ended thread's connection is still open"
         time.sleep(0.1)
+
+
+def last_commands(srv: RedisServer) -> dict[str, str]:
+    """Each client's address and the last command it sent, without the one asking."""
+    out = {}
+    for line in _text(srv.command("CLIENT", "LIST")).splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("cmd") != "client|list":
+            out[fields["addr"]] = fields.get("cmd", "")
+    return out
+
+
+def test_tls_calls_go_over_the_callers_own_connection_too(
+    redis_server_factory: Callable[..., RedisServer], unique_name: str
+) -> None:
+    # rediss:// (Azure's only port) takes the same path as plain TCP: TLS with the store's
+    # trust over the thread's and the loop's own sockets (store/redis/inline.rs).
+    srv = redis_server_factory(tls=True)
+    client = dl.LeaseClient.connect_sync(srv.url, ca_file=srv.ca_file)
+    shared = set(last_commands(srv))
+    own = open_thread_connection(client, srv, unique_name)
+    for _ in range(5):
+        lease = client.acquire_sync(unique_name)
+        assert lease.release_sync() is True
+    last = last_commands(srv)
+    assert last[own] == "evalsha", last
+    assert all(last[a] != "evalsha" for a in shared if a in last), (last, shared)
+
+    async def on_a_loop() -> None:
+        aclient = await dl.LeaseClient.connect(srv.url, ca_file=srv.ca_file)
+        async with aclient:
+            loop_own = await open_loop_connection(aclient, srv, unique_name)
+            for _ in range(5):
+                async with aclient.lease(unique_name) as held:
+                    assert held.fencing_token > 0
+            assert last_commands(srv)[loop_own] == "evalsha"
+
+    asyncio.run(on_a_loop())
+    client.close_sync()
+    deadline = time.monotonic() + 10  # the server notices closed sockets on its next turn
+    while last_commands(srv) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert last_commands(srv) == {}, "closing the clients closes every connection"

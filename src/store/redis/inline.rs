@@ -9,11 +9,11 @@
 //! (`loop.add_reader`), and poll its futures on the loop's thread, so that an acquire is one
 //! write and one read on the caller's thread, as in redis-py, with no thread hop.
 //!
-//! What it owns here: who may have such a twin (one server, plain TCP, no Entra ID: the token
-//! refresh of Entra ID and TLS sessions stay on the store's own connection), the socket's
-//! opening (done by tokio, so that connecting never blocks the caller), and the twin itself:
-//! the `redis` crate's [`MultiplexedConnection`] over the caller's stream, with the handshake
-//! (AUTH, SELECT) and the response timeout of the store. The protocol, scripts and error
+//! What it owns here: who may have such a twin (one server, over TCP or TLS, no Entra ID: its
+//! token refresh stays on the store's own connection), the socket's opening (done by tokio, so
+//! that connecting never blocks the caller), and the twin itself: the `redis` crate's
+//! [`MultiplexedConnection`] over the caller's stream, with the handshake (TLS with the store's
+//! trust, then AUTH, SELECT) and the response timeout of the store. The protocol, scripts and error
 //! mapping are the store's, unchanged. A twin retries a command whose connection dropped once,
 //! on a fresh shared connection of the store (polled on the store's home runtime, wherever the
 //! twin is: see `shared`), so a dead caller-driven connection costs no operation; a twin
@@ -22,6 +22,7 @@
 //! delivered.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,51 @@ pub struct InlineTarget {
     settings: RedisConnectionInfo,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// Set for `rediss://`.
+    tls: Option<Tls>,
+}
+
+/// The TLS of a caller-driven connection: the trust of the store's own connection (its CA file
+/// alone, else the system's roots, as the `redis` crate's TLS does) and the host name the
+/// certificate must carry. Built with `tokio-rustls` over the caller's stream, because the
+/// `redis` crate opens its TLS streams only over sockets it connects itself.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    /// `None` (no caller-driven connection: the store's own is used) when the trust cannot be
+    /// built; the store's own connection reports why.
+    fn new(host: &str, ca_file: Option<&Path>) -> Option<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path).ok()? {
+                    roots.add(cert.ok()?).ok()?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                if !found.errors.is_empty() {
+                    return None;
+                }
+                for cert in found.certs {
+                    roots.add(cert).ok()?;
+                }
+            }
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Some(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?,
+        })
+    }
 }
 
 impl std::fmt::Debug for InlineTarget {
@@ -56,15 +102,26 @@ impl std::fmt::Debug for InlineTarget {
 }
 
 impl InlineTarget {
-    /// The target for a single server reached over plain TCP with the URL's credentials; `None`
-    /// for TLS, Unix sockets and Entra ID.
+    /// The target for a single server reached over TCP or TLS (unless `#insecure`) with the
+    /// URL's credentials; `None` for Unix sockets and Entra ID.
     pub(super) fn for_client(client: &redis::Client, options: &RedisOptions) -> Option<Self> {
         if options.credentials.is_some() {
             return None;
         }
         let info = client.get_connection_info();
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return None;
+        let (host, port, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host, port, None),
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => (
+                host,
+                port,
+                Some(Tls::new(host, options.ca_file.as_deref())?),
+            ),
+            _ => return None,
         };
         Some(Self {
             host: host.clone(),
@@ -72,6 +129,7 @@ impl InlineTarget {
             settings: info.redis_settings().clone(),
             connect_timeout: options.connect_timeout,
             response_timeout: options.response_timeout,
+            tls,
         })
     }
 }
@@ -114,6 +172,25 @@ impl RedisStore {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = self.inline_target()?;
+        match &target.tls {
+            None => self.twin_over(target, stream).await,
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+                let stream = tokio::time::timeout(target.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| timed_out(&self.addr))?
+                    .map_err(|e| map_error(&e.into(), &self.addr, None))?;
+                self.twin_over(target, stream).await
+            }
+        }
+    }
+
+    /// The twin over `stream`, once any TLS is set up on it: the Redis handshake, then the
+    /// twin.
+    async fn twin_over<S>(&self, target: &InlineTarget, stream: S) -> Result<(RedisStore, Driver)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Conn::Single(shared) = &self.conn else {
             return Err(not_inline());
         };
@@ -150,6 +227,6 @@ impl RedisStore {
 
 fn not_inline() -> crate::error::LeaseError {
     crate::error::LeaseError::Config(
-        "this Redis store cannot have a caller-driven connection (TLS, Entra ID, cluster, or already one)".into(),
+        "this Redis store cannot have a caller-driven connection (Entra ID, cluster, or already one)".into(),
     )
 }
