@@ -359,6 +359,7 @@ impl LeaseClient {
             ended,
             events: std::sync::OnceLock::new(),
             registration: self.renewals.reserve(),
+            end_hooks: crate::lease::EndHooks::default(),
         });
         let runtime = self
             .runtime

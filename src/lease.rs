@@ -141,6 +141,30 @@ pub(crate) struct Shared {
     pub(crate) events: OnceLock<broadcast::Sender<LeaseEvent>>,
     /// Its place in the client's renewal scheduler.
     pub(crate) registration: crate::renewal::Registration,
+    /// Called once when the lease ends (see [`Lease::on_end`]).
+    pub(crate) end_hooks: EndHooks,
+}
+
+/// A function called once with the end of a lease.
+pub type EndHook = Box<dyn FnOnce(LeaseEnd) + Send>;
+
+/// The [`EndHook`]s of one lease, registered under its state lock (so that none is missed by an
+/// end happening meanwhile) and called outside it.
+#[derive(Default)]
+pub(crate) struct EndHooks(Mutex<Vec<EndHook>>);
+
+impl std::fmt::Debug for EndHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndHooks")
+    }
+}
+
+impl EndHooks {
+    fn lock(&self) -> MutexGuard<'_, Vec<EndHook>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Shared {
@@ -175,6 +199,10 @@ impl Shared {
             LeaseEnd::Released => metrics::RELEASES.add(1),
         }
         self.ended.send_replace(Some(end));
+        let hooks = std::mem::take(&mut *self.end_hooks.lock());
+        for hook in hooks {
+            hook(end);
+        }
         true
     }
 
@@ -389,6 +417,23 @@ impl Lease {
                 // gone the lease was dropped, which releases it.
                 Err(_) => LeaseEnd::Released,
             }
+        }
+    }
+
+    /// Calls `hook` once when the lease ends (lost or released), on the thread that ends it
+    /// (a renewal's, or the releasing caller's), so it must be quick and must not block; at once
+    /// if it has ended already. Cheaper than a task awaiting [`Self::ended`] for each lease.
+    /// A lease dropped without ending (released in the background) never calls it.
+    pub fn on_end(&self, hook: impl FnOnce(LeaseEnd) + Send + 'static) {
+        let st = self.shared.lock();
+        match st.end {
+            Some(end) => {
+                drop(st);
+                hook(end);
+            }
+            // Pushed while the state lock is held: `Shared::end` sets the end under that lock
+            // before taking the hooks, so this one is either seen there or sees the end here.
+            None => self.shared.end_hooks.lock().push(Box::new(hook)),
         }
     }
 

@@ -114,10 +114,11 @@ class LeaseContext:
             if self._on_lost == "cancel" and exc_type is None:
                 raise _lost_error(lease)
             return
-        # Shielded: a cancellation of the body must not abort the release half-way. A release
-        # that finds another holder (or no lease) means the lease was lost during the body
-        # before a renewal noticed: the handle is lost, and the loss is reported here.
-        released = await asyncio.shield(lease.release())
+        # A cancellation while this awaits does not abort the release: a release is one request,
+        # which runs to its end once started (src/python/executor.rs), so no shield is needed.
+        # A release that finds another holder (or no lease) means the lease was lost during the
+        # body before a renewal noticed: the handle is lost, and the loss is reported here.
+        released = await lease.release()
         lost = lease.lost_reason is not None  # read again: the release may have ended it
         if not released and lost and self._on_lost == "cancel" and exc_type is None:
             raise _lost_error(lease)

@@ -273,31 +273,6 @@ where
     spawn_into_py_with(py, fut, true, Box::new(convert))
 }
 
-/// Calls `callback(arg)` on the running loop's thread once `fut` finishes, without a tokio
-/// thread ever taking the GIL.
-pub(crate) fn call_soon_when<F, A>(
-    py: Python<'_>,
-    event_loop: &Bound<'_, PyAny>,
-    callback: Py<PyAny>,
-    fut: F,
-) -> PyResult<()>
-where
-    F: Future<Output = A> + Send + 'static,
-    A: for<'py> IntoPyObject<'py> + Send + 'static,
-{
-    let rt = runtime::get()?;
-    let inbox = inbox_for(py, event_loop)?;
-    rt.spawn(async move {
-        let arg = fut.await;
-        inbox.push(Box::new(move |py| {
-            if let Err(e) = callback.call1(py, (arg,)) {
-                e.write_unraisable(py, None);
-            }
-        }));
-    });
-    Ok(())
-}
-
 /// Runs `fut` to completion on the calling thread with the GIL released (its I/O is driven by
 /// the runtime's workers). Checks for signals every 50 ms, so Ctrl-C interrupts a long wait
 /// (dropping the future, which cancels it).

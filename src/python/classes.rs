@@ -18,7 +18,7 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 use crate::store::ForceReleased;
 
-use super::bridge::{abortable_future_into_py_with, block_on, call_soon_when, future_into_py};
+use super::bridge::{abortable_future_into_py_with, block_on, future_into_py, inbox_for};
 use super::executor::{Executor, Op};
 use super::options::{PyClientOptions, PyOptions};
 use super::runtime;
@@ -190,10 +190,19 @@ impl PyLease {
     /// Calls `callback(reason_or_None)` on `event_loop` once the lease ends.
     fn _on_end(&self, event_loop: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<()> {
         runtime::check_pid(self.pid)?;
-        let ended = self.inner.ended();
-        call_soon_when(event_loop.py(), event_loop, callback, async move {
-            end_name(ended.await)
-        })
+        // Only a loss calls back (on the loop's thread, through its inbox); a release, the
+        // usual end, costs nothing: no task waits for it and no loop wake-up follows it.
+        let inbox = inbox_for(event_loop.py(), event_loop)?;
+        self.inner.on_end(move |end| {
+            if let Some(reason) = end_name(end) {
+                inbox.push(Box::new(move |py| {
+                    if let Err(e) = callback.call1(py, (reason,)) {
+                        e.write_unraisable(py, None);
+                    }
+                }));
+            }
+        });
+        Ok(())
     }
     fn __repr__(&self) -> String {
         format!(

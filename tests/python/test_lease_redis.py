@@ -202,6 +202,41 @@ async def test_foreign_cancellation_still_propagates_and_releases(
     assert await client.inspect(unique_name) is None
 
 
+async def test_a_cancellation_during_the_exits_release_does_not_abort_it(
+    fresh_redis_server: RedisServer, unique_name: str
+) -> None:
+    # The release at exit is one request: it runs to its end even when the task is cancelled
+    # while awaiting it (src/python/executor.rs), on the loop's own connection or the shared one.
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url, operation_timeout=20.0)
+    for _ in range(3):  # the loop's own connection opens in the background on first use
+        async with client.lease(unique_name):
+            pass
+    leaving = asyncio.Event()
+    held: list[dl.Lease] = []
+
+    async def body() -> None:
+        async with client.lease(unique_name) as lease:
+            held.append(lease)
+            srv.pause()  # the release at exit now waits for the server
+            leaving.set()
+
+    task = asyncio.create_task(body())
+    await leaving.wait()
+    await asyncio.sleep(0.2)  # the task is awaiting its release
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    srv.resume()
+    lease = held[0]
+    deadline = time.monotonic() + 15
+    while not lease.is_released and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert lease.is_released and not lease.is_lost
+    assert await client.inspect(unique_name) is None
+    await client.close()
+
+
 async def test_fencing_tokens_increase_across_acquire_release_and_expiry(
     redis_server: RedisServer, unique_name: str
 ) -> None:
