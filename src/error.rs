@@ -102,6 +102,7 @@ pub enum LeaseError {
         /// The holder now.
         holder: Box<LeaseInfo>,
     },
+    /// The configuration (appsettings.json, environment, arguments) is missing or invalid.
     #[error("{0}")]
     Config(String),
     /// An argument is out of range or malformed.

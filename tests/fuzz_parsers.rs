@@ -106,7 +106,7 @@ proptest! {
     }
 
     #[test]
-    fn formatted_durations_round_trip(ticks in 0u64..=(MAX_DURATION.as_nanos() / 100) as u64) {
+    fn formatted_durations_round_trip(ticks in 0u64..=u64::try_from(MAX_DURATION.as_nanos() / 100).unwrap()) {
         let d = Duration::from_nanos(ticks * 100);
         prop_assert_eq!(parse_duration(&format_timespan(d)), Ok(d));
     }
@@ -192,7 +192,7 @@ fn url_string() -> impl Strategy<Value = (String, String)> {
             Just("http")
         ],
         prop::option::of("[a-z]{1,8}"),
-        (secret(), any::<String>()).prop_map(|(s, tail)| format!("{s}{}", tail)),
+        (secret(), any::<String>()).prop_map(|(s, tail)| format!("{s}{tail}")),
         prop_oneof![
             Just("127.0.0.1:6379"),
             Just("[::1]"),

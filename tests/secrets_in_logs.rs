@@ -116,11 +116,11 @@ impl log::Log for LogAll {
 }
 
 fn install_capture() {
+    static LOGGER: LogAll = LogAll;
     tracing::subscriber::set_global_default(CaptureAll {
         next_id: AtomicU64::new(0),
     })
     .expect("no other subscriber in this test binary");
-    static LOGGER: LogAll = LogAll;
     log::set_logger(&LOGGER).expect("no other logger in this test binary");
     log::set_max_level(log::LevelFilter::Trace);
 }

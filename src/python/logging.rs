@@ -49,8 +49,8 @@ static THRESHOLD: AtomicU32 = AtomicU32::new(WARNING);
 /// Records dropped because the queue was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-fn py_level(level: &Level) -> u32 {
-    match *level {
+fn py_level(level: Level) -> u32 {
+    match level {
         Level::TRACE => TRACE,
         Level::DEBUG => DEBUG,
         Level::INFO => INFO,
@@ -206,7 +206,7 @@ impl Subscriber for Bridge {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        ours(meta) && py_level(meta.level()) >= THRESHOLD.load(Relaxed)
+        ours(meta) && py_level(*meta.level()) >= THRESHOLD.load(Relaxed)
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
@@ -275,7 +275,7 @@ impl Subscriber for Bridge {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         send(Record {
-            level: py_level(meta.level()),
+            level: py_level(*meta.level()),
             message,
             fields: fields.values,
             lease,

@@ -12,6 +12,10 @@
 //! must go through [`with_python`], and the `atexit` hook [`_shutdown`] closes that door and
 //! waits, with the GIL released, until no thread is inside. `atexit` hooks run before
 //! finalization.
+//!
+//! The crate's only unsafe code lives here: `pthread_atfork` and the runtime slot published
+//! through an `AtomicPtr`, each with a SAFETY comment.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -39,11 +43,11 @@ extern "C" fn forget_pid() {
 /// This process's id, without a `getpid` syscall per call (glibc no longer caches it): cached,
 /// and forgotten in a forked child by a `pthread_atfork` handler.
 pub(crate) fn pid() -> u32 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
     let cached = PID.load(SeqCst);
     if cached != 0 {
         return cached;
     }
-    static REGISTER: std::sync::Once = std::sync::Once::new();
     REGISTER.call_once(|| {
         // SAFETY: registers a handler that only stores to an atomic (async-signal-safe), as
         // the child side of fork() requires.

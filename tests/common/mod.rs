@@ -32,7 +32,7 @@ pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
-    let mut buf = [0u8; 65536];
+    let mut buf = vec![0u8; 65536];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
@@ -66,6 +66,7 @@ fn spawn_server(port: u16, dir: &PathBuf, extra: &[&str], die_with_parent: bool)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if die_with_parent {
+        #[allow(unsafe_code)] // the one way to set PR_SET_PDEATHSIG on the child
         // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
         unsafe {
             cmd.pre_exec(|| {

@@ -16,6 +16,7 @@ use distributed_leasing::{ClientOptions, LeaseClient};
 
 /// Options for fast tests: short leases are set per test; timeouts stay generous because the
 /// machine is shared and noisy.
+#[must_use]
 pub fn options() -> ClientOptions {
     ClientOptions {
         operation_timeout: Duration::from_secs(10),
@@ -26,6 +27,7 @@ pub fn options() -> ClientOptions {
 
 /// Makes clients for one store.
 pub struct Harness {
+    /// The store's connection string.
     pub url: String,
     /// Clients go through a caller-driven twin of the Redis store (`store::redis::inline`).
     inline: bool,
@@ -33,6 +35,7 @@ pub struct Harness {
     _dir: Option<TempDir>,
 }
 
+/// A directory removed when the harness is dropped.
 pub struct TempDir(std::path::PathBuf);
 
 impl Drop for TempDir {
@@ -42,6 +45,10 @@ impl Drop for TempDir {
 }
 
 impl Harness {
+    /// A fresh client of this store.
+    ///
+    /// # Panics
+    /// When the store cannot be reached.
     pub async fn client(&self) -> LeaseClient {
         let client = LeaseClient::connect(&self.url, options())
             .await
@@ -61,6 +68,8 @@ impl Harness {
         LeaseClient::with_store(std::sync::Arc::new(twin), options())
     }
 
+    /// A Redis server of its own.
+    #[must_use]
     pub fn redis() -> Self {
         let server = common::RedisServer::start();
         Self {
@@ -71,6 +80,8 @@ impl Harness {
         }
     }
 
+    /// A Redis server of its own, driven through the caller-driven twin.
+    #[must_use]
     pub fn redis_inline() -> Self {
         Self {
             inline: true,
@@ -78,6 +89,8 @@ impl Harness {
         }
     }
 
+    /// The Redis Cluster shared by the tests of this binary.
+    #[must_use]
     pub fn redis_cluster() -> Self {
         Self {
             url: common::shared_cluster().url(),
@@ -87,6 +100,11 @@ impl Harness {
         }
     }
 
+    /// An SQLite file in a directory of its own.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    #[must_use]
     pub fn sqlite() -> Self {
         let dir = std::env::temp_dir().join(format!("dl-conf-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -100,6 +118,7 @@ impl Harness {
 }
 
 /// A unique lease name for one test.
+#[must_use]
 pub fn unique(tag: &str) -> String {
     format!("{tag}-{}", uuid::Uuid::new_v4())
 }

@@ -856,9 +856,9 @@ impl LeaseStore for RedisStore {
             };
             match self.inspect(&name).await {
                 Ok(Some(info)) => out.push(info),
-                Ok(None) => {}
                 // Other data under the prefix is not a lease: skip it rather than fail the list.
-                Err(LeaseError::Backend {
+                Ok(None)
+                | Err(LeaseError::Backend {
                     kind: BackendErrorKind::WrongType,
                     ..
                 }) => {}

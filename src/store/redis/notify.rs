@@ -377,30 +377,9 @@ impl Supervisor {
         self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
     }
 
-    /// Makes the server's subscriptions match the waiters of every dirty channel.
-    async fn reconcile(&mut self) {
-        let Some(board) = self.board.upgrade() else {
-            return;
-        };
-        if self.conn.is_none() {
-            // Nobody waits any more: nothing to connect for.
-            if self.dirty.iter().all(|ch| board.waiters(ch) == 0) {
-                for ch in self.dirty.drain() {
-                    board.remove_if_unused(&ch);
-                }
-                return;
-            }
-            match (self.connect)(self.pushes.clone()).await {
-                Ok(conn) => {
-                    tracing::debug!(addr = %self.addr, "release notification connection open");
-                    self.conn = Some(conn);
-                }
-                Err(e) => return self.failed("connect for", &e),
-            }
-        }
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
+    /// Takes the dirty channels and returns those to subscribe and those to unsubscribe now;
+    /// the rest are settled here (already live, lingering, or gone).
+    fn sort_dirty(&mut self, board: &ReleaseBoard) -> (Vec<String>, Vec<String>) {
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
         let now = Instant::now();
@@ -427,6 +406,34 @@ impl Supervisor {
                 }
             }
         }
+        (subscribe, unsubscribe)
+    }
+
+    /// Makes the server's subscriptions match the waiters of every dirty channel.
+    async fn reconcile(&mut self) {
+        let Some(board) = self.board.upgrade() else {
+            return;
+        };
+        if self.conn.is_none() {
+            // Nobody waits any more: nothing to connect for.
+            if self.dirty.iter().all(|ch| board.waiters(ch) == 0) {
+                for ch in self.dirty.drain() {
+                    board.remove_if_unused(&ch);
+                }
+                return;
+            }
+            match (self.connect)(self.pushes.clone()).await {
+                Ok(conn) => {
+                    tracing::debug!(addr = %self.addr, "release notification connection open");
+                    self.conn = Some(conn);
+                }
+                Err(e) => return self.failed("connect for", &e),
+            }
+        }
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let (subscribe, unsubscribe) = self.sort_dirty(&board);
         for ch in &unsubscribe {
             *self.own_unsubscribes.entry(ch.clone()).or_default() += 1;
         }
