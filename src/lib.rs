@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoff;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -34,9 +35,9 @@ pub mod wait;
 #[cfg(feature = "python")]
 mod python;
 
+pub use backoff::Backoff;
 pub use client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 pub use error::{BackendErrorKind, LeaseError, LostReason, Result};
 pub use info::LeaseInfo;
 pub use lease::{Lease, LeaseEvent, LeaseEvents};
 pub use secret::Secret;
-pub use wait::Backoff;

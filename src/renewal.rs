@@ -24,18 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
+use crate::backoff::Backoff;
 use crate::error::{LeaseError, LostReason};
 use crate::lease::{background_release, LeaseEnd, Shared};
 use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 
-/// First retry delay after a failed renewal.
-const RETRY_MIN: Duration = Duration::from_millis(50);
-/// Longest delay between two renewal retries.
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Retries of a failed renewal: 50 ms doubling to 2 s, each drawn between half and all of its
+/// value so that many leases failing at once spread out.
+const RETRY: Backoff =
+    Backoff::doubling(Duration::from_millis(50), Duration::from_secs(2)).with_jitter();
 /// Renewals due this soon are sent with the batch being sent now (at most a quarter of each
 /// lease's own interval early).
 const BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -78,8 +78,8 @@ struct Entry {
     /// The key of its renewal timer; `None` while a renewal is in flight (or without renewal).
     renew_at: Option<Instant>,
     deadline_at: Instant,
+    /// Consecutive failed renewals: the place in [`RETRY`].
     failures: u32,
-    retry: Duration,
 }
 
 /// A lease's place in its scheduler, kept by the lease so that its end removes it.
@@ -211,7 +211,6 @@ impl Scheduler {
                 renew_at,
                 deadline_at,
                 failures: 0,
-                retry: RETRY_MIN,
             },
         );
         if let Some(at) = renew_at {
@@ -453,13 +452,11 @@ fn reschedule(inner: &Inner, id: u64, shared: &Shared, outcome: Result<Instant, 
     let at = match outcome {
         Ok(t_sent) => {
             entry.failures = 0;
-            entry.retry = RETRY_MIN;
             t_sent + interval
         }
         Err(e) => {
+            let delay = RETRY.delay(entry.failures);
             entry.failures = entry.failures.saturating_add(1);
-            let delay = jitter(entry.retry);
-            entry.retry = (entry.retry * 2).min(RETRY_MAX);
             let at = Instant::now() + delay;
             let will_retry = at < entry.deadline_at.max(shared.lock().deadline);
             let attempt = entry.failures;
@@ -484,10 +481,4 @@ fn reschedule(inner: &Inner, id: u64, shared: &Shared, outcome: Result<Instant, 
         drop(t);
         inner.wake.notify_one();
     }
-}
-
-/// Between half and all of `d`, so that many leases retrying at once spread out.
-fn jitter(d: Duration) -> Duration {
-    let f: f64 = rand::rng().random_range(0.5..=1.0);
-    d.mul_f64(f)
 }

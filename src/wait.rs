@@ -31,94 +31,16 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
+pub use crate::backoff::Backoff;
+
 /// The shortest time between two polls of a waiter (notified wake-ups are not polls).
 pub const MIN_POLL: Duration = Duration::from_millis(100);
 
-/// A retry schedule for waiting on a held lease: a value, composable (bsm/redislock style).
-///
-/// `Backoff::exponential(min, max)` (the default: 100 ms to 1 s, with jitter) or
-/// `Backoff::fixed(delay)`, optionally `.limit(attempts)`. The delays pace *polling*, which a
-/// waiter only does when release notifications may be missed (see the module docs); delays
-/// below [`MIN_POLL`] are raised to it. The limit caps the number of acquire attempts of one
-/// `acquire` call, notified ones included, the first one too.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    schedule: Schedule,
-    max_attempts: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Schedule {
-    Fixed(Duration),
-    Exponential { min: Duration, max: Duration },
-}
-
-impl Default for Backoff {
-    /// Exponential from 100 ms to 1 s, no limit on attempts.
-    fn default() -> Self {
-        Self::exponential(MIN_POLL, Duration::from_secs(1))
-    }
-}
-
 impl Backoff {
-    /// The same delay between polls every time.
-    #[must_use]
-    pub fn fixed(delay: Duration) -> Self {
-        Self {
-            schedule: Schedule::Fixed(delay),
-            max_attempts: None,
-        }
-    }
-
-    /// `min`, doubling up to `max`; each delay is drawn between half and all of its value (but
-    /// never below `min`), so that waiters that started together drift apart.
-    #[must_use]
-    pub fn exponential(min: Duration, max: Duration) -> Self {
-        Self {
-            schedule: Schedule::Exponential {
-                min,
-                max: max.max(min),
-            },
-            max_attempts: None,
-        }
-    }
-
-    /// The same schedule, giving up after `attempts` acquire attempts (at least one is made).
-    #[must_use]
-    pub fn limit(self, attempts: u32) -> Self {
-        Self {
-            max_attempts: Some(attempts.max(1)),
-            ..self
-        }
-    }
-
-    /// The cap on attempts, if any.
-    #[must_use]
-    pub fn max_attempts(&self) -> Option<u32> {
-        self.max_attempts
-    }
-
-    /// Whether another attempt is allowed after `made` attempts.
-    #[must_use]
-    pub fn allows_another(&self, made: u32) -> bool {
-        self.max_attempts.is_none_or(|max| made < max)
-    }
-
     /// The delay before poll number `poll` (0-based): never below [`MIN_POLL`].
     #[must_use]
     pub fn poll_delay(&self, poll: u32) -> Duration {
-        let d = match self.schedule {
-            Schedule::Fixed(d) => d,
-            Schedule::Exponential { min, max } => {
-                let d = min
-                    .checked_mul(1u32.checked_shl(poll.min(20)).unwrap_or(u32::MAX))
-                    .unwrap_or(max)
-                    .min(max);
-                d.mul_f64(rand::rng().random_range(0.5..=1.0))
-                    .max(min.min(d))
-            }
-        };
-        d.max(MIN_POLL)
+        self.delay(poll).max(MIN_POLL)
     }
 }
 
@@ -438,16 +360,6 @@ mod tests {
         );
         let b = Backoff::exponential(Duration::ZERO, Duration::from_millis(50));
         assert!((0..20).all(|p| b.poll_delay(p) == MIN_POLL));
-    }
-
-    #[test]
-    fn limit_counts_attempts_including_the_first() {
-        let b = Backoff::fixed(Duration::from_secs(1)).limit(3);
-        assert_eq!(b.max_attempts(), Some(3));
-        assert!(b.allows_another(2));
-        assert!(!b.allows_another(3));
-        assert!(Backoff::default().allows_another(u32::MAX - 1));
-        assert_eq!(Backoff::default().limit(0).max_attempts(), Some(1));
     }
 
     #[test]

@@ -49,6 +49,7 @@ use redis::{BasicAuth, RedisError, RedisResult, StreamingCredentialsProvider};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::secret::Secret;
 
@@ -65,8 +66,8 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 const REFRESH_HEADROOM: Duration = Duration::from_secs(290);
 /// Never refresh more often than this (a source that keeps returning short-lived tokens).
 const MIN_REFRESH: Duration = Duration::from_millis(500);
-/// Retries of a failed refresh: 500 ms, doubling, at most this.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Retries of a failed refresh: 500 ms doubling to 30 s.
+const RETRY: Backoff = Backoff::doubling(Duration::from_millis(500), Duration::from_secs(30));
 
 const FIX: &str = "Fix: on a developer machine sign in with `az login`; in Azure give the \
     application a managed identity (App Service, Functions, Container Apps) or a workload identity; \
@@ -673,12 +674,6 @@ fn refresh_delay(valid_for: Duration) -> Duration {
         .max(MIN_REFRESH)
 }
 
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_millis(500)
-        .saturating_mul(1 << failures.saturating_sub(1).min(10))
-        .min(MAX_RETRY_DELAY)
-}
-
 async fn refresh(source: Arc<dyn TokenSource>, tx: watch::Sender<State>) {
     let mut valid_until: Option<Instant> = None;
     let mut failures = 0u32;
@@ -719,9 +714,9 @@ async fn refresh(source: Arc<dyn TokenSource>, tx: watch::Sender<State>) {
                 next
             }
             Err(message) => {
-                failures = failures.saturating_add(1);
                 let now = Instant::now();
-                let delay = retry_delay(failures);
+                let delay = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
                 match valid_until {
                     Some(until) if until > now => {
                         tracing::warn!(
@@ -1174,8 +1169,8 @@ mod tests {
             Duration::from_secs(450)
         );
         assert_eq!(refresh_delay(Duration::ZERO), MIN_REFRESH);
-        assert_eq!(retry_delay(1), Duration::from_millis(500));
-        assert_eq!(retry_delay(2), Duration::from_secs(1));
-        assert_eq!(retry_delay(50), MAX_RETRY_DELAY);
+        assert_eq!(RETRY.delay(0), Duration::from_millis(500));
+        assert_eq!(RETRY.delay(1), Duration::from_secs(1));
+        assert_eq!(RETRY.delay(49), Duration::from_secs(30));
     }
 }

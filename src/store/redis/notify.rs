@@ -29,6 +29,7 @@ use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::wait::ReleaseBoard;
 
 /// Suffix of a lease key that names its release channel.
@@ -39,9 +40,8 @@ const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// How long a channel stays subscribed after its last waiter left: a lease that is waited for
 /// again soon (a busy lease, a loop) does not pay an UNSUBSCRIBE and a SUBSCRIBE each time.
 pub const LINGER: Duration = Duration::from_secs(2);
-/// First and longest delay between two attempts to (re)subscribe after a failure.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Attempts to (re)subscribe after a failure: 250 ms doubling to 5 s.
+const RETRY: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 
 /// The subscription connection.
 #[derive(Clone)]
@@ -216,7 +216,7 @@ impl Notifier {
                 dirty: HashSet::new(),
                 idle: HashMap::new(),
                 retry: None,
-                retry_delay: RETRY_MIN,
+                failures: 0,
                 warned: false,
             };
             let task = tokio::spawn(supervisor.run(s.control_rx, s.stop_rx));
@@ -244,7 +244,8 @@ struct Supervisor {
     idle: HashMap<String, Instant>,
     /// When to try again after a failure.
     retry: Option<Instant>,
-    retry_delay: Duration,
+    /// Consecutive failures: the place in [`RETRY`].
+    failures: u32,
     /// Whether the current failure streak was logged.
     warned: bool,
 }
@@ -373,8 +374,8 @@ impl Supervisor {
         if let Some(board) = self.board.upgrade() {
             board.set_partial(None);
         }
-        self.retry = Some(Instant::now() + self.retry_delay);
-        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+        self.retry = Some(Instant::now() + RETRY.delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
     }
 
     /// Takes the dirty channels and returns those to subscribe and those to unsubscribe now;
@@ -487,7 +488,7 @@ impl Supervisor {
             Some(e) => self.failed("subscribe to", &e),
             None => {
                 self.warned = false;
-                self.retry_delay = RETRY_MIN;
+                self.failures = 0;
             }
         }
     }
