@@ -704,8 +704,25 @@ impl Layers {
         self.entry(key).map_or_else(value, |e| e.raw.show())
     }
 
-    #[allow(clippy::too_many_lines)] // one linear pass over the keys reads better than ten helpers
+    /// The effective settings: every key converted (or recorded as a problem), the target
+    /// parsed and merged with the keys it overlaps, then all problems reported at once.
     fn resolve(mut self, dir: &Path) -> Result<Settings, LeaseError> {
+        let mut settings = self.read_store_keys();
+        self.read_lease_keys(&mut settings);
+        settings.ca_file = self.read_ca_file(dir);
+        let (target, target_key) = self.read_target(&mut settings);
+        self.warn_unused_ca_file(&settings, target.as_ref());
+        match target {
+            Some(StoreTarget::Redis(r)) => self.use_redis_target(&mut settings, r, target_key),
+            Some(StoreTarget::Sqlite { path }) => self.use_sqlite_target(&mut settings, path, dir),
+            None => {}
+        }
+        self.finish(settings)
+    }
+
+    /// The keys of the connection: `KeyPrefix`, `Database`, `UseSsl` and `Port` (defaults for
+    /// the rest of the settings).
+    fn read_store_keys(&mut self) -> Settings {
         let d = Settings::default();
         let key_prefix = self.get(Field::KeyPrefix, d.key_prefix.clone(), |r| {
             let s = r
@@ -740,25 +757,45 @@ impl Layers {
                 )
             })
         });
-        let before = self.problems.len();
-        let duration = self.get(Field::DefaultLeaseDuration, d.default_lease_duration, |r| {
-            positive(seconds_duration(r)?)
-        });
-        let auto_renew = self.get(Field::AutoRenew, d.auto_renew, boolean);
-        let interval = self.get(Field::AutoRenewInterval, d.auto_renew_interval, |r| {
-            positive(seconds_duration(r)?)
-        });
-        let connect_timeout = self.get(Field::ConnectTimeout, d.connect_timeout, |r| {
-            positive(millis_duration(r)?)
-        });
-        let sync_timeout = self.get(Field::SyncTimeout, d.sync_timeout, |r| {
-            positive(millis_duration(r)?)
-        });
-
-        if self.problems.len() == before {
-            self.check_renewal(duration, interval, auto_renew);
+        Settings {
+            key_prefix,
+            database,
+            use_ssl,
+            port,
+            ..d
         }
-        let ca_file = self.get(Field::CaFile, None, |r| {
+    }
+
+    /// The lease and timeout keys, and whether the renewal interval fits the duration (checked
+    /// only when both converted).
+    fn read_lease_keys(&mut self, s: &mut Settings) {
+        let before = self.problems.len();
+        s.default_lease_duration =
+            self.get(Field::DefaultLeaseDuration, s.default_lease_duration, |r| {
+                positive(seconds_duration(r)?)
+            });
+        s.auto_renew = self.get(Field::AutoRenew, s.auto_renew, boolean);
+        s.auto_renew_interval = self.get(Field::AutoRenewInterval, s.auto_renew_interval, |r| {
+            positive(seconds_duration(r)?)
+        });
+        s.connect_timeout = self.get(Field::ConnectTimeout, s.connect_timeout, |r| {
+            positive(millis_duration(r)?)
+        });
+        s.sync_timeout = self.get(Field::SyncTimeout, s.sync_timeout, |r| {
+            positive(millis_duration(r)?)
+        });
+        if self.problems.len() == before {
+            self.check_renewal(
+                s.default_lease_duration,
+                s.auto_renew_interval,
+                s.auto_renew,
+            );
+        }
+    }
+
+    /// `CaFile`, resolved against the configuration directory; it must exist.
+    fn read_ca_file(&mut self, dir: &Path) -> Option<PathBuf> {
+        self.get(Field::CaFile, None, |r| {
             let s = r
                 .text()
                 .ok_or_else(|| wrong_type(r, "a file path", "\"certs/redis-ca.pem\""))?;
@@ -776,9 +813,15 @@ impl Layers {
                 ));
             }
             Ok(Some(path))
-        });
+        })
+    }
 
-        // The target: ConnectionString, else Endpoint.
+    /// The target: `ConnectionString`, else `Endpoint` (which sets `settings.endpoint`), with
+    /// the key it came from, for merging and messages.
+    fn read_target(
+        &mut self,
+        settings: &mut Settings,
+    ) -> (Option<StoreTarget>, Option<(Field, Entry)>) {
         let cs = self.entry(Field::ConnectionString).cloned();
         if let Some(e) = cs.as_ref().filter(|e| e.raw.text().is_none()) {
             self.problems.push(format!(
@@ -793,11 +836,7 @@ impl Layers {
             .entry(Field::Endpoint)
             .cloned()
             .filter(|e| !matches!(e.raw.text(), Some(t) if t.trim().is_empty()));
-        let mut target = None;
-        // Which key the target came from, for merging and messages.
-        let mut target_key: Option<(Field, Entry)> = None;
-        let mut endpoint = None;
-        if let Some(cs) = &cs {
+        if let Some(cs) = cs {
             if let Some(ep) = &ep {
                 self.warnings.push(format!(
                     "{SECTION}:Endpoint (from {}) is ignored because {SECTION}:ConnectionString is set (from {}); \
@@ -805,153 +844,196 @@ impl Layers {
                     ep.origin, cs.origin
                 ));
             }
-            let text = cs.raw.text().unwrap_or_default();
-            match parse_connection_string(text) {
-                Ok((t, w)) => {
-                    self.warnings.extend(
-                        w.into_iter().map(|w| {
-                            format!("{SECTION}:ConnectionString (from {}): {w}", cs.origin)
-                        }),
-                    );
-                    target = Some(t);
-                    target_key = Some((Field::ConnectionString, cs.clone()));
+            let target = self.read_connection_string(&cs);
+            (target, Some((Field::ConnectionString, cs)))
+        } else if let Some(ep) = ep {
+            match self.read_endpoint(&ep, settings.use_ssl, settings.port) {
+                Some((endpoint, target)) => {
+                    settings.endpoint = Some(endpoint);
+                    (Some(target), Some((Field::Endpoint, ep)))
                 }
-                Err(e) => {
-                    // A SQLite value's own error already says how to write it; the Redis
-                    // forms would be a wrong hint there.
-                    let fix = if text
-                        .trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("sqlite:")
-                    {
-                        ""
-                    } else {
-                        " Fix: write it as host:6380,password=KEY,ssl=True or redis://host:6379"
-                    };
-                    self.problems.push(format!(
-                        "{SECTION}:ConnectionString (from {}; value hidden: it may contain a password): {e}.{fix}",
-                        cs.origin
-                    ));
-                }
+                None => (None, None),
             }
-        } else if let Some(ep) = &ep {
-            match ep.raw.text() {
-                None => self.problems.push(Self::problem(Field::Endpoint, ep, &format!("expected a string, found {}", raw_kind(&ep.raw)), "write it as \"mycache.redis.cache.windows.net:6380\"")),
-                Some(text) => match parse_endpoint(text, use_ssl, port) {
-                    Ok((t, w)) => {
-                        self.warnings.extend(w.into_iter().map(|w| format!("{SECTION}:Endpoint (from {}): {w}", ep.origin)));
-                        endpoint = Some(text.trim().to_owned());
-                        target = Some(StoreTarget::Redis(t));
-                        target_key = Some((Field::Endpoint, ep.clone()));
-                    }
-                    Err(e) => self.problems.push(format!(
-                        "{SECTION}:Endpoint (from {}): {e}. Fix: write it as mycache.redis.cache.windows.net:6380",
-                        ep.origin
-                    )),
-                },
-            }
+        } else {
+            (None, None)
         }
+    }
 
-        let mut settings = Settings {
-            target: None,
-            endpoint,
-            key_prefix,
-            database,
-            use_ssl,
-            port,
-            default_lease_duration: duration,
-            auto_renew,
-            auto_renew_interval: interval,
-            connect_timeout,
-            sync_timeout,
-            ca_file,
-            warnings: Vec::new(),
-            sources: Vec::new(),
-        };
-        if settings.ca_file.is_some() {
-            let tls = matches!(&target, Some(StoreTarget::Redis(r)) if r.tls);
-            if target.is_some() && !tls {
-                self.warnings.push(format!(
-                    "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
-                     ssl=True or UseSsl=true), and this one does not use TLS (ignored)",
-                    self.origin(Field::CaFile)
-                ));
+    /// Parses a `ConnectionString` entry, recording its warnings, or its problem (never
+    /// showing the value: it may contain a password).
+    fn read_connection_string(&mut self, cs: &Entry) -> Option<StoreTarget> {
+        let text = cs.raw.text().unwrap_or_default();
+        match parse_connection_string(text) {
+            Ok((t, w)) => {
+                self.warnings.extend(
+                    w.into_iter()
+                        .map(|w| format!("{SECTION}:ConnectionString (from {}): {w}", cs.origin)),
+                );
+                Some(t)
             }
-        }
-        match target {
-            Some(StoreTarget::Redis(mut r)) => {
-                let conn = target_key
-                    .as_ref()
-                    .map_or((Field::ConnectionString, Origin::Argument, 4), |(f, e)| {
-                        (*f, e.origin.clone(), e.layer)
-                    });
-                let db_from_conn;
-                (settings.database, db_from_conn) = self.merge(
-                    Field::Database,
-                    database,
-                    r.database,
-                    &conn,
-                    "defaultDatabase",
-                    |v| v.to_string(),
-                );
-                (settings.connect_timeout, _) = self.merge(
-                    Field::ConnectTimeout,
-                    connect_timeout,
-                    r.connect_timeout,
-                    &conn,
-                    "connectTimeout",
-                    |v| v.as_millis().to_string(),
-                );
-                (settings.sync_timeout, _) = self.merge(
-                    Field::SyncTimeout,
-                    sync_timeout,
-                    r.sync_timeout,
-                    &conn,
-                    "syncTimeout",
-                    |v| v.as_millis().to_string(),
-                );
-                if r.is_azure() && settings.database > 15 {
-                    let (shown, origin) = if db_from_conn {
-                        (
-                            format!(
-                                "defaultDatabase={} in {SECTION}:{}",
-                                settings.database,
-                                conn.0.name()
-                            ),
-                            conn.1.clone(),
-                        )
-                    } else {
-                        (
-                            self.shown(Field::Database, || settings.database.to_string()),
-                            self.origin(Field::Database),
-                        )
-                    };
-                    self.problems.push(format!(
-                        "{SECTION}:Database = {shown} (from {origin}): Azure Cache for Redis has databases 0-15 only. \
-                         Fix: use a database from 0 to 15 (0 is the default)"
-                    ));
-                }
-                r.database = Some(settings.database);
-                r.connect_timeout = Some(settings.connect_timeout);
-                r.sync_timeout = Some(settings.sync_timeout);
-                settings.target = Some(StoreTarget::Redis(r));
-            }
-            Some(StoreTarget::Sqlite { path }) => {
-                if database != 0 && self.entry(Field::Database).is_some() {
-                    self.warnings.push(format!(
-                        "{SECTION}:Database = {database} (from {}) is not used by the SQLite store (ignored)",
-                        self.origin(Field::Database)
-                    ));
-                }
-                let path = if path.is_relative() {
-                    dir.join(path)
+            Err(e) => {
+                // A SQLite value's own error already says how to write it; the Redis
+                // forms would be a wrong hint there.
+                let fix = if text
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("sqlite:")
+                {
+                    ""
                 } else {
-                    path
+                    " Fix: write it as host:6380,password=KEY,ssl=True or redis://host:6379"
                 };
-                settings.target = Some(StoreTarget::Sqlite { path });
+                self.problems.push(format!(
+                    "{SECTION}:ConnectionString (from {}; value hidden: it may contain a password): {e}.{fix}",
+                    cs.origin
+                ));
+                None
             }
-            None => {}
         }
+    }
+
+    /// Parses an `Endpoint` entry with `UseSsl` and `Port`: the endpoint as written and its
+    /// target, or `None` with the problem recorded.
+    fn read_endpoint(
+        &mut self,
+        ep: &Entry,
+        use_ssl: bool,
+        port: u16,
+    ) -> Option<(String, StoreTarget)> {
+        let Some(text) = ep.raw.text() else {
+            self.problems.push(Self::problem(
+                Field::Endpoint,
+                ep,
+                &format!("expected a string, found {}", raw_kind(&ep.raw)),
+                "write it as \"mycache.redis.cache.windows.net:6380\"",
+            ));
+            return None;
+        };
+        match parse_endpoint(text, use_ssl, port) {
+            Ok((t, w)) => {
+                self.warnings.extend(
+                    w.into_iter()
+                        .map(|w| format!("{SECTION}:Endpoint (from {}): {w}", ep.origin)),
+                );
+                Some((text.trim().to_owned(), StoreTarget::Redis(t)))
+            }
+            Err(e) => {
+                self.problems.push(format!(
+                    "{SECTION}:Endpoint (from {}): {e}. Fix: write it as mycache.redis.cache.windows.net:6380",
+                    ep.origin
+                ));
+                None
+            }
+        }
+    }
+
+    /// Warns that `CaFile` is set for a target that does not use TLS.
+    fn warn_unused_ca_file(&mut self, settings: &Settings, target: Option<&StoreTarget>) {
+        if settings.ca_file.is_none() {
+            return;
+        }
+        let tls = matches!(target, Some(StoreTarget::Redis(r)) if r.tls);
+        if target.is_some() && !tls {
+            self.warnings.push(format!(
+                "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
+                 ssl=True or UseSsl=true), and this one does not use TLS (ignored)",
+                self.origin(Field::CaFile)
+            ));
+        }
+    }
+
+    /// A Redis target: `Database`, `ConnectTimeout` and `SyncTimeout` merged with the same
+    /// options in the connection string (see [`Layers::merge`]), Azure's database range
+    /// checked, and the merged values written into the target.
+    fn use_redis_target(
+        &mut self,
+        settings: &mut Settings,
+        mut r: RedisTarget,
+        target_key: Option<(Field, Entry)>,
+    ) {
+        let conn = target_key
+            .as_ref()
+            .map_or((Field::ConnectionString, Origin::Argument, 4), |(f, e)| {
+                (*f, e.origin.clone(), e.layer)
+            });
+        let db_from_conn;
+        (settings.database, db_from_conn) = self.merge(
+            Field::Database,
+            settings.database,
+            r.database,
+            &conn,
+            "defaultDatabase",
+            |v| v.to_string(),
+        );
+        (settings.connect_timeout, _) = self.merge(
+            Field::ConnectTimeout,
+            settings.connect_timeout,
+            r.connect_timeout,
+            &conn,
+            "connectTimeout",
+            |v| v.as_millis().to_string(),
+        );
+        (settings.sync_timeout, _) = self.merge(
+            Field::SyncTimeout,
+            settings.sync_timeout,
+            r.sync_timeout,
+            &conn,
+            "syncTimeout",
+            |v| v.as_millis().to_string(),
+        );
+        if r.is_azure() && settings.database > 15 {
+            self.refuse_azure_database(settings.database, db_from_conn, &conn);
+        }
+        r.database = Some(settings.database);
+        r.connect_timeout = Some(settings.connect_timeout);
+        r.sync_timeout = Some(settings.sync_timeout);
+        settings.target = Some(StoreTarget::Redis(r));
+    }
+
+    /// Records that Azure Cache for Redis has no database `database`, naming where it was set.
+    fn refuse_azure_database(
+        &mut self,
+        database: i64,
+        from_conn: bool,
+        conn: &(Field, Origin, u8),
+    ) {
+        let (shown, origin) = if from_conn {
+            (
+                format!("defaultDatabase={database} in {SECTION}:{}", conn.0.name()),
+                conn.1.clone(),
+            )
+        } else {
+            (
+                self.shown(Field::Database, || database.to_string()),
+                self.origin(Field::Database),
+            )
+        };
+        self.problems.push(format!(
+            "{SECTION}:Database = {shown} (from {origin}): Azure Cache for Redis has databases 0-15 only. \
+             Fix: use a database from 0 to 15 (0 is the default)"
+        ));
+    }
+
+    /// A SQLite target: its path resolved against the configuration directory; a `Database`
+    /// key is warned as unused.
+    fn use_sqlite_target(&mut self, settings: &mut Settings, path: PathBuf, dir: &Path) {
+        let database = settings.database;
+        if database != 0 && self.entry(Field::Database).is_some() {
+            self.warnings.push(format!(
+                "{SECTION}:Database = {database} (from {}) is not used by the SQLite store (ignored)",
+                self.origin(Field::Database)
+            ));
+        }
+        let path = if path.is_relative() {
+            dir.join(path)
+        } else {
+            path
+        };
+        settings.target = Some(StoreTarget::Sqlite { path });
+    }
+
+    /// The settings with their warnings and sources, or every problem in one `Config` error.
+    fn finish(mut self, mut settings: Settings) -> Result<Settings, LeaseError> {
         if self.blank_target_argument {
             // An explicit but blank URL is a mistake, not a request for "whatever the files say".
             self.problems.push(format!(
@@ -959,22 +1041,27 @@ impl Layers {
             ));
         }
         if !self.problems.is_empty() {
-            let n = self.problems.len();
-            let mut msg = format!(
-                "invalid distributed-leasing configuration ({n} problem{}):",
-                if n == 1 { "" } else { "s" }
-            );
-            for (i, p) in self.problems.iter().enumerate() {
-                let _ = write!(msg, "\n  {}. {p}", i + 1);
-            }
-            if !self.sources.is_empty() {
-                let _ = write!(msg, "\n(read from: {})", self.sources.join(", "));
-            }
-            return Err(LeaseError::Config(msg));
+            return Err(self.config_error());
         }
         settings.warnings = self.warnings;
         settings.sources = self.sources;
         Ok(settings)
+    }
+
+    /// One error listing every problem, numbered, and what was read.
+    fn config_error(&self) -> LeaseError {
+        let n = self.problems.len();
+        let mut msg = format!(
+            "invalid distributed-leasing configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        );
+        for (i, p) in self.problems.iter().enumerate() {
+            let _ = write!(msg, "\n  {}. {p}", i + 1);
+        }
+        if !self.sources.is_empty() {
+            let _ = write!(msg, "\n(read from: {})", self.sources.join(", "));
+        }
+        LeaseError::Config(msg)
     }
 
     /// A key (`Database`, `ConnectTimeout`, `SyncTimeout`) against the same option inside the
