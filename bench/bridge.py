@@ -4,7 +4,10 @@
 
 Prints medians over rounds of: an await of a finished Rust future through this project's
 bridge and through pyo3-async-runtimes' stock ``future_into_py``; and, given a Redis URL, one
-acquire+release cycle (two round trips) through the library. Build with ``--release`` first.
+acquire+release cycle (two round trips) through the library. Build with ``--release`` and the
+``bench`` feature first (wheels do not ship the no-op functions):
+
+    maturin develop --release --features bench
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ async def lease_cycle(url: str, n: int) -> float:
 
 
 async def main() -> None:
+    if not hasattr(_native, "_bench_noop"):
+        sys.exit(
+            "bench/bridge.py: this build of distributed_leasing has no _bench_noop; build it "
+            "with the bench feature: maturin develop --release --features bench"
+        )
     url = sys.argv[1] if len(sys.argv) > 1 else None
     rows: dict[str, list[float]] = {
         "direct bridge, no-op await": [],

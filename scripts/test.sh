@@ -4,7 +4,8 @@
 # Works on a fresh Debian 12 machine that has only Rust >= 1.88 and Python >= 3.11: installs
 # redis-server, redis-tools and openssl (apt) and, into the active virtual environment or the
 # project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
-#   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings,
+#   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings (and of
+#   the benchmark-only `bench` feature),
 #   maturin build --release --zig (the manylinux2014 wheel users get) + auditwheel show + pip
 #   install of the wheel, ruff, mypy --strict, actionlint, pytest tests/python (test_wheel.py
 #   installs that same wheel, DL_WHEEL, into a fresh venv and runs the demo on it).
@@ -110,6 +111,8 @@ else
     run cargo test
     if [[ $HAVE_BINDINGS == 1 ]]; then
         PYO3_PYTHON=$PY_EXE run cargo clippy --features python --lib -- -D warnings
+        # The benchmark-only functions (not in wheels) are linted too.
+        PYO3_PYTHON=$PY_EXE run cargo clippy --features bench --lib -- -D warnings
     else
         skipped "clippy --features python: python/distributed_leasing does not exist yet"
     fi

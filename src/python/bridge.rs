@@ -2,10 +2,11 @@
 //!
 //! Written here rather than taken from `pyo3-async-runtimes`, whose `future_into_py` costs two
 //! task spawns, a blocking-thread hop, a GIL hand-off and a `call_soon_threadsafe` per await
-//! (`bench/bridge.py` measures both). Here one await is: create an asyncio future, spawn one
-//! tokio task, and when it finishes push a completion into the event loop's [`Inbox`] and, if
-//! the inbox was idle, write one byte to a socket the loop watches (`loop.add_reader`). The
-//! loop thread, which holds the GIL anyway, drains every queued completion in one callback.
+//! (`bench/bridge.py` measures both in a build with the `bench` feature, the only one that links
+//! `pyo3-async-runtimes`). Here one await is: create an asyncio future, spawn one tokio task,
+//! and when it finishes push a completion into the event loop's [`Inbox`] and, if the inbox was
+//! idle, write one byte to a socket the loop watches (`loop.add_reader`). The loop thread,
+//! which holds the GIL anyway, drains every queued completion in one callback.
 //!
 //! So a tokio thread never takes the GIL to complete an operation: completions cost no GIL
 //! hand-off, a burst of them costs one loop wake-up, and interpreter shutdown cannot be entered
@@ -304,12 +305,14 @@ where
 }
 
 /// An await of a finished Rust future through this bridge (for `bench/bridge.py`).
+#[cfg(feature = "bench")]
 #[pyfunction]
 pub(crate) fn _bench_noop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     future_into_py(py, async { Ok(()) })
 }
 
 /// The same through `pyo3-async-runtimes`' stock `future_into_py`: the measured baseline.
+#[cfg(feature = "bench")]
 #[pyfunction]
 pub(crate) fn _bench_noop_stock(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     pyo3_async_runtimes::tokio::future_into_py(py, async { Ok(()) })

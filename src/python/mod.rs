@@ -50,8 +50,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
     logging::install(py);
-    m.add_function(wrap_pyfunction!(bridge::_bench_noop, m)?)?;
-    m.add_function(wrap_pyfunction!(bridge::_bench_noop_stock, m)?)?;
+    #[cfg(feature = "bench")]
+    {
+        m.add_function(wrap_pyfunction!(bridge::_bench_noop, m)?)?;
+        m.add_function(wrap_pyfunction!(bridge::_bench_noop_stock, m)?)?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
