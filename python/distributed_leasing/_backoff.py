@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from . import _native
+
 MIN_POLL = 0.1
 """The shortest delay between two polls of a waiter, in seconds."""
 
@@ -35,24 +37,19 @@ class Backoff:
     """Acquire attempts allowed per call; None: as many as the wait allows."""
 
     def __post_init__(self) -> None:
+        # Python's types here; the ranges are the core's (Backoff::new), with its messages.
         for label, value in (("min", self.min), ("max", self.max)):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"Backoff {label}={value!r} is not a finite number of seconds")
-        if self.min < MIN_POLL:
-            raise ValueError(
-                f"Backoff delay {self.min}s is below {MIN_POLL}s: a waiter never polls faster "
-                "than every 0.1 s (release notifications wake it sooner anyway)"
-            )
-        if self.max < self.min:
-            raise ValueError(f"Backoff max={self.max}s is below min={self.min}s: give max >= min")
         if self.kind == "fixed" and self.max != self.min:
             raise ValueError("a fixed Backoff has min == max; use Backoff.fixed(delay)")
         if self.max_attempts is not None and (
-            not isinstance(self.max_attempts, int) or self.max_attempts < 1
+            isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
         ):
             raise ValueError(
                 f"Backoff limit {self.max_attempts!r} is not valid: give at least 1 attempt"
             )
+        _native._check_backoff(self.min, self.max, self.max_attempts)
 
     @classmethod
     def fixed(cls, delay: float) -> Backoff:

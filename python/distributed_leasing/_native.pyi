@@ -227,3 +227,7 @@ def _refresh_logging() -> int:
 
 def metrics() -> dict[str, int]:
     """The process's ``leasing.*`` counters."""
+
+def _check_backoff(min: float, max: float, max_attempts: int | None) -> None:
+    """Raises ValueError when the core refuses this backoff (``Backoff::new``): ``min`` below
+    0.1 s, ``max`` below ``min``, or ``max_attempts`` below 1."""

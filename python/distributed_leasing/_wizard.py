@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from . import _native
 from ._client import LeaseClient
-from ._native import LeaseError
+from ._native import ConfigError, LeaseError
 
 __all__ = [
     "AZURE_SUFFIX",
@@ -76,32 +77,17 @@ def _env_target_names() -> list[str]:
 
 
 def is_configured(dir: str | os.PathLike[str] = ".") -> bool:
-    """Whether a store is configured for ``dir``: a ``RedisLeasing__ConnectionString`` or
-    ``__Endpoint`` environment variable, an ``appsettings.Local.json``, or an
-    ``appsettings.json`` with ``ConnectionString`` or ``Endpoint``. A file that cannot be read
-    counts as configured: the library will report its problem, the wizard must not hide it."""
-    if _env_target_names():
-        return True
-    d = Path(dir)
-    if (d / LOCAL_FILE).exists():
+    """Whether a store is configured for ``dir``, as the library itself decides
+    (``_native.is_configured``: appsettings files and ``RedisLeasing__*`` variables), or an
+    ``appsettings.Local.json`` exists (the wizard never starts by itself over one). A
+    configuration that does not load counts as configured: the library will report its
+    problem, the wizard must not hide it."""
+    if (Path(dir) / LOCAL_FILE).exists():
         return True
     try:
-        doc = json.loads((d / BASE_FILE).read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
+        return _native.is_configured(os.fspath(dir))
+    except ConfigError:
         return True
-    if not isinstance(doc, dict):
-        return True
-    for name, section in doc.items():
-        if name.lower() == SECTION.lower() and isinstance(section, dict):
-            for key, value in section.items():
-                if key.lower() in ("connectionstring", "endpoint") and value:
-                    return True
-        flat = ("redisleasing:connectionstring", "redisleasing:endpoint")
-        if name.lower() in flat and section:
-            return True
-    return False
 
 
 def should_run_automatically(dir: str | os.PathLike[str] = ".") -> bool:

@@ -4,14 +4,16 @@
 //! into asyncio futures or blocking calls, `executor` decides where each operation runs,
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client, `classes` holds the Python
-//! classes, `options` the checked options every entry point takes, `errors` the exception
-//! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
-//! API is `python/distributed_leasing`.
+//! classes, `options` the checked options every entry point takes, `functions` the module
+//! functions that are one call into the core, `errors` the exception hierarchy, `logging`
+//! forwards the core's `tracing` events to Python's `logging`. The public API is
+//! `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
 mod errors;
 mod executor;
+mod functions;
 mod inline;
 mod logging;
 mod options;
@@ -49,6 +51,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classes::is_configured, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_check_backoff, m)?)?;
     logging::install(py);
     #[cfg(feature = "bench")]
     {

@@ -1,0 +1,44 @@
+//! Module functions that are one call into the core: checks Python code asks Rust for instead of
+//! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`).
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::backoff::Backoff;
+
+use super::errors::to_py;
+
+/// Refuses a backoff (`min`, `max` in seconds, `max_attempts`) that [`Backoff::new`] refuses,
+/// with its message, as `ValueError`.
+#[pyfunction]
+#[pyo3(signature = (min, max, max_attempts))]
+pub(crate) fn _check_backoff(
+    py: Python<'_>,
+    min: f64,
+    max: f64,
+    max_attempts: Option<i64>,
+) -> PyResult<()> {
+    let attempts = match max_attempts {
+        None => None,
+        Some(n) if n < 0 => {
+            return Err(PyValueError::new_err(format!(
+                "backoff limit {n} is not valid: give at least 1 attempt"
+            )))
+        }
+        // Beyond u32::MAX attempts is no limit in practice.
+        Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+    };
+    let min = Duration::try_from_secs_f64(min).map_err(|_| not_seconds("min", min))?;
+    let max = Duration::try_from_secs_f64(max).map_err(|_| not_seconds("max", max))?;
+    Backoff::new(min, max, attempts)
+        .map(drop)
+        .map_err(|e| to_py(py, e))
+}
+
+fn not_seconds(param: &str, value: f64) -> PyErr {
+    PyValueError::new_err(format!(
+        "backoff {param}={value} is not a valid number of seconds: give a finite number >= 0"
+    ))
+}
