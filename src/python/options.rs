@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::client::{ClientOptions, LeaseOptions};
-use crate::wait::{Backoff, MIN_POLL};
+use crate::wait::Backoff;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
 /// passes it; `min == max` is a fixed delay.
@@ -23,33 +23,11 @@ fn backoff_of(arg: Option<BackoffArg>) -> PyResult<Option<Backoff>> {
     let Some((min, max, attempts)) = arg else {
         return Ok(None);
     };
-    let min_d = seconds("backoff min", min)?;
-    let max_d = seconds("backoff max", max)?;
-    if min_d < MIN_POLL {
-        return Err(PyValueError::new_err(format!(
-            "backoff delay {min}s is below {}s: a waiter never polls faster than every 0.1 s (it is woken by release notifications anyway)",
-            MIN_POLL.as_secs_f64()
-        )));
-    }
-    if max_d < min_d {
-        return Err(PyValueError::new_err(format!(
-            "backoff max {max}s is below its min {min}s: give max >= min"
-        )));
-    }
-    if attempts == Some(0) {
-        return Err(PyValueError::new_err(
-            "backoff limit 0 would never try: give at least 1 attempt",
-        ));
-    }
-    let b = if min_d == max_d {
-        Backoff::fixed(min_d)
-    } else {
-        Backoff::exponential(min_d, max_d)
-    };
-    Ok(Some(match attempts {
-        Some(n) => b.limit(n),
-        None => b,
-    }))
+    let (min, max) = (seconds("backoff min", min)?, seconds("backoff max", max)?);
+    // The core's checks and messages (`Backoff::new`), as `_native._check_backoff` gives them.
+    Backoff::new(min, max, attempts)
+        .map(Some)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Converts seconds from Python, refusing NaN, infinities and negatives with the parameter's name.
