@@ -17,7 +17,7 @@
 # Other knobs: PYTHON (default python3: the base of .venv), USE_SYSTEM_PYTHON=1 (install into
 # PYTHON itself), PYTEST_TIMEOUT (seconds per test, default 300), WHEELS_ALL=1 (test_wheel.py
 # also builds the aarch64 and musllinux wheels, the latter given musl's soname by
-# scripts/fix_musl_wheel.py, and a wheel from the sdist: ~5 min each, not in CI).
+# scripts/fix_musl_wheel.py, a wheel from the sdist and `pip wheel .`'s: ~5 min each, not in CI).
 # Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
 set -euo pipefail
 

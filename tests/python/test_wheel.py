@@ -528,3 +528,26 @@ def test_the_sdist_builds_a_wheel_that_works(sdist: Path, tmp_path: Path) -> Non
     venv = fresh_venv(tmp_path / "venv", wheel)
     got = run([venv.leasing, "--version"], timeout=60, cwd=tmp_path, env=child_env())
     assert got.stdout == f"leasing (distributed-leasing) {cargo_version()}\n", got.stdout
+
+
+@needs_wheels_all
+def test_pip_wheel_tags(tmp_path: Path) -> None:
+    # maturin's PEP 517 backend asks maturin for `--compatibility off` unless given arguments:
+    # `pip wheel .` is for this machine only (linux_x86_64, which PyPI refuses); with
+    # `--compatibility pypi` maturin checks the extension and tags it with the manylinux
+    # version this machine's glibc gives (docs/wheels.md, "pip wheel and pip install").
+    env = child_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    tags = {}
+    for name, extra in (("plain", []), ("pypi", ["-C", "maturin.build-args=--compatibility pypi"])):
+        out = tmp_path / name
+        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", out, *extra, REPO]
+        got = run(argv, timeout=BUILD_TIMEOUT, cwd=tmp_path, env=env)
+        assert got.returncode == 0, got.stdout
+        (wheel,) = out.glob("*.whl")
+        tags[name] = wheel.name.split("-cp311-abi3-")[1].removesuffix(".whl")
+    assert tags["plain"] == "linux_x86_64"
+    assert re.fullmatch(r"manylinux_2_\d+_x86_64", tags["pypi"]), tags
+    (wheel,) = (tmp_path / "pypi").glob("*.whl")
+    report = auditwheel_show(wheel)
+    assert report["overall_tag"] == tags["pypi"], report
+    assert report["external_libs"] == {}, report
