@@ -37,9 +37,6 @@ EXIT_INTERRUPTED = 130
 
 NO_FENCING = "none (written by the .NET origin)"
 
-# warnings.showwarning's signature
-_ShowWarning = Callable[[Warning | str, type[Warning], str, int, TextIO | None, str | None], None]
-
 
 class _Refused(Exception):
     """A refusal to act, with the reason for the user (exit 2)."""
@@ -322,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plain_config_warnings(show: _ShowWarning) -> _ShowWarning:
+def _plain_config_warnings(show: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` that prints a configuration warning as a ``warning: ...`` line
     on stderr, for the people running the command (not Python's ``file:line: ConfigWarning:``
     and source line); any other warning goes to ``show``."""
