@@ -17,7 +17,8 @@
 #   SKIP_PYTEST=1 no pytest
 # Other knobs: PYTHON (default python3: the base of .venv), USE_SYSTEM_PYTHON=1 (install into
 # PYTHON itself), PYTEST_TIMEOUT (seconds per test, default 300), WHEELS_ALL=1 (test_wheel.py
-# also builds the aarch64 and musllinux wheels and a wheel from the sdist: ~5 min each, not in CI).
+# also builds the aarch64 and musllinux wheels, the latter given musl's soname by
+# scripts/fix_musl_wheel.py, a wheel from the sdist and `pip wheel .`'s: ~5 min each, not in CI).
 # Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
 set -euo pipefail
 
@@ -155,14 +156,14 @@ if [[ $SKIP_LINT == 1 ]]; then
     skipped "SKIP_LINT=1"
 else
     ruff_dirs=()
-    for d in python tests examples; do [[ -d $d ]] && ruff_dirs+=("$d"); done
+    for d in python tests examples scripts; do [[ -d $d ]] && ruff_dirs+=("$d"); done
     if ((${#ruff_dirs[@]})); then
         run "$PY_EXE" -m ruff check "${ruff_dirs[@]}"
         run "$PY_EXE" -m ruff format --check "${ruff_dirs[@]}"
     fi
 
-    # The harness modules are always strict-typed.
-    mypy_targets=(tests/python/redis_servers.py tests/python/tcp_proxy.py)
+    # The harness modules and scripts/fix_musl_wheel.py are always strict-typed.
+    mypy_targets=(tests/python/redis_servers.py tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
     if [[ $HAVE_BINDINGS == 1 ]]; then
         if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
         then

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from . import _wizard
-from ._client import LeaseClient
+from ._client import ConfigWarning, LeaseClient, is_configured
 from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable
 from ._native import __version__ as _version
 
@@ -154,7 +155,17 @@ def _client(args: argparse.Namespace) -> LeaseClient:
     try:
         return LeaseClient.from_config(args.dir)
     except ConfigError as e:
+        if _has_configuration(args.dir):
+            raise  # its own message says how to fix it (a Redis --url would be a wrong hint)
         raise ConfigError(f"{e} (or pass --url redis://host:port)") from None
+
+
+def _has_configuration(dir: str) -> bool:
+    """Whether ``dir`` and the environment configure a store, even an invalid one."""
+    try:
+        return is_configured(dir)
+    except ConfigError:
+        return True
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -308,8 +319,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _plain_config_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints a configuration warning as a ``warning: ...`` line
+    on stderr, for the people running the command (not Python's ``file:line: ConfigWarning:``
+    and source line); any other warning goes to ``show``."""
+
+    def show_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``leasing``; returns the exit code."""
+    # Only while the command runs: a program calling main() keeps its own warning display.
+    with warnings.catch_warnings():
+        warnings.showwarning = _plain_config_warnings(warnings.showwarning)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))

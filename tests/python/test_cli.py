@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -323,6 +324,71 @@ def test_nothing_configured_says_how(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def write_local_config(directory: Path, connection_string: str) -> None:
+    (directory / "appsettings.Local.json").write_text(
+        json.dumps({"RedisLeasing": {"ConnectionString": connection_string}})
+    )
+
+
+# A configuration that works, with a warning: a sqlite URL's parameters are not used.
+IGNORED_PARAMETERS = "parameters after '?' in a sqlite URL are not used (ignored)"
+
+
+def test_config_warnings_are_plain_lines(tmp_path: Path) -> None:
+    write_local_config(tmp_path, f"sqlite://{tmp_path}/leases.db?mode=rwc")
+    result = leasing("--dir", str(tmp_path), "list", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "No leases held.\n"), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: RedisLeasing:ConnectionString (from "), line
+    assert line.endswith(f": {IGNORED_PARAMETERS}"), line
+    # not Python's `cli.py:150: ConfigWarning: ...` and the source line under it
+    assert "ConfigWarning" not in line and ".py:" not in line
+
+
+def test_plain_warnings_only_inside_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_local_config(tmp_path, f"sqlite://{tmp_path}/leases.db?mode=rwc")
+    shown = warnings.showwarning
+    assert cli.main(["--dir", str(tmp_path), "list"]) == 0
+    assert warnings.showwarning is shown
+    assert capsys.readouterr().err.endswith(f": {IGNORED_PARAMETERS}\n")
+    # A program using the library gets the warning as a warning, with its category.
+    with pytest.warns(dl.ConfigWarning, match=re.escape(IGNORED_PARAMETERS)):
+        dl.LeaseClient.from_config(tmp_path).close_sync()
+
+
+def test_in_memory_sqlite_is_refused_with_a_sqlite_fix(tmp_path: Path) -> None:
+    by_url = leasing("--url", "sqlite::memory:", "list", cwd=tmp_path)
+    write_local_config(tmp_path, "sqlite::memory:")
+    by_config = leasing("--dir", str(tmp_path), "list", cwd=tmp_path)
+    for result in (by_url, by_config):
+        assert result.returncode == 1
+        assert result.stderr.startswith("leasing: "), result.stderr
+        assert "in-memory SQLite database" in result.stderr
+        assert "like sqlite:///var/lib/myapp/leases.db" in result.stderr
+        # no Redis form (StackExchange's host:port,password=...,ssl=... or a redis:// URL)
+        for redis_hint in ("ssl=", "password=", "redis://"):
+            assert redis_hint not in result.stderr, result.stderr
+    assert "appsettings.Local.json" in by_config.stderr
+
+
+def test_configure_without_a_terminal_needs_no_clone(tmp_path: Path) -> None:
+    result = leasing("configure", "--dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not a terminal" in result.stderr
+    # What a pip user can do: write the file, set a variable, or the az commands themselves.
+    assert str(tmp_path / "appsettings.Local.json") in result.stderr
+    assert "RedisLeasing__ConnectionString" in result.stderr
+    assert "az redis create --name NAME" in result.stderr
+    assert "az redis list-keys --name NAME" in result.stderr
+    # The repository's script only as an aside for those with a clone.
+    assert re.search(r"a clone of the project's repository also has\s+scripts/", result.stderr)
+    assert not [
+        line for line in result.stderr.splitlines() if "scripts/" in line and "clone" not in line
+    ], result.stderr
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert cli.main(["inspect"]) == 2
@@ -407,9 +473,7 @@ def test_release_force_refuses_an_empty_key_prefix(demo_redis: RedisServer, name
         demo_redis.cli("DEL", app_key)
 
 
-def test_release_force_leaves_an_application_hash_alone(
-    demo_redis: RedisServer, name: str
-) -> None:
+def test_release_force_leaves_an_application_hash_alone(demo_redis: RedisServer, name: str) -> None:
     app_key = f"user:{name}"
     demo_redis.cli("HSET", app_key, "name", "Ada")
     try:
