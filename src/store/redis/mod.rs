@@ -211,7 +211,7 @@ impl RedisStore {
                 // The cluster client reconnects to the node by itself after a failed command.
                 if result.as_ref().is_err_and(retryable) {
                     tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
-                    result = call.get(true).invoke_async(&mut c).await;
+                    result = call.invoke_async(&mut c, true).await;
                 }
                 result.map_err(Failure::Redis)
             }
@@ -695,31 +695,26 @@ impl LeaseStore for RedisStore {
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
         // Also for callers of the bare store: the script unpacks the metadata onto Lua's stack.
         crate::store::validate_metadata(req.metadata)?;
-        let key = self.keys.lease(req.name);
-        let fence = self.keys.fence(req.name);
-        let acquired_at = format_timestamp(req.acquired_at);
-        let meta: Vec<(String, &String)> = req
-            .metadata
-            .iter()
-            .map(|(k, v)| (format!("{META_PREFIX}{k}"), v))
-            .collect();
-        let build = |retry: bool| {
-            let mut inv = ACQUIRE.key(&key);
-            inv.key(&fence)
-                .arg(req.lease_id)
-                .arg(millis(req.duration))
-                .arg(&acquired_at)
-                .arg(if retry { "1" } else { "0" });
-            for (k, v) in &meta {
-                inv.arg(k).arg(*v);
-            }
-            inv
-        };
+        let args = Arc::new(AcquireArgs {
+            key: self.keys.lease(req.name),
+            fence: self.keys.fence(req.name),
+            lease_id: req.lease_id.to_owned(),
+            millis: millis(req.duration),
+            acquired_at: format_timestamp(req.acquired_at),
+            meta: req
+                .metadata
+                .iter()
+                .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
+                .collect(),
+        });
+        let for_retry = Arc::clone(&args);
         let call = Call {
-            first: build(false),
-            retry: Some(build(true)),
+            first: args.invocation(false),
+            // Built only if the connection drops and the call is retried.
+            retry: Some(Box::new(move || for_retry.invocation(true))),
         };
-        let reply = self.invoke_call(call, &key).await?;
+        let key = &args.key;
+        let reply = self.invoke_call(call, key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("acquire", &self.addr));
         };
@@ -739,7 +734,7 @@ impl LeaseStore for RedisStore {
                     _ => &[],
                 };
                 Ok(AcquireOutcome::Held(lease_info(
-                    req.name, pttl, fields, &key,
+                    req.name, pttl, fields, key,
                 )?))
             }
             _ => Err(unexpected("acquire", &self.addr)),
@@ -912,6 +907,33 @@ impl RedisStore {
             Conn::Single(_) | Conn::Inline { .. } => "PUBLISH",
             Conn::Cluster(_) => "SPUBLISH",
         }
+    }
+}
+
+/// The arguments of one acquire, owned, so that the retry's invocation can be built later.
+struct AcquireArgs {
+    key: String,
+    fence: String,
+    lease_id: String,
+    millis: u64,
+    acquired_at: String,
+    /// `(meta_<key>, value)`
+    meta: Vec<(String, String)>,
+}
+
+impl AcquireArgs {
+    /// The acquire script's invocation; `retry` sets its retry flag (ARGV[4]).
+    fn invocation(&self, retry: bool) -> ScriptInvocation<'static> {
+        let mut inv = ACQUIRE.key(&self.key);
+        inv.key(&self.fence)
+            .arg(&self.lease_id)
+            .arg(self.millis)
+            .arg(&self.acquired_at)
+            .arg(if retry { "1" } else { "0" });
+        for (k, v) in &self.meta {
+            inv.arg(k).arg(v);
+        }
+        inv
     }
 }
 
