@@ -816,9 +816,11 @@ impl LeaseStore for RedisStore {
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         let key = self.keys.lease(name);
         let mut inv = RELEASE.key(&key);
-        inv.arg(lease_id)
-            .arg(self.keys.released(name))
-            .arg(self.publish_command());
+        inv.arg(lease_id);
+        if matches!(self.conn, Conn::Cluster(_)) {
+            // SPUBLISH; the script derives the channel from the key (`keys.released`).
+            inv.arg("S");
+        }
         match int(Some(&self.invoke(inv, &key).await?)) {
             Some(1) => Ok(ReleaseOutcome::Released),
             Some(0) => Ok(ReleaseOutcome::Lost(LostReason::Missing)),
@@ -953,4 +955,22 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notify::RELEASED_SUFFIX;
+
+    #[test]
+    fn release_script_announces_on_the_channel_waiters_subscribe_to() {
+        // The script derives the channel from the key (one argument less per release); the
+        // waiters subscribe to `Keys::released`, which is the key plus this suffix.
+        let script = include_str!("lua/release.lua");
+        for publish in ["'PUBLISH'", "'SPUBLISH'"] {
+            assert!(
+                script.contains(&format!("{publish}, KEYS[1] .. '{RELEASED_SUFFIX}'")),
+                "{publish}"
+            );
+        }
+    }
 }
