@@ -352,7 +352,9 @@ def test_admin_operations_never_touch_an_application_hash(redis_server: RedisSer
         redis_server.cli("DEL", key)
 
 
-@pytest.mark.parametrize("value", ["-5", "abc", "1.5"])
+# "-1" and 16 digits: INCR accepts them and the script puts the counter back; "007": INCR
+# refuses it.
+@pytest.mark.parametrize("value", ["-5", "abc", "1.5", "-1", "1000000000000000", "007"])
 def test_foreign_fence_counter_leaves_nothing_behind(
     redis_server: RedisServer, unique_name: str, value: str
 ) -> None:
@@ -366,6 +368,23 @@ def test_foreign_fence_counter_leaves_nothing_behind(
         assert "Redis-compatible" not in str(err.value)
         assert redis_server.cli("EXISTS", f"lease:{unique_name}").strip() == "0", "orphan lease"
         assert redis_server.cli("GET", f"lease:{unique_name}:fence").strip() == value
+    finally:
+        c.close_sync()
+
+
+def test_fence_counter_of_15_digits_is_used(redis_server: RedisServer, unique_name: str) -> None:
+    redis_server.cli("SET", f"lease:{unique_name}:fence", "999999999999999")
+    c = dl.LeaseClient.connect_sync(redis_server.url)
+    try:
+        lease = c.try_acquire_sync(unique_name, auto_renew=False)
+        assert lease is not None
+        assert lease.fencing_token == 10**15
+        assert redis_server.cli("GET", f"lease:{unique_name}:fence").strip() == str(10**15)
+        lease.release_sync()
+        with pytest.raises(dl.BackendError) as err:
+            c.try_acquire_sync(unique_name)
+        assert err.value.kind == "wrong_type"
+        assert redis_server.cli("GET", f"lease:{unique_name}:fence").strip() == str(10**15)
     finally:
         c.close_sync()
 

@@ -211,7 +211,7 @@ impl RedisStore {
                 // The cluster client reconnects to the node by itself after a failed command.
                 if result.as_ref().is_err_and(retryable) {
                     tracing::debug!(addr = %self.addr, "connection dropped; retrying once");
-                    result = call.get(true).invoke_async(&mut c).await;
+                    result = call.invoke_async(&mut c, true).await;
                 }
                 result.map_err(Failure::Redis)
             }
@@ -695,31 +695,26 @@ impl LeaseStore for RedisStore {
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
         // Also for callers of the bare store: the script unpacks the metadata onto Lua's stack.
         crate::store::validate_metadata(req.metadata)?;
-        let key = self.keys.lease(req.name);
-        let fence = self.keys.fence(req.name);
-        let acquired_at = format_timestamp(req.acquired_at);
-        let meta: Vec<(String, &String)> = req
-            .metadata
-            .iter()
-            .map(|(k, v)| (format!("{META_PREFIX}{k}"), v))
-            .collect();
-        let build = |retry: bool| {
-            let mut inv = ACQUIRE.key(&key);
-            inv.key(&fence)
-                .arg(req.lease_id)
-                .arg(millis(req.duration))
-                .arg(&acquired_at)
-                .arg(if retry { "1" } else { "0" });
-            for (k, v) in &meta {
-                inv.arg(k).arg(*v);
-            }
-            inv
-        };
+        let args = Arc::new(AcquireArgs {
+            key: self.keys.lease(req.name),
+            fence: self.keys.fence(req.name),
+            lease_id: req.lease_id.to_owned(),
+            millis: millis(req.duration),
+            acquired_at: format_timestamp(req.acquired_at),
+            meta: req
+                .metadata
+                .iter()
+                .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
+                .collect(),
+        });
+        let for_retry = Arc::clone(&args);
         let call = Call {
-            first: build(false),
-            retry: Some(build(true)),
+            first: args.invocation(false),
+            // Built only if the connection drops and the call is retried.
+            retry: Some(Box::new(move || for_retry.invocation(true))),
         };
-        let reply = self.invoke_call(call, &key).await?;
+        let key = &args.key;
+        let reply = self.invoke_call(call, key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("acquire", &self.addr));
         };
@@ -739,7 +734,7 @@ impl LeaseStore for RedisStore {
                     _ => &[],
                 };
                 Ok(AcquireOutcome::Held(lease_info(
-                    req.name, pttl, fields, &key,
+                    req.name, pttl, fields, key,
                 )?))
             }
             _ => Err(unexpected("acquire", &self.addr)),
@@ -821,9 +816,11 @@ impl LeaseStore for RedisStore {
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         let key = self.keys.lease(name);
         let mut inv = RELEASE.key(&key);
-        inv.arg(lease_id)
-            .arg(self.keys.released(name))
-            .arg(self.publish_command());
+        inv.arg(lease_id);
+        if matches!(self.conn, Conn::Cluster(_)) {
+            // SPUBLISH; the script derives the channel from the key (`keys.released`).
+            inv.arg("S");
+        }
         match int(Some(&self.invoke(inv, &key).await?)) {
             Some(1) => Ok(ReleaseOutcome::Released),
             Some(0) => Ok(ReleaseOutcome::Lost(LostReason::Missing)),
@@ -915,6 +912,33 @@ impl RedisStore {
     }
 }
 
+/// The arguments of one acquire, owned, so that the retry's invocation can be built later.
+struct AcquireArgs {
+    key: String,
+    fence: String,
+    lease_id: String,
+    millis: u64,
+    acquired_at: String,
+    /// `(meta_<key>, value)`
+    meta: Vec<(String, String)>,
+}
+
+impl AcquireArgs {
+    /// The acquire script's invocation; `retry` sets its retry flag (ARGV[4]).
+    fn invocation(&self, retry: bool) -> ScriptInvocation<'static> {
+        let mut inv = ACQUIRE.key(&self.key);
+        inv.key(&self.fence)
+            .arg(&self.lease_id)
+            .arg(self.millis)
+            .arg(&self.acquired_at)
+            .arg(if retry { "1" } else { "0" });
+        for (k, v) in &self.meta {
+            inv.arg(k).arg(v);
+        }
+        inv
+    }
+}
+
 /// A lease read from its hash, or `WrongType` if the hash lacks the lease fields (someone
 /// else's data under the prefix: never treated as a lease, never deleted).
 fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
@@ -931,4 +955,22 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notify::RELEASED_SUFFIX;
+
+    #[test]
+    fn release_script_announces_on_the_channel_waiters_subscribe_to() {
+        // The script derives the channel from the key (one argument less per release); the
+        // waiters subscribe to `Keys::released`, which is the key plus this suffix.
+        let script = include_str!("lua/release.lua");
+        for publish in ["'PUBLISH'", "'SPUBLISH'"] {
+            assert!(
+                script.contains(&format!("{publish}, KEYS[1] .. '{RELEASED_SUFFIX}'")),
+                "{publish}"
+            );
+        }
+    }
 }

@@ -26,15 +26,19 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, ScriptInvocation, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RedisResult, ScriptInvocation, Value};
 use tokio::runtime::Handle;
 
-/// A script call, owned (so that it can move to the home runtime). `retry` is what a retry
-/// sends, when it differs from `first` (the acquire script's retry flag).
+/// Builds the invocation a retry sends.
+pub(super) type Rebuild = Box<dyn Fn() -> ScriptInvocation<'static> + Send + Sync>;
+
+/// A script call, owned (so that it can move to the home runtime). `retry` builds what a retry
+/// sends, when it differs from `first` (the acquire script's retry flag); it runs only when a
+/// retry happens, so the common call builds one invocation.
 pub(super) struct Call {
     pub(super) first: ScriptInvocation<'static>,
-    pub(super) retry: Option<ScriptInvocation<'static>>,
+    pub(super) retry: Option<Rebuild>,
 }
 
 impl Call {
@@ -45,10 +49,15 @@ impl Call {
         }
     }
 
-    pub(super) fn get(&self, retry: bool) -> &ScriptInvocation<'static> {
+    /// Sends the call (or, with `retry`, what its retry sends) on `con`.
+    pub(super) async fn invoke_async(
+        &self,
+        con: &mut impl ConnectionLike,
+        retry: bool,
+    ) -> RedisResult<Value> {
         match (&self.retry, retry) {
-            (Some(r), true) => r,
-            _ => &self.first,
+            (Some(build), true) => build().invoke_async(con).await,
+            _ => self.first.invoke_async(con).await,
         }
     }
 }
@@ -214,7 +223,7 @@ impl SharedConn {
         };
         loop {
             let mut manager = current.manager.clone();
-            let command = call.get(retry).invoke_async(&mut manager);
+            let command = call.invoke_async(&mut manager, retry);
             let result = match tokio::time::timeout(self.limit(), command).await {
                 Ok(result) => result,
                 Err(_) => Err(elapsed()),

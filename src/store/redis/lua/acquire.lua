@@ -17,15 +17,20 @@
 --          error BADLEASE              KEYS[1] is a hash without a leaseId (not a lease)
 --
 -- Atomic because a script runs alone on the server: no other client can take the lease between
--- the check and the write. Everything is validated before anything is written: a lease key of
--- another type fails with WRONGTYPE in the first read, a hash without a leaseId and a counter
--- that is not a non-negative integer fail with their own errors, so someone else's data is
--- never touched and no lease is left behind that nobody holds.
+-- the check and the write. Nothing is left changed unless the lease is granted: a lease key of
+-- another type fails with WRONGTYPE, a hash without a leaseId with BADLEASE, before any write;
+-- a counter that is not a non-negative integer of at most 15 digits fails with BADFENCE, either
+-- because INCR refuses it (another type, not an integer, overflow: nothing written) or because
+-- the incremented value is out of range, which is then decremented back within this script, so
+-- no client ever sees it changed. Someone else's data keeps its value and no lease is left
+-- behind that nobody holds. (INCR first, rather than GET, validate, INCR: one command less for
+-- every acquire.)
 --
 -- A matching lease id alone never re-admits: a process that presents a lease id that already
 -- holds the lease (a forked child whose random generator was copied, say) is refused like any
 -- other. Only the retry flag plus the same acquiredAt stamp identify the request that won.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then
   local holder = redis.call('HGET', KEYS[1], 'leaseId')
   if not holder then
     return redis.error_reply('BADLEASE the key is a hash without a leaseId')
@@ -35,20 +40,26 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return {1, tonumber(redis.call('HGET', KEYS[1], 'fencingToken'))}
   end
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
+  return {0, pttl, redis.call('HGETALL', KEYS[1])}
 end
-local last = redis.pcall('GET', KEYS[2])
-if type(last) == 'table' and last.err then
-  if string.find(last.err, 'WRONGTYPE', 1, true) then
+local token = redis.pcall('INCR', KEYS[2])
+if type(token) == 'table' and token.err then
+  if string.find(token.err, 'WRONGTYPE', 1, true) then
     return redis.error_reply('BADFENCE the fencing counter is not a string')
   end
+  if string.find(token.err, 'not an integer', 1, true)
+      or string.find(token.err, 'overflow', 1, true) then
+    return redis.error_reply('BADFENCE the fencing counter is not a non-negative integer')
+  end
   -- Any other error (a refusal by an ACL rule, say) as the server gave it: not a counter problem.
-  return last
+  return token
 end
-if last and not string.match(last, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+if token < 1 or token > 1e15 then
+  -- The counter held a negative number or more than 15 digits (beyond what a Lua number carries
+  -- exactly): put it back as it was before anybody can see it, and refuse.
+  redis.call('DECR', KEYS[2])
   return redis.error_reply('BADFENCE the fencing counter is not a non-negative integer')
 end
-local token = redis.call('INCR', KEYS[2])
 local fields = {'leaseId', ARGV[1], 'acquiredAt', ARGV[3], 'fencingToken', token}
 for i = 5, #ARGV do
   fields[#fields + 1] = ARGV[i]
