@@ -29,7 +29,7 @@ from pathlib import Path
 import distributed_leasing as dl
 import pytest
 from faults_util import report, subprocess_env
-from redis_servers import RedisServer
+from redis_servers import RedisCluster, RedisServer
 from test_inline import open_loop_connection, open_thread_connection
 
 # Lost within 1.5 s if renewals stop: a wedged connection shows as a lost lease.
@@ -174,6 +174,35 @@ async def test_async_calls_on_the_shared_connection_survive_kills(
         await await_until(renewing(held, renewals), "the held lease renews after the kill")
     assert await held.release() is True
     await client.close()
+
+
+def test_calls_on_a_cluster_survive_kills_on_every_node(
+    redis_cluster: RedisCluster, unique_name: str
+) -> None:
+    # The cluster client's connections (one per node, plus the notifications'): every node
+    # drops all of them between operations, sync and async, while a lease is held.
+    cluster = redis_cluster
+    client = dl.LeaseClient.connect_sync(cluster.url, operation_timeout=2.0)
+    held = client.acquire_sync(f"{unique_name}-held", **HELD)
+
+    async def on_a_loop(name: str) -> None:
+        lease = await client.acquire(name, wait=5.0)
+        assert (await client.inspect(name)) is not None
+        assert await lease.release() is True
+
+    for round_ in range(3):
+        renewals = held.renewals
+        assert sum(kill_all(node) for node in cluster.nodes) >= 1
+        lease = client.acquire_sync(f"{unique_name}-{round_}", wait=5.0)
+        info = client.inspect_sync(lease.name)
+        assert info is not None and info.lease_id == lease.lease_id
+        assert lease.release_sync() is True
+        for node in cluster.nodes:  # and again before the async calls
+            kill_all(node)
+        asyncio.run(on_a_loop(f"{unique_name}-async-{round_}"))
+        wait_until(renewing(held, renewals), "the held lease renews after the kills")
+    assert held.release_sync() is True
+    client.close_sync()
 
 
 async def test_a_waiting_acquire_survives_kills_and_gets_the_released_lease(
