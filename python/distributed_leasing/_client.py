@@ -88,10 +88,7 @@ class LeaseClient:
 
         Options: those of ``acquire`` and ``on_lost`` (see ``ContextOptions``)."""
 
-        async def get() -> LeaseClient:
-            return self
-
-        return LeaseContext(get, lambda: self, name, options)
+        return LeaseContext(None, None, name, options, client=self)
 
     async def try_acquire(self, name: str, **options: Unpack[LeaseOptions]) -> Lease | None:
         """One attempt: the lease, or None if someone else holds it.

@@ -42,6 +42,7 @@ class LeaseContext:
 
     __slots__ = (
         "_cancelling",
+        "_client",
         "_get_client",
         "_get_client_sync",
         "_lease",
@@ -54,14 +55,17 @@ class LeaseContext:
 
     def __init__(
         self,
-        get_client: Callable[[], Awaitable[LeaseClient]],
-        get_client_sync: Callable[[], LeaseClient],
+        get_client: Callable[[], Awaitable[LeaseClient]] | None,
+        get_client_sync: Callable[[], LeaseClient] | None,
         name: str,
         options: ContextOptions,
+        client: LeaseClient | None = None,
     ) -> None:
+        """The client is ``client``, else the one the getters give at the first ``with``."""
         # Checked here, when lease(...) is called, not at the first `with`.
         self._options = lease_options("lease", "context", name, options)
         self._on_lost: OnLost = options.get("on_lost", "cancel")
+        self._client = client
         self._get_client = get_client
         self._get_client_sync = get_client_sync
         self._name = name
@@ -75,7 +79,10 @@ class LeaseContext:
     async def __aenter__(self) -> Lease:
         if self._state != "new":
             raise RuntimeError("a LeaseContext can be entered only once; call lease(...) again")
-        client = await self._get_client()
+        client = self._client
+        if client is None:
+            assert self._get_client is not None
+            client = await self._get_client()
         lease = await client._native.acquire(self._name, self._options)
         self._lease = lease
         self._state = "inside"
@@ -119,8 +126,8 @@ class LeaseContext:
         # A release that finds another holder (or no lease) means the lease was lost during the
         # body before a renewal noticed: the handle is lost, and the loss is reported here.
         released = await lease.release()
-        lost = lease.lost_reason is not None  # read again: the release may have ended it
-        if not released and lost and self._on_lost == "cancel" and exc_type is None:
+        # Not released: read the loss again, the release may have ended the lease as lost.
+        if not released and self._on_lost == "cancel" and exc_type is None and lease.is_lost:
             raise _lost_error(lease)
 
     # -- sync --------------------------------------------------------------------------------
@@ -128,7 +135,10 @@ class LeaseContext:
     def __enter__(self) -> Lease:
         if self._state != "new":
             raise RuntimeError("a LeaseContext can be entered only once; call lease(...) again")
-        client = self._get_client_sync()
+        client = self._client
+        if client is None:
+            assert self._get_client_sync is not None
+            client = self._get_client_sync()
         lease = client._native.acquire_sync(self._name, self._options)
         self._lease = lease
         self._state = "inside"
@@ -148,6 +158,5 @@ class LeaseContext:
                 raise _lost_error(lease)
             return
         released = lease.release_sync()
-        lost = lease.lost_reason is not None  # read again: the release may have ended it
-        if not released and lost and self._on_lost == "cancel" and exc_type is None:
+        if not released and self._on_lost == "cancel" and exc_type is None and lease.is_lost:
             raise _lost_error(lease)
