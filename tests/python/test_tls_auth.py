@@ -399,7 +399,7 @@ def server_version(srv: RedisServer) -> tuple[int, ...]:
         ("+script|load", "acquire"),  # the server has not loaded the scripts yet
         ("+hset", "acquire"),  # inside the acquire script
         ("+del", "release"),  # inside the release script
-        ("+get", "acquire"),  # inside the acquire script, under pcall (not a fencing problem)
+        ("+incr", "acquire"),  # inside the acquire script, under pcall (not a fencing problem)
         ("+hexists", "force_release"),  # inside the force_release script
         ("~lease:*", "acquire"),  # the key pattern
     ],
@@ -432,7 +432,7 @@ def test_a_user_missing_part_of_the_rule_is_told_what_is_missing(
     thing = missing[1:]
     if missing == "~lease:*":
         assert f"lease:{unique_name}" in message and "~lease:*" in message, message
-    elif missing in ("+hset", "+del", "+get", "+hexists") and server_version(srv) < (7, 2):
+    elif missing in ("+hset", "+del", "+incr", "+hexists") and server_version(srv) < (7, 2):
         # Redis 6.2 and 7.0 do not name a command refused inside a script.
         assert "did not say which" in message and "ACL LOG" in message, message
     else:

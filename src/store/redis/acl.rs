@@ -26,7 +26,7 @@ use crate::error::{BackendErrorKind, LeaseError};
 /// connection). The README's "ACL users and passwords" section shows the same rule; a test runs
 /// every operation as a user with exactly the README's rule, and checks that the messages below
 /// quote it.
-pub const ACL_RULE: &str = "~lease:* &lease:* +evalsha +script|load +exists +hget +hexists +hgetall +hset +pexpire +pttl +incr +get +type +del +publish +subscribe +unsubscribe +ping +scan";
+pub const ACL_RULE: &str = "~lease:* &lease:* +evalsha +script|load +exists +hget +hexists +hgetall +hset +pexpire +pttl +incr +decr +type +del +publish +subscribe +unsubscribe +ping +scan";
 
 /// What a user needs in addition on a Redis Cluster (Redis 7 or later; on every node):
 /// sharded pub/sub, and the commands that find the cluster and its nodes.
