@@ -2,8 +2,8 @@
 # The project's one test command (CI runs it through .ci/run).
 #
 # Works on a fresh Debian 12 machine that has only Rust >= 1.88 and Python >= 3.11: installs
-# redis-server, redis-tools, openssl and postgresql (apt) and, into the active virtual environment or the
-# project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
+# redis-server, redis-tools, openssl and postgresql (apt) and, into the active virtual environment
+# or the project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
 #   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings (and of
 #   the benchmark-only `bench` feature),
 #   maturin build --release --zig (the manylinux2014 wheel users get) + auditwheel show + pip
@@ -171,7 +171,8 @@ else
     fi
 
     # The harness modules are always strict-typed.
-    mypy_targets=(tests/python/redis_servers.py tests/python/tcp_proxy.py)
+    mypy_targets=(tests/python/redis_servers.py tests/python/postgres_server.py
+        tests/python/tcp_proxy.py)
     if [[ $HAVE_BINDINGS == 1 ]]; then
         if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
         then
