@@ -1,7 +1,7 @@
 //! The PostgreSQL store beyond the conformance suite, on a real server: the schema created by
 //! many first users at once, a statement whose connection the server killed, the listening
-//! connection killed while a waiter waits, and messages that name the host but not the
-//! password.
+//! connection killed while a waiter waits, messages that name the host but not the password,
+//! key prefixes, and TLS (sslmode prefer, require, verify-full).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -218,4 +218,65 @@ async fn key_prefixes_are_separate_namespaces() {
         lb.lease_id()
     );
     lb.release().await.unwrap();
+}
+
+/// Whether every session of this library on `server` uses TLS.
+async fn sessions_use_tls(server: &common::PostgresServer) -> bool {
+    let (client, conn) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    let driver = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+               FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.application_name = 'distributed-leasing'",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    let (all, tls): (i64, i64) = (row.get(0), row.get(1));
+    all > 0 && all == tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sslmodes_require_and_verify_full() {
+    if !common::postgres_wanted() {
+        eprintln!("skipped: PostgreSQL binaries not found (apt-get install postgresql)");
+        return;
+    }
+    let server = common::PostgresServer::start_tls();
+    let base = server.url().replace("sslmode=disable", "sslmode=");
+    // prefer (the default) and require: encrypted, the certificate not checked (libpq's meaning).
+    for mode in ["prefer", "require"] {
+        let c = LeaseClient::connect(&format!("{base}{mode}"), options())
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        let l = c
+            .acquire("tls", &LeaseOptions::default(), NOW)
+            .await
+            .unwrap();
+        assert!(sessions_use_tls(&server).await, "sslmode={mode}");
+        l.release().await.unwrap();
+        c.close().await;
+    }
+    // verify-full: refused without the CA (the message says what to do), accepted with it.
+    let e = LeaseClient::connect(&format!("{base}verify-full"), options())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CaFile") && e.contains("127.0.0.1"), "{e}");
+    let c = LeaseClient::connect(
+        &format!("{base}verify-full"),
+        ClientOptions {
+            ca_file: Some(server.ca_file()),
+            ..options()
+        },
+    )
+    .await
+    .expect("sslmode=verify-full with the CA connects");
+    assert!(c.inspect("tls").await.unwrap().is_none());
+    assert!(sessions_use_tls(&server).await);
 }

@@ -65,8 +65,8 @@ pub struct PostgresTarget {
 pub enum PgSslMode {
     /// Never TLS.
     Disable,
-    /// TLS if the server offers it, with the certificate verified as for `verify-full`; plain
-    /// otherwise (libpq's default, though libpq does not verify in this mode).
+    /// TLS if the server offers it, plain otherwise; the certificate is not verified (libpq's
+    /// default and its meaning: Debian's servers offer TLS with a self-signed certificate).
     #[default]
     Prefer,
     /// TLS always, the certificate not verified (libpq's meaning: encryption without protection

@@ -940,13 +940,15 @@ impl Layers {
         }
         let tls = match target {
             Some(StoreTarget::Redis(r)) => r.tls,
-            Some(StoreTarget::Postgres(p)) => p.ssl_mode != connstr::PgSslMode::Disable,
+            // Only verify-full checks certificates (libpq's sslmode meanings).
+            Some(StoreTarget::Postgres(p)) => p.ssl_mode == connstr::PgSslMode::VerifyFull,
             _ => false,
         };
         if target.is_some() && !tls {
             self.warnings.push(format!(
                 "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
-                 ssl=True or UseSsl=true), and this one does not use TLS (ignored)",
+                 ssl=True or UseSsl=true; postgresql://...?sslmode=verify-full), and this one \
+                 does not use TLS (ignored)",
                 self.origin(Field::CaFile)
             ));
         }

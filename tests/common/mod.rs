@@ -298,6 +298,86 @@ fn remove_stale_postgres_dirs() {
     }
 }
 
+/// A throwaway CA (`ca.crt`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.crt`, `server.key`: mode 0600, owned by the server's user, as PostgreSQL requires).
+fn make_tls_material(dir: &std::path::Path, user: Option<(u32, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dl-test-ca",
+    ];
+    openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if let Some((uid, gid)) = user {
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid)).unwrap();
+        }
+    }
+}
+
 /// The password of the `postgres` superuser of test servers (scram-sha-256 on 127.0.0.1).
 pub const POSTGRES_PASSWORD: &str = "dl-test-pw";
 
@@ -315,10 +395,21 @@ impl PostgresServer {
     /// # Panics
     /// When the binaries are missing or the server does not start.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, false)
     }
 
-    fn start_with(die_with_parent: bool) -> Self {
+    /// Starts a server that also accepts TLS (`ssl=on`), with a certificate for 127.0.0.1 and
+    /// localhost signed by a throwaway CA ([`Self::ca_file`]); killed when dropped.
+    pub fn start_tls() -> Self {
+        Self::start_with(false, true)
+    }
+
+    /// The CA that signed the certificate of a [`Self::start_tls`] server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn start_with(die_with_parent: bool, tls: bool) -> Self {
         let bin = postgres_bin_dir().expect(
             "PostgreSQL binaries are missing: apt-get install postgresql (scripts/test.sh does)",
         );
@@ -357,6 +448,17 @@ impl PostgresServer {
         let port = free_port(false);
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
         let mut cmd = as_user("postgres");
+        if tls {
+            make_tls_material(&dir, user);
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
         cmd.arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string()])
@@ -424,7 +526,7 @@ pub fn shared_postgres() -> &'static PostgresServer {
     SERVER.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut server = PostgresServer::start_with(true);
+            let mut server = PostgresServer::start_with(true, false);
             let child = server.child.take();
             tx.send(server).unwrap();
             loop {

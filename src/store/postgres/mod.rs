@@ -248,7 +248,7 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// Time allowed for one operation, the one retry after a dropped connection included.
     pub operation_timeout: Duration,
-    /// CA certificate (PEM) for `verify-full`/`prefer`, when not signed by a system root.
+    /// CA certificate (PEM) for `verify-full`, when not signed by a system root.
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -680,20 +680,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The rustls connector of an `sslmode`: certificates verified for `prefer` and `verify-full`,
-/// not for `require` (libpq's meaning of it).
+/// The rustls connector of an `sslmode`: certificates verified for `verify-full` only, as libpq
+/// does (`prefer` and `require` encrypt without checking who the server is).
 fn tls_connector(
     mode: PgSslMode,
     ca_file: Option<&std::path::Path>,
     addr: &str,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     super::redis::tls::ensure_crypto_provider();
-    let config = if mode == PgSslMode::Require {
-        rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerifier))
-            .with_no_client_auth()
-    } else {
+    let config = if mode == PgSslMode::VerifyFull {
         let roots = super::redis::tls::root_store(ca_file).map_err(|e| {
             LeaseError::backend(
                 BackendErrorKind::Other,
@@ -703,11 +698,16 @@ fn tls_connector(
         rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth()
+    } else {
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier))
+            .with_no_client_auth()
     };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// `sslmode=require`: encryption without checking who the server is (libpq's meaning; the
+/// `sslmode=prefer|require`: encryption without checking who the server is (libpq's meaning; the
 /// handshake signature is still checked, with the process's crypto provider).
 #[derive(Debug)]
 struct NoVerifier;
