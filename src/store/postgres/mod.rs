@@ -357,6 +357,17 @@ impl PostgresStore {
                 async move { c.client.query(&c.renew, &[&prefix, names, ids, ms]).await }
             })
             .await?;
+        if rows.len() != items.len() {
+            return Err(LeaseError::backend(
+                BackendErrorKind::Other,
+                format!(
+                    "PostgreSQL at {}: a batch renewal of {} leases answered {} rows; retry",
+                    self.inner.endpoint.addr,
+                    items.len(),
+                    rows.len()
+                ),
+            ));
+        }
         Ok(items
             .iter()
             .zip(
