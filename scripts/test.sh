@@ -2,14 +2,16 @@
 # The project's one test command (CI runs it through .ci/run).
 #
 # Works on a fresh Debian 12 machine that has only Rust >= 1.88 and Python >= 3.11: installs
-# redis-server, redis-tools and openssl (apt) and, into the active virtual environment or the
-# project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
+# redis-server, redis-tools, openssl and postgresql (apt) and, into the active virtual environment
+# or the project's own .venv (scripts/_python.sh), the test tools (requirements-dev.txt), then runs
 #   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings (and of
 #   the benchmark-only `bench` feature),
 #   maturin build --release --zig (the manylinux2014 wheel users get) + auditwheel show + pip
 #   install of the wheel, ruff, mypy --strict, actionlint, pytest tests/python (test_wheel.py
 #   installs that same wheel, DL_WHEEL, into a fresh venv and runs the demo on it).
-# Every Redis server the tests need is started by the tests themselves, on private loopback ports.
+# Every Redis and PostgreSQL server the tests need is started by the tests themselves, on private
+# loopback ports (PostgreSQL from /usr/lib/postgresql/<version>/bin, or $PG_BIN; when the tests
+# run as root they run it as the system user dl-postgres, created if missing).
 #
 # Skip steps while iterating locally (all default to 0 = run):
 #   SKIP_DEPS=1   no apt-get / pip install          SKIP_RUST=1   no cargo fmt/clippy/test
@@ -59,7 +61,7 @@ cargo --version
 rustc --version
 
 # ---------------------------------------------------------------------------------------------
-section "System packages (redis-server, redis-tools, openssl)"
+section "System packages (redis-server, redis-tools, openssl, postgresql)"
 if [[ $SKIP_DEPS == 1 ]]; then
     skipped "SKIP_DEPS=1"
 else
@@ -67,6 +69,8 @@ else
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
     command -v openssl >/dev/null || missing+=(openssl)
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || [[ -x ${PG_BIN:-}/initdb ]] \
+        || missing+=(postgresql)
     if ((${#missing[@]})); then
         if [[ $(id -u) == 0 ]]; then
             SUDO=()
@@ -77,8 +81,9 @@ else
         fi
         echo "installing: ${missing[*]}"
         run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-        # RUNLEVEL=1: best effort to keep the package from starting a system-wide redis on :6379
-        # (the tests never use it; they start their own servers).
+        # RUNLEVEL=1: best effort to keep the packages from starting a system-wide redis on :6379
+        # or PostgreSQL cluster on :5432
+        # (the tests never use them; they start their own servers).
         run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
             apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
@@ -86,8 +91,12 @@ fi
 for tool in redis-server redis-cli openssl; do
     command -v "$tool" >/dev/null || die "$tool not found (run without SKIP_DEPS=1)"
 done
+PG_INITDB=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 || true)
+[[ -n ${PG_BIN:-} ]] && PG_INITDB=$PG_BIN/initdb
+[[ -x $PG_INITDB ]] || die "PostgreSQL's initdb not found (run without SKIP_DEPS=1, or set PG_BIN)"
 redis-server --version
 openssl version
+"$PG_INITDB" --version
 
 # ---------------------------------------------------------------------------------------------
 section "Python test tools (requirements-dev.txt)"
@@ -163,7 +172,8 @@ else
     fi
 
     # The harness modules and scripts/fix_musl_wheel.py are always strict-typed.
-    mypy_targets=(tests/python/redis_servers.py tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
+    mypy_targets=(tests/python/redis_servers.py tests/python/postgres_server.py
+        tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
     if [[ $HAVE_BINDINGS == 1 ]]; then
         if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
         then

@@ -27,6 +27,7 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
@@ -122,8 +123,9 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 impl LeaseClient {
     /// Connects to `url`, read by the same parser as the configuration's ConnectionString:
     /// `redis://`, `rediss://` (TLS), `valkey://`, the StackExchange.Redis form
-    /// (`host:6380,password=KEY,ssl=True`), or `sqlite:///path/leases.db` (a relative path is
-    /// relative to the current directory).
+    /// (`host:6380,password=KEY,ssl=True`), `sqlite:///path/leases.db` (a relative path is
+    /// relative to the current directory), or `postgresql://user:password@host:5432/database`
+    /// (`postgres://` too; `?sslmode=disable|prefer|require|verify-full`).
     ///
     /// # Errors
     /// `Config` for a value the parser refuses (it says why; the value itself is not repeated,
@@ -598,6 +600,16 @@ async fn open_store(
 ) -> Result<Arc<dyn LeaseStore>> {
     match target {
         StoreTarget::Sqlite { path } => Ok(Arc::new(SqliteStore::open_async(path).await?)),
+        StoreTarget::Postgres(target) => Ok(Arc::new(
+            PostgresStore::connect(PostgresOptions {
+                target: target.clone(),
+                key_prefix: options.key_prefix.clone(),
+                connect_timeout: options.connect_timeout,
+                operation_timeout: options.operation_timeout,
+                ca_file: options.ca_file.clone(),
+            })
+            .await?,
+        )),
         StoreTarget::Redis(target) => {
             // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
             let credentials = if entra && target.entra_id {

@@ -6,7 +6,8 @@
 //! password: loads configuration holding one, connects with it as an ACL user, fails
 //! authentication with another, acquires, renews (manually and in the background), reconnects
 //! after the server drops the connection (which authenticates again), inspects, lists, releases
-//! and force-releases; it also formats the errors, settings and client with `{}` and `{:?}`.
+//! and force-releases; it also formats the errors, settings and client with `{}` and `{:?}`. The
+//! same on PostgreSQL (a role with that password), when PostgreSQL is installed.
 //! Neither password, raw or percent-encoded, may appear anywhere in what was captured.
 
 mod common;
@@ -143,84 +144,20 @@ fn note(what: &str, value: impl std::fmt::Display + std::fmt::Debug) {
 
 async fn exercise(port: u16, dir: &Path) {
     let host = format!("127.0.0.1:{port}");
-    let url = format!("redis://alice:{}@{host}", percent_encode(SECRET));
-    let wrong = format!("redis://alice:{}@{host}", percent_encode(WRONG));
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(10),
-        operation_timeout: Duration::from_secs(10),
-        ..ClientOptions::default()
-    };
-
-    // Authentication fails.
-    let err = LeaseClient::connect(&wrong, options.clone())
-        .await
-        .expect_err("a wrong password must be refused");
-    note("auth error", &err);
-
-    // Configuration that holds the password (StackExchange form, as the sample writes it), and
-    // a client made from it.
-    let overrides = Overrides {
-        connection_string: Some(Secret::new(format!(
-            "{host},user=alice,password={SECRET},ssl=False,abortConnect=False,bogusOption=1"
-        ))),
-        ..Overrides::default()
-    };
-    let settings = load_with(dir, &[], &overrides).expect("settings");
-    note("settings", format!("{settings:?}"));
-    let from_settings = LeaseClient::from_settings(&settings, dir)
-        .await
-        .expect("connect from settings");
-    note("client from settings", format!("{from_settings:?}"));
-
-    // Everything a holder does.
-    let client = LeaseClient::connect(&url, options).await.expect("connect");
-    note("client", format!("{client:?} {:?}", client.store()));
-    let opts = LeaseOptions {
-        duration: Some(Duration::from_millis(600)),
-        renew_interval: Some(Duration::from_millis(100)),
-        ..LeaseOptions::default()
-    };
-    let lease = client
-        .acquire("secret-test", &opts, Some(Duration::ZERO))
-        .await
-        .expect("acquire");
-    note("lease", format!("{lease:?}"));
-    lease.renew().await.expect("renew");
-    let refused = from_settings
-        .acquire(
-            "secret-test",
-            &LeaseOptions::default(),
-            Some(Duration::ZERO),
-        )
-        .await
-        .expect_err("held");
-    note("unavailable", &refused);
-
-    // The server drops every connection: the driver reconnects and authenticates again.
-    let killed = common::raw_command(port, "CLIENT KILL USER alice");
-    append(&format!("killed: {killed:?}"));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(lease.renewals() >= 2, "background renewals ran");
-    note(
-        "inspect",
-        format!("{:?}", client.inspect("secret-test").await),
-    );
-    note("list", format!("{:?}", client.list("").await));
-    assert!(lease.release().await.expect("release"));
-    let again = from_settings
-        .acquire(
-            "secret-test",
-            &LeaseOptions::default(),
-            Some(Duration::ZERO),
-        )
-        .await
-        .expect("acquire after release");
-    assert!(client.force_release("secret-test").await.expect("force"));
-    note(
-        "renew after force release",
-        format!("{:?}", again.renew().await),
-    );
-    drop(again);
+    exercise_store(
+        "redis",
+        &format!("redis://alice:{}@{host}", percent_encode(SECRET)),
+        &format!("redis://alice:{}@{host}", percent_encode(WRONG)),
+        // The StackExchange form, as the sample writes it.
+        &format!("{host},user=alice,password={SECRET},ssl=False,abortConnect=False,bogusOption=1"),
+        dir,
+        || async move {
+            // The driver reconnects and authenticates again.
+            let killed = common::raw_command(port, "CLIENT KILL USER alice");
+            append(&format!("killed: {killed:?}"));
+        },
+    )
+    .await;
 
     // A connection string with the password and something wrong in it.
     let bad = Overrides {
@@ -240,8 +177,143 @@ async fn exercise(port: u16, dir: &Path) {
     );
 }
 
+/// Everything a holder does, on one store: authentication refused with `wrong`, a client from
+/// configuration holding `connection_string`, one from `url`, acquire, renew (manual and in the
+/// background), a refusal, the server dropping every connection (`kill`), inspect, list,
+/// release, force release.
+async fn exercise_store<F, Fut>(
+    tag: &str,
+    url: &str,
+    wrong: &str,
+    connection_string: &str,
+    dir: &Path,
+    kill: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(10),
+        operation_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let err = LeaseClient::connect(wrong, options.clone())
+        .await
+        .expect_err("a wrong password must be refused");
+    note(&format!("{tag} auth error"), &err);
+    let overrides = Overrides {
+        connection_string: Some(Secret::new(connection_string)),
+        ..Overrides::default()
+    };
+    let settings = load_with(dir, &[], &overrides).expect("settings");
+    note(&format!("{tag} settings"), format!("{settings:?}"));
+    let from_settings = LeaseClient::from_settings(&settings, dir)
+        .await
+        .expect("connect from settings");
+    note(
+        &format!("{tag} client from settings"),
+        format!("{from_settings:?}"),
+    );
+    let client = LeaseClient::connect(url, options).await.expect("connect");
+    note(
+        &format!("{tag} client"),
+        format!("{client:?} {:?}", client.store()),
+    );
+    let name = format!("{tag}-secret-test");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_millis(600)),
+        renew_interval: Some(Duration::from_millis(100)),
+        ..LeaseOptions::default()
+    };
+    let lease = client
+        .acquire(&name, &opts, Some(Duration::ZERO))
+        .await
+        .expect("acquire");
+    note(&format!("{tag} lease"), format!("{lease:?}"));
+    lease.renew().await.expect("renew");
+    let refused = from_settings
+        .acquire(&name, &LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .expect_err("held");
+    note(&format!("{tag} unavailable"), &refused);
+    kill().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(lease.renewals() >= 2, "background renewals ran");
+    note(
+        &format!("{tag} inspect"),
+        format!("{:?}", client.inspect(&name).await),
+    );
+    note(
+        &format!("{tag} list"),
+        format!("{:?}", client.list("").await),
+    );
+    assert!(lease.release().await.expect("release"));
+    let again = from_settings
+        .acquire(&name, &LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .expect("acquire after release");
+    assert!(client.force_release(&name).await.expect("force"));
+    note(
+        &format!("{tag} renew after force release"),
+        format!("{:?}", again.renew().await),
+    );
+    drop(again);
+}
+
+/// Runs SQL as the superuser of `server`.
+async fn admin_sql(server: &common::PostgresServer, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("admin SQL");
+    drop(client);
+    let _ = driver.await;
+}
+
+/// The same on the PostgreSQL store, as the role `alice` whose password is [`SECRET`].
+async fn exercise_postgres(server: &common::PostgresServer, dir: &Path) {
+    let url = format!(
+        "postgresql://alice:{}@127.0.0.1:{}/postgres?sslmode=disable",
+        percent_encode(SECRET),
+        server.port
+    );
+    let wrong = url.replace(&percent_encode(SECRET), &percent_encode(WRONG));
+    exercise_store("postgres", &url, &wrong, &url, dir, || async {
+        // The server ends every session of alice: the store reconnects and logs in again.
+        admin_sql(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'alice'",
+        )
+        .await;
+    })
+    .await;
+    let bad_url = format!("{url}&sslmode=bogus");
+    note(
+        "postgres bad url",
+        format!(
+            "{:?}",
+            LeaseClient::connect(&bad_url, ClientOptions::default()).await
+        ),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_trace_log_or_error() {
+    // A PostgreSQL role with the same password, made before the capture starts (the statement
+    // that sets it is the one place the password is meant to travel as text).
+    let postgres = if common::postgres_wanted() {
+        let server = common::PostgresServer::start();
+        admin_sql(
+            &server,
+            &format!("CREATE ROLE alice LOGIN PASSWORD '{SECRET}'; GRANT CREATE ON DATABASE postgres TO alice"),
+        )
+        .await;
+        Some(server)
+    } else {
+        eprintln!("PostgreSQL not installed: its part is skipped");
+        None
+    };
     install_capture();
     let server = common::RedisServer::start_with(&[
         "--user",
@@ -255,6 +327,9 @@ async fn no_secret_in_any_trace_log_or_error() {
     let dir = std::env::temp_dir().join(format!("dl-secrets-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     exercise(server.port, &dir).await;
+    if let Some(pg) = &postgres {
+        exercise_postgres(pg, &dir).await;
+    }
     // Let background work (the dropped handle's release, reconnections) log what it logs.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -268,6 +343,12 @@ async fn no_secret_in_any_trace_log_or_error() {
     assert!(text.contains("lease renewed"), "{text}");
     assert!(text.contains("authentication"), "{text}");
     assert!(text.lines().count() > 20, "{text}");
+    if let Some(pg) = &postgres {
+        assert!(
+            text.contains(&format!("PostgreSQL at 127.0.0.1:{}", pg.port)),
+            "{text}"
+        );
+    }
     for secret in [SECRET, WRONG] {
         for form in [secret.to_owned(), percent_encode(secret)] {
             let leaks: Vec<&str> = text.lines().filter(|l| l.contains(&form)).collect();

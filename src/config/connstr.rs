@@ -1,6 +1,6 @@
 //! Connection strings: which store to use and how to reach it ([`StoreTarget`]).
 //!
-//! Three forms are read:
+//! Four forms are read:
 //! - the StackExchange.Redis form the .NET sample writes,
 //!   `mycache.redis.cache.windows.net:6380,password=KEY,ssl=True,abortConnect=False`
 //!   (options case-insensitive, several `host:port` entries = several nodes);
@@ -9,7 +9,10 @@
 //! - `sqlite:///absolute/path/leases.db` (three slashes: empty host, absolute path) and
 //!   `sqlite://relative/path/leases.db` (two slashes: a path relative to the configuration
 //!   directory, resolved by the loader). `sqlite::memory:` is refused: each process would get its
-//!   own lock.
+//!   own lock;
+//! - `postgresql://user[:password]@host[:port][/database][?sslmode=...]` (and `postgres://`), one
+//!   host, with `sslmode` `disable`, `prefer` (the default, as libpq's), `require` or
+//!   `verify-full`.
 //!
 //! Invariants: a password only ever lives in a [`Secret`]; no error or warning produced here
 //! contains a password, nor any piece of the input that could be one (an entry that is neither
@@ -36,6 +39,95 @@ pub enum StoreTarget {
         /// them against the configuration directory.
         path: PathBuf,
     },
+    /// A PostgreSQL server.
+    Postgres(PostgresTarget),
+}
+
+/// How to reach a PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port (5432 unless the URL says).
+    pub port: u16,
+    /// The role to log in as.
+    pub user: String,
+    /// Its password, if the server asks for one.
+    pub password: Option<Secret>,
+    /// The database; `None` means the server's default (a database named like the user).
+    pub dbname: Option<String>,
+    /// Whether and how TLS is used.
+    pub ssl_mode: PgSslMode,
+}
+
+/// The `sslmode` of a PostgreSQL URL (the libpq values this crate supports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgSslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, plain otherwise; the certificate is not verified (libpq's
+    /// default and its meaning: Debian's servers offer TLS with a self-signed certificate).
+    #[default]
+    Prefer,
+    /// TLS always, the certificate not verified (libpq's meaning: encryption without protection
+    /// against an impostor; use `verify-full` for that).
+    Require,
+    /// TLS always, the certificate verified against the system roots (or `CaFile`) and the
+    /// host name.
+    VerifyFull,
+}
+
+impl PgSslMode {
+    /// The URL spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl PostgresTarget {
+    /// The URL for showing to people, the password as `***`.
+    #[must_use]
+    pub fn display_url(&self) -> String {
+        let pass = if self.password.is_some() { ":***" } else { "" };
+        let host = self.bracketed_host();
+        let db = self
+            .dbname
+            .as_deref()
+            .map(|d| format!("/{}", percent_encode(d)))
+            .unwrap_or_default();
+        format!(
+            "postgresql://{}{pass}@{host}:{}{db}?sslmode={}",
+            percent_encode(&self.user),
+            self.port,
+            self.ssl_mode.as_str()
+        )
+    }
+
+    /// The host, an IPv6 address in brackets.
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+
+    /// `host:port/database`, for messages.
+    #[must_use]
+    pub fn addr(&self) -> String {
+        let host = self.bracketed_host();
+        format!(
+            "{host}:{}/{}",
+            self.port,
+            self.dbname.as_deref().unwrap_or(&self.user)
+        )
+    }
 }
 
 /// How to reach a Redis server.
@@ -125,6 +217,7 @@ impl fmt::Display for StoreTarget {
         match self {
             Self::Redis(r) => f.write_str(&r.display_url()),
             Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(p) => f.write_str(&p.display_url()),
         }
     }
 }
@@ -138,7 +231,8 @@ pub fn is_azure_host(host: &str) -> bool {
 }
 
 const FORMS: &str = "expected host:port,password=KEY,ssl=True (StackExchange.Redis form), \
-     redis://[user:password@]host:port/db, rediss://... for TLS, or sqlite:///absolute/path/leases.db";
+     redis://[user:password@]host:port/db, rediss://... for TLS, sqlite:///absolute/path/leases.db, \
+     or postgresql://user:password@host:5432/database";
 
 /// StackExchange options understood by StackExchange.Redis that this crate does not use.
 const SE_UNUSED: &[&str] = &[
@@ -202,6 +296,10 @@ pub fn parse_connection_string(s: &str) -> Result<(StoreTarget, Vec<String>), St
             let path = parse_sqlite(t, &mut warnings)?;
             Ok((StoreTarget::Sqlite { path }, warnings))
         }
+        Some(Scheme::Postgres) => {
+            let target = parse_postgres(t, &mut warnings)?;
+            Ok((StoreTarget::Postgres(target), warnings))
+        }
         None => {
             let raw = parse_stackexchange(t, &mut warnings)?;
             let tls = raw.ssl.unwrap_or(false);
@@ -239,9 +337,9 @@ pub fn parse_endpoint(
     let mut warnings = Vec::new();
     let mut target = match scheme_of(t)? {
         Some(Scheme::Redis { tls }) => parse_url(t, tls, &mut warnings)?,
-        Some(Scheme::Sqlite) => {
+        Some(Scheme::Sqlite | Scheme::Postgres) => {
             return Err(
-                "an Endpoint names a Redis host for Microsoft Entra ID; put sqlite:///path/leases.db in ConnectionString instead"
+                "an Endpoint names a Redis host for Microsoft Entra ID; put a sqlite:/// or postgresql:// URL in ConnectionString instead"
                     .to_owned(),
             )
         }
@@ -264,6 +362,7 @@ pub fn parse_endpoint(
 enum Scheme {
     Redis { tls: bool },
     Sqlite,
+    Postgres,
 }
 
 /// The URL scheme, if the string has one. A StackExchange string never contains "://".
@@ -284,6 +383,7 @@ fn scheme_of(t: &str) -> Result<Option<Scheme>, String> {
     match scheme {
         "redis" | "valkey" => Ok(Some(Scheme::Redis { tls: false })),
         "rediss" | "valkeys" => Ok(Some(Scheme::Redis { tls: true })),
+        "postgres" | "postgresql" => Ok(Some(Scheme::Postgres)),
         s => Err(format!("unsupported URL scheme '{s}://'; {FORMS}")),
     }
 }
@@ -507,7 +607,18 @@ fn shorten(v: &str) -> String {
     out.escape_debug().to_string()
 }
 
-fn parse_url(t: &str, tls: bool, warnings: &mut Vec<String>) -> Result<RedisTarget, String> {
+/// The pieces of a `scheme://[user[:password]@]host[:port][/path][?query][#fragment]` URL,
+/// user and password percent-decoded (shared by the Redis and PostgreSQL URL forms).
+struct UrlParts<'a> {
+    username: Option<String>,
+    password: Option<Secret>,
+    host_port: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+fn split_url(t: &str) -> Result<UrlParts<'_>, String> {
     let rest = t.split_once("://").map_or("", |(_, r)| r);
     // The last '@' ends the user info, so an unescaped '@' inside a password still works.
     let (userinfo, hostpart) = match rest.rfind('@') {
@@ -548,6 +659,25 @@ fn parse_url(t: &str, tls: bool, warnings: &mut Vec<String>) -> Result<RedisTarg
         Some((h, p)) => (h, p),
         None => (before_query, ""),
     };
+    Ok(UrlParts {
+        username,
+        password,
+        host_port,
+        path,
+        query,
+        fragment,
+    })
+}
+
+fn parse_url(t: &str, tls: bool, warnings: &mut Vec<String>) -> Result<RedisTarget, String> {
+    let UrlParts {
+        username,
+        password,
+        host_port,
+        path,
+        query,
+        fragment,
+    } = split_url(t)?;
     if host_port.contains(',') {
         return Err(
             "a redis:// URL names one host; for several nodes use the StackExchange form \
@@ -651,6 +781,74 @@ fn parse_sqlite(t: &str, warnings: &mut Vec<String>) -> Result<PathBuf, String> 
         ));
     }
     Ok(PathBuf::from(path))
+}
+
+/// `postgresql://user[:password]@host[:port][/database][?sslmode=...]`.
+fn parse_postgres(t: &str, warnings: &mut Vec<String>) -> Result<PostgresTarget, String> {
+    const PG_FORM: &str =
+        "expected postgresql://user:password@host:5432/database?sslmode=verify-full";
+    let parts = split_url(t)?;
+    if parts.host_port.contains(',') {
+        return Err(format!(
+            "a postgresql:// URL names one host here (several hosts are not supported); {PG_FORM}"
+        ));
+    }
+    if parts.host_port.is_empty() {
+        return Err(format!(
+            "the URL names no host (Unix sockets are not supported); {PG_FORM}"
+        ));
+    }
+    let (host, port) = parse_host_port(parts.host_port, "the host part of the URL")?;
+    let user = parts
+        .username
+        .ok_or_else(|| format!("the URL names no user; {PG_FORM}"))?;
+    let dbname = match parts.path.trim_end_matches('/') {
+        "" => None,
+        p => Some(percent_decode(p).ok_or_else(|| {
+            format!("the database name in the URL has an invalid %-escape; {PG_FORM}")
+        })?),
+    };
+    let mut ssl_mode = PgSslMode::default();
+    for param in parts
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        if name == "sslmode" {
+            ssl_mode = match value {
+                "disable" => PgSslMode::Disable,
+                "prefer" => PgSslMode::Prefer,
+                "require" => PgSslMode::Require,
+                "verify-full" => PgSslMode::VerifyFull,
+                other => {
+                    return Err(format!(
+                    "sslmode '{}' is not supported; use disable, prefer, require or verify-full",
+                    shorten(other)
+                ))
+                }
+            };
+        } else if is_option_name(name) {
+            warnings.push(format!(
+                "URL parameter {name} is not used by distributed-leasing (ignored)"
+            ));
+        } else {
+            warnings
+                .push("a URL parameter is not used by distributed-leasing (ignored)".to_owned());
+        }
+    }
+    if parts.fragment.is_some_and(|f| !f.is_empty()) {
+        warnings.push("the URL fragment (after '#') is not used (ignored)".to_owned());
+    }
+    Ok(PostgresTarget {
+        host,
+        port: port.unwrap_or(5432),
+        user,
+        password: parts.password,
+        dbname,
+        ssl_mode,
+    })
 }
 
 fn memory_error() -> String {
@@ -870,6 +1068,55 @@ mod tests {
             .any(|x| x.contains("#insecure") && x.contains("always verified")));
         let (r, _) = redis("valkeys://host:1");
         assert!(r.tls);
+    }
+
+    fn postgres(s: &str) -> (PostgresTarget, Vec<String>) {
+        match parse_connection_string(s) {
+            Ok((StoreTarget::Postgres(p), w)) => (p, w),
+            other => panic!("{s}: expected a PostgreSQL target, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn postgres_urls() {
+        let (p, w) = postgres(&format!(
+            "postgresql://app:{}@db.example.com:6543/leases?sslmode=verify-full",
+            percent_encode(KEY)
+        ));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(p.host, "db.example.com");
+        assert_eq!(p.port, 6543);
+        assert_eq!(p.user, "app");
+        assert_eq!(p.password.as_ref().map(Secret::expose), Some(KEY));
+        assert_eq!(p.dbname.as_deref(), Some("leases"));
+        assert_eq!(p.ssl_mode, PgSslMode::VerifyFull);
+        let shown = StoreTarget::Postgres(p.clone()).to_string();
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains(":***@"),
+            "{shown}"
+        );
+        assert!(!format!("{p:?}").contains("s3cr3t"));
+        let (p, _) = postgres("postgres://u@[::1]");
+        assert_eq!((p.host.as_str(), p.port, p.dbname), ("::1", 5432, None));
+        assert_eq!(p.ssl_mode, PgSslMode::Prefer);
+        for (mode, want) in [
+            ("disable", PgSslMode::Disable),
+            ("prefer", PgSslMode::Prefer),
+            ("require", PgSslMode::Require),
+        ] {
+            assert_eq!(
+                postgres(&format!("postgresql://u@h/d?sslmode={mode}"))
+                    .0
+                    .ssl_mode,
+                want
+            );
+        }
+        let (_, w) = postgres("postgresql://u@h/d?application_name=x");
+        assert!(w[0].contains("application_name"), "{w:?}");
+        assert!(refused("postgresql://u@h/d?sslmode=verify-ca").contains("verify-full"));
+        assert!(refused(&format!("postgresql://:{KEY}@h/d")).contains("no user"));
+        assert!(refused("postgresql:///d").contains("no host"));
+        assert!(refused("postgresql://u@h1,h2/d").contains("one host"));
     }
 
     #[test]

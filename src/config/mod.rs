@@ -49,7 +49,9 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use connstr::{parse_connection_string, parse_endpoint, RedisTarget, StoreTarget};
+pub use connstr::{
+    parse_connection_string, parse_endpoint, PgSslMode, PostgresTarget, RedisTarget, StoreTarget,
+};
 pub use timespan::{format_timespan, parse_duration};
 
 use crate::error::LeaseError;
@@ -715,6 +717,10 @@ impl Layers {
         match target {
             Some(StoreTarget::Redis(r)) => self.use_redis_target(&mut settings, r, target_key),
             Some(StoreTarget::Sqlite { path }) => self.use_sqlite_target(&mut settings, path, dir),
+            Some(StoreTarget::Postgres(p)) => {
+                self.warn_unused_database(&settings, "PostgreSQL");
+                settings.target = Some(StoreTarget::Postgres(p));
+            }
             None => {}
         }
         self.finish(settings)
@@ -932,11 +938,17 @@ impl Layers {
         if settings.ca_file.is_none() {
             return;
         }
-        let tls = matches!(target, Some(StoreTarget::Redis(r)) if r.tls);
+        let tls = match target {
+            Some(StoreTarget::Redis(r)) => r.tls,
+            // Only verify-full checks certificates (libpq's sslmode meanings).
+            Some(StoreTarget::Postgres(p)) => p.ssl_mode == connstr::PgSslMode::VerifyFull,
+            _ => false,
+        };
         if target.is_some() && !tls {
             self.warnings.push(format!(
                 "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
-                 ssl=True or UseSsl=true), and this one does not use TLS (ignored)",
+                 ssl=True or UseSsl=true; postgresql://...?sslmode=verify-full), and this one \
+                 does not use TLS (ignored)",
                 self.origin(Field::CaFile)
             ));
         }
@@ -1017,19 +1029,24 @@ impl Layers {
     /// A SQLite target: its path resolved against the configuration directory; a `Database`
     /// key is warned as unused.
     fn use_sqlite_target(&mut self, settings: &mut Settings, path: PathBuf, dir: &Path) {
-        let database = settings.database;
-        if database != 0 && self.entry(Field::Database).is_some() {
-            self.warnings.push(format!(
-                "{SECTION}:Database = {database} (from {}) is not used by the SQLite store (ignored)",
-                self.origin(Field::Database)
-            ));
-        }
+        self.warn_unused_database(settings, "SQLite");
         let path = if path.is_relative() {
             dir.join(path)
         } else {
             path
         };
         settings.target = Some(StoreTarget::Sqlite { path });
+    }
+
+    /// Warns that a `Database` number is set for a store without Redis databases.
+    fn warn_unused_database(&mut self, settings: &Settings, store: &str) {
+        let database = settings.database;
+        if database != 0 && self.entry(Field::Database).is_some() {
+            self.warnings.push(format!(
+                "{SECTION}:Database = {database} (from {}) is not used by the {store} store (ignored)",
+                self.origin(Field::Database)
+            ));
+        }
     }
 
     /// The settings with their warnings and sources, or every problem in one `Config` error.

@@ -1,7 +1,7 @@
 //! The storage abstraction: [`LeaseStore`], implemented once per backend.
 //!
 //! A store performs each operation atomically (one Lua script in Redis, one write transaction in
-//! SQLite) and reports "held by someone else" as a normal outcome carrying the holder, so the
+//! SQLite, one statement in PostgreSQL) and reports "held by someone else" as a normal outcome carrying the holder, so the
 //! client can raise `Unavailable { holder }` without a second query. Stores know nothing of
 //! renewal cadence, deadlines or retry schedules: that lives in the client, lease, renewal and
 //! wait modules. What a store does know is how to tell this process's waiters that a lease was
@@ -18,6 +18,7 @@ use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
 use crate::wait::ReleaseWatch;
 
+pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
@@ -97,7 +98,7 @@ pub struct RenewItem<'a> {
 /// A backend that keeps leases. Every method is one atomic operation on the store.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + Debug {
-    /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`.
+    /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`, `postgres`.
     fn kind(&self) -> &'static str;
 
     /// This store as a Redis store, for callers that can drive a connection of their own to it
@@ -186,6 +187,63 @@ pub trait LeaseStore: Send + Sync + Debug {
         let _ = name;
         ReleaseWatch::none()
     }
+}
+
+/// A background task a store owns (a connection's driver, a notification supervisor): stopped
+/// and waited for by [`TaskSlot::stop`], aborted when the slot is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct TaskSlot(std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl TaskSlot {
+    /// Keeps `task` (aborting one kept before).
+    pub(crate) fn set(&self, task: tokio::task::JoinHandle<()>) {
+        if let Some(old) = self.lock().replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Aborts the task and returns once it (and what it owns: a connection) has been dropped.
+    pub(crate) async fn stop(&self) {
+        let task = self.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        if let Some(task) = self.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+/// The results of a batch renewal that failed as a whole (a bad name, the store down): the same
+/// error for every item.
+pub(crate) fn failed_batch(
+    items: usize,
+    e: &crate::error::LeaseError,
+) -> Vec<Result<RenewOutcome>> {
+    use crate::error::{BackendErrorKind, LeaseError};
+    (0..items)
+        .map(|_| {
+            Err(match e {
+                LeaseError::InvalidArgument(m) => LeaseError::InvalidArgument(m.clone()),
+                LeaseError::Backend { kind, message } => {
+                    LeaseError::backend(*kind, message.clone())
+                }
+                other => LeaseError::backend(BackendErrorKind::Other, other.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// Checks a lease name: not empty, at most [`MAX_NAME_LEN`] bytes, no control characters.

@@ -1,4 +1,5 @@
-//! Test harness: private `redis-server` processes on free loopback ports, stopped by pid.
+//! Test harness: private `redis-server` and PostgreSQL processes on free loopback ports, stopped
+//! by pid.
 //!
 //! Single servers are started per test and killed on drop. A shared server or cluster for a
 //! whole test binary is started from a keeper thread that lives as long as the process, with
@@ -48,6 +49,18 @@ fn wait_ping(port: u16) {
     panic!("redis-server on port {port} did not answer PING within 20 s");
 }
 
+/// Makes the kernel kill the child when the thread that spawns it ends (`PR_SET_PDEATHSIG`).
+fn kill_with_parent(cmd: &mut Command) {
+    #[allow(unsafe_code)] // the one way to set PR_SET_PDEATHSIG on the child
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn spawn_server(port: u16, dir: &PathBuf, extra: &[&str], die_with_parent: bool) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args([
@@ -66,14 +79,7 @@ fn spawn_server(port: u16, dir: &PathBuf, extra: &[&str], die_with_parent: bool)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if die_with_parent {
-        #[allow(unsafe_code)] // the one way to set PR_SET_PDEATHSIG on the child
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        kill_with_parent(&mut cmd);
     }
     cmd.spawn()
         .expect("redis-server must be installed (scripts/test.sh installs it)")
@@ -205,5 +211,329 @@ pub fn shared_cluster() -> &'static SharedCluster {
         SharedCluster {
             ports: rx.recv().expect("cluster start failed"),
         }
+    })
+}
+
+/// The PostgreSQL binaries (`initdb`, `postgres`, `pg_isready`): `$PG_BIN` if set, else the
+/// newest `/usr/lib/postgresql/<version>/bin` (Debian keeps them off PATH).
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Whether PostgreSQL tests must run: the binaries are there, or this is CI (where a missing
+/// server is a failure, not a skip: scripts/test.sh installs it).
+pub fn postgres_wanted() -> bool {
+    postgres_bin_dir().is_some() || std::env::var_os("CI").is_some()
+}
+
+/// The user PostgreSQL runs as (it refuses root): `dl-postgres`, a system user created here if
+/// missing, when the tests run as root; else the current user. `(uid, gid)` to switch to.
+fn postgres_user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id")
+            .args([flag, "dl-postgres"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        // Several test binaries may race to create it: a failure is fine if the user exists.
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg("dl-postgres")
+            .status();
+    }
+    Some((
+        id("-u").expect("cannot create the system user dl-postgres (useradd)"),
+        id("-g").expect("group of dl-postgres"),
+    ))
+}
+
+/// Removes data directories of earlier runs whose server is gone (a shared server is killed,
+/// not stopped, when its test binary exits, so its directory stays behind).
+fn remove_stale_postgres_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("dl-test-pg-") {
+            continue;
+        }
+        let pid = std::fs::read_to_string(path.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        let dead = pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        if dead || (pid.is_none() && old) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// A throwaway CA (`ca.crt`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.crt`, `server.key`: mode 0600, owned by the server's user, as PostgreSQL requires).
+fn make_tls_material(dir: &std::path::Path, user: Option<(u32, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dl-test-ca",
+    ];
+    openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if let Some((uid, gid)) = user {
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid)).unwrap();
+        }
+    }
+}
+
+/// The password of the `postgres` superuser of test servers (scram-sha-256 on 127.0.0.1).
+pub const POSTGRES_PASSWORD: &str = "dl-test-pw";
+
+/// One private PostgreSQL server (initdb in a temp dir, run as an unprivileged user, TCP on a
+/// free loopback port with password authentication, its Unix socket in the temp dir).
+pub struct PostgresServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl PostgresServer {
+    /// Starts a server killed when dropped.
+    ///
+    /// # Panics
+    /// When the binaries are missing or the server does not start.
+    pub fn start() -> Self {
+        Self::start_with(false, false)
+    }
+
+    /// Starts a server that also accepts TLS (`ssl=on`), with a certificate for 127.0.0.1 and
+    /// localhost signed by a throwaway CA ([`Self::ca_file`]); killed when dropped.
+    pub fn start_tls() -> Self {
+        Self::start_with(false, true)
+    }
+
+    /// The CA that signed the certificate of a [`Self::start_tls`] server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn start_with(die_with_parent: bool, tls: bool) -> Self {
+        let bin = postgres_bin_dir().expect(
+            "PostgreSQL binaries are missing: apt-get install postgresql (scripts/test.sh does)",
+        );
+        remove_stale_postgres_dirs();
+        let user = postgres_user();
+        let dir = temp_dir("pg");
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, POSTGRES_PASSWORD).unwrap();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).unwrap();
+        }
+        let as_user = |program: &str| {
+            let mut cmd = Command::new(bin.join(program));
+            if let Some((uid, gid)) = user {
+                cmd.uid(uid).gid(gid);
+            }
+            cmd.current_dir(&dir);
+            cmd
+        };
+        let data = dir.join("data");
+        let out = as_user("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port(false);
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut cmd = as_user("postgres");
+        if tls {
+            make_tls_material(&dir, user);
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .arg("-k")
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if die_with_parent {
+            kill_with_parent(&mut cmd);
+        }
+        let child = cmd.spawn().expect("postgres");
+        let server = Self {
+            port,
+            child: Some(child),
+            dir,
+        };
+        server.wait_ready(&bin);
+        server
+    }
+
+    fn wait_ready(&self, bin: &std::path::Path) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "postgres on port {} did not become ready within 60 s: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// The URL of the `postgres` database as the superuser, with its password, without TLS.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The PostgreSQL server shared by a whole test binary (tests use unique lease names), started
+/// once from a keeper thread that never exits (`PR_SET_PDEATHSIG` watches that thread).
+pub fn shared_postgres() -> &'static PostgresServer {
+    static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut server = PostgresServer::start_with(true, false);
+            let child = server.child.take();
+            tx.send(server).unwrap();
+            loop {
+                std::thread::park();
+                let _ = &child;
+            }
+        });
+        rx.recv().expect("PostgreSQL start failed")
     })
 }

@@ -1,4 +1,5 @@
-//! One conformance suite, stamped out for every store: a failure reads like
+//! One conformance suite, stamped out for every store (Redis, its caller-driven twin, Redis
+//! Cluster, SQLite, PostgreSQL): a failure reads like
 //! `redis_cluster::fencing_token_strictly_increases`. Each store gets a small harness that
 //! makes a client on a real store; names are unique per test, so tests share a store safely.
 //! `redis_inline` runs the Redis store's caller-driven twin (`store::redis::inline`), whose
@@ -100,6 +101,22 @@ impl Harness {
         }
     }
 
+    /// The PostgreSQL server shared by the tests of this binary; `None` (the tests skip) only
+    /// when the PostgreSQL binaries are missing outside CI.
+    #[must_use]
+    pub fn postgres() -> Option<Self> {
+        if !common::postgres_wanted() {
+            eprintln!("skipped: PostgreSQL binaries not found (apt-get install postgresql)");
+            return None;
+        }
+        Some(Self {
+            url: common::shared_postgres().url(),
+            inline: false,
+            _server: None,
+            _dir: None,
+        })
+    }
+
     /// An SQLite file in a directory of its own.
     ///
     /// # Panics
@@ -137,12 +154,28 @@ macro_rules! conformance {
     };
 }
 
+/// As `conformance!`, for a harness that may be missing (the test then passes with a note).
+macro_rules! conformance_if_present {
+    ($store:ident, $make:expr, [$($case:ident),* $(,)?]) => {
+        mod $store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(h) = $make else { return };
+                    crate::cases::$case(&h).await;
+                }
+            )*
+        }
+    };
+}
+
 macro_rules! all_stores {
     ($($case:ident),* $(,)?) => {
         conformance!(redis, crate::Harness::redis(), [$($case),*]);
         conformance!(redis_inline, crate::Harness::redis_inline(), [$($case),*]);
         conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
         conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
+        conformance_if_present!(postgres, crate::Harness::postgres(), [$($case),*]);
     };
 }
 

@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: private Redis servers, a cluster, TLS, a TCP proxy.
+"""Shared pytest fixtures: private Redis servers, a cluster, TLS, a TCP proxy, PostgreSQL.
 
-Every server here is a real ``redis-server`` on 127.0.0.1 started by ``redis_servers.py`` and
-stopped (by pid) at teardown; an atexit hook there kills anything a crash left behind.
+Every server here is a real ``redis-server`` on 127.0.0.1 started by ``redis_servers.py`` (or a
+real PostgreSQL started by ``postgres_server.py``) and stopped (by pid) at teardown; an atexit
+hook there kills anything a crash left behind.
 
 Session-scoped servers are shared by all tests: use unique key/lease names (``unique_name``) and
 never kill/pause/restart them; take ``fresh_redis_server`` or ``redis_server_factory`` for that.
@@ -9,6 +10,7 @@ never kill/pause/restart them; take ``fresh_redis_server`` or ``redis_server_fac
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -22,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
 from redis_servers import RedisCluster, RedisServer  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
 
@@ -53,6 +56,16 @@ def redis_cluster() -> Iterator[RedisCluster]:
     Shared: don't kill its nodes (build your own ``RedisCluster`` for that)."""
     with RedisCluster(masters=3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (superuser with a password, no TLS). Shared: don't
+    kill it. Skipped only when PostgreSQL is not installed outside CI (in CI it must be)."""
+    if postgres_bin_dir() is None and not os.environ.get("CI"):
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    with PostgresServer() as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -147,9 +160,10 @@ def _sqlite_make_lost(path: Path) -> Callable[[str], None]:
     return make_lost
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    """Every store in turn: a fresh SQLite file, the session's Redis, the session's cluster."""
+    """Every store in turn: a fresh SQLite file, the session's Redis, the session's cluster, the
+    session's PostgreSQL."""
     if request.param == "sqlite":
         db = tmp_path / "leases.db"
         yield StoreUnderTest("sqlite", f"sqlite://{db}", _sqlite_make_lost(db))
@@ -160,6 +174,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
             assert srv.cli("DEL", f"lease:{name}").strip() == "1"
 
         yield StoreUnderTest("redis", srv.url, make_lost_redis)
+    elif request.param == "postgres":
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+
+        def make_lost_postgres(name: str) -> None:
+            deleted = pg.psql(
+                "DELETE FROM distributed_leasing.leases"
+                " WHERE key_prefix = 'lease:' AND name = :'name' RETURNING 1",
+                {"name": name},
+            )
+            assert deleted == "1", f"no row for lease {name!r}"
+
+        yield StoreUnderTest("postgres", pg.url, make_lost_postgres)
     else:
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
 

@@ -35,7 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 __all__ = [
     "LOOPBACK",
@@ -239,7 +239,13 @@ def resp_command(
 # Process bookkeeping
 # --------------------------------------------------------------------------------------------
 
-_live: set[RedisServer] = set()
+
+class _Stoppable(Protocol):
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+# Every server still running (Redis here, PostgreSQL in postgres_server.py): stopped at exit.
+_live: set[_Stoppable] = set()
 _live_lock = threading.Lock()
 
 

@@ -1,6 +1,6 @@
-"""The ``leasing`` command against a real redis-server (and the embedded store): inspect, list,
---json, release --force (with and without a terminal), keys of the .NET origin, keys that are not
-leases, configure, and errors that are messages, not tracebacks."""
+"""The ``leasing`` command against a real redis-server (and the embedded store, and PostgreSQL):
+inspect, list, --json, release --force (with and without a terminal), keys of the .NET origin,
+keys that are not leases, configure, and errors that are messages, not tracebacks."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import distributed_leasing as dl
 import pytest
 from demo_helpers import RedisServer, clean_env, demo_redis, free_port
 from distributed_leasing import _wizard, cli
+from postgres_server import POSTGRES_PASSWORD, PostgresServer
 
 __all__ = ["demo_redis"]  # fixture
 
@@ -296,6 +297,35 @@ def test_embedded_store_and_key_prefix(tmp_path: Path) -> None:
         assert "batch" in leasing("--url", url, "list").stdout
     finally:
         lease.release_sync()
+
+
+def test_postgres_store_inspect_list_and_release_force(
+    postgres_server: PostgresServer, name: str
+) -> None:
+    url = postgres_server.url
+    c = dl.LeaseClient.connect_sync(url)
+    assert c.kind == "postgres"
+    lease = c.acquire_sync(name, duration=3, renew_interval=0.5, metadata=METADATA)
+    result = leasing("--url", url, "inspect", name)
+    assert result.returncode == 0, result.stderr
+    f = fields(result.stdout)
+    assert f["Holder"] == "us-east-1 (us-east)"
+    assert f["Lease ID"] == lease.lease_id
+    assert f["Fencing token"] == str(lease.fencing_token)
+    listed = json.loads(leasing("--url", url, "list", name, "--json").stdout)
+    assert [d["name"] for d in listed] == [name]
+    assert listed[0]["metadata"] == METADATA
+    result = leasing("--url", url, "release", name, "--force", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Released lease {name!r} (was held by us-east-1 (us-east))."
+    assert c.inspect_sync(name) is None
+    assert wait_lost(lease)
+    assert lease.lost_reason == "missing"
+    assert "not held" in leasing("--url", url, "release", name, "--force").stdout
+    # The password is never shown, not even in an error.
+    bad = leasing("--url", url.replace(POSTGRES_PASSWORD, "Wr0ngS3cret"), "list")
+    assert bad.returncode != 0 and "Wr0ngS3cret" not in bad.stdout + bad.stderr
+    assert "127.0.0.1" in bad.stderr
 
 
 def test_key_prefix_option(demo_redis: RedisServer, name: str) -> None:

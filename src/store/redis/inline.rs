@@ -63,25 +63,7 @@ impl Tls {
     /// `None` (no caller-driven connection: the store's own is used) when the trust cannot be
     /// built; the store's own connection reports why.
     fn new(host: &str, ca_file: Option<&Path>) -> Option<Self> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::CertificateDer;
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path).ok()? {
-                    roots.add(cert.ok()?).ok()?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                if !found.errors.is_empty() {
-                    return None;
-                }
-                for cert in found.certs {
-                    roots.add(cert).ok()?;
-                }
-            }
-        }
+        let roots = super::tls::root_store(ca_file).ok()?;
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();

@@ -132,7 +132,7 @@ pub(crate) struct Notifier {
     board: Arc<ReleaseBoard>,
     start: Mutex<Option<Start>>,
     /// The supervisor, once started: [`Notifier::close`] ends it (and so its connection).
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: crate::store::TaskSlot,
     /// Dropped with the notifier: stops the supervisor, which closes the connection.
     _stop: oneshot::Sender<()>,
 }
@@ -171,7 +171,7 @@ impl Notifier {
                 connect,
                 addr,
             })),
-            task: Mutex::new(None),
+            task: crate::store::TaskSlot::default(),
             _stop: stop,
         }
     }
@@ -185,16 +185,8 @@ impl Notifier {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            task.abort();
-            // Returns once the task (and the connection it owns) has been dropped.
-            let _ = task.await;
-        }
+        // Returns once the task (and the connection it owns) has been dropped.
+        self.task.stop().await;
     }
 
     /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
@@ -219,8 +211,8 @@ impl Notifier {
                 failures: 0,
                 warned: false,
             };
-            let task = tokio::spawn(supervisor.run(s.control_rx, s.stop_rx));
-            *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+            self.task
+                .set(tokio::spawn(supervisor.run(s.control_rx, s.stop_rx)));
         }
         drop(start);
         &self.board

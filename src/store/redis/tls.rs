@@ -21,6 +21,47 @@ pub fn ensure_crypto_provider() {
     });
 }
 
+/// The certificates a TLS connection trusts: the PEM file `ca_file` if given, else the system's
+/// roots (which honour `SSL_CERT_FILE`). Shared by the Redis connections we drive ourselves and
+/// the PostgreSQL store.
+///
+/// # Errors
+/// A message (without the file's content) when the file cannot be read or holds no valid
+/// certificate, or when the system roots cannot be loaded.
+pub fn root_store(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "CA file {} holds an invalid certificate: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if let Some(e) = found.errors.first() {
+                return Err(format!("cannot load the system's root certificates: {e}"));
+            }
+            for cert in found.certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("a system root certificate is invalid: {e}"))?;
+            }
+        }
+    }
+    Ok(roots)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

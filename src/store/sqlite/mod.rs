@@ -444,38 +444,23 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        if let Some(bad) = items.iter().find_map(|i| validate_name(i.name).err()) {
-            let message = bad.to_string();
-            return items
-                .iter()
-                .map(|_| Err(LeaseError::InvalidArgument(message.clone())))
-                .collect();
-        }
         let owned = items
             .iter()
             .map(|i| {
-                (
+                validate_name(i.name)?;
+                Ok((
                     i.name.to_owned(),
                     i.lease_id.to_owned(),
                     duration_ms(i.duration),
-                )
+                ))
             })
-            .collect();
-        match self.renew_all(owned).await {
+            .collect::<Result<Vec<_>>>();
+        match async { self.renew_all(owned?).await }.await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) => {
-                let message = e.to_string();
-                let kind = match &e {
-                    LeaseError::Backend { kind, .. } => *kind,
-                    _ => BackendErrorKind::Other,
-                };
-                items
-                    .iter()
-                    .map(|_| Err(LeaseError::backend(kind, message.clone())))
-                    .collect()
-            }
+            Err(e) => super::failed_batch(items.len(), &e),
         }
     }
+
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         validate_name(name)?;
         let notified = name.to_owned();
