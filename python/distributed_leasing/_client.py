@@ -51,7 +51,8 @@ class LeaseClient:
 
     @classmethod
     async def connect(cls, url: str, **options: Unpack[ClientOptions]) -> LeaseClient:
-        """Connects to ``redis://``, ``rediss://`` (TLS) or ``sqlite:///path/leases.db``.
+        """Connects to ``redis://``, ``rediss://`` (TLS), ``postgresql://user:password@host/db``
+        or ``sqlite:///path/leases.db``.
 
         Options (see ``ClientOptions``): ``duration``, ``renew_interval``, ``auto_renew``
         (the defaults of the leases taken through it), ``key_prefix``, ``connect_timeout``,
@@ -80,7 +81,7 @@ class LeaseClient:
 
     @property
     def kind(self) -> str:
-        """The store in use: ``redis``, ``redis-cluster`` or ``sqlite``."""
+        """The store in use: ``redis``, ``redis-cluster``, ``postgres`` or ``sqlite``."""
         return self._native.kind
 
     def lease(self, name: str, **options: Unpack[ContextOptions]) -> LeaseContext:
@@ -254,7 +255,8 @@ def lease(
 ) -> LeaseContext:
     """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
 
-    ``url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``) names the
+    ``url`` (``redis://host:port``, ``rediss://...``, ``postgresql://...``,
+    ``sqlite:///path/leases.db``) names the
     store; one client per URL is kept for the process. Without ``url`` or ``client``, a
     process-wide client is made from ``appsettings.json`` / ``appsettings.Local.json`` /
     ``RedisLeasing__*`` environment variables in the current directory, and ``ConfigError`` says
