@@ -18,7 +18,9 @@ netem), then measures every library through the proxy:
 - **server µs/cycle**: ``INFO commandstats`` of the commands the client sends, as
   ``bench/server_cpu.py`` counts them (its functions, imported);
 - **hand-off p50/p99**: ``bench/handoff.py``'s measurement (imported): release() returning in one
-  process to acquire(wait=None) returning in another, both through the proxy.
+  process to acquire(wait=None) returning in another, both through the proxy (ours async on the
+  ``async with`` row, ours sync, python-redis-lock's BLPOP, and redis-py's sync ``Lock`` with
+  ``sleep=0.001``: it polls).
 
 Peers: redis-py's ``Lock`` (asyncio and sync, ``blocking=False``, ``timeout=30``),
 python-redis-lock (``blocking=False``, ``expire=30``; BLPOP hand-off), aioredlock (if
