@@ -714,19 +714,17 @@ impl LeaseStore for RedisStore {
             retry: Some(Box::new(move || for_retry.invocation(true))),
         };
         let key = &args.key;
-        let reply = self.invoke_call(call, key).await?;
-        let Value::Array(items) = reply else {
-            return Err(unexpected("acquire", &self.addr));
-        };
-        match int(items.first()) {
-            Some(1) => {
-                let token = int(items.get(1))
-                    .and_then(|t| u64::try_from(t).ok())
-                    .ok_or_else(|| unexpected("acquire", &self.addr))?;
-                Ok(AcquireOutcome::Acquired {
-                    fencing_token: token,
+        // Granted: the bare fencing token (>= 1); refused: {0, pttl, fields}.
+        let items = match self.invoke_call(call, key).await? {
+            Value::Int(token) if token >= 1 => {
+                return Ok(AcquireOutcome::Acquired {
+                    fencing_token: token.unsigned_abs(),
                 })
             }
+            Value::Array(items) => items,
+            _ => return Err(unexpected("acquire", &self.addr)),
+        };
+        match int(items.first()) {
             Some(0) => {
                 let pttl = int(items.get(1)).unwrap_or(-1);
                 let fields = match items.get(2) {
