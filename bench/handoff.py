@@ -10,12 +10,16 @@ worker processes: a *holder* that acquires and releases, and a *waiter* that is 
 1. the waiter starts waiting (it reports just before it calls acquire);
 2. the parent sees its subscription on the server (``PUBSUB NUMSUB``), then waits 20 ms more
    (all libraries alike), so the waiter is parked, not mid-attempt;
-3. the holder releases and takes ``t_release = time.monotonic_ns()`` when ``release()`` returns;
+3. the holder releases, taking ``t_call = time.monotonic_ns()`` just before ``release()`` and
+   ``t_release`` when it returns;
 4. the waiter takes ``t_acquire = time.monotonic_ns()`` when ``acquire()`` returns;
 5. the waiter releases, the holder takes the lease again (untimed).
 
 ``CLOCK_MONOTONIC`` is one clock for the whole machine on Linux, so ``t_acquire - t_release`` is
-comparable across the two processes. The report gives p50/p90/p99/max over the rounds.
+comparable across the two processes. The report gives p50/p90/p99/max of ``t_acquire -
+t_release`` over the rounds, and p50/p99 "from call", ``t_acquire - t_call``: how long the
+lease is out of use as the applications see it, which does not credit a holder that is slow to
+return after its release reply.
 
 With ``--peers`` (and the packages installed) the same hand-off is measured for
 python-redis-lock (BLPOP on a signal key) and redis-py's ``Lock`` (polls every 0.1 s by
@@ -114,7 +118,7 @@ class Server:
 # -- the worker processes ------------------------------------------------------------------------
 #
 # Both read one command per line on stdin and answer one line on stdout.
-#   holder: "acquire" -> "ok";  "release" -> "<t_release ns>"
+#   holder: "acquire" -> "ok";  "release" -> "<t_call ns> <t_return ns>" (called, returned)
 #   waiter: "wait" -> "waiting" (just before acquire), then "<t_acquire ns>";  "release" -> "ok"
 
 
@@ -136,9 +140,10 @@ def worker_ours_async(role: str, url: str, name: str) -> None:
                 print(t, flush=True)
             elif cmd == "release":
                 assert lease is not None
+                t0 = time.monotonic_ns()
                 await lease.release()
                 t = time.monotonic_ns()
-                print(t if role == "holder" else "ok", flush=True)
+                print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
             elif cmd == "quit":
                 break
 
@@ -162,9 +167,10 @@ def worker_ours_sync(role: str, url: str, name: str) -> None:
             print(t, flush=True)
         elif cmd == "release":
             assert lease is not None
+            t0 = time.monotonic_ns()
             lease.release_sync()
             t = time.monotonic_ns()
-            print(t if role == "holder" else "ok", flush=True)
+            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
         elif cmd == "quit":
             break
 
@@ -185,9 +191,10 @@ def worker_redis_lock(role: str, url: str, name: str) -> None:
             lock.acquire(blocking=True)
             print(time.monotonic_ns(), flush=True)
         elif cmd == "release":
+            t0 = time.monotonic_ns()
             lock.release()
             t = time.monotonic_ns()
-            print(t if role == "holder" else "ok", flush=True)
+            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
         elif cmd == "quit":
             break
 
@@ -207,9 +214,10 @@ def worker_redis_py(role: str, url: str, name: str, sleep: float) -> None:
             lock.acquire(blocking=True)
             print(time.monotonic_ns(), flush=True)
         elif cmd == "release":
+            t0 = time.monotonic_ns()
             lock.release()
             t = time.monotonic_ns()
-            print(t if role == "holder" else "ok", flush=True)
+            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
         elif cmd == "quit":
             break
 
@@ -261,14 +269,24 @@ class Worker:
                 self.proc.wait()
 
 
+class Samples:
+    """Hand-offs in ms, two ways: from the holder's ``release()`` returning (``after_return``),
+    and from its ``release()`` being called (``after_call``: how long the lease is out of use
+    for the application, whatever the holder does after its reply)."""
+
+    def __init__(self) -> None:
+        self.after_return: list[float] = []
+        self.after_call: list[float] = []
+
+
 def measure(
     kind: str, server: Server, rounds: int, warmup: int, cpus: tuple[str | None, str | None]
-) -> list[float]:
+) -> Samples:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     ours = kind.startswith("ours")
     holder = Worker(kind, "holder", server.url, name, cpus[0])
     waiter = Worker(kind, "waiter", server.url, name, cpus[1])
-    samples: list[float] = []
+    samples = Samples()
     try:
         assert holder.ask("acquire") == "ok"
         for i in range(warmup + rounds):
@@ -284,10 +302,11 @@ def measure(
                     time.sleep(0.0005)
             # ...and parked: its attempts (or BLPOP, or poll sleep) are well under way.
             time.sleep(0.02)
-            t_release = int(holder.ask("release"))
+            t_call, t_release = map(int, holder.ask("release").split())
             t_acquire = int(waiter.read())
             if i >= warmup:
-                samples.append((t_acquire - t_release) / 1e6)
+                samples.after_return.append((t_acquire - t_release) / 1e6)
+                samples.after_call.append((t_acquire - t_call) / 1e6)
             assert waiter.ask("release") == "ok"
             assert holder.ask("acquire") == "ok"
     finally:
@@ -343,17 +362,19 @@ def main() -> None:
             f"{args.cpu_waiter or 'any'}"
         )
         print(
-            "hand-off = acquire() returned (waiter) - release() returned (holder), "
+            "hand-off = acquire() returned (waiter) - release() returned (holder); "
+            "'from call': - release() called (holder); "
             f"{args.rounds} rounds after {args.warmup} warm-up"
         )
-        heads = ("p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms")
+        heads = ("p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "from call p50", "p99")
         print(f"{'':20s} " + " ".join(f"{h:>8s}" for h in heads))
         for kind in chosen:
             cpus = (args.cpu_holder, args.cpu_waiter)
-            s = measure(kind, server, args.rounds, args.warmup, cpus)
+            m = measure(kind, server, args.rounds, args.warmup, cpus)
+            s, c = m.after_return, m.after_call
             print(
                 f"{kind:20s} {pct(s, 50):8.3f} {pct(s, 90):8.3f} {pct(s, 99):8.3f} "
-                f"{max(s):8.3f} {statistics.mean(s):8.3f}",
+                f"{max(s):8.3f} {statistics.mean(s):8.3f} {pct(c, 50):13.3f} {pct(c, 99):8.3f}",
                 flush=True,
             )
     finally:
