@@ -1,7 +1,7 @@
 """Benchmark over a network: this library and its peers through a latency-injecting proxy.
 
     python bench/network.py [--rtts 0,0.5,1] [--rounds 3] [--seconds 2] [--handoff-rounds 200]
-                            [--proxy PATH] [--libs ours-with,ours-async,...]
+                            [--tasks 64,256] [--proxy PATH] [--libs ours-with,ours-async,...]
 
 Per round trip time (ms) in ``--rtts``: starts a private ``redis-server`` (the test harness's
 ``RedisServer``, as ``bench/tls.py`` does) and ``examples/latency_proxy.rs`` in front of it with a
@@ -21,6 +21,11 @@ netem), then measures every library through the proxy:
   in one process to acquire(wait=None) returning in another (and "from release() call": from
   release() being called), both through the proxy (ours async on the ``async with`` row, ours
   sync, python-redis-lock's BLPOP, and redis-py's sync ``Lock`` with ``sleep=0.001``: it polls).
+
+- **many tasks** (``--tasks``, scenario 2 of ``bench/run.py`` through the proxy): N asyncio
+  tasks, each acquiring and releasing its own key, ours (``async with client.lease()``) against
+  redis-py's asyncio ``Lock`` (``blocking=False``, a pool of N connections); cycles/s of all
+  tasks together, medians of ``--rounds``.
 
 Peers: redis-py's ``Lock`` (asyncio and sync, ``blocking=False``, ``timeout=30``),
 python-redis-lock (``blocking=False``, ``expire=30``; BLPOP hand-off), aioredlock (if
@@ -50,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
 import handoff  # bench/handoff.py: the hand-off measurement
 from redis_servers import RedisServer, free_port  # the test harness
+from run import many_tasks  # bench/run.py's scenario 2 driver
 from server_cpu import SCRIPT_ENTRIES, TOP_LEVEL, commandstats, make_runners
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +206,44 @@ def measure(ctl: redis.Redis, run: Cycle, top: set[str], seconds: float) -> Row:
     return n / wall, used / n * 1e6, server / n
 
 
+def many_task_rates(
+    runner: asyncio.Runner, port: int, tasks: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """Cycles/s of ``tasks`` concurrent tasks on their own keys, ours and redis-py's asyncio
+    Lock, medians of ``args.rounds`` rounds taking turns."""
+    import redis.asyncio as aredis
+
+    tag = uuid.uuid4().hex[:8]
+
+    async def run() -> dict[str, list[float]]:
+        client = await dl.LeaseClient.connect(f"redis://127.0.0.1:{port}")
+        r = aredis.Redis(port=port, max_connections=tasks)
+
+        async def ours(i: int) -> None:
+            async with client.lease(f"net-s2-{tag}-{i}"):
+                pass
+
+        async def redispy(i: int) -> None:
+            lock = r.lock(f"net-s2rp-{tag}-{i}", timeout=30)
+            assert await lock.acquire(blocking=False)
+            await lock.release()
+
+        out: dict[str, list[float]] = {"ours": [], "redis-py": []}
+        try:
+            await many_tasks(ours, tasks, 0.3)  # warm-up: connections open, scripts loaded
+            await many_tasks(redispy, tasks, 0.3)
+            for _ in range(args.rounds):
+                out["ours"].append(await many_tasks(ours, tasks, args.seconds))
+                out["redis-py"].append(await many_tasks(redispy, tasks, args.seconds))
+        finally:
+            await client.close()
+            await r.aclose()
+        return out
+
+    rates = runner.run(run())
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
 class ViaProxy:
     """What ``handoff.measure`` needs of a server: clients use ``url``, and the parent checks
     subscriptions on ``port`` (the server itself)."""
@@ -229,6 +273,8 @@ def run_rtt(
         for lib in libs:
             med = [statistics.median(r[i] for r in rows[lib]) for i in range(3)]
             res[lib] = {"rate": med[0], "client": med[1], "server": med[2], "limit": limit}
+        for n in args.task_counts:
+            res[f"tasks-{n}"] = {"limit": limit, **many_task_rates(runner, pport, n, args)}
         if args.handoff_rounds:
             via = ViaProxy(pport, srv.port)
             for lib in libs:
@@ -254,6 +300,8 @@ def report(rtt_ms: float, res: dict[str, dict[str, Any]]) -> None:
         "| hand-off p50 ms | p99 ms | from release() call: p50 ms | p99 ms |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    tasks = {k: r for k, r in res.items() if k.startswith("tasks-")}
+    res = {k: r for k, r in res.items() if not k.startswith("tasks-")}
     for lib, r in res.items():
         hand = " | ".join(f"{r[k]:.3f}" if k in r else "—" for k in ("p50", "p99", "c50", "c99"))
         print(
@@ -271,6 +319,12 @@ def report(rtt_ms: float, res: dict[str, dict[str, Any]]) -> None:
                 f"{a['server'] / b['server']:.2f}x the server CPU",
             ]
             print(f"- {LIBS[ours][0]} vs {LIBS[peer][0]}: " + ", ".join(parts))
+    for key, r in tasks.items():
+        n = key.removeprefix("tasks-")
+        print(
+            f"- {n} tasks, own keys: ours (`async with`) {r['ours']:,.0f} cycles/s, redis-py "
+            f"asyncio Lock {r['redis-py']:,.0f}: {r['ours'] / r['redis-py']:.2f}x"
+        )
     handed = {lib: r for lib, r in res.items() if "p50" in r}
     if "python-redis-lock" in handed:
         base = handed["python-redis-lock"]
@@ -290,9 +344,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--handoff-rounds", type=int, default=200, help="0: no hand-off figures")
+    ap.add_argument(
+        "--tasks", default="64,256", help="concurrent task counts to measure ('' for none)"
+    )
     ap.add_argument("--proxy", type=Path, help="the latency_proxy binary (default: cargo builds)")
     ap.add_argument("--libs", default=DEFAULT_LIBS + ",aioredlock")
     args = ap.parse_args()
+    args.task_counts = [int(n) for n in args.tasks.split(",") if n]
     libs = [lib for lib in args.libs.split(",") if lib]
     unknown = set(libs) - set(LIBS)
     if unknown:
