@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -105,7 +105,9 @@ def _alive(pid: int) -> bool:
 class PostgresServer:
     """One private PostgreSQL server; ``start()``/``stop()`` or a ``with`` block."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more ``postgres`` arguments, after (so overriding) the defaults, e.g.
+        ``["-c", "fsync=on"]``."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise PostgresServerError(
@@ -117,6 +119,7 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="dl-pytest-pg-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._user = _system_user()
+        self._extra_args = list(extra_args)
 
     @property
     def url(self) -> str:
@@ -185,6 +188,7 @@ class PostgresServer:
                 "fsync=off",
                 "-c",
                 "max_connections=300",
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
