@@ -14,7 +14,7 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,15 +48,17 @@ def fresh(prefix: str = "lock") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["redis", "sqlite", "postgres"])
+# The stores the demo runs on, each as the URL its fixtures give: adding a store is one line.
+DEMO_STORES: dict[str, Callable[[pytest.FixtureRequest, pytest.TempPathFactory], str]] = {
+    "redis": lambda request, _: request.getfixturevalue("demo_redis").url,
+    "sqlite": lambda _, tmp: f"sqlite://{tmp.mktemp('leases')}/leases.db",
+    "postgres": lambda request, _: request.getfixturevalue("postgres_server").url,
+}
+
+
+@pytest.fixture(params=list(DEMO_STORES))
 def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("demo_redis")
-        return server.url
-    if request.param == "postgres":
-        pg: PostgresServer = request.getfixturevalue("postgres_server")
-        return pg.url
-    return f"sqlite://{tmp_path_factory.mktemp('leases')}/leases.db"
+    return DEMO_STORES[request.param](request, tmp_path_factory)
 
 
 def winner_and_loser(
@@ -405,15 +407,14 @@ def test_scenario_4_expiry_after_a_crash(runner: Runner, store_url: str) -> None
 # -- the scenario script --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["embedded", "redis", "postgres"])
-def script_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=["embedded", *(s for s in DEMO_STORES if s != "sqlite")])
+def script_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """The script's environment: nothing configured (the embedded store), or DEMO_URL."""
     env = clean_env(PYTHON=sys.executable)
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("demo_redis")
-        env["DEMO_URL"] = server.url
-    elif request.param == "postgres":
-        pg: PostgresServer = request.getfixturevalue("postgres_server")
-        env["DEMO_URL"] = pg.url
+    if request.param != "embedded":
+        env["DEMO_URL"] = DEMO_STORES[request.param](request, tmp_path_factory)
     yield env
 
 
