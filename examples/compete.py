@@ -121,7 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3.0,
         help="interval of the 'Working...' lines (3)",
     )
-    p.add_argument("--url", help="store URL: redis://host:port, rediss://..., sqlite:///path")
+    p.add_argument(
+        "--url", help="store URL: redis://host:port, rediss://..., sqlite:///path, postgresql://..."
+    )
     p.add_argument(
         "--dir", default=".", help="directory holding appsettings*.json (current directory)"
     )

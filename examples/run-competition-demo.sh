@@ -9,7 +9,8 @@
 #                           lease duration has passed, a new instance acquires it at once
 #
 # Store: whatever compete.py finds (configuration in the current directory, else the embedded
-# store of this machine); DEMO_URL=redis://host:port passes --url. PYTHON picks the interpreter.
+# store of this machine); DEMO_URL=redis://host:port (or postgresql://...) passes --url. PYTHON
+# picks the interpreter.
 # Prints each instance's output and one verdict line per scenario; exits 1 if any fails.
 # Every process it starts is killed when it exits, however it exits.
 

@@ -10,6 +10,8 @@ system user ``dl-postgres`` (created here if missing) and owns the directory. Th
     with PostgresServer() as pg:
         pg.url                      # postgresql://postgres:...@127.0.0.1:<port>/postgres?sslmode=disable
         pg.psql("SELECT 1")         # runs SQL through psql, returns its output
+        pg.kill(signal.SIGKILL)     # a crash (SIGINT: fast shutdown); the data stays
+        pg.start_again()            # same port, same data (crash recovery after SIGKILL)
 
 The binaries come from ``$PG_BIN`` or the newest ``/usr/lib/postgresql/<version>/bin``
 (``scripts/test.sh`` installs the ``postgresql`` package).
@@ -26,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -79,10 +81,33 @@ def _system_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
 
 
+def _children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid ...: comm may contain spaces, so split after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it holds no resources)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class PostgresServer:
     """One private PostgreSQL server; ``start()``/``stop()`` or a ``with`` block."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more ``postgres`` arguments, after (so overriding) the defaults, e.g.
+        ``["-c", "fsync=on"]``."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise PostgresServerError(
@@ -94,6 +119,7 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="dl-pytest-pg-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._user = _system_user()
+        self._extra_args = list(extra_args)
 
     @property
     def url(self) -> str:
@@ -137,7 +163,16 @@ class PostgresServer:
         if out.returncode != 0:
             raise PostgresServerError(f"initdb failed: {out.stdout!r} {out.stderr!r}")
         self.port = free_port()
-        log = (self.dir / "server.log").open("wb")
+        self._launch()
+        with _live_lock:
+            _live.add(self)
+        self._wait_ready()
+        return self
+
+    def _launch(self) -> None:
+        """Runs ``postgres`` on ``self.port`` over the data directory (its log appended)."""
+        data = self.dir / "data"
+        log = (self.dir / "server.log").open("ab")
         self._proc = subprocess.Popen(
             [
                 str(self.bin / "postgres"),
@@ -153,6 +188,7 @@ class PostgresServer:
                 "fsync=off",
                 "-c",
                 "max_connections=300",
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -163,10 +199,6 @@ class PostgresServer:
             **self._as_user(),
         )
         log.close()
-        with _live_lock:
-            _live.add(self)
-        self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -183,6 +215,40 @@ class PostgresServer:
         log = (self.dir / "server.log").read_text(errors="replace")
         self.stop()
         raise PostgresServerError(f"postgres on port {self.port} did not start: {log}")
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid (the ``Popen`` process)."""
+        assert self._proc is not None, "not running"
+        return self._proc.pid
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
+        """Stops the server, keeping its data for :meth:`start_again`.
+
+        ``SIGINT`` is PostgreSQL's fast shutdown (sessions ended, a checkpoint, then exit);
+        ``SIGKILL`` is a crash: the postmaster and every process it started are killed at once,
+        and the next start runs crash recovery from the write-ahead log."""
+        proc, self._proc = self._proc, None
+        assert proc is not None, "not running"
+        if sig == signal.SIGKILL:
+            children = _children_of(proc.pid)
+            proc.kill()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+            deadline = time.monotonic() + timeout
+            while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            proc.send_signal(sig)
+            proc.wait(timeout=timeout)
+
+    def start_again(self) -> None:
+        """Starts the server stopped by :meth:`kill` on the same port and data."""
+        assert self._proc is None, "still running"
+        self._launch()
+        self._wait_ready()
 
     def psql(self, sql: str, variables: Mapping[str, str] | None = None) -> str:
         """Runs ``sql`` (read from stdin, so ``:'name'`` interpolates ``variables`` quoted) as

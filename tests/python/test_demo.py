@@ -14,7 +14,7 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,11 @@ from demo_helpers import (
     timings,
     wait_group_gone,
 )
+from postgres_server import PostgresServer
 
 __all__ = ["demo_redis", "runner"]  # fixtures
+
+POSTGRES_TITLE = "DISTRIBUTED LOCK DEMO - POSTGRES"
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +48,17 @@ def fresh(prefix: str = "lock") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+# The stores the demo runs on, each as the URL its fixtures give: adding a store is one line.
+DEMO_STORES: dict[str, Callable[[pytest.FixtureRequest, pytest.TempPathFactory], str]] = {
+    "redis": lambda request, _: request.getfixturevalue("demo_redis").url,
+    "sqlite": lambda _, tmp: f"sqlite://{tmp.mktemp('leases')}/leases.db",
+    "postgres": lambda request, _: request.getfixturevalue("postgres_server").url,
+}
+
+
+@pytest.fixture(params=list(DEMO_STORES))
 def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("demo_redis")
-        return server.url
-    return f"sqlite://{tmp_path_factory.mktemp('leases')}/leases.db"
+    return DEMO_STORES[request.param](request, tmp_path_factory)
 
 
 def winner_and_loser(
@@ -90,6 +98,38 @@ def test_winner_and_loser_output_on_embedded_store(runner: Runner, tmp_path: Pat
         if "[9s]" not in line and "[12s]" not in line
     ]
     assert mask(winner.lines) == expected
+
+
+def test_winner_and_loser_output_on_postgres(
+    runner: Runner, postgres_server: PostgresServer
+) -> None:
+    lock = fresh()
+    winner, loser = winner_and_loser(runner, postgres_server.url, lock, "--work-seconds", "7")
+    # The loser names the holder, from the refused acquire's own answer.
+    assert loser.wait() == 3
+    assert mask(loser.lines) == [
+        POSTGRES_TITLE if line.startswith("DISTRIBUTED LOCK DEMO") else line for line in SEED_LOSER
+    ]
+    row = postgres_server.psql(
+        "SELECT metadata->>'instanceId', metadata->>'region' FROM distributed_leasing.leases"
+        " WHERE name = :'name' AND expires_at > now()",
+        {"name": lock},
+    )
+    assert row == "us-east-1|us-east"
+    assert winner.wait() == 0
+    expected = [
+        POSTGRES_TITLE if line.startswith("DISTRIBUTED LOCK DEMO") else line.replace("15s", "7s")
+        for line in SEED_WINNER
+        if "[9s]" not in line and "[12s]" not in line
+    ]
+    assert mask(winner.lines) == expected
+    assert winner.err_lines == [] and loser.err_lines == []
+    assert (
+        postgres_server.psql(
+            "SELECT count(*) FROM distributed_leasing.leases WHERE name = :'name'", {"name": lock}
+        )
+        == "0"
+    )  # released
 
 
 def test_metadata_and_renewals_as_the_seed_stores_them(
@@ -367,12 +407,14 @@ def test_scenario_4_expiry_after_a_crash(runner: Runner, store_url: str) -> None
 # -- the scenario script --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["embedded", "redis"])
-def script_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=["embedded", *(s for s in DEMO_STORES if s != "sqlite")])
+def script_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """The script's environment: nothing configured (the embedded store), or DEMO_URL."""
     env = clean_env(PYTHON=sys.executable)
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("demo_redis")
-        env["DEMO_URL"] = server.url
+    if request.param != "embedded":
+        env["DEMO_URL"] = DEMO_STORES[request.param](request, tmp_path_factory)
     yield env
 
 
@@ -393,6 +435,10 @@ def test_demo_script_runs_the_four_scenarios(
     assert verdicts[0].endswith("1 winner, 1 loser")
     assert verdicts[2].endswith("1 winner, 2 losers")
     assert any("✗ Lock unavailable | Held by:" in line for line in script.lines)
+    # Every loser names a holder that is one of the demo's instances.
+    held_by = [line.split("Held by: ")[1] for line in script.lines if "Held by: " in line]
+    assert len(held_by) >= 3  # scenario 1's loser, scenario 3's two, scenario 4's early one
+    assert all(re.fullmatch(r"(us-east|eu-west|ap-south)-\d \(\1\)", h) for h in held_by), held_by
     assert time.monotonic() - t0 < 120  # "under a minute" on a quiet machine; generous here
     assert wait_group_gone(script.pid)  # every instance it started is gone
     embedded = "DEMO_URL" not in script_env

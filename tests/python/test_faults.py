@@ -16,6 +16,7 @@ from pathlib import Path
 
 import distributed_leasing as dl
 import pytest
+from conftest import StoreUnderTest
 from faults_util import Child, report
 from redis_servers import RedisServer
 from tcp_proxy import TcpProxy
@@ -346,3 +347,73 @@ async def test_blocked_event_loop_does_not_lose_the_lease(
         await asyncio.sleep(0.1)  # on_lost="cancel" would strike here if it had been lost
         assert not lease.is_lost and lease.expires_in > 0
     assert await client.inspect(unique_name) is None
+
+
+# ------------------------------------------------------------------------------------------
+# A holder process stopped (SIGSTOP) past its lease, on every store
+# ------------------------------------------------------------------------------------------
+
+STOPPED_HOLDER = """
+import asyncio, json, sys
+import distributed_leasing as dl
+
+async def main(url, name, mode):
+    client = await dl.LeaseClient.connect(url)
+    if mode == "cancel":
+        # The body is cancelled when the lease is lost, and LeaseLost comes out of the block;
+        # its exit still sends the owner-checked release.
+        try:
+            async with client.lease(name, duration=2.0, renew_interval=0.5) as lease:
+                print(json.dumps({"token": lease.fencing_token}), flush=True)
+                await asyncio.sleep(600)
+            out = {"outcome": "completed"}
+        except dl.LeaseLost:
+            out = {"outcome": "LeaseLost", "reason": lease.lost_reason}
+    else:
+        lease = await client.acquire(name, duration=2.0, renew_interval=0.5)
+        print(json.dumps({"token": lease.fencing_token}), flush=True)
+        reason = await lease.wait_lost()
+        # Sent to the store all the same: it must not delete the successor's lease.
+        released = await lease.release()
+        out = {"outcome": "lost", "reason": reason, "released": released}
+    print(json.dumps(out), flush=True)
+    await client.close()
+
+asyncio.run(main(*sys.argv[1:4]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["cancel", "release"])
+def test_stopped_holder_learns_it_lost_and_leaves_the_successor_alone(
+    store: StoreUnderTest, mode: str, unique_name: str, children: list[Child]
+) -> None:
+    holder = Child(STOPPED_HOLDER, store.url, unique_name, mode)
+    children.append(holder)
+    old_token = holder.read_json()["token"]
+    client = dl.LeaseClient.connect_sync(store.url)
+    assert client.try_acquire_sync(unique_name) is None
+
+    holder.signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    # Another process gets it once the stopped holder's lease (2 s) expires on the store.
+    successor = client.acquire_sync(unique_name, wait=30.0, duration=30.0)
+    takeover = time.monotonic() - stopped_at
+    try:
+        assert successor.fencing_token > old_token
+        holder.signal(signal.SIGCONT)
+        out = holder.read_json()
+        assert holder.wait() == 0, holder.stderr
+        if mode == "cancel":
+            assert out["outcome"] == "LeaseLost", out
+        else:
+            assert out["outcome"] == "lost" and out["released"] is False, out
+        assert out["reason"] in ("expired", "held_by_other"), out
+        # The stopped holder's release did not touch its successor's lease.
+        info = client.inspect_sync(unique_name)
+        assert info is not None and info.lease_id == successor.lease_id
+        assert info.fencing_token == successor.fencing_token
+        assert not successor.is_lost
+    finally:
+        released = successor.release_sync()
+    assert released
+    report("stopped_holder_takeover", store=store.kind, mode=mode, seconds=round(takeover, 2))

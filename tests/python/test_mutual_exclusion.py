@@ -3,9 +3,10 @@
 Contention: 8 OS processes take one lease over and over (``try_acquire``, no wait) until each
 has won its quota, and under the lease do a deliberately non-atomic read-modify-write of a
 shared record (count, last fencing token). Two holders at once would lose an update (final count
-below the number of wins) or see a token regression. ``CONTENTION_TOTAL`` sets the total number
-of wins per store (default 20,000; the documented long run is 100,000, see docs/reliability.md).
-A control run without the lease proves that the check does catch overlapping holders.
+below the number of wins) or see a token regression. The stores are ``STORE_URLS`` (Redis,
+SQLite, PostgreSQL). ``CONTENTION_TOTAL`` sets the total number of wins per store (default
+20,000; the documented long run is 100,000, see docs/reliability.md). A control run without the
+lease proves that the check does catch overlapping holders.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,31 +81,42 @@ def run_contenders(
     return results, elapsed
 
 
+# How each store of the contention test is reached: its URL, given the test's request and a
+# directory of its own. Adding a store is one line here (the record is a file for all but Redis).
+STORE_URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "redis": lambda request, _: request.getfixturevalue("redis_server").url,
+    "sqlite": lambda _, directory: f"sqlite://{directory / 'leases.db'}",
+    "postgres": lambda request, _: request.getfixturevalue("postgres_server").url,
+}
+
+
 def store_and_record(
-    store: str, redis_server: RedisServer, name: str, directory: Path
+    store: str, request: pytest.FixtureRequest, name: str, directory: Path
 ) -> tuple[str, str, Any]:
     """The lease store's URL, the record's address, and a function reading the record."""
+    url = STORE_URLS[store](request, directory)
     if store == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
         key = f"{name}:record"
 
         def read_redis() -> str:
             return redis_server.cli("GET", key).strip()
 
-        return redis_server.url, f"{redis_server.url}/{key}", read_redis
+        return url, f"{redis_server.url}/{key}", read_redis
     counter = directory / "counter.txt"
-    return f"sqlite://{directory / 'leases.db'}", str(counter), counter.read_text
+    return url, str(counter), counter.read_text
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["redis", "sqlite"])
+@pytest.mark.parametrize("store", list(STORE_URLS))
 def test_eight_processes_never_hold_one_lease_at_once(
     store: str,
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest,
     unique_name: str,
     sqlite_dir: Path,
     children: list[Child],
 ) -> None:
-    url, record, read_record = store_and_record(store, redis_server, unique_name, sqlite_dir)
+    url, record, read_record = store_and_record(store, request, unique_name, sqlite_dir)
     results, elapsed = run_contenders(children, url, unique_name, record, CONTENTION_TOTAL)
 
     wins = sum(r["wins"] for r in results)
@@ -136,11 +148,11 @@ def test_eight_processes_never_hold_one_lease_at_once(
 
 
 def test_control_without_the_lease_the_check_sees_lost_updates(
-    redis_server: RedisServer, unique_name: str, tmp_path: Path, children: list[Child]
+    request: pytest.FixtureRequest, unique_name: str, tmp_path: Path, children: list[Child]
 ) -> None:
     """The same contenders without the lease: the record must come up short. Proves that the
     test above would notice two holders at once."""
-    url, record, read_record = store_and_record("redis", redis_server, unique_name, tmp_path)
+    url, record, read_record = store_and_record("redis", request, unique_name, tmp_path)
     results, _ = run_contenders(children, url, unique_name, record, 4000, "--no-lease")
     wins = sum(r["wins"] for r in results)
     count, _ = (int(x) for x in read_record().split(":"))
