@@ -1,0 +1,809 @@
+//! The etcd v3 store: one key per lease, attached to an etcd lease that expires it.
+//!
+//! [`EtcdStore`] gives the semantics of the Redis store (DESIGN.md §3, §7) on a consensus-backed
+//! cluster. It talks to etcd's JSON gateway ([`http`]) and owns, once somebody in this process
+//! waits, one watch stream for releases ([`watch`]).
+//!
+//! Data model: the key `<KeyPrefix><name>` holds a JSON record
+//! `{"leaseId": "...", "acquiredAt": "2025-12-25T21:00:00.000Z", "metadata": {...}}` (the
+//! sample's hash fields; the fencing token is not stored, it is the key's `create_revision`),
+//! attached to an etcd lease granted for the lease duration. A value under the prefix that is
+//! not such a record is foreign data: reported as `WrongType`, never deleted.
+//!
+//! Invariants:
+//! - Fencing token = the key's `create_revision`: etcd's revision counter only grows (across
+//!   names, compactions and restarts of the whole cluster), and a key deleted and created again
+//!   gets a new one. No counter key is needed.
+//! - Acquire: a lease grant (`/v3/lease/grant`; a grant cannot be part of a txn), then ONE txn
+//!   "if `create_revision(key) == 0` put the record with that lease, else range the key", so a
+//!   refusal carries the holder. A refusal then revokes the unused grant and reads the holder's
+//!   remaining TTL (`timetolive`), both at once: two round trips when acquired, three when
+//!   refused. (Keeping a pre-granted lease would save the grant, but its TTL counts down
+//!   while it waits: the key would live shorter than the duration asked for.)
+//! - The etcd lease id is unique per acquisition: it is what a lost-reply resend recognises
+//!   (the txn's range shows the key on OUR lease: the first send won), and revoking it can
+//!   only ever delete the acquisition it was granted for.
+//! - etcd TTLs are whole seconds, at least the cluster's minimum (1.5 × election timeout,
+//!   rounded up: 2 s with etcd's defaults). A lease of `d` gets an etcd lease of `ceil(d)`
+//!   seconds, so the server never expires it before `d`. So that a live holder's lease still
+//!   ends after `d` (not after the rounded TTL), the store revokes the etcd leases it holds
+//!   when `d` has passed since the last acquire or renewal was sent without another renewal
+//!   ([`Inner::held`]): only a holder that died or froze leaves the rounding to etcd.
+//! - Renew: a keep-alive of the etcd lease, then a range that checks the key still has our
+//!   `create_revision` (so it was never deleted since we acquired it, and is on our lease). A
+//!   key deleted by hand while our etcd lease lives is thereby seen as lost.
+//! - Release: ONE txn "if `create_revision == ours` delete, else range", then a revoke of our
+//!   etcd lease. Force release: a range (to show the holder and to refuse foreign data), then
+//!   a txn deleting only that `create_revision`, then a revoke of the holder's etcd lease.
+//! - Every request may fail over to another member after a transport error ([`http`]) and so
+//!   be applied twice: acquire recognises its own lease; renew is idempotent; a release whose
+//!   first send was applied finds the key gone and reports the lease as missing (lost), never
+//!   as released while another holder has it.
+//! - Passwords and tokens live in [`crate::secret::Secret`]s; messages name the members.
+
+mod http;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+    ReleaseOutcome, RenewOutcome, TaskSlot,
+};
+use crate::config::EtcdTarget;
+use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
+use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
+use crate::wait::ReleaseBoard;
+use crate::wait::ReleaseWatch;
+
+/// The base64 of etcd's JSON gateway (keys and values are `bytes`).
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// How often a forced release whose holder changed while it was read is tried.
+const ATTEMPTS: usize = 5;
+
+/// Where to connect and how the store behaves.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// The members, TLS and credentials.
+    pub target: EtcdTarget,
+    /// Namespace of this client's leases: keys are `<key_prefix><name>`.
+    pub key_prefix: String,
+    /// Time allowed to connect to a member.
+    pub connect_timeout: Duration,
+    /// Time allowed for one operation, failing over between members included.
+    pub operation_timeout: Duration,
+    /// CA certificate (PEM) for `etcds://`, when not signed by a system root.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Leases in an etcd v3 cluster, shared by every process that can reach it.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+/// An acquisition made through this store and not yet released.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    etcd_lease: i64,
+    /// The key's `create_revision`: the fencing token.
+    token: i64,
+    /// The TTL etcd granted (seconds): a keep-alive restores it.
+    granted: i64,
+    /// When the lease duration has passed since the last acquire or renewal was sent: the
+    /// store revokes the etcd lease then.
+    revoke_at: Instant,
+}
+
+struct Inner {
+    http: Arc<http::Transport>,
+    prefix: String,
+    /// By `(name, lease id)`.
+    held: Mutex<HashMap<(String, String), Held>>,
+    /// Told when an earlier `revoke_at` appears.
+    held_changed: Arc<Notify>,
+    expirer: TaskSlot,
+    expirer_started: AtomicBool,
+    closed: AtomicBool,
+    watcher: watch::Watcher,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("members", &self.inner.http.display)
+            .field("key_prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---- the gateway's JSON (proto3 mapping: int64 as strings, bytes as base64, zero values
+// omitted) ----
+
+fn int<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        Text(String),
+        Number(i64),
+    }
+    match Int::deserialize(d)? {
+        Int::Number(n) => Ok(n),
+        Int::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Header {
+    #[serde(default, deserialize_with = "int")]
+    revision: i64,
+}
+
+#[derive(Deserialize, Default, Clone)]
+struct Kv {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int")]
+    create_revision: i64,
+    #[serde(default, deserialize_with = "int")]
+    lease: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct RangeResponse {
+    #[serde(default)]
+    kvs: Vec<Kv>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResponseOp {
+    #[serde(default)]
+    response_range: Option<RangeResponse>,
+}
+
+#[derive(Deserialize, Default)]
+struct TxnResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    responses: Vec<ResponseOp>,
+}
+
+impl TxnResponse {
+    /// The key the failure branch's range found.
+    fn ranged(self) -> Option<Kv> {
+        self.responses
+            .into_iter()
+            .find_map(|r| r.response_range)
+            .and_then(|r| r.kvs.into_iter().next())
+    }
+}
+
+#[derive(Deserialize)]
+struct Granted {
+    #[serde(rename = "ID", deserialize_with = "int")]
+    id: i64,
+    #[serde(rename = "TTL", default, deserialize_with = "int")]
+    ttl: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct KeptAlive {
+    #[serde(default)]
+    result: Option<KeptAliveResult>,
+}
+
+#[derive(Deserialize, Default)]
+struct KeptAliveResult {
+    /// 0 (omitted) when the lease no longer exists.
+    #[serde(rename = "TTL", default, deserialize_with = "int")]
+    ttl: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct TimeToLive {
+    /// Seconds left, rounded down; -1 when the lease no longer exists.
+    #[serde(rename = "TTL", default, deserialize_with = "int")]
+    ttl: i64,
+    #[serde(rename = "grantedTTL", default, deserialize_with = "int")]
+    granted: i64,
+}
+
+/// The record as stored.
+#[derive(serde::Serialize)]
+struct RecordOut<'a> {
+    #[serde(rename = "leaseId")]
+    lease_id: &'a str,
+    #[serde(rename = "acquiredAt")]
+    acquired_at: String,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+/// The record as read: the sample's fields must be there, or it is not a lease.
+#[derive(Deserialize)]
+struct RecordIn {
+    #[serde(rename = "leaseId")]
+    lease_id: String,
+    #[serde(rename = "acquiredAt")]
+    acquired_at: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// The key after `key`'s prefix: the first key not starting with it (etcd's `range_end`).
+/// An empty prefix means every key (`"\0"`).
+pub(crate) fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The etcd TTL of a lease duration: whole seconds, rounded up, at least 1.
+fn ttl_secs(d: Duration) -> i64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+impl EtcdStore {
+    /// Prepares the client and checks that a member answers (authenticating, when the URL
+    /// has a user).
+    ///
+    /// # Errors
+    /// `Backend` naming the members: none answers, authentication refused, TLS trust that
+    /// cannot be built.
+    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+        let http = Arc::new(http::Transport::new(
+            &options.target,
+            options.connect_timeout,
+            options.operation_timeout,
+            options.ca_file.as_deref(),
+        )?);
+        let watcher = watch::Watcher::new(Arc::clone(&http), options.key_prefix.clone());
+        let store = Self {
+            inner: Arc::new(Inner {
+                http,
+                prefix: options.key_prefix,
+                held: Mutex::new(HashMap::new()),
+                held_changed: Arc::new(Notify::new()),
+                expirer: TaskSlot::default(),
+                expirer_started: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                watcher,
+            }),
+        };
+        // A read that needs the leader: a member cut off from the quorum does not pass.
+        store.inner.range_key(b"\0").await?;
+        Ok(store)
+    }
+
+    fn inner(&self) -> Result<&Inner> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(http::closed_error());
+        }
+        Ok(&self.inner)
+    }
+
+    /// Starts the task that revokes etcd leases whose duration passed (needs a runtime).
+    fn start_expirer(&self) {
+        if !self.inner.expirer_started.swap(true, Ordering::AcqRel) {
+            self.inner
+                .expirer
+                .set(tokio::spawn(expire(Arc::downgrade(&self.inner))));
+        }
+    }
+}
+
+/// Revokes the etcd leases of [`Inner::held`] whose `revoke_at` passed (see the module docs).
+async fn expire(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let now = Instant::now();
+        let (due, next) = {
+            let mut held = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let due: Vec<_> = held
+                .iter()
+                .filter(|(_, h)| h.revoke_at <= now)
+                .map(|(k, h)| (k.clone(), *h))
+                .collect();
+            for (k, _) in &due {
+                held.remove(k);
+            }
+            (due, held.values().map(|h| h.revoke_at).min())
+        };
+        for ((name, _), _) in &due {
+            tracing::debug!(lease = %name, "lease duration passed without a renewal; revoking its etcd lease");
+        }
+        futures_util::future::join_all(due.iter().map(|(_, h)| inner.revoke(h.etcd_lease))).await;
+        let notify = Arc::clone(&inner.held_changed);
+        let changed = notify.notified();
+        drop(inner);
+        let until = next.unwrap_or_else(|| now + Duration::from_secs(3600));
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = changed => {}
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, name: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + name.len());
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.extend_from_slice(name.as_bytes());
+        key
+    }
+
+    fn remember(&self, name: &str, lease_id: &str, held: Held) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((name.to_owned(), lease_id.to_owned()), held);
+        self.held_changed.notify_one();
+    }
+
+    fn held(&self, name: &str, lease_id: &str) -> Option<Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name.to_owned(), lease_id.to_owned()))
+            .copied()
+    }
+
+    fn forget(&self, name: &str, lease_id: &str) -> Option<Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(name.to_owned(), lease_id.to_owned()))
+    }
+
+    async fn range_key(&self, key: &[u8]) -> Result<Option<Kv>> {
+        let r: RangeResponse = self
+            .http
+            .call("/v3/kv/range", &json!({ "key": B64.encode(key) }))
+            .await?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<Granted> {
+        self.http
+            .call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))
+            .await
+    }
+
+    /// Revokes an etcd lease (deleting the key attached to it, if any), best effort: a lease
+    /// that is gone already is fine, and a failure only leaves it to expire.
+    async fn revoke(&self, id: i64) {
+        if id == 0 {
+            return;
+        }
+        let r: Result<serde_json::Value> = self
+            .http
+            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await;
+        if let Err(e) = r {
+            if !e.to_string().contains("lease not found") {
+                tracing::debug!(error = %e, "cannot revoke an etcd lease; it expires by itself");
+            }
+        }
+    }
+
+    /// Keeps an etcd lease alive; its TTL after that (0: it no longer exists).
+    async fn keep_alive(&self, id: i64) -> Result<i64> {
+        let r: KeptAlive = self
+            .http
+            .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
+            .await?;
+        Ok(r.result.unwrap_or_default().ttl)
+    }
+
+    /// The time left on a holder's etcd lease: at most the granted TTL, else etcd's whole
+    /// seconds left plus one (etcd rounds down); `None` for a key without a lease.
+    async fn time_left(&self, id: i64) -> Result<Option<Duration>> {
+        if id == 0 {
+            return Ok(None);
+        }
+        let t: TimeToLive = self
+            .http
+            .call("/v3/lease/timetolive", &json!({ "ID": id.to_string() }))
+            .await?;
+        let secs = if t.ttl < 0 {
+            0
+        } else {
+            (t.ttl + 1).min(t.granted.max(t.ttl))
+        };
+        Ok(Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0))))
+    }
+
+    /// The holder a key shows, its time left read from etcd.
+    async fn holder(&self, name: &str, kv: &Kv) -> Result<LeaseInfo> {
+        let record = self.record(name, kv)?;
+        let ttl = self.time_left(kv.lease).await?;
+        Ok(info(name, kv, record, ttl))
+    }
+
+    /// The lease record of `kv`, or `WrongType` for foreign data.
+    fn record(&self, name: &str, kv: &Kv) -> Result<RecordIn> {
+        B64.decode(kv.value.as_bytes())
+            .ok()
+            .and_then(|v| serde_json::from_slice::<RecordIn>(&v).ok())
+            .ok_or_else(|| {
+                LeaseError::backend(
+                    BackendErrorKind::WrongType,
+                    format!(
+                        "the etcd key {:?} at {} holds something that is not a lease record (no JSON with leaseId and acquiredAt); it was not written by distributed-leasing and is left alone: use another KeyPrefix, or remove it yourself",
+                        format!("{}{name}", self.prefix),
+                        self.http.display
+                    ),
+                )
+            })
+    }
+
+    /// Why an owner-checked operation found nothing of ours, from what the key holds now.
+    fn lost_reason(&self, name: &str, kv: Option<&Kv>, ours: &str) -> LostReason {
+        match kv.map(|kv| self.record(name, kv)) {
+            Some(Ok(r)) if r.lease_id == ours => LostReason::Missing,
+            Some(_) => LostReason::HeldByOther,
+            None => LostReason::Missing,
+        }
+    }
+
+    /// "If the key's `create_revision` is `token`, delete it; else range it."
+    async fn delete_if(&self, key: &[u8], token: i64) -> Result<TxnResponse> {
+        let key = B64.encode(key);
+        self.http
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{
+                        "key": key, "target": "CREATE", "result": "EQUAL",
+                        "create_revision": token.to_string(),
+                    }],
+                    "success": [{ "request_delete_range": { "key": key } }],
+                    "failure": [{ "request_range": { "key": key } }],
+                }),
+            )
+            .await
+    }
+}
+
+fn info(name: &str, kv: &Kv, record: RecordIn, ttl: Option<Duration>) -> LeaseInfo {
+    LeaseInfo {
+        name: name.to_owned(),
+        lease_id: record.lease_id,
+        acquired_at: parse_timestamp(&record.acquired_at),
+        fencing_token: u64::try_from(kv.create_revision).ok(),
+        metadata: record.metadata,
+        ttl,
+    }
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
+        validate_name(req.name)?;
+        validate_metadata(req.metadata)?;
+        let inner = self.inner()?;
+        let value = serde_json::to_vec(&RecordOut {
+            lease_id: req.lease_id,
+            acquired_at: format_timestamp(req.acquired_at),
+            metadata: req.metadata,
+        })
+        .map_err(|e| {
+            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
+        })?;
+        let key = B64.encode(inner.key(req.name));
+        let t_sent = Instant::now();
+        let granted = inner.grant(ttl_secs(req.duration)).await?;
+        let txn: Result<TxnResponse> = inner
+            .http
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{
+                        "key": key, "target": "CREATE", "result": "EQUAL",
+                        "create_revision": "0",
+                    }],
+                    "success": [{ "request_put": {
+                        "key": key, "value": B64.encode(&value), "lease": granted.id.to_string(),
+                    }}],
+                    "failure": [{ "request_range": { "key": key } }],
+                }),
+            )
+            .await;
+        let txn = match txn {
+            Ok(t) => t,
+            Err(e) => {
+                inner.revoke(granted.id).await;
+                return Err(e);
+            }
+        };
+        let token = if txn.succeeded {
+            txn.header.revision
+        } else {
+            match txn.ranged() {
+                // A resend whose first send won (see the module docs).
+                Some(kv) if kv.lease == granted.id => kv.create_revision,
+                Some(kv) => {
+                    let (holder, ()) =
+                        tokio::join!(inner.holder(req.name, &kv), inner.revoke(granted.id));
+                    return Ok(AcquireOutcome::Held(holder?));
+                }
+                None => {
+                    inner.revoke(granted.id).await;
+                    return Err(LeaseError::backend(
+                        BackendErrorKind::Other,
+                        format!(
+                            "{}: the acquire's txn neither wrote nor found the key; retry",
+                            inner.http.display
+                        ),
+                    ));
+                }
+            }
+        };
+        inner.remember(
+            req.name,
+            req.lease_id,
+            Held {
+                etcd_lease: granted.id,
+                token,
+                granted: granted.ttl,
+                revoke_at: t_sent + req.duration,
+            },
+        );
+        self.start_expirer();
+        Ok(AcquireOutcome::Acquired {
+            fencing_token: u64::try_from(token).unwrap_or(0),
+        })
+    }
+
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
+        validate_name(name)?;
+        let inner = self.inner()?;
+        let key = inner.key(name);
+        let t_sent = Instant::now();
+        // Ours, from this store's acquire; else (another client of the same lease id) found
+        // through the key.
+        let (held, known) = match inner.held(name, lease_id) {
+            Some(h) => (h, true),
+            None => {
+                let kv = inner.range_key(&key).await?;
+                match kv {
+                    Some(kv)
+                        if inner
+                            .record(name, &kv)
+                            .is_ok_and(|r| r.lease_id == lease_id) =>
+                    {
+                        (
+                            Held {
+                                etcd_lease: kv.lease,
+                                token: kv.create_revision,
+                                granted: 0,
+                                revoke_at: t_sent + duration,
+                            },
+                            false,
+                        )
+                    }
+                    other => {
+                        return Ok(RenewOutcome::Lost(inner.lost_reason(
+                            name,
+                            other.as_ref(),
+                            lease_id,
+                        )))
+                    }
+                }
+            }
+        };
+        if held.etcd_lease == 0 {
+            return Ok(RenewOutcome::Lost(LostReason::Missing));
+        }
+        if known && ttl_secs(duration) > held.granted {
+            return Err(LeaseError::InvalidArgument(format!(
+                "etcd cannot lengthen a lease's TTL: this lease was taken for {}s, and a renewal asked for {duration:?}; renew with the duration it was acquired with",
+                held.granted
+            )));
+        }
+        let ttl = inner.keep_alive(held.etcd_lease).await?;
+        let kv = inner.range_key(&key).await?;
+        let ours = ttl > 0
+            && kv
+                .as_ref()
+                .is_some_and(|kv| kv.create_revision == held.token && kv.lease == held.etcd_lease);
+        if ours {
+            if known {
+                let mut map = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(h) = map.get_mut(&(name.to_owned(), lease_id.to_owned())) {
+                    h.revoke_at = h.revoke_at.max(t_sent + duration);
+                }
+            }
+            return Ok(RenewOutcome::Renewed);
+        }
+        if inner.forget(name, lease_id).is_some() {
+            inner.revoke(held.etcd_lease).await;
+        }
+        Ok(RenewOutcome::Lost(inner.lost_reason(
+            name,
+            kv.as_ref(),
+            lease_id,
+        )))
+    }
+
+    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
+        validate_name(name)?;
+        let inner = self.inner()?;
+        let key = inner.key(name);
+        let (etcd_lease, token) = match inner.held(name, lease_id) {
+            Some(h) => (h.etcd_lease, h.token),
+            None => match inner.range_key(&key).await? {
+                Some(kv)
+                    if inner
+                        .record(name, &kv)
+                        .is_ok_and(|r| r.lease_id == lease_id) =>
+                {
+                    (kv.lease, kv.create_revision)
+                }
+                other => {
+                    return Ok(ReleaseOutcome::Lost(inner.lost_reason(
+                        name,
+                        other.as_ref(),
+                        lease_id,
+                    )))
+                }
+            },
+        };
+        let txn = inner.delete_if(&key, token).await?;
+        inner.forget(name, lease_id);
+        inner.revoke(etcd_lease).await;
+        if txn.succeeded {
+            return Ok(ReleaseOutcome::Released);
+        }
+        let kv = txn.ranged();
+        Ok(ReleaseOutcome::Lost(inner.lost_reason(
+            name,
+            kv.as_ref(),
+            lease_id,
+        )))
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        validate_name(name)?;
+        let inner = self.inner()?;
+        match inner.range_key(&inner.key(name)).await? {
+            None => Ok(None),
+            Some(kv) => inner.holder(name, &kv).await.map(Some),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let inner = self.inner()?;
+        let from = inner.key(prefix);
+        let r: RangeResponse = inner
+            .http
+            .call(
+                "/v3/kv/range",
+                &json!({
+                    "key": B64.encode(&from),
+                    "range_end": B64.encode(prefix_end(&from)),
+                }),
+            )
+            .await?;
+        let leases: Vec<(String, Kv, RecordIn)> = r
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8(B64.decode(kv.key.as_bytes()).ok()?).ok()?;
+                let name = key.strip_prefix(&inner.prefix)?.to_owned();
+                // Other data under the prefix is not a lease: skipped, as the other stores do.
+                let record = inner.record(&name, &kv).ok()?;
+                Some((name, kv, record))
+            })
+            .collect();
+        let ttls = futures_util::future::join_all(
+            leases.iter().map(|(_, kv, _)| inner.time_left(kv.lease)),
+        )
+        .await;
+        let mut out = Vec::with_capacity(leases.len());
+        for ((name, kv, record), ttl) in leases.into_iter().zip(ttls) {
+            out.push(info(&name, &kv, record, ttl?));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
+        validate_name(name)?;
+        let inner = self.inner()?;
+        let key = inner.key(name);
+        for _ in 0..ATTEMPTS {
+            let Some(kv) = inner.range_key(&key).await? else {
+                return Ok(ForceReleased::Absent);
+            };
+            let record = inner.record(name, &kv)?;
+            if lease_id.is_some_and(|id| id != record.lease_id) {
+                let ttl = inner.time_left(kv.lease).await?;
+                return Ok(ForceReleased::HeldByOther(info(name, &kv, record, ttl)));
+            }
+            if inner.delete_if(&key, kv.create_revision).await?.succeeded {
+                inner.revoke(kv.lease).await;
+                return Ok(ForceReleased::Released);
+            }
+            // It changed hands between the range and the delete: look again.
+        }
+        Err(LeaseError::backend(
+            BackendErrorKind::Other,
+            format!(
+                "{}: the lease kept changing hands while it was read ({ATTEMPTS} attempts); retry",
+                self.inner.http.display
+            ),
+        ))
+    }
+
+    fn watch_releases(&self, name: &str) -> ReleaseWatch {
+        let board: &Arc<ReleaseBoard> = self.inner.watcher.board();
+        board.join(name)
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.expirer.stop().await;
+        self.inner.watcher.close().await;
+        self.inner.http.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(200)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1_001)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(30)), 30);
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"lease:"), b"lease;");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), b"\0");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn gateway_integers_read_as_strings_or_numbers() {
+        let kv: Kv =
+            serde_json::from_str(r#"{"key":"eA==","create_revision":"42","lease":7}"#).unwrap();
+        assert_eq!((kv.create_revision, kv.lease), (42, 7));
+        let t: TimeToLive = serde_json::from_str(r#"{"ID":"1","TTL":"-1"}"#).unwrap();
+        assert_eq!(t.ttl, -1);
+        let k: KeptAlive = serde_json::from_str(r#"{"result":{"ID":"1"}}"#).unwrap();
+        assert_eq!(k.result.unwrap().ttl, 0);
+    }
+}
