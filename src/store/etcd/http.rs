@@ -191,22 +191,32 @@ impl Transport {
         let body = serde_json::to_vec(body).map_err(|e| {
             LeaseError::backend(BackendErrorKind::Other, format!("cannot encode: {e}"))
         })?;
+        let bytes = self.call_raw(path, &body).await?;
+        self.parse(path, &bytes)
+    }
+
+    /// Reads one JSON answer of `path`.
+    pub(crate) fn parse<T: DeserializeOwned>(&self, path: &str, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            LeaseError::backend(
+                BackendErrorKind::Other,
+                format!(
+                    "{}: unexpected answer to {path} ({e}); is this an etcd v3.4+ client URL?",
+                    self.display
+                ),
+            )
+        })
+    }
+
+    /// As [`Self::call`], with the body as bytes (a stream of requests, one per line, for a
+    /// streaming RPC) and the answer as bytes (for a stream: one answer per line).
+    pub(crate) async fn call_raw(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.operation_timeout;
         let mut reauthenticated = false;
         loop {
             let token = self.token(deadline).await?;
-            match self.send(path, &body, token.as_ref(), deadline).await {
-                Ok(bytes) => {
-                    return serde_json::from_slice(&bytes).map_err(|e| {
-                        LeaseError::backend(
-                            BackendErrorKind::Other,
-                            format!(
-                                "{}: unexpected answer to {path} ({e}); is this an etcd v3.4+ client URL?",
-                                self.display
-                            ),
-                        )
-                    })
-                }
+            match self.send(path, body, token.as_ref(), deadline).await {
+                Ok(bytes) => return Ok(bytes),
                 Err(Failure::Token) if !reauthenticated && self.user.is_some() => {
                     reauthenticated = true;
                     tracing::debug!(members = %self.display, "etcd auth token expired; authenticating again");
@@ -358,14 +368,16 @@ impl Transport {
             Err(e) => return Err(Failure::Next(self.transport_error(member, &e))),
         };
         if status.is_success() {
-            // A streamed answer (keepalive) may carry its error in the body.
-            if bytes.starts_with(b"{\"error\"") {
-                #[derive(Deserialize)]
-                struct Streamed {
-                    error: GatewayError,
-                }
-                if let Ok(s) = serde_json::from_slice::<Streamed>(&bytes) {
-                    return Err(self.etcd_failure(member, &s.error));
+            // A streamed answer (keepalive) carries an error as one of its lines.
+            #[derive(Deserialize)]
+            struct Streamed {
+                error: GatewayError,
+            }
+            for line in bytes.split(|b| *b == b'\n') {
+                if line.starts_with(b"{\"error\"") {
+                    if let Ok(s) = serde_json::from_slice::<Streamed>(line) {
+                        return Err(self.etcd_failure(member, &s.error));
+                    }
                 }
             }
             return Ok(bytes);

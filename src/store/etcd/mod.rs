@@ -31,7 +31,9 @@
 //!   ([`Inner::held`]): only a holder that died or froze leaves the rounding to etcd.
 //! - Renew: a keep-alive of the etcd lease, then a range that checks the key still has our
 //!   `create_revision` (so it was never deleted since we acquired it, and is on our lease). A
-//!   key deleted by hand while our etcd lease lives is thereby seen as lost.
+//!   key deleted by hand while our etcd lease lives is thereby seen as lost. A batch is two
+//!   requests whatever its size: one streamed keep-alive carrying every etcd lease, and one
+//!   txn of ranges (per 128 keys).
 //! - Release: ONE txn "if `create_revision == ours` delete, else range", then a revoke of our
 //!   etcd lease. Force release: a range (to show the holder and to refuse foreign data), then
 //!   a txn deleting only that `create_revision`, then a revoke of the holder's etcd lease.
@@ -59,7 +61,7 @@ use tokio::time::Instant;
 
 use super::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ReleaseOutcome, RenewOutcome, TaskSlot,
+    ReleaseOutcome, RenewItem, RenewOutcome, TaskSlot,
 };
 use crate::config::EtcdTarget;
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
@@ -69,6 +71,9 @@ use crate::wait::ReleaseWatch;
 
 /// The base64 of etcd's JSON gateway (keys and values are `bytes`).
 pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Most operations etcd accepts in one txn (its `--max-txn-ops` default).
+const MAX_TXN_OPS: usize = 128;
 
 /// How often a forced release whose holder changed while it was read is tried.
 const ATTEMPTS: usize = 5;
@@ -211,6 +216,8 @@ struct KeptAlive {
 
 #[derive(Deserialize, Default)]
 struct KeptAliveResult {
+    #[serde(rename = "ID", default, deserialize_with = "int")]
+    id: i64,
     /// 0 (omitted) when the lease no longer exists.
     #[serde(rename = "TTL", default, deserialize_with = "int")]
     ttl: i64,
@@ -302,6 +309,105 @@ impl EtcdStore {
             return Err(http::closed_error());
         }
         Ok(&self.inner)
+    }
+
+    /// Renews a batch: ONE streamed keep-alive request for all their etcd leases, then one
+    /// txn of ranges per [`MAX_TXN_OPS`] keys checking each key still has our
+    /// `create_revision` and lease. A lease id this store did not acquire (another client of
+    /// the same process) is first looked up through its key.
+    async fn renew_all(&self, items: &[RenewItem<'_>]) -> Result<Vec<Result<RenewOutcome>>> {
+        let inner = self.inner()?;
+        let t_sent = Instant::now();
+        let mut out: Vec<Option<Result<RenewOutcome>>> = Vec::with_capacity(items.len());
+        let mut held = Vec::with_capacity(items.len());
+        for item in items {
+            let h = inner.held(item.name, item.lease_id);
+            match h {
+                Some(h) if ttl_secs(item.duration) > h.granted => {
+                    out.push(Some(Err(LeaseError::InvalidArgument(format!(
+                        "etcd cannot lengthen a lease's TTL: lease {:?} was taken for {}s, and a renewal asked for {:?}; renew with the duration it was acquired with",
+                        item.name, h.granted, item.duration
+                    )))));
+                    held.push(None);
+                }
+                _ => {
+                    out.push(None);
+                    held.push(h);
+                }
+            }
+        }
+        // Lease ids this store did not acquire: found through the key (one range each).
+        for (i, item) in items.iter().enumerate() {
+            if out[i].is_some() || held[i].is_some() {
+                continue;
+            }
+            let kv = inner.range_key(&inner.key(item.name)).await?;
+            match kv {
+                Some(kv)
+                    if kv.lease != 0
+                        && inner
+                            .record(item.name, &kv)
+                            .is_ok_and(|r| r.lease_id == item.lease_id) =>
+                {
+                    held[i] = Some(Held {
+                        etcd_lease: kv.lease,
+                        token: kv.create_revision,
+                        granted: 0,
+                        revoke_at: t_sent + item.duration,
+                    });
+                }
+                other => {
+                    out[i] = Some(Ok(RenewOutcome::Lost(inner.lost_reason(
+                        item.name,
+                        other.as_ref(),
+                        item.lease_id,
+                    ))));
+                }
+            }
+        }
+        let todo: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
+        if !todo.is_empty() {
+            let leases: Vec<i64> = todo
+                .iter()
+                .filter_map(|i| held[*i].map(|h| h.etcd_lease))
+                .collect();
+            let ttls = inner.keep_alive_all(&leases).await?;
+            let keys: Vec<Vec<u8>> = todo.iter().map(|i| inner.key(items[*i].name)).collect();
+            let kvs = inner.range_keys(&keys).await?;
+            for ((i, kv), lease) in todo.iter().zip(kvs).zip(leases) {
+                let (item, h) = (
+                    &items[*i],
+                    held[*i].unwrap_or(Held {
+                        etcd_lease: lease,
+                        token: -1,
+                        granted: 0,
+                        revoke_at: t_sent,
+                    }),
+                );
+                let alive = ttls.get(&lease).is_some_and(|t| *t > 0);
+                let ours = alive
+                    && kv
+                        .as_ref()
+                        .is_some_and(|kv| kv.create_revision == h.token && kv.lease == lease);
+                out[*i] = Some(Ok(if ours {
+                    let mut map = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(h) = map.get_mut(&(item.name.to_owned(), item.lease_id.to_owned()))
+                    {
+                        h.revoke_at = h.revoke_at.max(t_sent + item.duration);
+                    }
+                    RenewOutcome::Renewed
+                } else {
+                    if inner.forget(item.name, item.lease_id).is_some() {
+                        inner.revoke(lease).await;
+                    }
+                    RenewOutcome::Lost(inner.lost_reason(item.name, kv.as_ref(), item.lease_id))
+                }));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or(Ok(RenewOutcome::Lost(LostReason::Missing))))
+            .collect())
     }
 
     /// Starts the task that revokes etcd leases whose duration passed (needs a runtime).
@@ -408,13 +514,71 @@ impl Inner {
         }
     }
 
-    /// Keeps an etcd lease alive; its TTL after that (0: it no longer exists).
-    async fn keep_alive(&self, id: i64) -> Result<i64> {
-        let r: KeptAlive = self
-            .http
-            .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
-            .await?;
-        Ok(r.result.unwrap_or_default().ttl)
+    /// Keeps etcd leases alive, all in one streamed request (one JSON request per line, one
+    /// answer per line); the TTL of each after that (0: it no longer exists).
+    ///
+    /// The gateway may end the answer before every request was answered (seen with a
+    /// follower, which forwards keep-alives to the leader, once the request body has ended):
+    /// the unanswered ones are sent again; a lease without an answer is never taken for gone.
+    async fn keep_alive_all(&self, ids: &[i64]) -> Result<HashMap<i64, i64>> {
+        let path = "/v3/lease/keepalive";
+        let mut ttls = HashMap::with_capacity(ids.len());
+        let mut missing: Vec<i64> = ids.to_vec();
+        while !missing.is_empty() {
+            let mut body = Vec::new();
+            for id in &missing {
+                body.extend_from_slice(format!("{{\"ID\":\"{id}\"}}\n").as_bytes());
+            }
+            let answer = self.http.call_raw(path, &body).await?;
+            let before = ttls.len();
+            for line in answer.split(|b| *b == b'\n') {
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                let r: KeptAlive = self.http.parse(path, line)?;
+                if let Some(r) = r.result {
+                    ttls.insert(r.id, r.ttl);
+                }
+            }
+            if ttls.len() == before {
+                return Err(LeaseError::backend(
+                    BackendErrorKind::Other,
+                    format!(
+                        "{}: a keep-alive of {} leases was not answered; retry",
+                        self.http.display,
+                        missing.len()
+                    ),
+                ));
+            }
+            missing.retain(|id| !ttls.contains_key(id));
+        }
+        Ok(ttls)
+    }
+
+    /// The keys `keys` (in order; `None` where absent), in txns of at most [`MAX_TXN_OPS`]
+    /// ranges, sent at once.
+    async fn range_keys(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Kv>>> {
+        let chunks = futures_util::future::try_join_all(keys.chunks(MAX_TXN_OPS).map(|chunk| {
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|k| json!({ "request_range": { "key": B64.encode(k) } }))
+                .collect();
+            async move {
+                let t: TxnResponse = self
+                    .http
+                    .call("/v3/kv/txn", &json!({ "success": ops }))
+                    .await?;
+                let mut kvs: Vec<Option<Kv>> = t
+                    .responses
+                    .into_iter()
+                    .map(|r| r.response_range.and_then(|r| r.kvs.into_iter().next()))
+                    .collect();
+                kvs.resize(chunk.len(), None);
+                Ok::<_, LeaseError>(kvs)
+            }
+        }))
+        .await?;
+        Ok(chunks.into_iter().flatten().collect())
     }
 
     /// The time left on a holder's etcd lease: at most the granted TTL, else etcd's whole
@@ -583,75 +747,28 @@ impl LeaseStore for EtcdStore {
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
         validate_name(name)?;
-        let inner = self.inner()?;
-        let key = inner.key(name);
-        let t_sent = Instant::now();
-        // Ours, from this store's acquire; else (another client of the same lease id) found
-        // through the key.
-        let (held, known) = match inner.held(name, lease_id) {
-            Some(h) => (h, true),
-            None => {
-                let kv = inner.range_key(&key).await?;
-                match kv {
-                    Some(kv)
-                        if inner
-                            .record(name, &kv)
-                            .is_ok_and(|r| r.lease_id == lease_id) =>
-                    {
-                        (
-                            Held {
-                                etcd_lease: kv.lease,
-                                token: kv.create_revision,
-                                granted: 0,
-                                revoke_at: t_sent + duration,
-                            },
-                            false,
-                        )
-                    }
-                    other => {
-                        return Ok(RenewOutcome::Lost(inner.lost_reason(
-                            name,
-                            other.as_ref(),
-                            lease_id,
-                        )))
-                    }
-                }
-            }
-        };
-        if held.etcd_lease == 0 {
-            return Ok(RenewOutcome::Lost(LostReason::Missing));
-        }
-        if known && ttl_secs(duration) > held.granted {
-            return Err(LeaseError::InvalidArgument(format!(
-                "etcd cannot lengthen a lease's TTL: this lease was taken for {}s, and a renewal asked for {duration:?}; renew with the duration it was acquired with",
-                held.granted
-            )));
-        }
-        let ttl = inner.keep_alive(held.etcd_lease).await?;
-        let kv = inner.range_key(&key).await?;
-        let ours = ttl > 0
-            && kv
-                .as_ref()
-                .is_some_and(|kv| kv.create_revision == held.token && kv.lease == held.etcd_lease);
-        if ours {
-            if known {
-                let mut map = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(h) = map.get_mut(&(name.to_owned(), lease_id.to_owned())) {
-                    h.revoke_at = h.revoke_at.max(t_sent + duration);
-                }
-            }
-            return Ok(RenewOutcome::Renewed);
-        }
-        if inner.forget(name, lease_id).is_some() {
-            inner.revoke(held.etcd_lease).await;
-        }
-        Ok(RenewOutcome::Lost(inner.lost_reason(
+        let item = RenewItem {
             name,
-            kv.as_ref(),
             lease_id,
-        )))
+            duration,
+        };
+        let mut outcomes = self.renew_all(&[item]).await?;
+        outcomes
+            .pop()
+            .unwrap_or(Ok(RenewOutcome::Lost(LostReason::Missing)))
     }
 
+    fn renews_in_one_request(&self) -> bool {
+        true
+    }
+
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
+        let checked = items.iter().try_for_each(|i| validate_name(i.name));
+        match async { checked.map(|()| self.renew_all(items))?.await }.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => super::failed_batch(items.len(), &e),
+        }
+    }
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
         validate_name(name)?;
         let inner = self.inner()?;
