@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -839,10 +840,13 @@ impl LeaseStore for EtcdStore {
                 Some((name, kv, record))
             })
             .collect();
-        let ttls = futures_util::future::join_all(
-            leases.iter().map(|(_, kv, _)| inner.time_left(kv.lease)),
-        )
-        .await;
+        // The holders' time left: one request per lease, at most 16 at a time.
+        let ids: Vec<i64> = leases.iter().map(|(_, kv, _)| kv.lease).collect();
+        let ttls: Vec<Result<Option<Duration>>> = futures_util::stream::iter(ids)
+            .map(|id| inner.time_left(id))
+            .buffered(16)
+            .collect()
+            .await;
         let mut out = Vec::with_capacity(leases.len());
         for ((name, kv, record), ttl) in leases.into_iter().zip(ttls) {
             out.push(info(&name, &kv, record, ttl?));
