@@ -387,3 +387,36 @@ async fn acquire_and_release_latency() {
     );
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcds_verifies_the_certificate_against_ca_file_or_the_system_roots() {
+    if !common::etcd_wanted() {
+        return;
+    }
+    let etcd = common::EtcdCluster::start_tls(1);
+    let url = etcd.url();
+    assert!(url.starts_with("etcds://"), "{url}");
+    let trusting = ClientOptions {
+        ca_file: Some(etcd.ca_file()),
+        ..options()
+    };
+    let c = LeaseClient::connect(&url, trusting).await.unwrap();
+    let name = unique("tls");
+    let l = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        l.lease_id()
+    );
+    assert!(l.release().await.unwrap());
+    c.close().await;
+    // The throwaway CA is not among the system roots: refused, with a message, no panic.
+    match LeaseClient::connect(&url, options()).await {
+        Err(LeaseError::Backend { message, .. }) => {
+            assert!(message.contains("127.0.0.1"), "{message}");
+        }
+        other => panic!("an unknown CA must be refused, got {other:?}"),
+    }
+}

@@ -570,6 +570,8 @@ pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
     initial: String,
     die_with_parent: bool,
+    /// Clients over HTTPS with a certificate of a throwaway CA (`ca_file`).
+    tls: bool,
 }
 
 /// Where etcd data directories go: `/dev/shm` when there is one (etcd syncs every write to
@@ -613,10 +615,21 @@ fn remove_stale_etcd_dirs() {
 impl EtcdCluster {
     /// A cluster of `n` members, killed on drop.
     pub fn start(n: usize) -> Self {
-        Self::start_with(n, false)
+        Self::start_with(n, false, false)
     }
 
-    fn start_with(n: usize, die_with_parent: bool) -> Self {
+    /// A cluster of `n` members whose clients use HTTPS with a certificate for 127.0.0.1
+    /// signed by a throwaway CA ([`Self::ca_file`]).
+    pub fn start_tls(n: usize) -> Self {
+        Self::start_with(n, false, true)
+    }
+
+    /// The CA of a cluster started by [`Self::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn start_with(n: usize, die_with_parent: bool, tls: bool) -> Self {
         remove_stale_etcd_dirs();
         let dir = etcd_base_dir().join(format!(
             "dl-etcd-{}-{}",
@@ -638,11 +651,15 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        if tls {
+            make_tls_material(&dir, None);
+        }
         let mut cluster = Self {
             dir,
             members,
             initial,
             die_with_parent,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -659,7 +676,8 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", &m.name])
@@ -672,8 +690,14 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-token", &token])
             .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.dir.join("server.crt"))
+                .arg("--key-file")
+                .arg(self.dir.join("server.key"));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if self.die_with_parent {
@@ -685,9 +709,10 @@ impl EtcdCluster {
         );
     }
 
-    /// `etcd://127.0.0.1:<port>,...` of every member.
+    /// `etcd://127.0.0.1:<port>,...` of every member (`etcds://` for a TLS cluster).
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoints())
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoints())
     }
 
     /// `127.0.0.1:<port>,...` of every member.
@@ -723,10 +748,21 @@ impl EtcdCluster {
     pub fn wait_healthy(&self) {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
-            let healthy = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
-                http_get(m.client_port, "/health")
-                    .is_some_and(|b| b.contains("\"health\":\"true\""))
-            });
+            let healthy = if self.tls {
+                Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={}", self.endpoints()))
+                    .arg("--cacert")
+                    .arg(self.ca_file())
+                    .args(["endpoint", "health"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            } else {
+                self.members.iter().filter(|m| m.child.is_some()).all(|m| {
+                    http_get(m.client_port, "/health")
+                        .is_some_and(|b| b.contains("\"health\":\"true\""))
+                })
+            };
             if healthy {
                 return;
             }
@@ -810,7 +846,7 @@ pub fn shared_etcd() -> &'static EtcdCluster {
     CLUSTER.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut cluster = EtcdCluster::start_with(3, true);
+            let mut cluster = EtcdCluster::start_with(3, true, false);
             let children: Vec<Option<Child>> =
                 cluster.members.iter_mut().map(|m| m.child.take()).collect();
             let pids = children.iter().flatten().map(Child::id).collect();
