@@ -259,15 +259,20 @@ impl Supervisor {
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
+        let Some(board) = self.board.upgrade() else {
+            return;
+        };
         if result.created {
             stream.live = true;
             self.failures = 0;
             self.warned = false;
             tracing::debug!(members = %self.http.display, "etcd release watch live");
+            // A watch sees deletions from its creation on: a waiter that joined while it was
+            // being set up may have missed one, so one waiter per name looks again now.
+            for key in board.wanted() {
+                board.notify(&key);
+            }
         }
-        let Some(board) = self.board.upgrade() else {
-            return;
-        };
         for event in result.events {
             if event.kind != "DELETE" {
                 continue;
