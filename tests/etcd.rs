@@ -378,6 +378,18 @@ async fn acquire_and_release_latency() {
         median(&mut release),
         median(&mut refused)
     );
+    // 300 in a row, renewed every 400 ms meanwhile (as the conformance batch case does).
+    let tag = unique("serial");
+    let opts = renewing(2_000, 400);
+    let t = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..300 {
+        held.push(c.acquire(&format!("{tag}-{i}"), &opts, NOW).await.unwrap());
+    }
+    eprintln!("etcd: 300 acquires in a row took {:?}", t.elapsed());
+    for l in held {
+        assert!(l.release().await.unwrap());
+    }
     assert_eq!(
         c.store()
             .renew(&name, "nobody", Duration::from_secs(1))

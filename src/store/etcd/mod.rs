@@ -14,12 +14,17 @@
 //! - Fencing token = the key's `create_revision`: etcd's revision counter only grows (across
 //!   names, compactions and restarts of the whole cluster), and a key deleted and created again
 //!   gets a new one. No counter key is needed.
-//! - Acquire: a lease grant (`/v3/lease/grant`; a grant cannot be part of a txn), then ONE txn
-//!   "if `create_revision(key) == 0` put the record with that lease, else range the key", so a
-//!   refusal carries the holder. A refusal then revokes the unused grant and reads the holder's
-//!   remaining TTL (`timetolive`), both at once: two round trips when acquired, three when
-//!   refused. (Keeping a pre-granted lease would save the grant, but its TTL counts down
-//!   while it waits: the key would live shorter than the duration asked for.)
+//! - Acquire: ONE txn "if `create_revision(key) == 0` put the record on etcd lease L, else
+//!   range the key", so a refusal carries the holder (whose remaining TTL is then read with
+//!   `timetolive`). A grant cannot be part of a txn, and both are consensus writes, so the
+//!   store keeps spare etcd leases (per TTL, at most [`MAX_SPARES`]): an unused grant of a
+//!   refused attempt is kept rather than revoked, and a new spare is granted in the background
+//!   after each acquire. An acquire that has a spare sends its txn and a keep-alive of the
+//!   spare at the same time: the keep-alive restarts the spare's full TTL after the acquire
+//!   was sent, so the key lives the whole duration (a spare whose TTL may already have run
+//!   down is never used, and one whose keep-alive fails is revoked, with the key put on it).
+//!   Without a spare: grant, then txn. So an acquire is usually one consensus round, and a
+//!   waiter's refused attempts grant nothing.
 //! - The etcd lease id is unique per acquisition: it is what a lost-reply resend recognises
 //!   (the txn's range shows the key on OUR lease: the first send won), and revoking it can
 //!   only ever delete the acquisition it was granted for.
@@ -76,6 +81,9 @@ pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_p
 /// Most operations etcd accepts in one txn (its `--max-txn-ops` default).
 const MAX_TXN_OPS: usize = 128;
 
+/// Most unused etcd leases kept per TTL.
+const MAX_SPARES: usize = 4;
+
 /// How often a forced release whose holder changed while it was read is tried.
 const ATTEMPTS: usize = 5;
 
@@ -124,6 +132,20 @@ struct Inner {
     expirer_started: AtomicBool,
     closed: AtomicBool,
     watcher: watch::Watcher,
+    /// Unused etcd leases by requested TTL (see the module docs).
+    spares: Mutex<HashMap<i64, Vec<Spare>>>,
+}
+
+/// An etcd lease granted and not (yet) used by a key.
+#[derive(Debug, Clone, Copy)]
+struct Spare {
+    id: i64,
+    /// The TTL asked for (the key of [`Inner::spares`]).
+    ttl: i64,
+    /// The TTL etcd granted (at least its minimum).
+    granted: i64,
+    /// When it was last granted or kept alive (sent).
+    granted_at: Instant,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -298,6 +320,7 @@ impl EtcdStore {
                 expirer_started: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 watcher,
+                spares: Mutex::new(HashMap::new()),
             }),
         };
         // A read that needs the leader: a member cut off from the quorum does not pass.
@@ -411,6 +434,75 @@ impl EtcdStore {
             .collect())
     }
 
+    /// The outcome of the acquire txn `txn`, sent with the etcd lease `lease` at `t_sent`.
+    async fn acquired_or_held(
+        &self,
+        req: &AcquireRequest<'_>,
+        txn: TxnResponse,
+        lease: Spare,
+        t_sent: Instant,
+    ) -> Result<AcquireOutcome> {
+        let inner = &*self.inner;
+        let token = if txn.succeeded {
+            txn.header.revision
+        } else {
+            match txn.ranged() {
+                // A resend whose first send won (see the module docs).
+                Some(kv) if kv.lease == lease.id => kv.create_revision,
+                Some(kv) => {
+                    let holder = inner.holder(req.name, &kv).await;
+                    // Unused: kept for the next attempt (a waiter's), instead of revoked.
+                    inner.keep_spare(lease);
+                    return Ok(AcquireOutcome::Held(holder?));
+                }
+                None => {
+                    inner.revoke(lease.id).await;
+                    return Err(LeaseError::backend(
+                        BackendErrorKind::Other,
+                        format!(
+                            "{}: the acquire's txn neither wrote nor found the key; retry",
+                            inner.http.display
+                        ),
+                    ));
+                }
+            }
+        };
+        inner.remember(
+            req.name,
+            req.lease_id,
+            Held {
+                etcd_lease: lease.id,
+                token,
+                granted: lease.granted,
+                revoke_at: t_sent + req.duration,
+            },
+        );
+        self.start_expirer();
+        self.prefetch_spare(lease.ttl);
+        Ok(AcquireOutcome::Acquired {
+            fencing_token: u64::try_from(token).unwrap_or(0),
+        })
+    }
+
+    /// Grants a spare etcd lease of `ttl` seconds in the background, unless one is kept.
+    fn prefetch_spare(&self, ttl: i64) {
+        let inner = Arc::clone(&self.inner);
+        if inner.has_spare(ttl) || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let t_sent = Instant::now();
+            if let Ok(g) = inner.grant(ttl).await {
+                inner.keep_spare(Spare {
+                    id: g.id,
+                    ttl,
+                    granted: g.ttl,
+                    granted_at: t_sent,
+                });
+            }
+        });
+    }
+
     /// Starts the task that revokes etcd leases whose duration passed (needs a runtime).
     fn start_expirer(&self) {
         if !self.inner.expirer_started.swap(true, Ordering::AcqRel) {
@@ -482,6 +574,59 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&(name.to_owned(), lease_id.to_owned()))
+    }
+
+    /// "If the key does not exist, put `value` on etcd lease `lease`; else range it."
+    async fn put_if_absent(&self, key: &[u8], value: &[u8], lease: i64) -> Result<TxnResponse> {
+        let key = B64.encode(key);
+        self.http
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{
+                        "key": key, "target": "CREATE", "result": "EQUAL",
+                        "create_revision": "0",
+                    }],
+                    "success": [{ "request_put": {
+                        "key": key, "value": B64.encode(value), "lease": lease.to_string(),
+                    }}],
+                    "failure": [{ "request_range": { "key": key } }],
+                }),
+            )
+            .await
+    }
+
+    /// A spare etcd lease of `ttl` seconds that is alive for at least another second (its
+    /// keep-alive is sent with the txn that uses it); older ones are dropped (etcd expires
+    /// them: they carry no key).
+    fn take_spare(&self, ttl: i64, now: Instant) -> Option<Spare> {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = spares.get_mut(&ttl)?;
+        while let Some(spare) = list.pop() {
+            let lives = Duration::from_secs(u64::try_from(spare.granted - 1).unwrap_or(0));
+            if now.saturating_duration_since(spare.granted_at) < lives {
+                return Some(spare);
+            }
+        }
+        None
+    }
+
+    fn has_spare(&self, ttl: i64) -> bool {
+        self.spares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ttl)
+            .is_some_and(|l| !l.is_empty())
+    }
+
+    /// Keeps an unused etcd lease for a later acquire (at most [`MAX_SPARES`] per TTL; one
+    /// more is left to expire).
+    fn keep_spare(&self, spare: Spare) {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = spares.entry(spare.ttl).or_default();
+        if list.len() < MAX_SPARES {
+            list.push(spare);
+        }
     }
 
     async fn range_key(&self, key: &[u8]) -> Result<Option<Kv>> {
@@ -681,69 +826,53 @@ impl LeaseStore for EtcdStore {
         .map_err(|e| {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })?;
-        let key = B64.encode(inner.key(req.name));
+        let key = inner.key(req.name);
+        let ttl = ttl_secs(req.duration);
         let t_sent = Instant::now();
-        let granted = inner.grant(ttl_secs(req.duration)).await?;
-        let txn: Result<TxnResponse> = inner
-            .http
-            .call(
-                "/v3/kv/txn",
-                &json!({
-                    "compare": [{
-                        "key": key, "target": "CREATE", "result": "EQUAL",
-                        "create_revision": "0",
-                    }],
-                    "success": [{ "request_put": {
-                        "key": key, "value": B64.encode(&value), "lease": granted.id.to_string(),
-                    }}],
-                    "failure": [{ "request_range": { "key": key } }],
-                }),
-            )
-            .await;
-        let txn = match txn {
-            Ok(t) => t,
+        // A spare etcd lease: kept alive and used at once (see the module docs).
+        if let Some(spare) = inner.take_spare(ttl, t_sent) {
+            let ids = [spare.id];
+            let (alive, txn) = tokio::join!(
+                inner.keep_alive_all(&ids),
+                inner.put_if_absent(&key, &value, spare.id)
+            );
+            let alive = alive
+                .ok()
+                .and_then(|ttls| ttls.get(&spare.id).copied())
+                .is_some_and(|t| t > 0);
+            match txn {
+                Ok(txn) if alive => {
+                    let spare = Spare {
+                        granted_at: t_sent,
+                        ..spare
+                    };
+                    return self.acquired_or_held(req, txn, spare, t_sent).await;
+                }
+                // The keep-alive failed, or the spare was gone: its key (if the put was made)
+                // cannot be vouched for. Revoking the spare deletes it; then as without one.
+                Ok(_) => inner.revoke(spare.id).await,
+                Err(e) if e.to_string().contains("lease not found") => {}
+                Err(e) => {
+                    inner.revoke(spare.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        let t_sent = Instant::now();
+        let granted = inner.grant(ttl).await?;
+        let spare = Spare {
+            id: granted.id,
+            ttl,
+            granted: granted.ttl,
+            granted_at: t_sent,
+        };
+        match inner.put_if_absent(&key, &value, granted.id).await {
+            Ok(txn) => self.acquired_or_held(req, txn, spare, t_sent).await,
             Err(e) => {
                 inner.revoke(granted.id).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let token = if txn.succeeded {
-            txn.header.revision
-        } else {
-            match txn.ranged() {
-                // A resend whose first send won (see the module docs).
-                Some(kv) if kv.lease == granted.id => kv.create_revision,
-                Some(kv) => {
-                    let (holder, ()) =
-                        tokio::join!(inner.holder(req.name, &kv), inner.revoke(granted.id));
-                    return Ok(AcquireOutcome::Held(holder?));
-                }
-                None => {
-                    inner.revoke(granted.id).await;
-                    return Err(LeaseError::backend(
-                        BackendErrorKind::Other,
-                        format!(
-                            "{}: the acquire's txn neither wrote nor found the key; retry",
-                            inner.http.display
-                        ),
-                    ));
-                }
-            }
-        };
-        inner.remember(
-            req.name,
-            req.lease_id,
-            Held {
-                etcd_lease: granted.id,
-                token,
-                granted: granted.ttl,
-                revoke_at: t_sent + req.duration,
-            },
-        );
-        self.start_expirer();
-        Ok(AcquireOutcome::Acquired {
-            fencing_token: u64::try_from(token).unwrap_or(0),
-        })
+        }
     }
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
