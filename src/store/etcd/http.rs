@@ -8,7 +8,7 @@
 //! JSON and HTTP/1.1 (one request per connection at a time, pooled): measured on this loaded
 //! 2-core machine with the 3-member test cluster on loopback (tests/etcd.rs,
 //! `acquire_and_release_latency`), a median acquire takes 2-3 ms (one txn, with a spare etcd
-//! lease; 4.5 ms as grant + txn), a release (txn + revoke) about 4 ms, nearly all of it etcd's
+//! lease; 4.5 ms as grant + txn), a release (one txn) 2-4 ms, nearly all of it etcd's
 //! consensus on each write, which a gRPC client pays too.
 //!
 //! Invariants:

@@ -39,8 +39,8 @@
 //!   key deleted by hand while our etcd lease lives is thereby seen as lost. A batch is two
 //!   requests whatever its size: one streamed keep-alive carrying every etcd lease, and one
 //!   txn of ranges (per 128 keys).
-//! - Release: ONE txn "if `create_revision == ours` delete, else range", then a revoke of our
-//!   etcd lease. Force release: a range (to show the holder and to refuse foreign data), then
+//! - Release: ONE txn "if `create_revision == ours` delete, else range"; our etcd lease, which
+//!   then carries no key, is kept as a spare (not revoked), so a release is one request. Force release: a range (to show the holder and to refuse foreign data), then
 //!   a txn deleting only that `create_revision`, then a revoke of the holder's etcd lease.
 //! - Every request may fail over to another member after a transport error ([`http`]) and so
 //!   be applied twice: acquire recognises its own lease; renew is idempotent; a release whose
@@ -116,6 +116,10 @@ struct Held {
     token: i64,
     /// The TTL etcd granted (seconds): a keep-alive restores it.
     granted: i64,
+    /// The TTL asked for (seconds).
+    ttl: i64,
+    /// When the last grant or keep-alive of the etcd lease was sent.
+    kept_at: Instant,
     /// When the lease duration has passed since the last acquire or renewal was sent: the
     /// store revokes the etcd lease then.
     revoke_at: Instant,
@@ -377,6 +381,8 @@ impl EtcdStore {
                         etcd_lease: kv.lease,
                         token: kv.create_revision,
                         granted: 0,
+                        ttl: 0,
+                        kept_at: t_sent,
                         revoke_at: t_sent + item.duration,
                     });
                 }
@@ -405,6 +411,8 @@ impl EtcdStore {
                         etcd_lease: lease,
                         token: -1,
                         granted: 0,
+                        ttl: 0,
+                        kept_at: t_sent,
                         revoke_at: t_sent,
                     }),
                 );
@@ -418,6 +426,7 @@ impl EtcdStore {
                     if let Some(h) = map.get_mut(&(item.name.to_owned(), item.lease_id.to_owned()))
                     {
                         h.revoke_at = h.revoke_at.max(t_sent + item.duration);
+                        h.kept_at = h.kept_at.max(t_sent);
                     }
                     RenewOutcome::Renewed
                 } else {
@@ -474,6 +483,8 @@ impl EtcdStore {
                 etcd_lease: lease.id,
                 token,
                 granted: lease.granted,
+                ttl: lease.ttl,
+                kept_at: t_sent,
                 revoke_at: t_sent + req.duration,
             },
         );
@@ -619,8 +630,8 @@ impl Inner {
             .is_some_and(|l| !l.is_empty())
     }
 
-    /// Keeps an unused etcd lease for a later acquire (at most [`MAX_SPARES`] per TTL; one
-    /// more is left to expire).
+    /// Keeps an unused etcd lease (carrying no key) for a later acquire: at most
+    /// [`MAX_SPARES`] per TTL; one more is left to expire.
     fn keep_spare(&self, spare: Spare) {
         let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
         let list = spares.entry(spare.ttl).or_default();
@@ -903,15 +914,15 @@ impl LeaseStore for EtcdStore {
         validate_name(name)?;
         let inner = self.inner()?;
         let key = inner.key(name);
-        let (etcd_lease, token) = match inner.held(name, lease_id) {
-            Some(h) => (h.etcd_lease, h.token),
+        let (etcd_lease, token, held) = match inner.held(name, lease_id) {
+            Some(h) => (h.etcd_lease, h.token, Some(h)),
             None => match inner.range_key(&key).await? {
                 Some(kv)
                     if inner
                         .record(name, &kv)
                         .is_ok_and(|r| r.lease_id == lease_id) =>
                 {
-                    (kv.lease, kv.create_revision)
+                    (kv.lease, kv.create_revision, None)
                 }
                 other => {
                     return Ok(ReleaseOutcome::Lost(inner.lost_reason(
@@ -924,11 +935,24 @@ impl LeaseStore for EtcdStore {
         };
         let txn = inner.delete_if(&key, token).await?;
         inner.forget(name, lease_id);
-        inner.revoke(etcd_lease).await;
-        if txn.succeeded {
+        let released = txn.succeeded;
+        let kv = if released { None } else { txn.ranged() };
+        // Our etcd lease now carries no key: kept as a spare for the next acquire (no revoke,
+        // so the release is one request), unless the key is still on it somehow.
+        match held {
+            Some(h) if kv.as_ref().is_none_or(|kv| kv.lease != etcd_lease) => {
+                inner.keep_spare(Spare {
+                    id: etcd_lease,
+                    ttl: h.ttl,
+                    granted: h.granted,
+                    granted_at: h.kept_at,
+                });
+            }
+            _ => inner.revoke(etcd_lease).await,
+        }
+        if released {
             return Ok(ReleaseOutcome::Released);
         }
-        let kv = txn.ranged();
         Ok(ReleaseOutcome::Lost(inner.lost_reason(
             name,
             kv.as_ref(),
