@@ -25,9 +25,11 @@
 //!   down is never used, and one whose keep-alive fails is revoked, with the key put on it).
 //!   Without a spare: grant, then txn. So an acquire is usually one consensus round, and a
 //!   waiter's refused attempts grant nothing.
-//! - The etcd lease id is unique per acquisition: it is what a lost-reply resend recognises
-//!   (the txn's range shows the key on OUR lease: the first send won), and revoking it can
-//!   only ever delete the acquisition it was granted for.
+//! - An etcd lease carries at most one key at a time (a spare carries none: a lease becomes a
+//!   spare only once its key is gone, and only by whoever took it out of [`Inner::held`]), so
+//!   it identifies one acquisition: it is what a lost-reply resend recognises (the txn's range
+//!   shows the key on OUR lease: the first send won), and revoking it can only ever delete
+//!   the acquisition it was put to.
 //! - etcd TTLs are whole seconds, at least the cluster's minimum (1.5 × election timeout,
 //!   rounded up: 2 s with etcd's defaults). A lease of `d` gets an etcd lease of `ceil(d)`
 //!   seconds, so the server never expires it before `d`. So that a live holder's lease still
@@ -40,8 +42,9 @@
 //!   requests whatever its size: one streamed keep-alive carrying every etcd lease, and one
 //!   txn of ranges (per 128 keys).
 //! - Release: ONE txn "if `create_revision == ours` delete, else range"; our etcd lease, which
-//!   then carries no key, is kept as a spare (not revoked), so a release is one request. Force release: a range (to show the holder and to refuse foreign data), then
-//!   a txn deleting only that `create_revision`, then a revoke of the holder's etcd lease.
+//!   then carries no key, is kept as a spare (not revoked), so a release is one request.
+//! - Force release: a range (to show the holder and to refuse foreign data), then a txn
+//!   deleting only that `create_revision`, then a revoke of the holder's etcd lease.
 //! - Every request may fail over to another member after a transport error ([`http`]) and so
 //!   be applied twice: acquire recognises its own lease; renew is idempotent; a release whose
 //!   first send was applied finds the key gone and reports the lease as missing (lost), never
@@ -934,13 +937,15 @@ impl LeaseStore for EtcdStore {
             },
         };
         let txn = inner.delete_if(&key, token).await?;
-        inner.forget(name, lease_id);
+        // Whoever takes the entry out of `held` owns the etcd lease: here, or the expirer (or
+        // a renewal that found the lease lost), which revokes it.
+        let owned = inner.forget(name, lease_id);
         let released = txn.succeeded;
         let kv = if released { None } else { txn.ranged() };
-        // Our etcd lease now carries no key: kept as a spare for the next acquire (no revoke,
-        // so the release is one request), unless the key is still on it somehow.
-        match held {
-            Some(h) if kv.as_ref().is_none_or(|kv| kv.lease != etcd_lease) => {
+        match (held, owned) {
+            // Our etcd lease now carries no key: kept as a spare for the next acquire (no
+            // revoke, so the release is one request), unless the key is still on it somehow.
+            (Some(_), Some(h)) if kv.as_ref().is_none_or(|kv| kv.lease != etcd_lease) => {
                 inner.keep_spare(Spare {
                     id: etcd_lease,
                     ttl: h.ttl,
@@ -948,6 +953,7 @@ impl LeaseStore for EtcdStore {
                     granted_at: h.kept_at,
                 });
             }
+            (Some(_), None) => {}
             _ => inner.revoke(etcd_lease).await,
         }
         if released {
