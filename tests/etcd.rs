@@ -2,7 +2,8 @@
 //! while a lease is held (one: the lease is kept and renewed; two: the quorum is gone and the
 //! holder learns of the loss), the whole cluster restarted on its data (fencing continues
 //! upward), a holder process frozen past its TTL (another takes over; the frozen one, continued,
-//! learns it lost), foreign data under the prefix, authentication, and a latency figure.
+//! learns it lost), a waiter whose watch member is killed, foreign data under the prefix,
+//! authentication, TLS, and a latency figure.
 //! Bounds are generous: the machine is shared and noisy.
 
 #[path = "common/mod.rs"]
@@ -137,6 +138,49 @@ async fn cluster_restarted_fencing_continues_upward() {
     assert!(tokens[0] > before, "{before} then {tokens:?}");
     assert!(tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
     c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_after_its_watch_member_was_killed() {
+    let Some(mut etcd) = cluster(3) else { return };
+    let holder = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let waiter = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("watch-failover");
+    let a = holder
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    // Polls once a minute; the holder has 30 s: only a watch makes it fast.
+    let slow = LeaseOptions {
+        backoff: Some(distributed_leasing::Backoff::fixed(Duration::from_secs(60))),
+        ..LeaseOptions::default()
+    };
+    let n = name.clone();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire(&n, &slow, Some(Duration::from_secs(50)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first member of the URL: where the waiter's watch (and requests) went.
+    etcd.kill(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished());
+    let t = Instant::now();
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(40), waiting)
+        .await
+        .expect("the waiter finishes")
+        .unwrap()
+        .expect("the waiter acquires after the release");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "woken only after {:?}",
+        t.elapsed()
+    );
+    assert!(b.fencing_token() > a.fencing_token());
+    b.release().await.unwrap();
+    holder.close().await;
 }
 
 /// The holder half of [`frozen_holder_loses_to_another_and_learns_it_when_continued`], run
