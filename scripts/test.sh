@@ -61,7 +61,7 @@ cargo --version
 rustc --version
 
 # ---------------------------------------------------------------------------------------------
-section "System packages (redis-server, redis-tools, openssl, postgresql)"
+section "System packages (redis-server, redis-tools, openssl, postgresql, etcd-server, etcd-client)"
 if [[ $SKIP_DEPS == 1 ]]; then
     skipped "SKIP_DEPS=1"
 else
@@ -71,6 +71,8 @@ else
     command -v openssl >/dev/null || missing+=(openssl)
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || [[ -x ${PG_BIN:-}/initdb ]] \
         || missing+=(postgresql)
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v etcdctl >/dev/null || missing+=(etcd-client)
     if ((${#missing[@]})); then
         if [[ $(id -u) == 0 ]]; then
             SUDO=()
@@ -81,14 +83,14 @@ else
         fi
         echo "installing: ${missing[*]}"
         run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-        # RUNLEVEL=1: best effort to keep the packages from starting a system-wide redis on :6379
-        # or PostgreSQL cluster on :5432
+        # RUNLEVEL=1: best effort to keep the packages from starting a system-wide redis on :6379,
+        # PostgreSQL cluster on :5432 or etcd on :2379
         # (the tests never use them; they start their own servers).
         run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
             apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 fi
-for tool in redis-server redis-cli openssl; do
+for tool in redis-server redis-cli openssl etcd etcdctl; do
     command -v "$tool" >/dev/null || die "$tool not found (run without SKIP_DEPS=1)"
 done
 PG_INITDB=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 || true)
@@ -97,6 +99,7 @@ PG_INITDB=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 
 redis-server --version
 openssl version
 "$PG_INITDB" --version
+etcd --version | head -n 1
 
 # ---------------------------------------------------------------------------------------------
 section "Python test tools (requirements-dev.txt)"
@@ -173,7 +176,7 @@ else
 
     # The harness modules and scripts/fix_musl_wheel.py are always strict-typed.
     mypy_targets=(tests/python/redis_servers.py tests/python/postgres_server.py
-        tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
+        tests/python/etcd_server.py tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
     if [[ $HAVE_BINDINGS == 1 ]]; then
         if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
         then

@@ -27,6 +27,7 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
+use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::redis::entra::EntraCredentials;
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -125,7 +126,8 @@ impl LeaseClient {
     /// `redis://`, `rediss://` (TLS), `valkey://`, the StackExchange.Redis form
     /// (`host:6380,password=KEY,ssl=True`), `sqlite:///path/leases.db` (a relative path is
     /// relative to the current directory), or `postgresql://user:password@host:5432/database`
-    /// (`postgres://` too; `?sslmode=disable|prefer|require|verify-full`).
+    /// (`postgres://` too; `?sslmode=disable|prefer|require|verify-full`), or
+    /// `etcd://[user:password@]host1:2379,host2:2379` (`etcds://` for TLS).
     ///
     /// # Errors
     /// `Config` for a value the parser refuses (it says why; the value itself is not repeated,
@@ -602,6 +604,16 @@ async fn open_store(
         StoreTarget::Sqlite { path } => Ok(Arc::new(SqliteStore::open_async(path).await?)),
         StoreTarget::Postgres(target) => Ok(Arc::new(
             PostgresStore::connect(PostgresOptions {
+                target: target.clone(),
+                key_prefix: options.key_prefix.clone(),
+                connect_timeout: options.connect_timeout,
+                operation_timeout: options.operation_timeout,
+                ca_file: options.ca_file.clone(),
+            })
+            .await?,
+        )),
+        StoreTarget::Etcd(target) => Ok(Arc::new(
+            EtcdStore::connect(EtcdOptions {
                 target: target.clone(),
                 key_prefix: options.key_prefix.clone(),
                 connect_timeout: options.connect_timeout,

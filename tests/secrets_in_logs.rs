@@ -7,7 +7,10 @@
 //! authentication with another, acquires, renews (manually and in the background), reconnects
 //! after the server drops the connection (which authenticates again), inspects, lists, releases
 //! and force-releases; it also formats the errors, settings and client with `{}` and `{:?}`. The
-//! same on PostgreSQL (a role with that password), when PostgreSQL is installed.
+//! same on PostgreSQL (a role with that password), when PostgreSQL is installed, and on etcd
+//! (the user `root` with that password on a cluster with authentication enabled; its tokens
+//! revoked by turning authentication off and on, so the store authenticates again), when etcd
+//! is installed.
 //! Neither password, raw or percent-encoded, may appear anywhere in what was captured.
 
 mod common;
@@ -298,6 +301,42 @@ async fn exercise_postgres(server: &common::PostgresServer, dir: &Path) {
     );
 }
 
+/// `etcdctl` as `root` (with [`SECRET`]) on `cluster`; outside the capture (a child process).
+async fn etcdctl_root(cluster: &common::EtcdCluster, args: &[&str]) {
+    let out = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", cluster.endpoints()))
+        .args(["--user", "root", "--password", SECRET])
+        .args(args)
+        .output()
+        .await
+        .expect("etcdctl");
+    assert!(out.status.success(), "etcdctl {args:?} failed");
+}
+
+/// The same on the etcd store, as `root` whose password is [`SECRET`].
+async fn exercise_etcd(cluster: &common::EtcdCluster, dir: &Path) {
+    let url = format!(
+        "etcd://root:{}@{}",
+        percent_encode(SECRET),
+        cluster.endpoints()
+    );
+    let wrong = url.replace(&percent_encode(SECRET), &percent_encode(WRONG));
+    exercise_store("etcd", &url, &wrong, &url, dir, || async {
+        // Every token is dropped: the store authenticates again.
+        etcdctl_root(cluster, &["auth", "disable"]).await;
+        etcdctl_root(cluster, &["auth", "enable"]).await;
+    })
+    .await;
+    note(
+        "etcd bad url",
+        format!(
+            "{:?}",
+            LeaseClient::connect(&format!("{url}/path"), ClientOptions::default()).await
+        ),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_trace_log_or_error() {
     // A PostgreSQL role with the same password, made before the capture starts (the statement
@@ -312,6 +351,27 @@ async fn no_secret_in_any_trace_log_or_error() {
         Some(server)
     } else {
         eprintln!("PostgreSQL not installed: its part is skipped");
+        None
+    };
+    // An etcd cluster with authentication, made before the capture starts too.
+    let etcd = if common::etcd_wanted() {
+        let cluster = common::EtcdCluster::start(1);
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", cluster.endpoints()))
+            .args([
+                "user",
+                "add",
+                "root",
+                &format!("--new-user-password={SECRET}"),
+            ])
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl user add failed");
+        cluster.etcdctl(&["auth", "enable"]);
+        Some(cluster)
+    } else {
+        eprintln!("etcd not installed: its part is skipped");
         None
     };
     install_capture();
@@ -329,6 +389,9 @@ async fn no_secret_in_any_trace_log_or_error() {
     exercise(server.port, &dir).await;
     if let Some(pg) = &postgres {
         exercise_postgres(pg, &dir).await;
+    }
+    if let Some(cluster) = &etcd {
+        exercise_etcd(cluster, &dir).await;
     }
     // Let background work (the dropped handle's release, reconnections) log what it logs.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -348,6 +411,14 @@ async fn no_secret_in_any_trace_log_or_error() {
             text.contains(&format!("PostgreSQL at 127.0.0.1:{}", pg.port)),
             "{text}"
         );
+    }
+    if let Some(cluster) = &etcd {
+        assert!(
+            text.contains(&format!("etcd://{}", cluster.endpoints())),
+            "{text}"
+        );
+        // Its tokens were dropped, and the store authenticated again.
+        assert!(text.contains("etcd auth token expired"), "{text}");
     }
     for secret in [SECRET, WRONG] {
         for form in [secret.to_owned(), percent_encode(secret)] {

@@ -51,8 +51,8 @@ class LeaseClient:
 
     @classmethod
     async def connect(cls, url: str, **options: Unpack[ClientOptions]) -> LeaseClient:
-        """Connects to ``redis://``, ``rediss://`` (TLS), ``postgresql://user:password@host/db``
-        or ``sqlite:///path/leases.db``.
+        """Connects to ``redis://``, ``rediss://`` (TLS), ``postgresql://user:password@host/db``,
+        ``etcd://host1:2379,host2:2379`` (``etcds://`` for TLS) or ``sqlite:///path/leases.db``.
 
         Options (see ``ClientOptions``): ``duration``, ``renew_interval``, ``auto_renew``
         (the defaults of the leases taken through it), ``key_prefix``, ``connect_timeout``,
@@ -81,7 +81,7 @@ class LeaseClient:
 
     @property
     def kind(self) -> str:
-        """The store in use: ``redis``, ``redis-cluster``, ``postgres`` or ``sqlite``."""
+        """The store in use: ``redis``, ``redis-cluster``, ``postgres``, ``etcd`` or ``sqlite``."""
         return self._native.kind
 
     def lease(self, name: str, **options: Unpack[ContextOptions]) -> LeaseContext:
@@ -255,7 +255,7 @@ def lease(
 ) -> LeaseContext:
     """Hold lease ``name`` while the body of ``async with`` / ``with`` runs.
 
-    ``url`` (``redis://host:port``, ``rediss://...``, ``postgresql://...``,
+    ``url`` (``redis://host:port``, ``rediss://...``, ``postgresql://...``, ``etcd://...``,
     ``sqlite:///path/leases.db``) names the
     store; one client per URL is kept for the process. Without ``url`` or ``client``, a
     process-wide client is made from ``appsettings.json`` / ``appsettings.Local.json`` /

@@ -12,7 +12,9 @@
 //!   own lock;
 //! - `postgresql://user[:password]@host[:port][/database][?sslmode=...]` (and `postgres://`), one
 //!   host, with `sslmode` `disable`, `prefer` (the default, as libpq's), `require` or
-//!   `verify-full`.
+//!   `verify-full`;
+//! - `etcd://[user:password@]host[:port][,host2[:port]...]` and `etcds://…` (TLS): the members
+//!   of an etcd v3 cluster (port 2379 unless given), tried in order.
 //!
 //! Invariants: a password only ever lives in a [`Secret`]; no error or warning produced here
 //! contains a password, nor any piece of the input that could be one (an entry that is neither
@@ -41,6 +43,53 @@ pub enum StoreTarget {
     },
     /// A PostgreSQL server.
     Postgres(PostgresTarget),
+    /// An etcd v3 cluster.
+    Etcd(EtcdTarget),
+}
+
+/// How to reach an etcd v3 cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTarget {
+    /// `(host, port)` of every member given, in order (IPv6 hosts without brackets): requests
+    /// go to one and fail over to the next on a connection error.
+    pub endpoints: Vec<(String, u16)>,
+    /// HTTPS (`etcds://`), the certificate verified against the system roots or `CaFile`.
+    pub tls: bool,
+    /// The etcd user, when the cluster has authentication enabled.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<Secret>,
+}
+
+impl EtcdTarget {
+    /// The URL for showing to people, the password as `***`.
+    #[must_use]
+    pub fn display_url(&self) -> String {
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        let userinfo = match (&self.user, &self.password) {
+            (Some(u), Some(_)) => format!("{}:***@", percent_encode(u)),
+            (Some(u), None) => format!("{}@", percent_encode(u)),
+            (None, Some(_)) => ":***@".to_owned(),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{userinfo}{}", self.hosts())
+    }
+
+    /// `host:port,host:port`, for messages.
+    #[must_use]
+    pub fn hosts(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// How to reach a PostgreSQL server.
@@ -218,6 +267,7 @@ impl fmt::Display for StoreTarget {
             Self::Redis(r) => f.write_str(&r.display_url()),
             Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
             Self::Postgres(p) => f.write_str(&p.display_url()),
+            Self::Etcd(e) => f.write_str(&e.display_url()),
         }
     }
 }
@@ -232,7 +282,7 @@ pub fn is_azure_host(host: &str) -> bool {
 
 const FORMS: &str = "expected host:port,password=KEY,ssl=True (StackExchange.Redis form), \
      redis://[user:password@]host:port/db, rediss://... for TLS, sqlite:///absolute/path/leases.db, \
-     or postgresql://user:password@host:5432/database";
+     postgresql://user:password@host:5432/database, or etcd://host1:2379,host2:2379";
 
 /// StackExchange options understood by StackExchange.Redis that this crate does not use.
 const SE_UNUSED: &[&str] = &[
@@ -300,6 +350,10 @@ pub fn parse_connection_string(s: &str) -> Result<(StoreTarget, Vec<String>), St
             let target = parse_postgres(t, &mut warnings)?;
             Ok((StoreTarget::Postgres(target), warnings))
         }
+        Some(Scheme::Etcd { tls }) => {
+            let target = parse_etcd(t, tls, &mut warnings)?;
+            Ok((StoreTarget::Etcd(target), warnings))
+        }
         None => {
             let raw = parse_stackexchange(t, &mut warnings)?;
             let tls = raw.ssl.unwrap_or(false);
@@ -337,9 +391,9 @@ pub fn parse_endpoint(
     let mut warnings = Vec::new();
     let mut target = match scheme_of(t)? {
         Some(Scheme::Redis { tls }) => parse_url(t, tls, &mut warnings)?,
-        Some(Scheme::Sqlite | Scheme::Postgres) => {
+        Some(Scheme::Sqlite | Scheme::Postgres | Scheme::Etcd { .. }) => {
             return Err(
-                "an Endpoint names a Redis host for Microsoft Entra ID; put a sqlite:/// or postgresql:// URL in ConnectionString instead"
+                "an Endpoint names a Redis host for Microsoft Entra ID; put a sqlite:///, postgresql:// or etcd:// URL in ConnectionString instead"
                     .to_owned(),
             )
         }
@@ -363,6 +417,7 @@ enum Scheme {
     Redis { tls: bool },
     Sqlite,
     Postgres,
+    Etcd { tls: bool },
 }
 
 /// The URL scheme, if the string has one. A StackExchange string never contains "://".
@@ -384,6 +439,8 @@ fn scheme_of(t: &str) -> Result<Option<Scheme>, String> {
         "redis" | "valkey" => Ok(Some(Scheme::Redis { tls: false })),
         "rediss" | "valkeys" => Ok(Some(Scheme::Redis { tls: true })),
         "postgres" | "postgresql" => Ok(Some(Scheme::Postgres)),
+        "etcd" => Ok(Some(Scheme::Etcd { tls: false })),
+        "etcds" => Ok(Some(Scheme::Etcd { tls: true })),
         s => Err(format!("unsupported URL scheme '{s}://'; {FORMS}")),
     }
 }
@@ -851,6 +908,68 @@ fn parse_postgres(t: &str, warnings: &mut Vec<String>) -> Result<PostgresTarget,
     })
 }
 
+/// `etcd://[user:password@]host[:port][,host[:port]...]` (`etcds://` for TLS).
+fn parse_etcd(t: &str, tls: bool, warnings: &mut Vec<String>) -> Result<EtcdTarget, String> {
+    const ETCD_FORM: &str =
+        "expected etcd://[user:password@]host1:2379,host2:2379 (etcds:// for TLS)";
+    let parts = split_url(t)?;
+    if parts.host_port.is_empty() {
+        return Err(format!("the URL names no host; {ETCD_FORM}"));
+    }
+    let mut endpoints = Vec::new();
+    for (i, entry) in parts.host_port.split(',').enumerate() {
+        if entry.is_empty() {
+            return Err(format!(
+                "host {} of the URL is empty (two commas in a row?); {ETCD_FORM}",
+                i + 1
+            ));
+        }
+        let (host, port) = parse_host_port(entry, "a host of the URL")?;
+        endpoints.push((host, port.unwrap_or(2379)));
+    }
+    if !parts.path.trim_end_matches('/').is_empty() {
+        return Err(format!(
+            "an etcd URL has no path (keys live under KeyPrefix); {ETCD_FORM}"
+        ));
+    }
+    if parts.password.is_some() && parts.username.is_none() {
+        return Err(format!(
+            "the URL has a password (not shown) but no user; etcd authenticates a user: {ETCD_FORM}"
+        ));
+    }
+    for param in parts
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let name = param.split_once('=').map_or(param, |(n, _)| n);
+        if is_option_name(name) {
+            warnings.push(format!(
+                "URL parameter {name} is not used by distributed-leasing (ignored)"
+            ));
+        } else {
+            warnings
+                .push("a URL parameter is not used by distributed-leasing (ignored)".to_owned());
+        }
+    }
+    if parts.fragment.is_some_and(|f| !f.is_empty()) {
+        warnings.push("the URL fragment (after '#') is not used (ignored)".to_owned());
+    }
+    if parts.password.is_some() && !tls {
+        warnings.push(
+            "the etcd password travels unencrypted over etcd:// (only once, to get a token; the token travels with every request): use etcds:// outside a trusted network"
+                .to_owned(),
+        );
+    }
+    Ok(EtcdTarget {
+        endpoints,
+        tls,
+        user: parts.username,
+        password: parts.password,
+    })
+}
+
 fn memory_error() -> String {
     "an in-memory SQLite database lives inside one process, so every process would have its own \
      lock; give a file path, like sqlite:///var/lib/myapp/leases.db"
@@ -1117,6 +1236,50 @@ mod tests {
         assert!(refused(&format!("postgresql://:{KEY}@h/d")).contains("no user"));
         assert!(refused("postgresql:///d").contains("no host"));
         assert!(refused("postgresql://u@h1,h2/d").contains("one host"));
+    }
+
+    fn etcd(s: &str) -> (EtcdTarget, Vec<String>) {
+        match parse_connection_string(s) {
+            Ok((StoreTarget::Etcd(e), w)) => (e, w),
+            other => panic!("{s}: expected an etcd target, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn etcd_urls() {
+        let (e, w) = etcd("etcd://127.0.0.1:2379,[::1]:2380,etcd3");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            e.endpoints,
+            [
+                ("127.0.0.1".to_owned(), 2379),
+                ("::1".to_owned(), 2380),
+                ("etcd3".to_owned(), 2379)
+            ]
+        );
+        assert!(!e.tls && e.user.is_none() && e.password.is_none());
+        assert_eq!(
+            StoreTarget::Etcd(e).to_string(),
+            "etcd://127.0.0.1:2379,[::1]:2380,etcd3:2379"
+        );
+        let (e, w) = etcd(&format!("ETCDS://app:{}@e1:23790/", percent_encode(KEY)));
+        assert!(w.is_empty(), "{w:?}");
+        assert!(e.tls);
+        assert_eq!(e.user.as_deref(), Some("app"));
+        assert_eq!(e.password.as_ref().map(Secret::expose), Some(KEY));
+        let shown = StoreTarget::Etcd(e.clone()).to_string();
+        assert_eq!(shown, "etcds://app:***@e1:23790");
+        assert!(!format!("{e:?}").contains("s3cr3t"));
+        let (_, w) = etcd(&format!("etcd://app:{}@h", percent_encode(KEY)));
+        assert!(w[0].contains("unencrypted"), "{w:?}");
+        assert!(!w[0].contains("s3cr3t"));
+        let (_, w) = etcd("etcd://h?dial-timeout=5");
+        assert!(w[0].contains("dial-timeout"), "{w:?}");
+        assert!(refused("etcd://").contains("no host"));
+        assert!(refused("etcd://h1,,h2").contains("empty"));
+        assert!(refused("etcd://h/prefix").contains("no path"));
+        assert!(refused(&format!("etcd://:{KEY}@h")).contains("no user"));
+        assert!(refused("etcd://h:99999").contains("port"));
     }
 
     #[test]

@@ -50,7 +50,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use connstr::{
-    parse_connection_string, parse_endpoint, PgSslMode, PostgresTarget, RedisTarget, StoreTarget,
+    parse_connection_string, parse_endpoint, EtcdTarget, PgSslMode, PostgresTarget, RedisTarget,
+    StoreTarget,
 };
 pub use timespan::{format_timespan, parse_duration};
 
@@ -721,6 +722,10 @@ impl Layers {
                 self.warn_unused_database(&settings, "PostgreSQL");
                 settings.target = Some(StoreTarget::Postgres(p));
             }
+            Some(StoreTarget::Etcd(e)) => {
+                self.warn_unused_database(&settings, "etcd");
+                settings.target = Some(StoreTarget::Etcd(e));
+            }
             None => {}
         }
         self.finish(settings)
@@ -942,12 +947,13 @@ impl Layers {
             Some(StoreTarget::Redis(r)) => r.tls,
             // Only verify-full checks certificates (libpq's sslmode meanings).
             Some(StoreTarget::Postgres(p)) => p.ssl_mode == connstr::PgSslMode::VerifyFull,
+            Some(StoreTarget::Etcd(e)) => e.tls,
             _ => false,
         };
         if target.is_some() && !tls {
             self.warnings.push(format!(
                 "{SECTION}:CaFile (from {}) is used only for TLS connections (rediss://, \
-                 ssl=True or UseSsl=true; postgresql://...?sslmode=verify-full), and this one \
+                 ssl=True or UseSsl=true; postgresql://...?sslmode=verify-full; etcds://), and this one \
                  does not use TLS (ignored)",
                 self.origin(Field::CaFile)
             ));

@@ -18,6 +18,7 @@ use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
 use crate::wait::ReleaseWatch;
 
+pub mod etcd;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
@@ -98,7 +99,8 @@ pub struct RenewItem<'a> {
 /// A backend that keeps leases. Every method is one atomic operation on the store.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + Debug {
-    /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`, `postgres`.
+    /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`, `postgres`,
+    /// `etcd`.
     fn kind(&self) -> &'static str;
 
     /// This store as a Redis store, for callers that can drive a connection of their own to it

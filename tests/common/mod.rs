@@ -537,3 +537,331 @@ pub fn shared_postgres() -> &'static PostgresServer {
         rx.recv().expect("PostgreSQL start failed")
     })
 }
+
+/// Whether etcd tests must run: `etcd` is installed, or this is CI (where a missing binary is a
+/// failure, not a skip: scripts/test.sh installs it).
+pub fn etcd_wanted() -> bool {
+    etcd_installed() || std::env::var_os("CI").is_some()
+}
+
+/// Whether the `etcd` binary is on PATH.
+pub fn etcd_installed() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One member of an [`EtcdCluster`].
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A private etcd cluster of several members on free loopback ports, each with a data
+/// directory under one temporary directory; killed (by pid) and removed on drop.
+pub struct EtcdCluster {
+    pub dir: PathBuf,
+    pub members: Vec<EtcdMember>,
+    initial: String,
+    die_with_parent: bool,
+    /// Clients over HTTPS with a certificate of a throwaway CA (`ca_file`).
+    tls: bool,
+}
+
+/// Where etcd data directories go: `/dev/shm` when there is one (etcd syncs every write to
+/// disk; on tmpfs that costs nothing, so a test's hundreds of acquisitions stay fast), else the
+/// temporary directory.
+fn etcd_base_dir() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() && tempfile_ok(&shm) {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn tempfile_ok(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!("dl-probe-{}", uuid::Uuid::new_v4()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+/// Removes the directories of clusters whose test process is gone (killed before its drop).
+fn remove_stale_etcd_dirs() {
+    let Ok(entries) = std::fs::read_dir(etcd_base_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("dl-etcd-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl EtcdCluster {
+    /// A cluster of `n` members, killed on drop.
+    pub fn start(n: usize) -> Self {
+        Self::start_with(n, false, false)
+    }
+
+    /// A cluster of `n` members whose clients use HTTPS with a certificate for 127.0.0.1
+    /// signed by a throwaway CA ([`Self::ca_file`]).
+    pub fn start_tls(n: usize) -> Self {
+        Self::start_with(n, false, true)
+    }
+
+    /// The CA of a cluster started by [`Self::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn start_with(n: usize, die_with_parent: bool, tls: bool) -> Self {
+        remove_stale_etcd_dirs();
+        let dir = etcd_base_dir().join(format!(
+            "dl-etcd-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: free_port(false),
+                peer_port: free_port(false),
+                data_dir: dir.join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        if tls {
+            make_tls_material(&dir, None);
+        }
+        let mut cluster = Self {
+            dir,
+            members,
+            initial,
+            die_with_parent,
+            tls,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let token = self.dir.file_name().unwrap().to_string_lossy().into_owned();
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))
+            .unwrap();
+        let scheme = if self.tls { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--initial-cluster-token", &token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.dir.join("server.crt"))
+                .arg("--key-file")
+                .arg(self.dir.join("server.key"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if self.die_with_parent {
+            kill_with_parent(&mut cmd);
+        }
+        m.child = Some(
+            cmd.spawn()
+                .expect("etcd must be installed (scripts/test.sh installs etcd-server)"),
+        );
+    }
+
+    /// `etcd://127.0.0.1:<port>,...` of every member (`etcds://` for a TLS cluster).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoints())
+    }
+
+    /// `127.0.0.1:<port>,...` of every member.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The pid of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} still runs");
+        self.spawn(i);
+    }
+
+    /// Waits (up to 60 s) until every running member reports itself healthy (a leader is
+    /// elected and it has caught up).
+    pub fn wait_healthy(&self) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let healthy = if self.tls {
+                Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={}", self.endpoints()))
+                    .arg("--cacert")
+                    .arg(self.ca_file())
+                    .args(["endpoint", "health"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            } else {
+                self.members.iter().filter(|m| m.child.is_some()).all(|m| {
+                    http_get(m.client_port, "/health")
+                        .is_some_and(|b| b.contains("\"health\":\"true\""))
+                })
+            };
+            if healthy {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "etcd cluster in {} not healthy within 60 s",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `etcdctl` (API v3) against the running members; its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(args)
+            .output()
+            .expect("etcdctl must be installed (scripts/test.sh installs etcd-client)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The body of `GET path` on a loopback port (HTTP/1.0), or `None` if it does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The shared cluster's member pids and directory, for [`remove_shared_etcd`].
+static SHARED_ETCD: OnceLock<(Vec<u32>, PathBuf)> = OnceLock::new();
+
+/// At exit: kills the shared cluster's members and removes its directory.
+extern "C" fn remove_shared_etcd() {
+    if let Some((pids, dir)) = SHARED_ETCD.get() {
+        for pid in pids {
+            #[allow(unsafe_code)]
+            // SAFETY: kill and waitpid on our own children's pids; no memory is touched.
+            unsafe {
+                libc::kill(i32::try_from(*pid).unwrap_or(0), libc::SIGKILL);
+                libc::waitpid(i32::try_from(*pid).unwrap_or(0), std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The etcd cluster (three members) shared by a whole test binary (tests use unique lease
+/// names), started once from a keeper thread that never exits (`PR_SET_PDEATHSIG` watches
+/// that thread, so the members die with the process however it ends); at a normal exit its
+/// members are killed and its directory removed, else the next binary that starts a cluster
+/// removes it.
+pub fn shared_etcd() -> &'static EtcdCluster {
+    static CLUSTER: OnceLock<EtcdCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut cluster = EtcdCluster::start_with(3, true, false);
+            let children: Vec<Option<Child>> =
+                cluster.members.iter_mut().map(|m| m.child.take()).collect();
+            let pids = children.iter().flatten().map(Child::id).collect();
+            let _ = SHARED_ETCD.set((pids, cluster.dir.clone()));
+            #[allow(unsafe_code)]
+            // SAFETY: registers a plain extern "C" function to run at exit.
+            unsafe {
+                libc::atexit(remove_shared_etcd);
+            }
+            tx.send(cluster).unwrap();
+            loop {
+                std::thread::park();
+                let _ = &children;
+            }
+        });
+        rx.recv().expect("etcd cluster start failed")
+    })
+}

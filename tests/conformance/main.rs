@@ -1,5 +1,5 @@
 //! One conformance suite, stamped out for every store (Redis, its caller-driven twin, Redis
-//! Cluster, SQLite, PostgreSQL): a failure reads like
+//! Cluster, SQLite, PostgreSQL, etcd): a failure reads like
 //! `redis_cluster::fencing_token_strictly_increases`. Each store gets a small harness that
 //! makes a client on a real store; names are unique per test, so tests share a store safely.
 //! `redis_inline` runs the Redis store's caller-driven twin (`store::redis::inline`), whose
@@ -117,6 +117,22 @@ impl Harness {
         })
     }
 
+    /// The three-member etcd cluster shared by the tests of this binary; `None` (the tests
+    /// skip) only when the etcd binary is missing outside CI.
+    #[must_use]
+    pub fn etcd() -> Option<Self> {
+        if !common::etcd_wanted() {
+            eprintln!("skipped: etcd not found (apt-get install etcd-server etcd-client)");
+            return None;
+        }
+        Some(Self {
+            url: common::shared_etcd().url(),
+            inline: false,
+            _server: None,
+            _dir: None,
+        })
+    }
+
     /// An SQLite file in a directory of its own.
     ///
     /// # Panics
@@ -176,6 +192,7 @@ macro_rules! all_stores {
         conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
         conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
         conformance_if_present!(postgres, crate::Harness::postgres(), [$($case),*]);
+        conformance_if_present!(etcd, crate::Harness::etcd(), [$($case),*]);
     };
 }
 

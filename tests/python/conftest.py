@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: private Redis servers, a cluster, TLS, a TCP proxy, PostgreSQL.
+"""Shared pytest fixtures: private Redis servers, a cluster, TLS, a TCP proxy, PostgreSQL, etcd.
 
 Every server here is a real ``redis-server`` on 127.0.0.1 started by ``redis_servers.py`` (or a
-real PostgreSQL started by ``postgres_server.py``) and stopped (by pid) at teardown; an atexit
+real PostgreSQL started by ``postgres_server.py``, or a real 3-member etcd cluster started by
+``etcd_server.py``) and stopped (by pid) at teardown; an atexit
 hook there kills anything a crash left behind.
 
 Session-scoped servers are shared by all tests: use unique key/lease names (``unique_name``) and
@@ -24,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from etcd_server import EtcdCluster, etcd_installed  # noqa: E402
 from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
 from redis_servers import RedisCluster, RedisServer  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
@@ -66,6 +68,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
     with PostgresServer() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster for the session (no auth, no TLS). Shared: don't kill its
+    members. Skipped only when etcd is not installed outside CI (in CI it must be)."""
+    if not etcd_installed() and not os.environ.get("CI"):
+        pytest.skip("etcd not found (apt-get install etcd-server etcd-client)")
+    with EtcdCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -160,10 +172,10 @@ def _sqlite_make_lost(path: Path) -> Callable[[str], None]:
     return make_lost
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster", "postgres"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster", "postgres", "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
     """Every store in turn: a fresh SQLite file, the session's Redis, the session's cluster, the
-    session's PostgreSQL."""
+    session's PostgreSQL, the session's etcd cluster."""
     if request.param == "sqlite":
         db = tmp_path / "leases.db"
         yield StoreUnderTest("sqlite", f"sqlite://{db}", _sqlite_make_lost(db))
@@ -186,6 +198,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
             assert deleted == "1", f"no row for lease {name!r}"
 
         yield StoreUnderTest("postgres", pg.url, make_lost_postgres)
+    elif request.param == "etcd":
+        etcd: EtcdCluster = request.getfixturevalue("etcd_cluster")
+
+        def make_lost_etcd(name: str) -> None:
+            # The key only: its etcd lease stays, as after an operator's `etcdctl del`.
+            deleted = etcd.etcdctl("del", f"lease:{name}")
+            assert deleted == "1", f"no key for lease {name!r}"
+
+        yield StoreUnderTest("etcd", etcd.url, make_lost_etcd)
     else:
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
 

@@ -21,6 +21,7 @@ import distributed_leasing as dl
 import pytest
 from demo_helpers import RedisServer, clean_env, demo_redis, free_port
 from distributed_leasing import _wizard, cli
+from etcd_server import EtcdCluster
 from postgres_server import POSTGRES_PASSWORD, PostgresServer
 
 __all__ = ["demo_redis"]  # fixture
@@ -326,6 +327,29 @@ def test_postgres_store_inspect_list_and_release_force(
     bad = leasing("--url", url.replace(POSTGRES_PASSWORD, "Wr0ngS3cret"), "list")
     assert bad.returncode != 0 and "Wr0ngS3cret" not in bad.stdout + bad.stderr
     assert "127.0.0.1" in bad.stderr
+
+
+def test_etcd_store_inspect_list_and_release_force(etcd_cluster: EtcdCluster, name: str) -> None:
+    url = etcd_cluster.url
+    c = dl.LeaseClient.connect_sync(url)
+    assert c.kind == "etcd"
+    lease = c.acquire_sync(name, duration=3, renew_interval=0.5, metadata=METADATA)
+    result = leasing("--url", url, "inspect", name)
+    assert result.returncode == 0, result.stderr
+    f = fields(result.stdout)
+    assert f["Holder"] == "us-east-1 (us-east)"
+    assert f["Lease ID"] == lease.lease_id
+    assert f["Fencing token"] == str(lease.fencing_token)
+    listed = json.loads(leasing("--url", url, "list", name, "--json").stdout)
+    assert [d["name"] for d in listed] == [name]
+    assert listed[0]["metadata"] == METADATA
+    result = leasing("--url", url, "release", name, "--force", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Released lease {name!r} (was held by us-east-1 (us-east))."
+    assert c.inspect_sync(name) is None
+    assert wait_lost(lease)
+    assert lease.lost_reason == "missing"
+    assert "not held" in leasing("--url", url, "release", name, "--force").stdout
 
 
 def test_key_prefix_option(demo_redis: RedisServer, name: str) -> None:

@@ -167,8 +167,8 @@ def test_backoff_must_be_a_backoff(redis_server: RedisServer, unique_name: str) 
 
 
 def subscriptions(store: StoreUnderTest, request: pytest.FixtureRequest, name: str) -> int:
-    """How many connections are subscribed to the release channel of ``name`` (0 for sqlite and
-    postgres, which have no channel per name)."""
+    """How many connections are subscribed to the release channel of ``name`` (0 for sqlite,
+    postgres and etcd, which have no channel per name)."""
     channel = released_channel(store.kind, name)
     if store.kind == "redis":
         srv: RedisServer = request.getfixturevalue("redis_server")

@@ -1,0 +1,478 @@
+//! The etcd store beyond the conformance suite, on real etcd processes (no mocks): members killed
+//! while a lease is held (one: the lease is kept and renewed; two: the quorum is gone and the
+//! holder learns of the loss), the whole cluster restarted on its data (fencing continues
+//! upward), a holder process frozen past its TTL (another takes over; the frozen one, continued,
+//! learns it lost), a waiter whose watch member is killed, foreign data under the prefix,
+//! authentication, TLS, and a latency figure.
+//! Bounds are generous: the machine is shared and noisy.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use distributed_leasing::lease::LeaseEnd;
+use distributed_leasing::{
+    BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions, LostReason,
+};
+
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        operation_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    }
+}
+
+/// `None` (the test passes with a note) when etcd is not installed outside CI.
+fn cluster(members: usize) -> Option<common::EtcdCluster> {
+    if !common::etcd_wanted() {
+        eprintln!("skipped: etcd not found (apt-get install etcd-server etcd-client)");
+        return None;
+    }
+    Some(common::EtcdCluster::start(members))
+}
+
+fn renewing(duration_ms: u64, every_ms: u64) -> LeaseOptions {
+    LeaseOptions {
+        duration: Some(Duration::from_millis(duration_ms)),
+        renew_interval: Some(Duration::from_millis(every_ms)),
+        ..LeaseOptions::default()
+    }
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_killed_while_held_the_lease_is_kept_and_renewed() {
+    let Some(mut etcd) = cluster(3) else { return };
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("one-down");
+    let l = c.acquire(&name, &renewing(6_000, 500), NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The first member of the URL: the one requests go to.
+    etcd.kill(0);
+    let renewals = l.renewals();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!l.is_lost(), "lost: {:?}", l.lost_reason());
+    assert!(
+        l.renewals() >= renewals + 5,
+        "renewals went from {renewals} to {} in 10 s",
+        l.renewals()
+    );
+    let seen = c.inspect(&name).await.unwrap().expect("still held");
+    assert_eq!(seen.lease_id, l.lease_id());
+    assert!(l.release().await.unwrap());
+    // And the member comes back.
+    etcd.restart(0);
+    etcd.wait_healthy();
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_lost_the_holder_learns_of_the_loss() {
+    let Some(mut etcd) = cluster(3) else { return };
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("no-quorum");
+    let l = c.acquire(&name, &renewing(3_000, 500), NOW).await.unwrap();
+    let ended = l.ended();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!l.is_lost());
+    etcd.kill(1);
+    etcd.kill(2);
+    let t = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(60), ended)
+        .await
+        .expect("the holder learns of the loss");
+    assert!(matches!(end, LeaseEnd::Lost(_)), "{end:?}");
+    eprintln!(
+        "quorum lost: the holder knew after {:?}: {end:?}",
+        t.elapsed()
+    );
+    assert!(l.is_lost());
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_restarted_fencing_continues_upward() {
+    let Some(mut etcd) = cluster(3) else { return };
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("restart");
+    let other = unique("restart-other");
+    let a = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    let before = a.fencing_token();
+    assert!(a.release().await.unwrap());
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy();
+    // The same client, on connections to the restarted members.
+    let mut tokens = Vec::new();
+    for n in [&name, &other, &name] {
+        let until = Instant::now() + Duration::from_secs(60);
+        let l = loop {
+            match c.acquire(n, &LeaseOptions::default(), NOW).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < until && e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("acquire after the restart: {e}"),
+            }
+        };
+        tokens.push(l.fencing_token());
+        assert!(l.release().await.unwrap());
+    }
+    assert!(tokens[0] > before, "{before} then {tokens:?}");
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_after_its_watch_member_was_killed() {
+    let Some(mut etcd) = cluster(3) else { return };
+    let holder = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let waiter = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("watch-failover");
+    let a = holder
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    // Polls once a minute; the holder has 30 s: only a watch makes it fast.
+    let slow = LeaseOptions {
+        backoff: Some(distributed_leasing::Backoff::fixed(Duration::from_secs(60))),
+        ..LeaseOptions::default()
+    };
+    let n = name.clone();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire(&n, &slow, Some(Duration::from_secs(50)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first member of the URL: where the waiter's watch (and requests) went.
+    etcd.kill(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished());
+    let t = Instant::now();
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(40), waiting)
+        .await
+        .expect("the waiter finishes")
+        .unwrap()
+        .expect("the waiter acquires after the release");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "woken only after {:?}",
+        t.elapsed()
+    );
+    assert!(b.fencing_token() > a.fencing_token());
+    b.release().await.unwrap();
+    holder.close().await;
+}
+
+/// The holder half of [`frozen_holder_loses_to_another_and_learns_it_when_continued`], run
+/// in a child process (the test binary again) with `DL_ETCD_HOLDER_URL` and `..._NAME` set:
+/// prints `acquired <token>`, then `ended <end>` when the lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by frozen_holder_loses_to_another_and_learns_it_when_continued"]
+async fn holder_process() {
+    let (Ok(url), Ok(name)) = (
+        std::env::var("DL_ETCD_HOLDER_URL"),
+        std::env::var("DL_ETCD_HOLDER_NAME"),
+    ) else {
+        return;
+    };
+    let c = LeaseClient::connect(&url, options()).await.unwrap();
+    let l = c.acquire(&name, &renewing(2_000, 400), NOW).await.unwrap();
+    println!("HOLDER acquired {}", l.fencing_token());
+    let end = l.ended().await;
+    println!("HOLDER ended {end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_holder_loses_to_another_and_learns_it_when_continued() {
+    let Some(etcd) = cluster(3) else { return };
+    let name = unique("frozen");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["holder_process", "--exact", "--ignored", "--nocapture"])
+        .env("DL_ETCD_HOLDER_URL", etcd.url())
+        .env("DL_ETCD_HOLDER_NAME", &name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(l) = line.strip_prefix("HOLDER ") {
+                let _ = tx.send(l.to_owned());
+            }
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the holder acquires");
+    let token: u64 = first
+        .strip_prefix("acquired ")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{first}"));
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let held = c.inspect(&name).await.unwrap().expect("held by the child");
+    assert_eq!(held.fencing_token, Some(token));
+    #[allow(unsafe_code)]
+    // SAFETY: signals to our own child's pid.
+    let stop = |sig| unsafe { libc::kill(pid, sig) };
+    assert_eq!(stop(libc::SIGSTOP), 0);
+    // Frozen past its TTL (2 s, etcd's at least 2 s): another acquires, waiting for the expiry.
+    let t = Instant::now();
+    let b = c
+        .acquire(
+            &name,
+            &LeaseOptions::default(),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("another holder takes over after the frozen one's TTL");
+    eprintln!("taken over {:?} after the freeze", t.elapsed());
+    assert!(b.fencing_token() > token);
+    assert_eq!(stop(libc::SIGCONT), 0);
+    let second = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the continued holder learns it lost");
+    assert!(
+        second.starts_with("ended Lost("),
+        "the continued holder must learn of the loss: {second}"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The successor was not disturbed.
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        b.lease_id()
+    );
+    assert!(b.release().await.unwrap());
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_under_the_prefix_is_wrong_type_and_never_deleted() {
+    if !common::etcd_wanted() {
+        return;
+    }
+    let etcd = common::shared_etcd();
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let name = unique("foreign");
+    let key = format!("lease:{name}");
+    etcd_put(etcd, &key, "not a lease");
+    for r in [
+        c.inspect(&name).await.map(|_| ()),
+        c.force_release(&name).await.map(|_| ()),
+        c.acquire(&name, &LeaseOptions::default(), NOW)
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Err(LeaseError::Backend {
+                kind: BackendErrorKind::WrongType,
+                message,
+            }) => assert!(message.contains(&key), "{message}"),
+            other => panic!("expected WrongType, got {other:?}"),
+        }
+    }
+    // list skips it; the value is still there.
+    assert!(c.list(&name).await.unwrap().is_empty());
+    assert_eq!(etcd_get(etcd, &key), "not a lease");
+    // A JSON value that is not our record is foreign too.
+    etcd_put(etcd, &key, r#"{"leaseId": 1}"#);
+    assert!(matches!(
+        c.inspect(&name).await,
+        Err(LeaseError::Backend {
+            kind: BackendErrorKind::WrongType,
+            ..
+        })
+    ));
+    c.close().await;
+}
+
+fn etcd_put(etcd: &common::EtcdCluster, key: &str, value: &str) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.endpoints()))
+        .args(["put", key, value])
+        .output()
+        .expect("etcdctl");
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn etcd_get(etcd: &common::EtcdCluster, key: &str) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.endpoints()))
+        .args(["get", "--print-value-only", key])
+        .output()
+        .expect("etcdctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_authenticate_and_a_wrong_one_is_refused_unshown() {
+    let Some(etcd) = cluster(1) else { return };
+    let password = "s3cr3t-etcd-pw";
+    etcd.etcdctl(&["user", "add", &format!("root:{password}")]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let port = etcd.members[0].client_port;
+    let good = format!("etcd://root:{password}@127.0.0.1:{port}");
+    let c = LeaseClient::connect(&good, options()).await.unwrap();
+    let name = unique("auth");
+    let l = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        l.lease_id()
+    );
+    assert!(l.release().await.unwrap());
+    c.close().await;
+    for url in [
+        format!("etcd://root:wrong-{password}@127.0.0.1:{port}"),
+        format!("etcd://127.0.0.1:{port}"),
+    ] {
+        match LeaseClient::connect(&url, options()).await {
+            Err(LeaseError::Backend {
+                kind: BackendErrorKind::Auth,
+                message,
+            }) => {
+                assert!(!message.contains("s3cr3t"), "{message}");
+                assert!(message.contains(&port.to_string()), "{message}");
+            }
+            other => panic!("{url}: expected an auth error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_members_are_named() {
+    let port = common::free_port(false);
+    match LeaseClient::connect(&format!("etcd://127.0.0.1:{port}"), options()).await {
+        Err(LeaseError::Backend {
+            kind: BackendErrorKind::Unreachable,
+            message,
+        }) => assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}"),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+}
+
+/// Not a benchmark: a figure for docs/stores.md (printed with --nocapture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_and_release_latency() {
+    if !common::etcd_wanted() {
+        return;
+    }
+    let c = LeaseClient::connect(&common::shared_etcd().url(), options())
+        .await
+        .unwrap();
+    let name = unique("latency");
+    let (mut acquire, mut release, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    let holder = unique("latency-held");
+    let h = c
+        .acquire(&holder, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let l = c
+            .acquire(&name, &LeaseOptions::default(), NOW)
+            .await
+            .unwrap();
+        acquire.push(t.elapsed());
+        let t = Instant::now();
+        assert!(l.release().await.unwrap());
+        release.push(t.elapsed());
+        let t = Instant::now();
+        assert!(c
+            .acquire(&holder, &LeaseOptions::default(), NOW)
+            .await
+            .is_err());
+        refused.push(t.elapsed());
+    }
+    h.release().await.unwrap();
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "etcd (3 members, loopback, data on tmpfs): median acquire {:?}, release {:?}, refused acquire {:?}",
+        median(&mut acquire),
+        median(&mut release),
+        median(&mut refused)
+    );
+    // 300 in a row, renewed every 400 ms meanwhile (as the conformance batch case does).
+    let tag = unique("serial");
+    let opts = renewing(2_000, 400);
+    let t = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..300 {
+        held.push(c.acquire(&format!("{tag}-{i}"), &opts, NOW).await.unwrap());
+    }
+    eprintln!("etcd: 300 acquires in a row took {:?}", t.elapsed());
+    for l in held {
+        assert!(l.release().await.unwrap());
+    }
+    assert_eq!(
+        c.store()
+            .renew(&name, "nobody", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        distributed_leasing::store::RenewOutcome::Lost(LostReason::Missing)
+    );
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcds_verifies_the_certificate_against_ca_file_or_the_system_roots() {
+    if !common::etcd_wanted() {
+        return;
+    }
+    let etcd = common::EtcdCluster::start_tls(1);
+    let url = etcd.url();
+    assert!(url.starts_with("etcds://"), "{url}");
+    let trusting = ClientOptions {
+        ca_file: Some(etcd.ca_file()),
+        ..options()
+    };
+    let c = LeaseClient::connect(&url, trusting).await.unwrap();
+    let name = unique("tls");
+    let l = c
+        .acquire(&name, &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().lease_id,
+        l.lease_id()
+    );
+    assert!(l.release().await.unwrap());
+    c.close().await;
+    // The throwaway CA is not among the system roots: refused, with a message, no panic.
+    match LeaseClient::connect(&url, options()).await {
+        Err(LeaseError::Backend { message, .. }) => {
+            assert!(message.contains("127.0.0.1"), "{message}");
+        }
+        other => panic!("an unknown CA must be refused, got {other:?}"),
+    }
+}

@@ -1,0 +1,174 @@
+"""A private, throwaway etcd cluster for tests (plain Python, no pytest, no driver).
+
+Three members (by default) of ``etcd`` on free 127.0.0.1 ports, each with a data directory
+under one temporary directory (on ``/dev/shm`` when there is one: etcd syncs every write, and
+tmpfs makes that free). Each ``Popen`` pid *is* a member, stopped by that pid; the ``atexit``
+hook of ``redis_servers`` and ``PR_SET_PDEATHSIG`` kill what is left.
+
+    with EtcdCluster() as etcd:
+        etcd.url                         # etcd://127.0.0.1:<port>,127.0.0.1:<port>,...
+        etcd.etcdctl("del", "lease:x")   # runs etcdctl (API v3) against the members
+
+``scripts/test.sh`` installs the ``etcd-server`` and ``etcd-client`` packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from redis_servers import LOOPBACK, _live, _live_lock, _pdeathsig, free_port
+
+__all__ = ["EtcdCluster", "EtcdClusterError", "etcd_installed"]
+
+START_TIMEOUT = 60.0
+
+
+class EtcdClusterError(RuntimeError):
+    """The cluster could not be started or etcdctl failed (the output is in the message)."""
+
+
+def etcd_installed() -> bool:
+    """Whether ``etcd`` and ``etcdctl`` are on PATH."""
+    return shutil.which("etcd") is not None and shutil.which("etcdctl") is not None
+
+
+def _base_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+class EtcdCluster:
+    """One private etcd cluster; ``start()``/``stop()`` or a ``with`` block."""
+
+    def __init__(self, members: int = 3) -> None:
+        if not etcd_installed():
+            raise EtcdClusterError(
+                "etcd not found; apt-get install etcd-server etcd-client (scripts/test.sh does)"
+            )
+        self.dir = Path(tempfile.mkdtemp(prefix="dl-pytest-etcd-", dir=_base_dir()))
+        self.names = [f"m{i}" for i in range(members)]
+        self.client_ports: list[int] = []
+        self.peer_ports: list[int] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def endpoints(self) -> str:
+        """``127.0.0.1:<port>,...`` of every member."""
+        return ",".join(f"{LOOPBACK}:{p}" for p in self.client_ports)
+
+    @property
+    def url(self) -> str:
+        return f"etcd://{self.endpoints}"
+
+    def start(self) -> Self:
+        used: set[int] = set()
+        for _ in self.names:
+            for ports in (self.client_ports, self.peer_ports):
+                port = free_port()
+                while port in used:
+                    port = free_port()
+                used.add(port)
+                ports.append(port)
+        initial = ",".join(
+            f"{n}=http://{LOOPBACK}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+        )
+        token = f"dl-pytest-{uuid.uuid4().hex[:12]}"
+        for name, client, peer in zip(self.names, self.client_ports, self.peer_ports, strict=True):
+            client_url = f"http://{LOOPBACK}:{client}"
+            peer_url = f"http://{LOOPBACK}:{peer}"
+            log = (self.dir / f"{name}.log").open("wb")
+            # fmt: off
+            args = [
+                "etcd", "--name", name, "--data-dir", str(self.dir / name),
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", initial, "--initial-cluster-token", token,
+                "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
+            ]
+            # fmt: on
+            self._procs.append(
+                subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=self.dir,
+                    preexec_fn=_pdeathsig
+                    if threading.current_thread() is threading.main_thread()
+                    else None,
+                )
+            )
+            log.close()
+        with _live_lock:
+            _live.add(self)
+        self._wait_healthy()
+        return self
+
+    def _healthy(self, port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as r:
+                body: bytes = r.read()
+        except OSError:
+            return False
+        return b'"health":"true"' in body
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self._procs):
+                break
+            if all(self._healthy(p) for p in self.client_ports):
+                return
+            time.sleep(0.1)
+        logs = "\n".join(
+            (self.dir / f"{n}.log").read_text(errors="replace")[-2000:] for n in self.names
+        )
+        self.stop()
+        raise EtcdClusterError(f"etcd cluster did not become healthy: {logs}")
+
+    def etcdctl(self, *args: str) -> str:
+        """Runs ``etcdctl`` (API v3) against the members; returns its stdout."""
+        out = subprocess.run(
+            ["etcdctl", f"--endpoints={self.endpoints}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            check=False,
+        )
+        if out.returncode != 0:
+            raise EtcdClusterError(f"etcdctl {args}: {out.stderr}")
+        return out.stdout.strip()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        procs, self._procs = self._procs, []
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+        with _live_lock:
+            _live.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
