@@ -52,6 +52,7 @@ STORE_TITLES = {
     "redis": "REDIS",
     "redis-cluster": "REDIS CLUSTER",
     "sqlite": "SQLITE (embedded, this machine only)",
+    "etcd": "ETCD",
 }
 
 

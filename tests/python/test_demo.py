@@ -35,11 +35,13 @@ from demo_helpers import (
     timings,
     wait_group_gone,
 )
+from etcd_server import EtcdCluster
 from postgres_server import PostgresServer
 
 __all__ = ["demo_redis", "runner"]  # fixtures
 
 POSTGRES_TITLE = "DISTRIBUTED LOCK DEMO - POSTGRES"
+ETCD_TITLE = "DISTRIBUTED LOCK DEMO - ETCD"
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,7 @@ DEMO_STORES: dict[str, Callable[[pytest.FixtureRequest, pytest.TempPathFactory],
     "redis": lambda request, _: request.getfixturevalue("demo_redis").url,
     "sqlite": lambda _, tmp: f"sqlite://{tmp.mktemp('leases')}/leases.db",
     "postgres": lambda request, _: request.getfixturevalue("postgres_server").url,
+    "etcd": lambda request, _: request.getfixturevalue("etcd_cluster").url,
 }
 
 
@@ -130,6 +133,30 @@ def test_winner_and_loser_output_on_postgres(
         )
         == "0"
     )  # released
+
+
+def test_winner_and_loser_output_on_etcd(runner: Runner, etcd_cluster: EtcdCluster) -> None:
+    lock = fresh()
+    winner, loser = winner_and_loser(runner, etcd_cluster.url, lock, "--work-seconds", "7")
+    # The loser names the holder, from the refused acquire's own answer.
+    assert loser.wait() == 3
+    assert mask(loser.lines) == [
+        ETCD_TITLE if line.startswith("DISTRIBUTED LOCK DEMO") else line for line in SEED_LOSER
+    ]
+    record = json.loads(etcd_cluster.etcdctl("get", f"lease:{lock}", "--print-value-only"))
+    assert (record["metadata"]["instanceId"], record["metadata"]["region"]) == (
+        "us-east-1",
+        "us-east",
+    )
+    assert winner.wait() == 0
+    expected = [
+        ETCD_TITLE if line.startswith("DISTRIBUTED LOCK DEMO") else line.replace("15s", "7s")
+        for line in SEED_WINNER
+        if "[9s]" not in line and "[12s]" not in line
+    ]
+    assert mask(winner.lines) == expected
+    assert winner.err_lines == [] and loser.err_lines == []
+    assert etcd_cluster.etcdctl("get", f"lease:{lock}").strip() == ""  # released
 
 
 def test_metadata_and_renewals_as_the_seed_stores_them(

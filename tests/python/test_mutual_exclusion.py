@@ -4,7 +4,7 @@ Contention: 8 OS processes take one lease over and over (``try_acquire``, no wai
 has won its quota, and under the lease do a deliberately non-atomic read-modify-write of a
 shared record (count, last fencing token). Two holders at once would lose an update (final count
 below the number of wins) or see a token regression. The stores are ``STORE_URLS`` (Redis,
-SQLite, PostgreSQL). ``CONTENTION_TOTAL`` sets the total number of wins per store (default
+SQLite, PostgreSQL, etcd). ``CONTENTION_TOTAL`` sets the total number of wins per store (default
 20,000; the documented long run is 100,000, see docs/reliability.md). A control run without the
 lease proves that the check does catch overlapping holders.
 """
@@ -87,6 +87,7 @@ STORE_URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
     "redis": lambda request, _: request.getfixturevalue("redis_server").url,
     "sqlite": lambda _, directory: f"sqlite://{directory / 'leases.db'}",
     "postgres": lambda request, _: request.getfixturevalue("postgres_server").url,
+    "etcd": lambda request, _: request.getfixturevalue("etcd_cluster").url,
 }
 
 
