@@ -3,6 +3,8 @@
     python bench/server_cpu.py [--rounds 5] [--cycles 5000] [--placement split|same]
                                [--metadata 0] [--modes ours-async,ours-with,...]
     python bench/server_cpu.py --instructions [--rounds 1] [--cycles 1000]
+    python bench/server_cpu.py --instructions --rounds 1 --cycles 1000 \
+        --modes ours-sync,redis-py-sync,floor-eval,floor-fcall        # the contracts' floor
 
 Starts a private redis-server on a free loopback port (as ``bench/run.py`` does) and, per round
 and per library, runs ``--cycles`` sequential acquire+release cycles on one key between two
@@ -29,7 +31,9 @@ lease.release()``), ``ours-with`` (``async with client.lease()``), ``ours-sync``
 (``try_acquire_sync`` + ``release_sync``), ``redis-py-async`` (``redis.asyncio`` ``Lock``,
 ``blocking=False``, ``timeout=30``), ``redis-py-sync`` (the same, sync). Our leases are taken at
 the defaults (auto-renew on, 30 s). Ratios are ours against redis-py's Lock of the same kind
-(async against asyncio, sync against sync), in the same run.
+(async against asyncio, sync against sync), in the same run. ``floor-eval`` and
+``floor-fcall`` are an experiment, not the library: redis-py sending the least scripts the
+library's contracts allow (see ``FLOOR_ACQUIRE``), against redis-py's sync Lock.
 """
 
 from __future__ import annotations
@@ -65,11 +69,15 @@ TOP_LEVEL = {
     "ours-sync": SCRIPT_ENTRIES,
     "redis-py-async": SCRIPT_ENTRIES | {"set"},
     "redis-py-sync": SCRIPT_ENTRIES | {"set"},
+    "floor-eval": SCRIPT_ENTRIES,
+    "floor-fcall": SCRIPT_ENTRIES,
 }
 PEER = {
     "ours-async": "redis-py-async",
     "ours-with": "redis-py-async",
     "ours-sync": "redis-py-sync",
+    "floor-eval": "redis-py-sync",
+    "floor-fcall": "redis-py-sync",
 }
 LABEL = {
     "ours-async": "ours: try_acquire()+release() (async)",
@@ -77,7 +85,34 @@ LABEL = {
     "ours-sync": "ours: try_acquire_sync()+release_sync()",
     "redis-py-async": "redis-py asyncio Lock",
     "redis-py-sync": "redis-py sync Lock",
+    "floor-eval": "floor (experiment): EVALSHA, no publish, no checks",
+    "floor-fcall": "floor (experiment): FCALL, no publish, no checks",
 }
+
+# The floor experiment (`--modes floor-eval,floor-fcall`, not the library): the least an
+# acquire+release with the contracts the library keeps can cost the server, sent by redis-py.
+# The acquire keeps only what a grant must do (PTTL to see the lease free and to tell a refused
+# caller the holder's time, INCR of the fencing counter, HSET of the sample's three fields,
+# PEXPIRE), the release only the owner check (HGET, DEL); gone are the waiters' PUBLISH, the
+# checks that keep foreign data intact, the retry path and the declared counter key. As a
+# function library (Redis 7), FCALL saves the script cache lookup and the KEYS/ARGV globals.
+FLOOR_ACQUIRE = """local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then
+  return {0, pttl, redis.call('HGETALL', KEYS[1])}
+end
+local token = redis.call('INCR', KEYS[1] .. ':fence')
+redis.call('HSET', KEYS[1], 'leaseId', ARGV[1], 'acquiredAt', ARGV[3], 'fencingToken', token)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return token"""
+FLOOR_RELEASE = """local holder = redis.call('HGET', KEYS[1], 'leaseId')
+if holder == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if holder == false then
+  return 0
+end
+return -1"""
 
 
 def commandstats(ctl: redis.Redis) -> dict[str, dict[str, float]]:
@@ -227,6 +262,35 @@ def make_runners(
             lock.release()
 
     out["redis-py-sync"] = (redispy_sync, r.close)
+
+    acq_sha = r.script_load(FLOOR_ACQUIRE)
+    rel_sha = r.script_load(FLOOR_RELEASE)
+    with contextlib.suppress(redis.ResponseError):  # a server without functions (Redis 6)
+        functions = [("dl_floor_acquire", FLOOR_ACQUIRE), ("dl_floor_release", FLOOR_RELEASE)]
+        r.function_load(
+            "#!lua name=dl_floor_experiment\n"
+            + "".join(
+                f"redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+                for name, body in functions
+            ),
+            replace=True,
+        )
+
+    def floor(n: int, fcall: bool) -> None:
+        key = f"lease:cpu-f-{tag}"
+        stamp = "2026-11-28T21:00:00.000Z"
+        for _ in range(n):
+            lease_id = str(uuid.uuid4())
+            if fcall:
+                token = r.fcall("dl_floor_acquire", 1, key, lease_id, "30000", stamp)
+                released = r.fcall("dl_floor_release", 1, key, lease_id)
+            else:
+                token = r.evalsha(acq_sha, 1, key, lease_id, "30000", stamp)
+                released = r.evalsha(rel_sha, 1, key, lease_id)
+            assert isinstance(token, int) and token >= 1 and released == 1, (token, released)
+
+    out["floor-eval"] = (lambda n: floor(n, False), lambda: None)
+    out["floor-fcall"] = (lambda n: floor(n, True), lambda: None)
     return out
 
 
@@ -242,7 +306,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=5000)
     ap.add_argument("--placement", choices=["same", "split"], default="split")
     ap.add_argument("--metadata", type=int, default=0, help="metadata entries on our leases")
-    ap.add_argument("--modes", default=",".join(LABEL))
+    ap.add_argument("--modes", default=",".join(m for m in LABEL if not m.startswith("floor")))
     ap.add_argument(
         "--instructions",
         action="store_true",
