@@ -3,7 +3,7 @@
 //! holder learns of the loss), the whole cluster restarted on its data (fencing continues
 //! upward), a holder process frozen past its TTL (another takes over; the frozen one, continued,
 //! learns it lost), a waiter whose watch member is killed, foreign data under the prefix,
-//! authentication, TLS, and a latency figure.
+//! authentication, TLS, no etcd lease left behind by `close`, and a latency figure.
 //! Bounds are generous: the machine is shared and noisy.
 
 #[path = "common/mod.rs"]
@@ -98,6 +98,49 @@ async fn quorum_lost_the_holder_learns_of_the_loss() {
     );
     assert!(l.is_lost());
     c.close().await;
+}
+
+/// How many etcd leases the cluster has (`etcdctl lease list`: "found N leases").
+fn etcd_leases(etcd: &common::EtcdCluster) -> usize {
+    let out = etcd.etcdctl(&["lease", "list"]);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected `etcdctl lease list` output: {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_no_etcd_lease_behind() {
+    // A private cluster: nobody else's leases are counted.
+    let Some(etcd) = cluster(1) else { return };
+    let c = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    // Each acquire grants a spare in the background, and each release keeps its etcd lease as
+    // one: spares carrying no key, for the next acquire.
+    for _ in 0..3 {
+        let l = c
+            .acquire(&unique("spares"), &LeaseOptions::default(), NOW)
+            .await
+            .unwrap();
+        assert!(l.release().await.unwrap());
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while etcd_leases(&etcd) == 0 {
+        assert!(Instant::now() < until, "no spare was ever granted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One more acquire and release, closed at once: its background grant is still in flight.
+    let l = c
+        .acquire(&unique("spares"), &LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(l.release().await.unwrap());
+    c.close().await;
+    assert_eq!(
+        etcd_leases(&etcd),
+        0,
+        "etcd leases left after close: {}",
+        etcd.etcdctl(&["lease", "list"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

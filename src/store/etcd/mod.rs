@@ -43,6 +43,7 @@
 //!   txn of ranges (per 128 keys).
 //! - Release: ONE txn "if `create_revision == ours` delete, else range"; our etcd lease, which
 //!   then carries no key, is kept as a spare (not revoked), so a release is one request.
+//! - Close: waits for spare grants still in flight, then revokes every spare.
 //! - Force release: a range (to show the holder and to refuse foreign data), then a txn
 //!   deleting only that `create_revision`, then a revoke of the holder's etcd lease.
 //! - Every request may fail over to another member after a transport error ([`http`]) and so
@@ -141,6 +142,9 @@ struct Inner {
     watcher: watch::Watcher,
     /// Unused etcd leases by requested TTL (see the module docs).
     spares: Mutex<HashMap<i64, Vec<Spare>>>,
+    /// Background grants of spares still running: `close` waits for them, so that no grant
+    /// lands after it and no spare outlives the client.
+    prefetching: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// An etcd lease granted and not (yet) used by a key.
@@ -328,6 +332,7 @@ impl EtcdStore {
                 closed: AtomicBool::new(false),
                 watcher,
                 spares: Mutex::new(HashMap::new()),
+                prefetching: Mutex::new(Vec::new()),
             }),
         };
         // A read that needs the leader: a member cut off from the quorum does not pass.
@@ -504,17 +509,29 @@ impl EtcdStore {
         if inner.has_spare(ttl) || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        tokio::spawn(async move {
-            let t_sent = Instant::now();
-            if let Ok(g) = inner.grant(ttl).await {
-                inner.keep_spare(Spare {
-                    id: g.id,
-                    ttl,
-                    granted: g.ttl,
-                    granted_at: t_sent,
-                });
+        let task = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move {
+                let t_sent = Instant::now();
+                if let Ok(g) = inner.grant(ttl).await {
+                    let spare = Spare {
+                        id: g.id,
+                        ttl,
+                        granted: g.ttl,
+                        granted_at: t_sent,
+                    };
+                    if !inner.keep_spare(spare) {
+                        inner.revoke(g.id).await;
+                    }
+                }
             }
         });
+        let mut tasks = inner
+            .prefetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Starts the task that revokes etcd leases whose duration passed (needs a runtime).
@@ -634,13 +651,39 @@ impl Inner {
     }
 
     /// Keeps an unused etcd lease (carrying no key) for a later acquire: at most
-    /// [`MAX_SPARES`] per TTL; one more is left to expire.
-    fn keep_spare(&self, spare: Spare) {
+    /// [`MAX_SPARES`] per TTL, and none once the store is closed. Returns whether it was kept
+    /// (one that is not is left to expire, or revoked by the caller).
+    fn keep_spare(&self, spare: Spare) -> bool {
         let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
         let list = spares.entry(spare.ttl).or_default();
         if list.len() < MAX_SPARES {
             list.push(spare);
+            return true;
         }
+        false
+    }
+
+    /// Revokes every spare (at close): they carry no key, so this only spares etcd the
+    /// bookkeeping until their TTLs run out. Runs after `closed` is set, so none is added
+    /// meanwhile; grants still in flight are awaited first and revoke their own.
+    async fn revoke_spares(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .prefetching
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = task.await;
+        }
+        let ids: Vec<i64> = {
+            let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+            spares.drain().flat_map(|(_, l)| l).map(|s| s.id).collect()
+        };
+        futures_util::future::join_all(ids.into_iter().map(|id| self.revoke(id))).await;
     }
 
     async fn range_key(&self, key: &[u8]) -> Result<Option<Kv>> {
@@ -1048,7 +1091,16 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
+        {
+            // Under the spares' lock, so that no spare is kept after the ones revoked below.
+            let _spares = self
+                .inner
+                .spares
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.inner.closed.store(true, Ordering::Release);
+        }
+        self.inner.revoke_spares().await;
         self.inner.expirer.stop().await;
         self.inner.watcher.close().await;
         self.inner.http.close();
