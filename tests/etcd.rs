@@ -3,7 +3,9 @@
 //! holder learns of the loss), the whole cluster restarted on its data (fencing continues
 //! upward), a holder process frozen past its TTL (another takes over; the frozen one, continued,
 //! learns it lost), a waiter whose watch member is killed, foreign data under the prefix,
-//! authentication, TLS, no etcd lease left behind by `close`, and a latency figure.
+//! authentication, TLS, no etcd lease left behind by `close`, a forced release's late revoke
+//! and a renewal racing the store's own expiry (neither may leave two holders), and a latency
+//! figure.
 //! Bounds are generous: the machine is shared and noisy.
 
 #[path = "common/mod.rs"]
@@ -14,9 +16,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use distributed_leasing::lease::LeaseEnd;
+use distributed_leasing::store::{AcquireOutcome, AcquireRequest, RenewOutcome};
 use distributed_leasing::{
-    BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions, LostReason,
+    BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions, LostReason, TryAcquire,
 };
 
 const NOW: Option<Duration> = Some(Duration::ZERO);
@@ -98,6 +103,131 @@ async fn quorum_lost_the_holder_learns_of_the_loss() {
     );
     assert!(l.is_lost());
     c.close().await;
+}
+
+/// `(etcd lease id, create_revision)` of `key`, read with etcdctl.
+fn key_lease(etcd: &common::EtcdCluster, key: &str) -> Option<(i64, i64)> {
+    let out = etcd.etcdctl(&["get", key, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kv = v["kvs"].as_array()?.first()?.clone();
+    Some((
+        kv["lease"].as_i64().unwrap_or(0),
+        kv["create_revision"].as_i64().unwrap_or(0),
+    ))
+}
+
+/// Runs `etcdctl` with `input` on stdin; its stdout, whether or not it succeeded.
+fn etcdctl_stdin(etcd: &common::EtcdCluster, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.endpoints()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl must be installed (scripts/test.sh installs etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+/// A forced release is a range, a compare-and-delete of the create_revision it saw, and
+/// (before this was fixed) a revoke of the holder's etcd lease. Here the revoke arrives late,
+/// after the holder has let go of the force-released lease and taken another one: if the
+/// holder had kept its etcd lease as a spare and put the new key on it, the late revoke would
+/// delete the new key while the holder's handle lives on, and a second client would take it.
+/// The admin's requests are sent with etcdctl so that the late revoke is deterministic (in
+/// production: a slow member, a failover, a paused administrator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_revoke_of_a_force_released_holder_never_hits_its_next_lease() {
+    let Some(etcd) = cluster(1) else { return };
+    let holder = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let other = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let opts = renewing(30_000, 20_000);
+    let (a, b) = (unique("a"), unique("b"));
+    let lease_a = holder.acquire(&a, &opts, NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the background spare grant
+    let (etcd_lease, rev) = key_lease(&etcd, &format!("lease:{a}")).expect("a is held");
+    let deleted = etcdctl_stdin(
+        &etcd,
+        &["txn"],
+        &format!("c(\"lease:{a}\") = \"{rev}\"\n\ndel lease:{a}\n\n\n"),
+    );
+    assert!(deleted.starts_with("SUCCESS"), "admin delete: {deleted}");
+    // The holder lets go of `a` (told it was no longer held) and takes `b`.
+    assert!(!lease_a.release().await.unwrap());
+    let lease_b = holder.acquire(&b, &opts, NOW).await.unwrap();
+    // The old forced release's revoke of the etcd lease it was shown (it may be gone already).
+    etcdctl_stdin(&etcd, &["lease", "revoke", &format!("{etcd_lease:x}")], "");
+    assert!(
+        key_lease(&etcd, &format!("lease:{b}")).is_some(),
+        "b's key was deleted by the revoke of a's etcd lease {etcd_lease:x}"
+    );
+    let taken = other.try_acquire(&b, &opts).await.unwrap();
+    assert!(
+        !matches!(taken, TryAcquire::Acquired(_)),
+        "two holders of {b}: another client acquired it while the holder's handle lives (lost: {})",
+        lease_b.is_lost()
+    );
+    // And the library's own force_release leaves the holder's etcd lease alone.
+    let lease_c = holder.acquire(&unique("c"), &opts, NOW).await.unwrap();
+    let (c_lease, _) = key_lease(&etcd, &format!("lease:{}", lease_c.name())).unwrap();
+    assert!(other.force_release(lease_b.name()).await.unwrap());
+    assert!(
+        key_lease(&etcd, &format!("lease:{}", lease_c.name())).is_some_and(|(l, _)| l == c_lease)
+    );
+    holder.close().await;
+    other.close().await;
+}
+
+/// The store revokes the etcd lease of a holder whose duration passed without a renewal. A
+/// renewal on its way at that moment must not answer "renewed" for a key the revoke is about
+/// to delete. Store level, renewals sent a few ms around the expirer's instant, 40 rounds
+/// (before the fix, 7 of 40 said renewed and the key was then gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_racing_the_stores_expiry_never_says_renewed_for_a_revoked_lease() {
+    let Some(etcd) = cluster(1) else { return };
+    let client = LeaseClient::connect(&etcd.url(), options()).await.unwrap();
+    let store = std::sync::Arc::clone(client.store());
+    let d = Duration::from_secs(1);
+    let metadata = BTreeMap::new();
+    let mut bad = Vec::new();
+    for round in 0..40u32 {
+        let name = unique("r");
+        let id = uuid::Uuid::new_v4().to_string();
+        let t0 = tokio::time::Instant::now();
+        let got = store
+            .try_acquire(&AcquireRequest {
+                name: &name,
+                lease_id: &id,
+                duration: d,
+                acquired_at: chrono::Utc::now(),
+                metadata: &metadata,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(got, AcquireOutcome::Acquired { .. }));
+        let offset = Duration::from_micros(u64::from(round % 20) * 500);
+        tokio::time::sleep_until(t0 + d - Duration::from_millis(6) + offset).await;
+        if let Ok(RenewOutcome::Renewed) = store.renew(&name, &id, d).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if store.inspect(&name).await.unwrap().is_none() {
+                bad.push(round);
+            }
+        }
+        let _ = store.release(&name, &id).await;
+    }
+    assert!(
+        bad.is_empty(),
+        "renewals said renewed, then the store's own expiry deleted the key: rounds {bad:?}"
+    );
+    client.close().await;
 }
 
 /// How many etcd leases the cluster has (`etcdctl lease list`: "found N leases").

@@ -45,7 +45,12 @@
 //!   then carries no key, is kept as a spare (not revoked), so a release is one request.
 //! - Close: waits for spare grants still in flight, then revokes every spare.
 //! - Force release: a range (to show the holder and to refuse foreign data), then a txn
-//!   deleting only that `create_revision`, then a revoke of the holder's etcd lease.
+//!   deleting only that `create_revision`. The holder's etcd lease is left alone: only its
+//!   owner may revoke it or reuse it as a spare (it does so only after its own delete
+//!   succeeded), so no revoke can ever hit a later key on a reused etcd lease.
+//! - Expiry of a live holder's etcd lease (`revoke_at`): the entry is marked while the revoke
+//!   is on its way, and a renewal that sees the mark before or after its requests reports the
+//!   lease lost, so no renewal says "renewed" for a key that its own store is deleting.
 //! - Every request may fail over to another member after a transport error ([`http`]) and so
 //!   be applied twice: acquire recognises its own lease; renew is idempotent; a release whose
 //!   first send was applied finds the key gone and reports the lease as missing (lost), never
@@ -127,6 +132,10 @@ struct Held {
     /// When the lease duration has passed since the last acquire or renewal was sent: the
     /// store revokes the etcd lease then.
     revoke_at: Instant,
+    /// Set by the expirer while its revoke is on its way (the entry is removed once it has
+    /// been sent): a renewal that sees it, before or after its own requests, reports the lease
+    /// lost, and nobody else takes the entry (so the etcd lease never becomes a spare).
+    revoking: bool,
 }
 
 struct Inner {
@@ -356,21 +365,14 @@ impl EtcdStore {
         let t_sent = Instant::now();
         let mut out: Vec<Option<Result<RenewOutcome>>> = Vec::with_capacity(items.len());
         let mut held = Vec::with_capacity(items.len());
+        // Whether the item is one of this store's acquisitions ([`Inner::held`]).
+        let mut mine = Vec::with_capacity(items.len());
         for item in items {
             let h = inner.held(item.name, item.lease_id);
-            match h {
-                Some(h) if ttl_secs(item.duration) > h.granted => {
-                    out.push(Some(Err(LeaseError::InvalidArgument(format!(
-                        "etcd cannot lengthen a lease's TTL: lease {:?} was taken for {}s, and a renewal asked for {:?}; renew with the duration it was acquired with",
-                        item.name, h.granted, item.duration
-                    )))));
-                    held.push(None);
-                }
-                _ => {
-                    out.push(None);
-                    held.push(h);
-                }
-            }
+            mine.push(h.is_some());
+            let answer = h.and_then(|h| Inner::answered_unsent(item, &h));
+            held.push(if answer.is_some() { None } else { h });
+            out.push(answer);
         }
         // Lease ids this store did not acquire: found through the key (one range each).
         for (i, item) in items.iter().enumerate() {
@@ -392,6 +394,7 @@ impl EtcdStore {
                         ttl: 0,
                         kept_at: t_sent,
                         revoke_at: t_sent + item.duration,
+                        revoking: false,
                     });
                 }
                 other => {
@@ -422,6 +425,7 @@ impl EtcdStore {
                         ttl: 0,
                         kept_at: t_sent,
                         revoke_at: t_sent,
+                        revoking: false,
                     }),
                 );
                 let alive = ttls.get(&lease).is_some_and(|t| *t > 0);
@@ -429,14 +433,12 @@ impl EtcdStore {
                     && kv
                         .as_ref()
                         .is_some_and(|kv| kv.create_revision == h.token && kv.lease == lease);
-                out[*i] = Some(Ok(if ours {
-                    let mut map = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(h) = map.get_mut(&(item.name.to_owned(), item.lease_id.to_owned()))
-                    {
-                        h.revoke_at = h.revoke_at.max(t_sent + item.duration);
-                        h.kept_at = h.kept_at.max(t_sent);
-                    }
+                let kept = ours && inner.extend(item, mine[*i], t_sent);
+                out[*i] = Some(Ok(if kept {
                     RenewOutcome::Renewed
+                } else if ours {
+                    // Taken by the expirer or a release, which own its etcd lease.
+                    RenewOutcome::Lost(LostReason::Missing)
                 } else {
                     if inner.forget(item.name, item.lease_id).is_some() {
                         inner.revoke(lease).await;
@@ -494,6 +496,7 @@ impl EtcdStore {
                 ttl: lease.ttl,
                 kept_at: t_sent,
                 revoke_at: t_sent + req.duration,
+                revoking: false,
             },
         );
         self.start_expirer();
@@ -549,22 +552,34 @@ async fn expire(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let now = Instant::now();
+        // Due entries stay in `held`, marked, until their revoke has been sent: a renewal
+        // racing it sees the mark and reports the lease lost (see `renew_all`).
         let (due, next) = {
             let mut held = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
-            let due: Vec<_> = held
-                .iter()
-                .filter(|(_, h)| h.revoke_at <= now)
-                .map(|(k, h)| (k.clone(), *h))
-                .collect();
-            for (k, _) in &due {
-                held.remove(k);
+            let mut due = Vec::new();
+            for (k, h) in held.iter_mut() {
+                if !h.revoking && h.revoke_at <= now {
+                    h.revoking = true;
+                    due.push((k.clone(), *h));
+                }
             }
-            (due, held.values().map(|h| h.revoke_at).min())
+            let next = held
+                .values()
+                .filter(|h| !h.revoking)
+                .map(|h| h.revoke_at)
+                .min();
+            (due, next)
         };
         for ((name, _), _) in &due {
             tracing::debug!(lease = %name, "lease duration passed without a renewal; revoking its etcd lease");
         }
         futures_util::future::join_all(due.iter().map(|(_, h)| inner.revoke(h.etcd_lease))).await;
+        {
+            let mut held = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+            for (k, _) in &due {
+                held.remove(k);
+            }
+        }
         let notify = Arc::clone(&inner.held_changed);
         let changed = notify.notified();
         drop(inner);
@@ -600,11 +615,51 @@ impl Inner {
             .copied()
     }
 
+    /// The outcome of renewing `item`, one of this store's acquisitions, that is known without
+    /// asking etcd: lost when the expirer is revoking it (its duration passed without a
+    /// renewal), an error when it asks for a longer TTL than etcd's.
+    fn answered_unsent(item: &RenewItem<'_>, h: &Held) -> Option<Result<RenewOutcome>> {
+        if h.revoking {
+            return Some(Ok(RenewOutcome::Lost(LostReason::Missing)));
+        }
+        (ttl_secs(item.duration) > h.granted).then(|| {
+            Err(LeaseError::InvalidArgument(format!(
+                "etcd cannot lengthen a lease's TTL: lease {:?} was taken for {}s, and a renewal asked for {:?}; renew with the duration it was acquired with",
+                item.name, h.granted, item.duration
+            )))
+        })
+    }
+
+    /// After a renewal sent at `t_sent` found the key ours: whether it is still ours, and if
+    /// so its `revoke_at` moved to `t_sent + duration`. One of this store's acquisitions
+    /// (`mine`) must still be in [`Inner::held`] and not being revoked: if the expirer took it
+    /// (its duration passed while the renewal was on its way) or a release did, its etcd lease
+    /// is being revoked or reused, and the key will not outlive the request that saw it.
+    /// Checked and extended under one lock, so the expirer either sees the new `revoke_at` or
+    /// has made this renewal a loss.
+    fn extend(&self, item: &RenewItem<'_>, mine: bool, t_sent: Instant) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match held.get_mut(&(item.name.to_owned(), item.lease_id.to_owned())) {
+            Some(h) if !h.revoking => {
+                h.revoke_at = h.revoke_at.max(t_sent + item.duration);
+                h.kept_at = h.kept_at.max(t_sent);
+                true
+            }
+            Some(_) => false,
+            None => !mine,
+        }
+    }
+
+    /// Takes the entry out of [`Inner::held`], and with it the etcd lease (to revoke, or to
+    /// keep as a spare); `None` when there is none, or the expirer is revoking it (it owns the
+    /// etcd lease then, and removes the entry itself).
     fn forget(&self, name: &str, lease_id: &str) -> Option<Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(name.to_owned(), lease_id.to_owned()))
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (name.to_owned(), lease_id.to_owned());
+        if held.get(&key)?.revoking {
+            return None;
+        }
+        held.remove(&key)
     }
 
     /// "If the key does not exist, put `value` on etcd lease `lease`; else range it."
@@ -987,8 +1042,10 @@ impl LeaseStore for EtcdStore {
         let kv = if released { None } else { txn.ranged() };
         match (held, owned) {
             // Our etcd lease now carries no key: kept as a spare for the next acquire (no
-            // revoke, so the release is one request), unless the key is still on it somehow.
-            (Some(_), Some(h)) if kv.as_ref().is_none_or(|kv| kv.lease != etcd_lease) => {
+            // revoke, so the release is one request). Only when our own delete removed the key:
+            // a key removed by someone else (a forced release) means they saw our etcd lease,
+            // and whoever saw it may revoke it, which must never hit a key we put on it later.
+            (Some(_), Some(h)) if released => {
                 inner.keep_spare(Spare {
                     id: etcd_lease,
                     ttl: h.ttl,
@@ -1070,8 +1127,10 @@ impl LeaseStore for EtcdStore {
                 let ttl = inner.time_left(kv.lease).await?;
                 return Ok(ForceReleased::HeldByOther(info(name, &kv, record, ttl)));
             }
+            // The holder's etcd lease is not revoked: the holder may already have made it a
+            // spare and put another key on it (its renewal finds the loss by the key's
+            // create_revision, and a lease without a key expires by itself).
             if inner.delete_if(&key, kv.create_revision).await?.succeeded {
-                inner.revoke(kv.lease).await;
                 return Ok(ForceReleased::Released);
             }
             // It changed hands between the range and the delete: look again.
