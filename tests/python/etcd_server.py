@@ -14,9 +14,9 @@ hook of ``redis_servers`` and ``PR_SET_PDEATHSIG`` kill what is left.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -24,10 +24,17 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from redis_servers import LOOPBACK, _live, _live_lock, _pdeathsig, free_port
+from redis_servers import (
+    LOOPBACK,
+    _pdeathsig,
+    _StartStop,
+    _stop_processes,
+    _track,
+    _untrack,
+    free_port,
+)
 
 __all__ = ["EtcdCluster", "EtcdClusterError", "etcd_installed"]
 
@@ -48,7 +55,7 @@ def _base_dir() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-class EtcdCluster:
+class EtcdCluster(_StartStop):
     """One private etcd cluster; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, members: int = 3) -> None:
@@ -110,8 +117,7 @@ class EtcdCluster:
                 )
             )
             log.close()
-        with _live_lock:
-            _live.add(self)
+        _track(self)
         self._wait_healthy()
         return self
 
@@ -153,22 +159,6 @@ class EtcdCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         procs, self._procs = self._procs, []
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-        with _live_lock:
-            _live.discard(self)
+        _stop_processes(procs, [signal.SIGKILL], timeout, kill_wait=None)
+        _untrack(self)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -30,10 +30,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from redis_servers import LOOPBACK, _live, _live_lock, _pdeathsig, free_port
+from redis_servers import (
+    LOOPBACK,
+    _pdeathsig,
+    _StartStop,
+    _stop_processes,
+    _track,
+    _untrack,
+    free_port,
+)
 
 __all__ = ["POSTGRES_PASSWORD", "PostgresServer", "PostgresServerError", "postgres_bin_dir"]
 
@@ -102,7 +109,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class PostgresServer:
+class PostgresServer(_StartStop):
     """One private PostgreSQL server; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
@@ -164,8 +171,7 @@ class PostgresServer:
             raise PostgresServerError(f"initdb failed: {out.stdout!r} {out.stderr!r}")
         self.port = free_port()
         self._launch()
-        with _live_lock:
-            _live.add(self)
+        _track(self)
         self._wait_ready()
         return self
 
@@ -276,23 +282,7 @@ class PostgresServer:
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.send_signal(signal.SIGINT)  # "fast" shutdown: ends the sessions, then exits
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        with _live_lock:
-            _live.discard(self)
+            # SIGINT: "fast" shutdown, ends the sessions, then exits.
+            _stop_processes([proc], [signal.SIGINT], timeout, kill_wait=30)
+        _untrack(self)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

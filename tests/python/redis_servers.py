@@ -260,6 +260,64 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
+def _track(server: _Stoppable) -> None:
+    """``server`` runs: stopped at exit unless it is stopped before (:func:`_untrack`)."""
+    with _live_lock:
+        _live.add(server)
+
+
+def _untrack(server: _Stoppable) -> None:
+    """``server`` no longer runs: nothing to stop at exit."""
+    with _live_lock:
+        _live.discard(server)
+
+
+def _stop_processes(
+    procs: Iterable[subprocess.Popen[bytes]],
+    signals: Sequence[int],
+    timeout: float,
+    kill_wait: float | None = 10.0,
+) -> None:
+    """Sends ``signals`` (in order) to each of ``procs`` that still runs, then reaps them all.
+    One that has not exited within ``timeout`` is SIGKILLed and reaped within ``kill_wait``
+    (else ``TimeoutExpired``); with ``kill_wait=None`` it is left as it is."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                for sig in signals:
+                    os.kill(proc.pid, sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if kill_wait is None:
+                continue
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=kill_wait)
+
+
+class _StartStop:
+    """A server used as a ``with`` block: ``start()`` on entry, ``stop()`` on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 def _load_prctl() -> Any:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
@@ -333,7 +391,7 @@ def _make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
 AclRules = str | Sequence[str]
 
 
-class RedisServer:
+class RedisServer(_StartStop):
     """One private ``redis-server`` on 127.0.0.1.
 
     ``password`` sets the default user's password (``requirepass``). ``acl_users`` maps a user
@@ -513,16 +571,14 @@ class RedisServer:
         finally:
             stdio.close()
         self._paused = False
-        with _live_lock:
-            _live.add(self)
+        _track(self)
         deadline = time.monotonic() + START_TIMEOUT
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 text = self._read_logs()
                 self._proc = None
-                with _live_lock:
-                    _live.discard(self)
+                _untrack(self)
                 if "Address already in use" in text:
                     raise _PortInUse(f"port {self._port}: Address already in use")
                 raise RedisServerError(
@@ -553,24 +609,12 @@ class RedisServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            try:
-                if kill:
-                    os.kill(proc.pid, signal.SIGKILL)
-                else:
-                    os.kill(proc.pid, signal.SIGCONT)  # a SIGSTOPped process ignores SIGTERM
-                    os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        # A SIGSTOPped process ignores SIGTERM until it is continued.
+        signals = [signal.SIGKILL] if kill else [signal.SIGCONT, signal.SIGTERM]
+        _stop_processes([proc], signals, timeout)
         self._proc = None
         self._paused = False
-        with _live_lock:
-            _live.discard(self)
+        _untrack(self)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``) and remove its directory."""
@@ -693,19 +737,6 @@ class RedisServer:
         assert isinstance(raw, bytes)
         return _parse_info(raw.decode())
 
-    # ---- context manager -------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<RedisServer {self.scheme}://{self.host}:{self._port} pid={self.pid} {state}>"
@@ -729,7 +760,7 @@ def _parse_info(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-class RedisCluster:
+class RedisCluster(_StartStop):
     """A ``masters``-node Redis Cluster (no replicas) on loopback, every slot covered.
 
     Each node is a :class:`RedisServer` with ``--cluster-enabled yes`` on a port whose bus
@@ -849,17 +880,6 @@ class RedisCluster:
         for n in self.nodes:
             n.stop()
         self.nodes = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<RedisCluster {[n.port for n in self.nodes]}>"
