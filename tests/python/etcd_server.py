@@ -26,15 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Self
 
-from redis_servers import (
-    LOOPBACK,
-    _pdeathsig,
-    _StartStop,
-    _stop_processes,
-    _track,
-    _untrack,
-    free_port,
-)
+from redis_servers import LOOPBACK, _pdeathsig, _Server, _stop_processes, free_port
 
 __all__ = ["EtcdCluster", "EtcdClusterError", "etcd_installed"]
 
@@ -55,7 +47,7 @@ def _base_dir() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-class EtcdCluster(_StartStop):
+class EtcdCluster(_Server):
     """One private etcd cluster; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, members: int = 3) -> None:
@@ -117,7 +109,7 @@ class EtcdCluster(_StartStop):
                 )
             )
             log.close()
-        _track(self)
+        self._track()
         self._wait_healthy()
         return self
 
@@ -160,5 +152,5 @@ class EtcdCluster(_StartStop):
     def stop(self, timeout: float = 10.0) -> None:
         procs, self._procs = self._procs, []
         _stop_processes(procs, [signal.SIGKILL], timeout, kill_wait=None)
-        _untrack(self)
+        self._untrack()
         shutil.rmtree(self.dir, ignore_errors=True)

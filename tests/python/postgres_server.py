@@ -32,15 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from redis_servers import (
-    LOOPBACK,
-    _pdeathsig,
-    _StartStop,
-    _stop_processes,
-    _track,
-    _untrack,
-    free_port,
-)
+from redis_servers import LOOPBACK, _pdeathsig, _Server, _stop_processes, free_port
 
 __all__ = ["POSTGRES_PASSWORD", "PostgresServer", "PostgresServerError", "postgres_bin_dir"]
 
@@ -109,7 +101,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class PostgresServer(_StartStop):
+class PostgresServer(_Server):
     """One private PostgreSQL server; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
@@ -171,7 +163,7 @@ class PostgresServer(_StartStop):
             raise PostgresServerError(f"initdb failed: {out.stdout!r} {out.stderr!r}")
         self.port = free_port()
         self._launch()
-        _track(self)
+        self._track()
         self._wait_ready()
         return self
 
@@ -284,5 +276,5 @@ class PostgresServer(_StartStop):
         if proc is not None:
             # SIGINT: "fast" shutdown, ends the sessions, then exits.
             _stop_processes([proc], [signal.SIGINT], timeout, kill_wait=30)
-        _untrack(self)
+        self._untrack()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -34,8 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 __all__ = [
     "LOOPBACK",
@@ -240,12 +239,36 @@ def resp_command(
 # --------------------------------------------------------------------------------------------
 
 
-class _Stoppable(Protocol):
-    def stop(self, timeout: float = ...) -> None: ...
+class _Server:
+    """A harness server: a ``with`` block (``start()`` on entry, ``stop()`` on exit), and
+    stopped at exit if it still runs then (from :meth:`_track` to :meth:`_untrack`)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _track(self) -> None:
+        """Runs: stopped at exit unless stopped before."""
+        with _live_lock:
+            _live.add(self)
+
+    def _untrack(self) -> None:
+        """No longer runs: nothing to stop at exit."""
+        with _live_lock:
+            _live.discard(self)
 
 
-# Every server still running (Redis here, PostgreSQL in postgres_server.py): stopped at exit.
-_live: set[_Stoppable] = set()
+# Every server still running (Redis here, PostgreSQL in postgres_server.py, etcd in
+# etcd_server.py): stopped at exit.
+_live: set[_Server] = set()
 _live_lock = threading.Lock()
 
 
@@ -258,18 +281,6 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
-
-
-def _track(server: _Stoppable) -> None:
-    """``server`` runs: stopped at exit unless it is stopped before (:func:`_untrack`)."""
-    with _live_lock:
-        _live.add(server)
-
-
-def _untrack(server: _Stoppable) -> None:
-    """``server`` no longer runs: nothing to stop at exit."""
-    with _live_lock:
-        _live.discard(server)
 
 
 def _stop_processes(
@@ -295,27 +306,6 @@ def _stop_processes(
                 continue
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=kill_wait)
-
-
-class _StartStop:
-    """A server used as a ``with`` block: ``start()`` on entry, ``stop()`` on exit."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _load_prctl() -> Any:
@@ -391,7 +381,7 @@ def _make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
 AclRules = str | Sequence[str]
 
 
-class RedisServer(_StartStop):
+class RedisServer(_Server):
     """One private ``redis-server`` on 127.0.0.1.
 
     ``password`` sets the default user's password (``requirepass``). ``acl_users`` maps a user
@@ -571,14 +561,14 @@ class RedisServer(_StartStop):
         finally:
             stdio.close()
         self._paused = False
-        _track(self)
+        self._track()
         deadline = time.monotonic() + START_TIMEOUT
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 text = self._read_logs()
                 self._proc = None
-                _untrack(self)
+                self._untrack()
                 if "Address already in use" in text:
                     raise _PortInUse(f"port {self._port}: Address already in use")
                 raise RedisServerError(
@@ -614,7 +604,7 @@ class RedisServer(_StartStop):
         _stop_processes([proc], signals, timeout)
         self._proc = None
         self._paused = False
-        _untrack(self)
+        self._untrack()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``) and remove its directory."""
@@ -760,7 +750,7 @@ def _parse_info(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-class RedisCluster(_StartStop):
+class RedisCluster(_Server):
     """A ``masters``-node Redis Cluster (no replicas) on loopback, every slot covered.
 
     Each node is a :class:`RedisServer` with ``--cluster-enabled yes`` on a port whose bus
@@ -876,9 +866,9 @@ class RedisCluster(_StartStop):
         """SIGKILL node ``i`` (no replicas: its slots become unavailable)."""
         self.nodes[i].kill()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         for n in self.nodes:
-            n.stop()
+            n.stop(timeout)
         self.nodes = []
 
     def __repr__(self) -> str:
