@@ -3,8 +3,10 @@
 //! A waiter learns of a release by notification, not by polling. Every store owns a
 //! [`ReleaseBoard`]: one entry per lease name that somebody in this process waits for, with a
 //! reference count, a [`Notify`] and the state of the notification feed for that name. The Redis
-//! store feeds it from one pub/sub connection shared by all waiters; the SQLite store feeds it
-//! from releases made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
+//! store feeds it from one pub/sub connection shared by all waiters, PostgreSQL from one
+//! listening connection and etcd from one watch stream (each run by a supervisor task that a
+//! `FedBoard` starts when the first waiter comes); the SQLite store feeds it from releases
+//! made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
 //! while it waits; the last watch to go unsubscribes (on Redis after a short linger, so that a
 //! lease waited for again soon keeps its subscription).
 //!
@@ -25,6 +27,8 @@
 //! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +36,7 @@ use rand::Rng;
 use tokio::sync::{watch, Notify};
 
 pub use crate::backoff::Backoff;
+use crate::store::TaskSlot;
 
 /// The shortest time between two polls of a waiter (notified wake-ups are not polls).
 pub const MIN_POLL: Duration = Duration::from_millis(100);
@@ -228,6 +233,22 @@ impl ReleaseBoard {
         }
     }
 
+    /// Forgets the entries among `keys` that nobody waits for (a subscriber, told of them by
+    /// `on_change`, has stopped listening for them) and returns the keys that have waiters.
+    pub(crate) fn tidy(&self, keys: impl IntoIterator<Item = String>) -> Vec<String> {
+        for key in keys {
+            self.remove_if_unused(&key);
+        }
+        self.wanted()
+    }
+
+    /// [`ReleaseBoard::set_live`] for each of `keys`.
+    pub(crate) fn set_all_live(&self, keys: &[String]) {
+        for key in keys {
+            self.set_live(key);
+        }
+    }
+
     /// The feed of `key` is live: every release will be notified. If notifications may have
     /// been missed since it was last live, one waiter is woken to look.
     pub fn set_live(&self, key: &str) {
@@ -255,6 +276,54 @@ impl ReleaseBoard {
             ch.feed
                 .send_if_modified(|f| std::mem::replace(f, Feed::Partial) != Feed::Partial);
         }
+    }
+}
+
+/// The task that feeds a [`FedBoard`], not yet started.
+type Supervisor = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A store's [`ReleaseBoard`] and the supervisor task that feeds it (a watch stream, a listening
+/// connection). The task starts when the board is first asked for, so a store nobody waits on
+/// never opens one; [`FedBoard::close`] ends it for good.
+pub(crate) struct FedBoard {
+    board: Arc<ReleaseBoard>,
+    /// The supervisor until it is started (or the board closed first).
+    start: Mutex<Option<Supervisor>>,
+    task: TaskSlot,
+}
+
+impl FedBoard {
+    /// `board`, to be fed by `supervisor` once the board is first used.
+    pub(crate) fn new(
+        board: Arc<ReleaseBoard>,
+        supervisor: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Self {
+            board,
+            start: Mutex::new(Some(Box::pin(supervisor))),
+            task: TaskSlot::default(),
+        }
+    }
+
+    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
+    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
+        // Held until the task is recorded, so that `close` cannot miss it.
+        let mut start = self.unstarted();
+        if let Some(s) = start.take() {
+            self.task.set(tokio::spawn(s));
+        }
+        drop(start);
+        &self.board
+    }
+
+    /// Stops the supervisor and what it owns (its stream or connection); never started again.
+    pub(crate) async fn close(&self) {
+        drop(self.unstarted().take());
+        self.task.stop().await;
+    }
+
+    fn unstarted(&self) -> MutexGuard<'_, Option<Supervisor>> {
+        self.start.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

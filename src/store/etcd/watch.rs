@@ -13,7 +13,7 @@
 //! one waiter per name is woken in case a release was missed meanwhile.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,8 +24,7 @@ use tokio::time::Instant;
 use super::http::Transport;
 use super::{prefix_end, B64};
 use crate::backoff::Backoff;
-use crate::store::TaskSlot;
-use crate::wait::ReleaseBoard;
+use crate::wait::{FedBoard, ReleaseBoard};
 
 /// How often the member of a live stream is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
@@ -39,57 +38,25 @@ const MAX_LINE: usize = 64 << 20;
 /// The waiter count of a name went from 0 to 1 or from 1 to 0.
 struct Changed(String);
 
-/// Release notifications of one etcd store.
-pub(crate) struct Watcher {
-    board: Arc<ReleaseBoard>,
-    start: Mutex<Option<Supervisor>>,
-    task: TaskSlot,
-}
-
-impl Watcher {
-    /// A watcher that opens its stream through `http` when the first waiter joins.
-    pub(crate) fn new(http: Arc<Transport>, prefix: String) -> Self {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let board = ReleaseBoard::subscribed(move |key| {
-            let _ = control_tx.send(Changed(key.to_owned()));
-        });
-        Self {
-            start: Mutex::new(Some(Supervisor {
-                board: Arc::downgrade(&board),
-                next_member: http.current(),
-                http,
-                prefix,
-                control_rx,
-                stream: None,
-                retry: None,
-                failures: 0,
-                warned: false,
-            })),
-            board,
-            task: TaskSlot::default(),
-        }
-    }
-
-    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
-    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
-        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = start.take() {
-            self.task.set(tokio::spawn(s.run()));
-        }
-        drop(start);
-        &self.board
-    }
-
-    /// Stops the supervisor and closes the stream; never started again.
-    pub(crate) async fn close(&self) {
-        drop(
-            self.start
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        self.task.stop().await;
-    }
+/// Release notifications of one etcd store: its board, fed by a watch that `http` opens when
+/// the first waiter joins.
+pub(crate) fn watcher(http: Arc<Transport>, prefix: String) -> FedBoard {
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let board = ReleaseBoard::subscribed(move |key| {
+        let _ = control_tx.send(Changed(key.to_owned()));
+    });
+    let supervisor = Supervisor {
+        board: Arc::downgrade(&board),
+        next_member: http.current(),
+        http,
+        prefix,
+        control_rx,
+        stream: None,
+        retry: None,
+        failures: 0,
+        warned: false,
+    };
+    FedBoard::new(board, supervisor.run())
 }
 
 /// An open watch stream and what has been read of it.
@@ -220,19 +187,12 @@ impl Supervisor {
             let Some(board) = self.board.upgrade() else {
                 return;
             };
-            for key in dirty.drain() {
-                if board.waiters(&key) == 0 {
-                    board.remove_if_unused(&key);
-                }
-            }
-            let wanted = board.wanted();
+            let wanted = board.tidy(dirty.drain());
             if self.stream.is_none() && !wanted.is_empty() && self.retry.is_none() {
                 self.open(&board).await;
             }
             if self.stream.as_ref().is_some_and(|s| s.live) {
-                for key in &wanted {
-                    board.set_live(key);
-                }
+                board.set_all_live(&wanted);
             } else if self.stream.is_none() {
                 board.set_partial(None);
             }

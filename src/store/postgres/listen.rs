@@ -2,7 +2,7 @@
 //!
 //! The release and force-release statements `pg_notify` [`CHANNEL`] with the payload
 //! `["<key prefix>", "<name>"]` when they delete a live lease; PostgreSQL delivers it on commit to
-//! every session listening. A [`Listener`] keeps its store's [`ReleaseBoard`] in step with one
+//! every session listening. A [`listener`] keeps its store's [`ReleaseBoard`] in step with one
 //! connection that only LISTENs, opened when the first waiter appears and kept while the store
 //! lives. One channel for every name: a waiter joining needs no round trip, so its feed is live
 //! at once while the connection is up. Notifications are dispatched on the task that drives the
@@ -14,7 +14,7 @@
 //! release was missed meanwhile.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
@@ -24,8 +24,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::Endpoint;
 use crate::backoff::Backoff;
-use crate::store::TaskSlot;
-use crate::wait::ReleaseBoard;
+use crate::wait::{FedBoard, ReleaseBoard};
 
 /// The notification channel of releases.
 pub const CHANNEL: &str = "distributed_leasing_released";
@@ -93,59 +92,27 @@ where
     }
 }
 
-/// Release notifications of one PostgreSQL store.
-pub(crate) struct Listener {
-    board: Arc<ReleaseBoard>,
-    start: Mutex<Option<Supervisor>>,
-    task: TaskSlot,
-}
-
-impl Listener {
-    /// A listener that connects through `endpoint` when the first waiter joins.
-    pub(crate) fn new(endpoint: Endpoint, prefix: String) -> Self {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let hook_tx = control_tx.clone();
-        let board = ReleaseBoard::subscribed(move |key| {
-            let _ = hook_tx.send(Control::Changed(key.to_owned()));
-        });
-        Self {
-            start: Mutex::new(Some(Supervisor {
-                board: Arc::downgrade(&board),
-                endpoint,
-                prefix,
-                control_tx,
-                control_rx,
-                conn: None,
-                generation: 0,
-                retry: None,
-                failures: 0,
-                warned: false,
-            })),
-            board,
-            task: TaskSlot::default(),
-        }
-    }
-
-    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
-    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
-        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = start.take() {
-            self.task.set(tokio::spawn(s.run()));
-        }
-        drop(start);
-        &self.board
-    }
-
-    /// Stops the supervisor and closes the listening connection; never started again.
-    pub(crate) async fn close(&self) {
-        drop(
-            self.start
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        self.task.stop().await;
-    }
+/// Release notifications of one PostgreSQL store: its board, fed by a connection that
+/// `endpoint` opens when the first waiter joins.
+pub(crate) fn listener(endpoint: Endpoint, prefix: String) -> FedBoard {
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let hook_tx = control_tx.clone();
+    let board = ReleaseBoard::subscribed(move |key| {
+        let _ = hook_tx.send(Control::Changed(key.to_owned()));
+    });
+    let supervisor = Supervisor {
+        board: Arc::downgrade(&board),
+        endpoint,
+        prefix,
+        control_tx,
+        control_rx,
+        conn: None,
+        generation: 0,
+        retry: None,
+        failures: 0,
+        warned: false,
+    };
+    FedBoard::new(board, supervisor.run())
 }
 
 /// The listening connection: its client and the task that drives it (aborted when dropped).
@@ -202,19 +169,12 @@ impl Supervisor {
             let Some(board) = self.board.upgrade() else {
                 return;
             };
-            for key in dirty.drain() {
-                if board.waiters(&key) == 0 {
-                    board.remove_if_unused(&key);
-                }
-            }
-            let wanted = board.wanted();
+            let wanted = board.tidy(dirty.drain());
             if self.conn.is_none() && !wanted.is_empty() && self.retry.is_none() {
                 self.connect(&board).await;
             }
             if self.conn.is_some() {
-                for key in &wanted {
-                    board.set_live(key);
-                }
+                board.set_all_live(&wanted);
             } else {
                 board.set_partial(None);
             }
