@@ -327,6 +327,55 @@ impl FedBoard {
     }
 }
 
+/// When the supervisor of a [`FedBoard`] may try again to open its stream or connection after
+/// failures in a row (250 ms doubling to 5 s), and whether it has said so yet.
+#[derive(Debug, Default)]
+pub(crate) struct Reconnect {
+    at: Option<tokio::time::Instant>,
+    /// Consecutive failures: the place in the schedule.
+    failures: u32,
+    /// A failure was logged since the last success: the next ones are not.
+    warned: bool,
+}
+
+impl Reconnect {
+    const SCHEDULE: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
+
+    /// Whether a failure keeps the supervisor from trying now.
+    pub(crate) fn waiting(&self) -> bool {
+        self.at.is_some()
+    }
+
+    /// When to wake: `other`, or the next attempt if sooner.
+    pub(crate) fn wake(&self, other: tokio::time::Instant) -> tokio::time::Instant {
+        self.at.map_or(other, |r| r.min(other))
+    }
+
+    /// Ends the wait once its time has come.
+    pub(crate) fn tick(&mut self) {
+        if self.at.is_some_and(|r| tokio::time::Instant::now() >= r) {
+            self.at = None;
+        }
+    }
+
+    /// An attempt failed: the next waits one step longer than the last.
+    pub(crate) fn failed(&mut self) {
+        self.at = Some(tokio::time::Instant::now() + Self::SCHEDULE.delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Whether to log a failure: only the first since the last success.
+    pub(crate) fn first_warning(&mut self) -> bool {
+        !std::mem::replace(&mut self.warned, true)
+    }
+
+    /// It works: the next failure starts the schedule again, and is logged.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = 0;
+        self.warned = false;
+    }
+}
+
 struct Joined {
     board: Arc<ReleaseBoard>,
     key: String,
@@ -448,6 +497,40 @@ mod tests {
         assert!(
             spread.len() > 50,
             "100 waiters must not all pick one instant"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_waits_longer_after_each_failure_and_warns_once_until_it_works() {
+        let mut r = Reconnect::default();
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(!r.waiting());
+        assert_eq!(r.wake(far), far);
+        for (step, ms) in [250, 500, 1000].into_iter().enumerate() {
+            r.failed();
+            assert_eq!(
+                r.first_warning(),
+                step == 0,
+                "only the first failure is logged"
+            );
+            let due = tokio::time::Instant::now() + Duration::from_millis(ms);
+            assert_eq!(r.wake(far), due);
+            tokio::time::advance(Duration::from_millis(ms - 1)).await;
+            r.tick();
+            assert!(r.waiting(), "not before its time");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            r.tick();
+            assert!(!r.waiting());
+        }
+        r.succeeded();
+        r.failed();
+        assert!(
+            r.first_warning(),
+            "a failure after a success is logged again"
+        );
+        assert_eq!(
+            r.wake(far),
+            tokio::time::Instant::now() + Duration::from_millis(250)
         );
     }
 

@@ -23,15 +23,12 @@ use tokio::time::Instant;
 
 use super::http::Transport;
 use super::{prefix_end, B64};
-use crate::backoff::Backoff;
-use crate::wait::{FedBoard, ReleaseBoard};
+use crate::wait::{FedBoard, Reconnect, ReleaseBoard};
 
 /// How often the member of a live stream is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// How long that check may take.
 const HEALTH_WITHIN: Duration = Duration::from_secs(5);
-/// Attempts to open a stream again after a failure: 250 ms doubling to 5 s.
-const RETRY: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 /// Longest line of the stream accepted (a response with many events): 64 MiB.
 const MAX_LINE: usize = 64 << 20;
 
@@ -52,9 +49,7 @@ pub(crate) fn watcher(http: Arc<Transport>, prefix: String) -> FedBoard {
         prefix,
         control_rx,
         stream: None,
-        retry: None,
-        failures: 0,
-        warned: false,
+        reconnect: Reconnect::default(),
     };
     FedBoard::new(board, supervisor.run())
 }
@@ -138,10 +133,7 @@ struct Supervisor {
     stream: Option<Stream>,
     /// The member the next stream is opened on.
     next_member: usize,
-    /// When to try to open a stream again after a failure.
-    retry: Option<Instant>,
-    failures: u32,
-    warned: bool,
+    reconnect: Reconnect,
 }
 
 impl Supervisor {
@@ -149,7 +141,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + HEALTH_EVERY;
         let mut dirty = HashSet::new();
         loop {
-            let wake = self.retry.map_or(next_health, |r| r.min(next_health));
+            let wake = self.reconnect.wake(next_health);
             let step = {
                 let line = async {
                     match self.stream.as_mut() {
@@ -179,16 +171,14 @@ impl Supervisor {
                         next_health = Instant::now() + HEALTH_EVERY;
                         self.check_health().await;
                     }
-                    if self.retry.is_some_and(|r| Instant::now() >= r) {
-                        self.retry = None;
-                    }
+                    self.reconnect.tick();
                 }
             }
             let Some(board) = self.board.upgrade() else {
                 return;
             };
             let wanted = board.tidy(dirty.drain());
-            if self.stream.is_none() && !wanted.is_empty() && self.retry.is_none() {
+            if self.stream.is_none() && !wanted.is_empty() && !self.reconnect.waiting() {
                 self.open(&board).await;
             }
             if self.stream.as_ref().is_some_and(|s| s.live) {
@@ -224,8 +214,7 @@ impl Supervisor {
         };
         if result.created {
             stream.live = true;
-            self.failures = 0;
-            self.warned = false;
+            self.reconnect.succeeded();
             tracing::debug!(members = %self.http.display, "etcd release watch live");
             // A watch sees deletions from its creation on: a waiter that joined while it was
             // being set up may have missed one, so one waiter per name looks again now.
@@ -258,8 +247,7 @@ impl Supervisor {
             self.next_member = (s.member + 1) % self.http.members();
             if !s.live {
                 // Ended before it was confirmed: do not reopen in a busy loop.
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
         if let Some(board) = self.board.upgrade() {
@@ -300,14 +288,12 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                if !self.warned {
-                    self.warned = true;
+                if self.reconnect.first_warning() {
                     tracing::warn!(error = %e, "cannot watch etcd for releases; waiters poll instead (at most every 100 ms, and at the holder's expiry) until it works");
                 }
                 board.set_partial(None);
                 self.next_member = (member + 1) % self.http.members();
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
     }

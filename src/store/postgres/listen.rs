@@ -23,16 +23,13 @@ use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::Endpoint;
-use crate::backoff::Backoff;
-use crate::wait::{FedBoard, ReleaseBoard};
+use crate::wait::{FedBoard, Reconnect, ReleaseBoard};
 
 /// The notification channel of releases.
 pub const CHANNEL: &str = "distributed_leasing_released";
 
 /// How often a listening connection is checked with an empty query.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
-/// Attempts to reconnect after a failure: 250 ms doubling to 5 s.
-const RETRY: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 
 enum Control {
     /// The waiter count of a name went from 0 to 1 or from 1 to 0.
@@ -108,9 +105,7 @@ pub(crate) fn listener(endpoint: Endpoint, prefix: String) -> FedBoard {
         control_rx,
         conn: None,
         generation: 0,
-        retry: None,
-        failures: 0,
-        warned: false,
+        reconnect: Reconnect::default(),
     };
     FedBoard::new(board, supervisor.run())
 }
@@ -136,10 +131,7 @@ struct Supervisor {
     conn: Option<Listening>,
     /// Of the current connection, so a late "ended" of an old one is not taken for it.
     generation: u64,
-    /// When to try to connect again after a failure.
-    retry: Option<Instant>,
-    failures: u32,
-    warned: bool,
+    reconnect: Reconnect,
 }
 
 impl Supervisor {
@@ -147,7 +139,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + HEALTH_EVERY;
         let mut dirty = HashSet::new();
         loop {
-            let wake = self.retry.map_or(next_health, |r| r.min(next_health));
+            let wake = self.reconnect.wake(next_health);
             tokio::select! {
                 msg = self.control_rx.recv() => {
                     let Some(msg) = msg else { return };
@@ -161,16 +153,14 @@ impl Supervisor {
                         next_health = Instant::now() + HEALTH_EVERY;
                         self.check_health().await;
                     }
-                    if self.retry.is_some_and(|r| Instant::now() >= r) {
-                        self.retry = None;
-                    }
+                    self.reconnect.tick();
                 }
             }
             let Some(board) = self.board.upgrade() else {
                 return;
             };
             let wanted = board.tidy(dirty.drain());
-            if self.conn.is_none() && !wanted.is_empty() && self.retry.is_none() {
+            if self.conn.is_none() && !wanted.is_empty() && !self.reconnect.waiting() {
                 self.connect(&board).await;
             }
             if self.conn.is_some() {
@@ -235,17 +225,14 @@ impl Supervisor {
             Ok(listening) => {
                 tracing::debug!(addr = %self.endpoint.addr, "release notification connection listening");
                 self.conn = Some(listening);
-                self.failures = 0;
-                self.warned = false;
+                self.reconnect.succeeded();
             }
             Err(e) => {
-                if !self.warned {
-                    self.warned = true;
+                if self.reconnect.first_warning() {
                     tracing::warn!(addr = %self.endpoint.addr, error = %e, "cannot listen for release notifications; waiters poll instead (at most every 100 ms, and at the holder's expiry) until it works");
                 }
                 board.set_partial(None);
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
     }
