@@ -19,14 +19,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Self
 
-from redis_servers import LOOPBACK, _pdeathsig, _Server, _stop_processes, free_port
+from redis_servers import LOOPBACK, _dies_with_us, _Server, _stop_processes, free_port
 
 __all__ = ["EtcdCluster", "EtcdClusterError", "etcd_installed"]
 
@@ -103,9 +102,7 @@ class EtcdCluster(_Server):
                     stdout=log,
                     stderr=log,
                     cwd=self.dir,
-                    preexec_fn=_pdeathsig
-                    if threading.current_thread() is threading.main_thread()
-                    else None,
+                    preexec_fn=_dies_with_us(),
                 )
             )
             log.close()

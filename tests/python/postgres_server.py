@@ -26,13 +26,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from redis_servers import LOOPBACK, _pdeathsig, _Server, _stop_processes, free_port
+from redis_servers import LOOPBACK, _dies_with_us, _Server, _stop_processes, free_port
 
 __all__ = ["POSTGRES_PASSWORD", "PostgresServer", "PostgresServerError", "postgres_bin_dir"]
 
@@ -191,9 +190,7 @@ class PostgresServer(_Server):
             stdout=subprocess.DEVNULL,
             stderr=log,
             cwd=self.dir,
-            preexec_fn=_pdeathsig
-            if threading.current_thread() is threading.main_thread()
-            else None,
+            preexec_fn=_dies_with_us(),
             **self._as_user(),
         )
         log.close()

@@ -324,6 +324,13 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def _dies_with_us() -> Callable[[], None] | None:
+    """The ``preexec_fn`` of a server process: it dies with us even if we are SIGKILLed.
+    PDEATHSIG follows the *thread* that started it, so only for one started from the main
+    thread (``None`` otherwise)."""
+    return _pdeathsig if threading.current_thread() is threading.main_thread() else None
+
+
 def _require(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -552,11 +559,7 @@ class RedisServer(_Server):
                 stdout=stdio,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal is handled by the tests
-                # dies with us even if we are SIGKILLed (PDEATHSIG follows the *thread*, so only
-                # for servers started from the main thread)
-                preexec_fn=_pdeathsig
-                if threading.current_thread() is threading.main_thread()
-                else None,
+                preexec_fn=_dies_with_us(),
             )
         finally:
             stdio.close()
