@@ -30,13 +30,14 @@ import base64
 import http.client
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _handoff_common import handoffs, pct, serve
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
@@ -130,114 +131,29 @@ def make_runs(url: str, endpoint: str, runner: asyncio.Runner) -> dict[str, Call
 
 # -- hand-off -------------------------------------------------------------------------------------
 #
-# Workers read one command per line on stdin and answer one line on stdout.
-#   holder: "acquire" -> "ok";  "release" -> "<t_call ns> <t_return ns>"
-#   waiter: "wait" -> "waiting" (just before acquire), then "<t_acquire ns>";  "release" -> "ok"
+# Workers answer the parent through _handoff_common.serve (the protocol is described there).
 
 
 def worker_ours(role: str, url: str, name: str) -> None:
     import distributed_leasing as dl
 
     client = dl.LeaseClient.connect_sync(url)
-    lease: dl.Lease | None = None
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd in ("acquire", "wait"):
-            if cmd == "wait":
-                print("waiting", flush=True)
-            lease = client.acquire_sync(name, wait=None)
-            print("ok" if cmd == "acquire" else time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            assert lease is not None
-            t0 = time.monotonic_ns()
-            lease.release_sync()
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+    serve(role, lambda: client.acquire_sync(name, wait=None), lambda lease: lease.release_sync())
 
 
 def worker_peer(role: str, endpoint: str, name: str) -> None:
     peer = PeerLock(endpoint)
-    key = ""
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd in ("acquire", "wait"):
-            if cmd == "wait":
-                print("waiting", flush=True)
-            key = peer.acquire(name)
-            print("ok" if cmd == "acquire" else time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            t0 = time.monotonic_ns()
-            peer.release(key)
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
-
-
-class Worker:
-    def __init__(self, kind: str, role: str, target: str, name: str) -> None:
-        cmd = [sys.executable, __file__, "--worker", kind, role, target, name]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-
-    def ask(self, cmd: str) -> str:
-        self.send(cmd)
-        return self.read()
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
-        return line.strip()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+    serve(role, lambda: peer.acquire(name), peer.release)
 
 
 def handoff(kind: str, target: str, rounds: int, warmup: int) -> tuple[list[float], list[float]]:
     """Hand-offs in ms: (from the release() call, from its return)."""
+
+    def park() -> None:
+        time.sleep(0.05)  # parked: its refused attempt and its watch (or lock wait) are set
+
     name = f"bench-handoff-{uuid.uuid4().hex[:8]}"
-    holder = Worker(kind, "holder", target, name)
-    waiter = Worker(kind, "waiter", target, name)
-    from_call: list[float] = []
-    from_return: list[float] = []
-    try:
-        assert holder.ask("acquire") == "ok"
-        for i in range(warmup + rounds):
-            waiter.send("wait")
-            assert waiter.read() == "waiting"
-            time.sleep(0.05)  # parked: its refused attempt and its watch (or lock wait) are set
-            t_call, t_return = map(int, holder.ask("release").split())
-            t_acquire = int(waiter.read())
-            if i >= warmup:
-                from_call.append((t_acquire - t_call) / 1e6)
-                from_return.append((t_acquire - t_return) / 1e6)
-            assert waiter.ask("release") == "ok"
-            assert holder.ask("acquire") == "ok"
-    finally:
-        holder.close()
-        waiter.close()
-    return from_call, from_return
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+    return handoffs(__file__, kind, target, name, rounds, warmup, park)
 
 
 def main() -> None:

@@ -43,6 +43,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from _handoff_common import handoffs, pct, serve, serve_async
+
 # -- the redis server ----------------------------------------------------------------------------
 
 
@@ -117,9 +119,7 @@ class Server:
 
 # -- the worker processes ------------------------------------------------------------------------
 #
-# Both read one command per line on stdin and answer one line on stdout.
-#   holder: "acquire" -> "ok";  "release" -> "<t_call ns> <t_return ns>" (called, returned)
-#   waiter: "wait" -> "waiting" (just before acquire), then "<t_acquire ns>";  "release" -> "ok"
+# Each answers the parent through _handoff_common.serve (the protocol is described there).
 
 
 def worker_ours_async(role: str, url: str, name: str) -> None:
@@ -127,25 +127,9 @@ def worker_ours_async(role: str, url: str, name: str) -> None:
 
     async def main() -> None:
         client = await dl.LeaseClient.connect(url)
-        lease: dl.Lease | None = None
-        for line in sys.stdin:
-            cmd = line.strip()
-            if cmd == "acquire":
-                lease = await client.acquire(name, wait=None)
-                print("ok", flush=True)
-            elif cmd == "wait":
-                print("waiting", flush=True)
-                lease = await client.acquire(name, wait=None)
-                t = time.monotonic_ns()
-                print(t, flush=True)
-            elif cmd == "release":
-                assert lease is not None
-                t0 = time.monotonic_ns()
-                await lease.release()
-                t = time.monotonic_ns()
-                print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-            elif cmd == "quit":
-                break
+        await serve_async(
+            role, lambda: client.acquire(name, wait=None), lambda lease: lease.release()
+        )
 
     asyncio.run(main())
 
@@ -154,25 +138,7 @@ def worker_ours_sync(role: str, url: str, name: str) -> None:
     import distributed_leasing as dl
 
     client = dl.LeaseClient.connect_sync(url)
-    lease: dl.Lease | None = None
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "acquire":
-            lease = client.acquire_sync(name, wait=None)
-            print("ok", flush=True)
-        elif cmd == "wait":
-            print("waiting", flush=True)
-            lease = client.acquire_sync(name, wait=None)
-            t = time.monotonic_ns()
-            print(t, flush=True)
-        elif cmd == "release":
-            assert lease is not None
-            t0 = time.monotonic_ns()
-            lease.release_sync()
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+    serve(role, lambda: client.acquire_sync(name, wait=None), lambda lease: lease.release_sync())
 
 
 def worker_redis_lock(role: str, url: str, name: str) -> None:
@@ -181,22 +147,7 @@ def worker_redis_lock(role: str, url: str, name: str) -> None:
 
     conn = redis.Redis.from_url(url)
     lock = redis_lock.Lock(conn, name, expire=30)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "acquire":
-            lock.acquire(blocking=True)
-            print("ok", flush=True)
-        elif cmd == "wait":
-            print("waiting", flush=True)
-            lock.acquire(blocking=True)
-            print(time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            t0 = time.monotonic_ns()
-            lock.release()
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+    serve(role, lambda: lock.acquire(blocking=True), lambda _: lock.release())
 
 
 def worker_redis_py(role: str, url: str, name: str, sleep: float) -> None:
@@ -204,22 +155,7 @@ def worker_redis_py(role: str, url: str, name: str, sleep: float) -> None:
 
     conn = redis.Redis.from_url(url)
     lock = conn.lock(name, timeout=30, sleep=sleep)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "acquire":
-            lock.acquire(blocking=True)
-            print("ok", flush=True)
-        elif cmd == "wait":
-            print("waiting", flush=True)
-            lock.acquire(blocking=True)
-            print(time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            t0 = time.monotonic_ns()
-            lock.release()
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+    serve(role, lambda: lock.acquire(blocking=True), lambda _: lock.release())
 
 
 WORKERS: dict[str, Callable[[str, str, str], None]] = {
@@ -232,41 +168,6 @@ WORKERS: dict[str, Callable[[str, str, str], None]] = {
 
 
 # -- the parent ----------------------------------------------------------------------------------
-
-
-class Worker:
-    def __init__(self, kind: str, role: str, url: str, name: str, cpu: str | None) -> None:
-        cmd = [sys.executable, __file__, "--worker", kind, role, url, name]
-        if cpu is not None:
-            cmd = ["taskset", "-c", cpu, *cmd]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
-        return line.strip()
-
-    def ask(self, cmd: str) -> str:
-        self.send(cmd)
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Samples:
@@ -284,40 +185,24 @@ def measure(
 ) -> Samples:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     ours = kind.startswith("ours")
-    holder = Worker(kind, "holder", server.url, name, cpus[0])
-    waiter = Worker(kind, "waiter", server.url, name, cpus[1])
+
+    def park() -> None:
+        if ours:
+            # Subscribed (its subscription also lingers from the round before)...
+            channel = f"lease:{name}:released"
+            until = time.monotonic() + 10
+            while resp(server.port, "PUBSUB", "NUMSUB", channel) != [channel, 1]:
+                if time.monotonic() > until:
+                    raise RuntimeError("the waiter never subscribed")
+                time.sleep(0.0005)
+        # ...and parked: its attempts (or BLPOP, or poll sleep) are well under way.
+        time.sleep(0.02)
+
     samples = Samples()
-    try:
-        assert holder.ask("acquire") == "ok"
-        for i in range(warmup + rounds):
-            waiter.send("wait")
-            assert waiter.read() == "waiting"
-            if ours:
-                # Subscribed (its subscription also lingers from the round before)...
-                channel = f"lease:{name}:released"
-                until = time.monotonic() + 10
-                while resp(server.port, "PUBSUB", "NUMSUB", channel) != [channel, 1]:
-                    if time.monotonic() > until:
-                        raise RuntimeError("the waiter never subscribed")
-                    time.sleep(0.0005)
-            # ...and parked: its attempts (or BLPOP, or poll sleep) are well under way.
-            time.sleep(0.02)
-            t_call, t_release = map(int, holder.ask("release").split())
-            t_acquire = int(waiter.read())
-            if i >= warmup:
-                samples.after_return.append((t_acquire - t_release) / 1e6)
-                samples.after_call.append((t_acquire - t_call) / 1e6)
-            assert waiter.ask("release") == "ok"
-            assert holder.ask("acquire") == "ok"
-    finally:
-        holder.close()
-        waiter.close()
+    samples.after_call, samples.after_return = handoffs(
+        __file__, kind, server.url, name, rounds, warmup, park, cpus
+    )
     return samples
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def main() -> None:

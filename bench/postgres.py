@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -37,6 +36,8 @@ import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from _handoff_common import handoffs, pct, serve, serve_async
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
@@ -240,9 +241,7 @@ CYCLES: dict[str, Callable[[str, Admin, float], Sample]] = {
 
 # -- 2. hand-off: worker processes -----------------------------------------------------------------
 #
-# Both read one command per line on stdin and answer one line on stdout.
-#   holder: "acquire" -> "ok";  "release" -> "<t_release ns>"
-#   waiter: "wait" -> "waiting" (just before it blocks), then "<t_acquire ns>";  "release" -> "ok"
+# Each answers the parent through _handoff_common.serve (the protocol is described there).
 
 
 def worker_ours_async(role: str, url: str, name: str) -> None:
@@ -250,24 +249,11 @@ def worker_ours_async(role: str, url: str, name: str) -> None:
 
     async def main() -> None:
         client = await dl.LeaseClient.connect(url)
-        lease: dl.Lease | None = None
-        for line in sys.stdin:
-            cmd = line.strip()
-            if cmd == "acquire":
-                lease = await client.acquire(name, wait=None)
-                print("ok", flush=True)
-            elif cmd == "wait":
-                print("waiting", flush=True)
-                lease = await client.acquire(name, wait=None)
-                print(time.monotonic_ns(), flush=True)
-            elif cmd == "release":
-                assert lease is not None
-                t0 = time.monotonic_ns()
-                assert await lease.release()
-                t = time.monotonic_ns()
-                print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-            elif cmd == "quit":
-                break
+
+        async def release(lease: dl.Lease) -> None:
+            assert await lease.release()
+
+        await serve_async(role, lambda: client.acquire(name, wait=None), release)
         await client.close()
 
     asyncio.run(main())
@@ -277,24 +263,11 @@ def worker_ours_sync(role: str, url: str, name: str) -> None:
     import distributed_leasing as dl
 
     client = dl.LeaseClient.connect_sync(url)
-    lease: dl.Lease | None = None
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "acquire":
-            lease = client.acquire_sync(name, wait=None)
-            print("ok", flush=True)
-        elif cmd == "wait":
-            print("waiting", flush=True)
-            lease = client.acquire_sync(name, wait=None)
-            print(time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            assert lease is not None
-            t0 = time.monotonic_ns()
-            assert lease.release_sync()
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+
+    def release(lease: dl.Lease) -> None:
+        assert lease.release_sync()
+
+    serve(role, lambda: client.acquire_sync(name, wait=None), release)
     client.close_sync()
 
 
@@ -303,23 +276,12 @@ def worker_peer_sync(role: str, url: str, name: str) -> None:
 
     conn = psycopg.connect(url, autocommit=True, application_name=PEER_APP)
     key = advisory_key(name)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "acquire":
-            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            print("ok", flush=True)
-        elif cmd == "wait":
-            print("waiting", flush=True)
-            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            print(time.monotonic_ns(), flush=True)
-        elif cmd == "release":
-            t0 = time.monotonic_ns()
-            row = conn.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
-            assert row is not None and row[0] is True
-            t = time.monotonic_ns()
-            print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-        elif cmd == "quit":
-            break
+
+    def release(_: object) -> None:
+        row = conn.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
+        assert row is not None and row[0] is True
+
+    serve(role, lambda: conn.execute("SELECT pg_advisory_lock(%s)", (key,)), release)
     conn.close()
 
 
@@ -331,24 +293,15 @@ def worker_peer_async(role: str, url: str, name: str) -> None:
             url, autocommit=True, application_name=PEER_APP
         )
         key = advisory_key(name)
-        for line in sys.stdin:
-            cmd = line.strip()
-            if cmd == "acquire":
-                await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                print("ok", flush=True)
-            elif cmd == "wait":
-                print("waiting", flush=True)
-                await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                print(time.monotonic_ns(), flush=True)
-            elif cmd == "release":
-                t0 = time.monotonic_ns()
-                cur = await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                row = await cur.fetchone()
-                assert row is not None and row[0] is True
-                t = time.monotonic_ns()
-                print(f"{t0} {t}" if role == "holder" else "ok", flush=True)
-            elif cmd == "quit":
-                break
+
+        async def release(_: object) -> None:
+            cur = await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            row = await cur.fetchone()
+            assert row is not None and row[0] is True
+
+        await serve_async(
+            role, lambda: conn.execute("SELECT pg_advisory_lock(%s)", (key,)), release
+        )
         await conn.close()
 
     asyncio.run(main())
@@ -362,80 +315,23 @@ WORKERS: dict[str, Callable[[str, str, str], None]] = {
 }
 
 
-class Worker:
-    def __init__(self, kind: str, role: str, url: str, name: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, role, url, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
-        return line.strip()
-
-    def ask(self, cmd: str) -> str:
-        self.send(cmd)
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-
-
 def handoff(
     kind: str, url: str, admin: Admin, rounds: int, warmup: int
 ) -> tuple[list[float], list[float]]:
     """Hand-off times in ms: from release() called, and from release() returned."""
+
+    def park() -> None:
+        if kind.startswith("peer"):
+            until = time.monotonic() + 10
+            while admin.parked() < 1:
+                if time.monotonic() > until:
+                    raise RuntimeError("the waiter never blocked")
+                time.sleep(0.0005)
+        # Parked, all libraries alike: ours has made its first attempt and listens.
+        time.sleep(0.03)
+
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    holder = Worker(kind, "holder", url, name)
-    waiter = Worker(kind, "waiter", url, name)
-    called: list[float] = []
-    returned: list[float] = []
-    try:
-        assert holder.ask("acquire") == "ok"
-        for i in range(warmup + rounds):
-            waiter.send("wait")
-            assert waiter.read() == "waiting"
-            if kind.startswith("peer"):
-                until = time.monotonic() + 10
-                while admin.parked() < 1:
-                    if time.monotonic() > until:
-                        raise RuntimeError("the waiter never blocked")
-                    time.sleep(0.0005)
-            # Parked, all libraries alike: ours has made its first attempt and listens.
-            time.sleep(0.03)
-            t_called, t_returned = (int(t) for t in holder.ask("release").split())
-            t_acquire = int(waiter.read())
-            if i >= warmup:
-                called.append((t_acquire - t_called) / 1e6)
-                returned.append((t_acquire - t_returned) / 1e6)
-            assert waiter.ask("release") == "ok"
-            assert holder.ask("acquire") == "ok"
-    finally:
-        holder.close()
-        waiter.close()
-    return called, returned
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+    return handoffs(__file__, kind, url, name, rounds, warmup, park)
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //! failures and a schedule is tested by iterating it ([`Backoff::delays`]), never by the clock.
 //!
 //! Users of it: a waiting acquire's polls (`crate::wait`, the public schedule), renewal retries
-//! (`crate::renewal`), the pub/sub subscriber's reconnects (`store::redis::notify`) and the
+//! (`crate::renewal`), the pub/sub subscriber's reconnects (`store::redis::notify`), those of
+//! the etcd watch and the PostgreSQL listening connection (`crate::wait::Reconnect`) and the
 //! Microsoft Entra ID token refresh (`store::redis::entra`).
 
 use std::time::Duration;

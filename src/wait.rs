@@ -3,8 +3,10 @@
 //! A waiter learns of a release by notification, not by polling. Every store owns a
 //! [`ReleaseBoard`]: one entry per lease name that somebody in this process waits for, with a
 //! reference count, a [`Notify`] and the state of the notification feed for that name. The Redis
-//! store feeds it from one pub/sub connection shared by all waiters; the SQLite store feeds it
-//! from releases made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
+//! store feeds it from one pub/sub connection shared by all waiters, PostgreSQL from one
+//! listening connection and etcd from one watch stream (each run by a supervisor task that a
+//! `FedBoard` starts when the first waiter comes); the SQLite store feeds it from releases
+//! made in this process. A waiter holds a [`ReleaseWatch`] (its share of the entry)
 //! while it waits; the last watch to go unsubscribes (on Redis after a short linger, so that a
 //! lease waited for again soon keeps its subscription).
 //!
@@ -25,6 +27,8 @@
 //! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +36,7 @@ use rand::Rng;
 use tokio::sync::{watch, Notify};
 
 pub use crate::backoff::Backoff;
+use crate::store::TaskSlot;
 
 /// The shortest time between two polls of a waiter (notified wake-ups are not polls).
 pub const MIN_POLL: Duration = Duration::from_millis(100);
@@ -228,6 +233,22 @@ impl ReleaseBoard {
         }
     }
 
+    /// Forgets the entries among `keys` that nobody waits for (a subscriber, told of them by
+    /// `on_change`, has stopped listening for them) and returns the keys that have waiters.
+    pub(crate) fn tidy(&self, keys: impl IntoIterator<Item = String>) -> Vec<String> {
+        for key in keys {
+            self.remove_if_unused(&key);
+        }
+        self.wanted()
+    }
+
+    /// [`ReleaseBoard::set_live`] for each of `keys`.
+    pub(crate) fn set_all_live(&self, keys: &[String]) {
+        for key in keys {
+            self.set_live(key);
+        }
+    }
+
     /// The feed of `key` is live: every release will be notified. If notifications may have
     /// been missed since it was last live, one waiter is woken to look.
     pub fn set_live(&self, key: &str) {
@@ -255,6 +276,103 @@ impl ReleaseBoard {
             ch.feed
                 .send_if_modified(|f| std::mem::replace(f, Feed::Partial) != Feed::Partial);
         }
+    }
+}
+
+/// The task that feeds a [`FedBoard`], not yet started.
+type Supervisor = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A store's [`ReleaseBoard`] and the supervisor task that feeds it (a watch stream, a listening
+/// connection). The task starts when the board is first asked for, so a store nobody waits on
+/// never opens one; [`FedBoard::close`] ends it for good.
+pub(crate) struct FedBoard {
+    board: Arc<ReleaseBoard>,
+    /// The supervisor until it is started (or the board closed first).
+    start: Mutex<Option<Supervisor>>,
+    task: TaskSlot,
+}
+
+impl FedBoard {
+    /// `board`, to be fed by `supervisor` once the board is first used.
+    pub(crate) fn new(
+        board: Arc<ReleaseBoard>,
+        supervisor: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Self {
+            board,
+            start: Mutex::new(Some(Box::pin(supervisor))),
+            task: TaskSlot::default(),
+        }
+    }
+
+    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
+    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
+        // Held until the task is recorded, so that `close` cannot miss it.
+        let mut start = self.unstarted();
+        if let Some(s) = start.take() {
+            self.task.set(tokio::spawn(s));
+        }
+        drop(start);
+        &self.board
+    }
+
+    /// Stops the supervisor and what it owns (its stream or connection); never started again.
+    pub(crate) async fn close(&self) {
+        drop(self.unstarted().take());
+        self.task.stop().await;
+    }
+
+    fn unstarted(&self) -> MutexGuard<'_, Option<Supervisor>> {
+        self.start.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// When the supervisor of a [`FedBoard`] may try again to open its stream or connection after
+/// failures in a row (250 ms doubling to 5 s), and whether it has said so yet.
+#[derive(Debug, Default)]
+pub(crate) struct Reconnect {
+    at: Option<tokio::time::Instant>,
+    /// Consecutive failures: the place in the schedule.
+    failures: u32,
+    /// A failure was logged since the last success: the next ones are not.
+    warned: bool,
+}
+
+impl Reconnect {
+    const SCHEDULE: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
+
+    /// Whether a failure keeps the supervisor from trying now.
+    pub(crate) fn waiting(&self) -> bool {
+        self.at.is_some()
+    }
+
+    /// When to wake: `other`, or the next attempt if sooner.
+    pub(crate) fn wake(&self, other: tokio::time::Instant) -> tokio::time::Instant {
+        self.at.map_or(other, |r| r.min(other))
+    }
+
+    /// Ends the wait once its time has come.
+    pub(crate) fn tick(&mut self) {
+        if self.at.is_some_and(|r| tokio::time::Instant::now() >= r) {
+            self.at = None;
+        }
+    }
+
+    /// An attempt failed: the next waits one step longer than the last.
+    pub(crate) fn failed(&mut self) {
+        self.at = Some(tokio::time::Instant::now() + Self::SCHEDULE.delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Whether to log a failure: only the first since the last success.
+    pub(crate) fn first_warning(&mut self) -> bool {
+        !std::mem::replace(&mut self.warned, true)
+    }
+
+    /// It works: the next failure starts the schedule again, and is logged.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = 0;
+        self.warned = false;
     }
 }
 
@@ -379,6 +497,40 @@ mod tests {
         assert!(
             spread.len() > 50,
             "100 waiters must not all pick one instant"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_waits_longer_after_each_failure_and_warns_once_until_it_works() {
+        let mut r = Reconnect::default();
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(!r.waiting());
+        assert_eq!(r.wake(far), far);
+        for (step, ms) in [250, 500, 1000].into_iter().enumerate() {
+            r.failed();
+            assert_eq!(
+                r.first_warning(),
+                step == 0,
+                "only the first failure is logged"
+            );
+            let due = tokio::time::Instant::now() + Duration::from_millis(ms);
+            assert_eq!(r.wake(far), due);
+            tokio::time::advance(Duration::from_millis(ms - 1)).await;
+            r.tick();
+            assert!(r.waiting(), "not before its time");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            r.tick();
+            assert!(!r.waiting());
+        }
+        r.succeeded();
+        r.failed();
+        assert!(
+            r.first_warning(),
+            "a failure after a success is logged again"
+        );
+        assert_eq!(
+            r.wake(far),
+            tokio::time::Instant::now() + Duration::from_millis(250)
         );
     }
 

@@ -14,20 +14,18 @@ hook of ``redis_servers`` and ``PR_SET_PDEATHSIG`` kill what is left.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from redis_servers import LOOPBACK, _live, _live_lock, _pdeathsig, free_port
+from redis_servers import LOOPBACK, _dies_with_us, _Server, _stop_processes, free_port
 
 __all__ = ["EtcdCluster", "EtcdClusterError", "etcd_installed"]
 
@@ -48,7 +46,7 @@ def _base_dir() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-class EtcdCluster:
+class EtcdCluster(_Server):
     """One private etcd cluster; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, members: int = 3) -> None:
@@ -104,14 +102,11 @@ class EtcdCluster:
                     stdout=log,
                     stderr=log,
                     cwd=self.dir,
-                    preexec_fn=_pdeathsig
-                    if threading.current_thread() is threading.main_thread()
-                    else None,
+                    preexec_fn=_dies_with_us(),
                 )
             )
             log.close()
-        with _live_lock:
-            _live.add(self)
+        self._track()
         self._wait_healthy()
         return self
 
@@ -153,22 +148,6 @@ class EtcdCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         procs, self._procs = self._procs, []
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-        with _live_lock:
-            _live.discard(self)
+        _stop_processes(procs, [signal.SIGKILL], timeout, kill_wait=None)
+        self._untrack()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

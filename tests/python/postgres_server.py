@@ -26,14 +26,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from redis_servers import LOOPBACK, _live, _live_lock, _pdeathsig, free_port
+from redis_servers import LOOPBACK, _dies_with_us, _Server, _stop_processes, free_port
 
 __all__ = ["POSTGRES_PASSWORD", "PostgresServer", "PostgresServerError", "postgres_bin_dir"]
 
@@ -102,7 +100,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class PostgresServer:
+class PostgresServer(_Server):
     """One private PostgreSQL server; ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
@@ -164,8 +162,7 @@ class PostgresServer:
             raise PostgresServerError(f"initdb failed: {out.stdout!r} {out.stderr!r}")
         self.port = free_port()
         self._launch()
-        with _live_lock:
-            _live.add(self)
+        self._track()
         self._wait_ready()
         return self
 
@@ -193,9 +190,7 @@ class PostgresServer:
             stdout=subprocess.DEVNULL,
             stderr=log,
             cwd=self.dir,
-            preexec_fn=_pdeathsig
-            if threading.current_thread() is threading.main_thread()
-            else None,
+            preexec_fn=_dies_with_us(),
             **self._as_user(),
         )
         log.close()
@@ -276,23 +271,7 @@ class PostgresServer:
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.send_signal(signal.SIGINT)  # "fast" shutdown: ends the sessions, then exits
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        with _live_lock:
-            _live.discard(self)
+            # SIGINT: "fast" shutdown, ends the sessions, then exits.
+            _stop_processes([proc], [signal.SIGINT], timeout, kill_wait=30)
+        self._untrack()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

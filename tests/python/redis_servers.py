@@ -34,8 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 __all__ = [
     "LOOPBACK",
@@ -240,12 +239,36 @@ def resp_command(
 # --------------------------------------------------------------------------------------------
 
 
-class _Stoppable(Protocol):
-    def stop(self, timeout: float = ...) -> None: ...
+class _Server:
+    """A harness server: a ``with`` block (``start()`` on entry, ``stop()`` on exit), and
+    stopped at exit if it still runs then (from :meth:`_track` to :meth:`_untrack`)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _track(self) -> None:
+        """Runs: stopped at exit unless stopped before."""
+        with _live_lock:
+            _live.add(self)
+
+    def _untrack(self) -> None:
+        """No longer runs: nothing to stop at exit."""
+        with _live_lock:
+            _live.discard(self)
 
 
-# Every server still running (Redis here, PostgreSQL in postgres_server.py): stopped at exit.
-_live: set[_Stoppable] = set()
+# Every server still running (Redis here, PostgreSQL in postgres_server.py, etcd in
+# etcd_server.py): stopped at exit.
+_live: set[_Server] = set()
 _live_lock = threading.Lock()
 
 
@@ -258,6 +281,31 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
+
+
+def _stop_processes(
+    procs: Iterable[subprocess.Popen[bytes]],
+    signals: Sequence[int],
+    timeout: float,
+    kill_wait: float | None = 10.0,
+) -> None:
+    """Sends ``signals`` (in order) to each of ``procs`` that still runs, then reaps them all.
+    One that has not exited within ``timeout`` is SIGKILLed and reaped within ``kill_wait``
+    (else ``TimeoutExpired``); with ``kill_wait=None`` it is left as it is."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                for sig in signals:
+                    os.kill(proc.pid, sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if kill_wait is None:
+                continue
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=kill_wait)
 
 
 def _load_prctl() -> Any:
@@ -274,6 +322,13 @@ _PR_SET_PDEATHSIG = 1
 def _pdeathsig() -> None:  # runs in the child between fork and exec
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """The ``preexec_fn`` of a server process: it dies with us even if we are SIGKILLed.
+    PDEATHSIG follows the *thread* that started it, so only for one started from the main
+    thread (``None`` otherwise)."""
+    return _pdeathsig if threading.current_thread() is threading.main_thread() else None
 
 
 def _require(binary: str) -> str:
@@ -333,7 +388,7 @@ def _make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
 AclRules = str | Sequence[str]
 
 
-class RedisServer:
+class RedisServer(_Server):
     """One private ``redis-server`` on 127.0.0.1.
 
     ``password`` sets the default user's password (``requirepass``). ``acl_users`` maps a user
@@ -504,25 +559,19 @@ class RedisServer:
                 stdout=stdio,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal is handled by the tests
-                # dies with us even if we are SIGKILLed (PDEATHSIG follows the *thread*, so only
-                # for servers started from the main thread)
-                preexec_fn=_pdeathsig
-                if threading.current_thread() is threading.main_thread()
-                else None,
+                preexec_fn=_dies_with_us(),
             )
         finally:
             stdio.close()
         self._paused = False
-        with _live_lock:
-            _live.add(self)
+        self._track()
         deadline = time.monotonic() + START_TIMEOUT
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 text = self._read_logs()
                 self._proc = None
-                with _live_lock:
-                    _live.discard(self)
+                self._untrack()
                 if "Address already in use" in text:
                     raise _PortInUse(f"port {self._port}: Address already in use")
                 raise RedisServerError(
@@ -553,24 +602,12 @@ class RedisServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            try:
-                if kill:
-                    os.kill(proc.pid, signal.SIGKILL)
-                else:
-                    os.kill(proc.pid, signal.SIGCONT)  # a SIGSTOPped process ignores SIGTERM
-                    os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        # A SIGSTOPped process ignores SIGTERM until it is continued.
+        signals = [signal.SIGKILL] if kill else [signal.SIGCONT, signal.SIGTERM]
+        _stop_processes([proc], signals, timeout)
         self._proc = None
         self._paused = False
-        with _live_lock:
-            _live.discard(self)
+        self._untrack()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``) and remove its directory."""
@@ -693,19 +730,6 @@ class RedisServer:
         assert isinstance(raw, bytes)
         return _parse_info(raw.decode())
 
-    # ---- context manager -------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<RedisServer {self.scheme}://{self.host}:{self._port} pid={self.pid} {state}>"
@@ -729,7 +753,7 @@ def _parse_info(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-class RedisCluster:
+class RedisCluster(_Server):
     """A ``masters``-node Redis Cluster (no replicas) on loopback, every slot covered.
 
     Each node is a :class:`RedisServer` with ``--cluster-enabled yes`` on a port whose bus
@@ -845,21 +869,10 @@ class RedisCluster:
         """SIGKILL node ``i`` (no replicas: its slots become unavailable)."""
         self.nodes[i].kill()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         for n in self.nodes:
-            n.stop()
+            n.stop(timeout)
         self.nodes = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<RedisCluster {[n.port for n in self.nodes]}>"

@@ -81,8 +81,8 @@ use super::{
 use crate::config::EtcdTarget;
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::ReleaseBoard;
 use crate::wait::ReleaseWatch;
+use crate::wait::{FedBoard, ReleaseBoard};
 
 /// The base64 of etcd's JSON gateway (keys and values are `bytes`).
 pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -148,7 +148,7 @@ struct Inner {
     expirer: TaskSlot,
     expirer_started: AtomicBool,
     closed: AtomicBool,
-    watcher: watch::Watcher,
+    watcher: FedBoard,
     /// Unused etcd leases by requested TTL (see the module docs).
     spares: Mutex<HashMap<i64, Vec<Spare>>>,
     /// Background grants of spares still running: `close` waits for them, so that no grant
@@ -329,7 +329,7 @@ impl EtcdStore {
             options.operation_timeout,
             options.ca_file.as_deref(),
         )?);
-        let watcher = watch::Watcher::new(Arc::clone(&http), options.key_prefix.clone());
+        let watcher = watch::watcher(Arc::clone(&http), options.key_prefix.clone());
         let store = Self {
             inner: Arc::new(Inner {
                 http,

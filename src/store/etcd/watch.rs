@@ -13,7 +13,7 @@
 //! one waiter per name is woken in case a release was missed meanwhile.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -23,73 +23,35 @@ use tokio::time::Instant;
 
 use super::http::Transport;
 use super::{prefix_end, B64};
-use crate::backoff::Backoff;
-use crate::store::TaskSlot;
-use crate::wait::ReleaseBoard;
+use crate::wait::{FedBoard, Reconnect, ReleaseBoard};
 
 /// How often the member of a live stream is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// How long that check may take.
 const HEALTH_WITHIN: Duration = Duration::from_secs(5);
-/// Attempts to open a stream again after a failure: 250 ms doubling to 5 s.
-const RETRY: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 /// Longest line of the stream accepted (a response with many events): 64 MiB.
 const MAX_LINE: usize = 64 << 20;
 
 /// The waiter count of a name went from 0 to 1 or from 1 to 0.
 struct Changed(String);
 
-/// Release notifications of one etcd store.
-pub(crate) struct Watcher {
-    board: Arc<ReleaseBoard>,
-    start: Mutex<Option<Supervisor>>,
-    task: TaskSlot,
-}
-
-impl Watcher {
-    /// A watcher that opens its stream through `http` when the first waiter joins.
-    pub(crate) fn new(http: Arc<Transport>, prefix: String) -> Self {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let board = ReleaseBoard::subscribed(move |key| {
-            let _ = control_tx.send(Changed(key.to_owned()));
-        });
-        Self {
-            start: Mutex::new(Some(Supervisor {
-                board: Arc::downgrade(&board),
-                next_member: http.current(),
-                http,
-                prefix,
-                control_rx,
-                stream: None,
-                retry: None,
-                failures: 0,
-                warned: false,
-            })),
-            board,
-            task: TaskSlot::default(),
-        }
-    }
-
-    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
-    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
-        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = start.take() {
-            self.task.set(tokio::spawn(s.run()));
-        }
-        drop(start);
-        &self.board
-    }
-
-    /// Stops the supervisor and closes the stream; never started again.
-    pub(crate) async fn close(&self) {
-        drop(
-            self.start
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        self.task.stop().await;
-    }
+/// Release notifications of one etcd store: its board, fed by a watch that `http` opens when
+/// the first waiter joins.
+pub(crate) fn watcher(http: Arc<Transport>, prefix: String) -> FedBoard {
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let board = ReleaseBoard::subscribed(move |key| {
+        let _ = control_tx.send(Changed(key.to_owned()));
+    });
+    let supervisor = Supervisor {
+        board: Arc::downgrade(&board),
+        next_member: http.current(),
+        http,
+        prefix,
+        control_rx,
+        stream: None,
+        reconnect: Reconnect::default(),
+    };
+    FedBoard::new(board, supervisor.run())
 }
 
 /// An open watch stream and what has been read of it.
@@ -171,10 +133,7 @@ struct Supervisor {
     stream: Option<Stream>,
     /// The member the next stream is opened on.
     next_member: usize,
-    /// When to try to open a stream again after a failure.
-    retry: Option<Instant>,
-    failures: u32,
-    warned: bool,
+    reconnect: Reconnect,
 }
 
 impl Supervisor {
@@ -182,7 +141,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + HEALTH_EVERY;
         let mut dirty = HashSet::new();
         loop {
-            let wake = self.retry.map_or(next_health, |r| r.min(next_health));
+            let wake = self.reconnect.wake(next_health);
             let step = {
                 let line = async {
                     match self.stream.as_mut() {
@@ -212,27 +171,18 @@ impl Supervisor {
                         next_health = Instant::now() + HEALTH_EVERY;
                         self.check_health().await;
                     }
-                    if self.retry.is_some_and(|r| Instant::now() >= r) {
-                        self.retry = None;
-                    }
+                    self.reconnect.tick();
                 }
             }
             let Some(board) = self.board.upgrade() else {
                 return;
             };
-            for key in dirty.drain() {
-                if board.waiters(&key) == 0 {
-                    board.remove_if_unused(&key);
-                }
-            }
-            let wanted = board.wanted();
-            if self.stream.is_none() && !wanted.is_empty() && self.retry.is_none() {
+            let wanted = board.tidy(dirty.drain());
+            if self.stream.is_none() && !wanted.is_empty() && !self.reconnect.waiting() {
                 self.open(&board).await;
             }
             if self.stream.as_ref().is_some_and(|s| s.live) {
-                for key in &wanted {
-                    board.set_live(key);
-                }
+                board.set_all_live(&wanted);
             } else if self.stream.is_none() {
                 board.set_partial(None);
             }
@@ -264,8 +214,7 @@ impl Supervisor {
         };
         if result.created {
             stream.live = true;
-            self.failures = 0;
-            self.warned = false;
+            self.reconnect.succeeded();
             tracing::debug!(members = %self.http.display, "etcd release watch live");
             // A watch sees deletions from its creation on: a waiter that joined while it was
             // being set up may have missed one, so one waiter per name looks again now.
@@ -298,8 +247,7 @@ impl Supervisor {
             self.next_member = (s.member + 1) % self.http.members();
             if !s.live {
                 // Ended before it was confirmed: do not reopen in a busy loop.
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
         if let Some(board) = self.board.upgrade() {
@@ -340,14 +288,12 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                if !self.warned {
-                    self.warned = true;
+                if self.reconnect.first_warning() {
                     tracing::warn!(error = %e, "cannot watch etcd for releases; waiters poll instead (at most every 100 ms, and at the holder's expiry) until it works");
                 }
                 board.set_partial(None);
                 self.next_member = (member + 1) % self.http.members();
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
     }

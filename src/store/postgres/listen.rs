@@ -2,7 +2,7 @@
 //!
 //! The release and force-release statements `pg_notify` [`CHANNEL`] with the payload
 //! `["<key prefix>", "<name>"]` when they delete a live lease; PostgreSQL delivers it on commit to
-//! every session listening. A [`Listener`] keeps its store's [`ReleaseBoard`] in step with one
+//! every session listening. A [`listener`] keeps its store's [`ReleaseBoard`] in step with one
 //! connection that only LISTENs, opened when the first waiter appears and kept while the store
 //! lives. One channel for every name: a waiter joining needs no round trip, so its feed is live
 //! at once while the connection is up. Notifications are dispatched on the task that drives the
@@ -14,7 +14,7 @@
 //! release was missed meanwhile.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
@@ -23,17 +23,13 @@ use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::Endpoint;
-use crate::backoff::Backoff;
-use crate::store::TaskSlot;
-use crate::wait::ReleaseBoard;
+use crate::wait::{FedBoard, Reconnect, ReleaseBoard};
 
 /// The notification channel of releases.
 pub const CHANNEL: &str = "distributed_leasing_released";
 
 /// How often a listening connection is checked with an empty query.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
-/// Attempts to reconnect after a failure: 250 ms doubling to 5 s.
-const RETRY: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 
 enum Control {
     /// The waiter count of a name went from 0 to 1 or from 1 to 0.
@@ -93,59 +89,25 @@ where
     }
 }
 
-/// Release notifications of one PostgreSQL store.
-pub(crate) struct Listener {
-    board: Arc<ReleaseBoard>,
-    start: Mutex<Option<Supervisor>>,
-    task: TaskSlot,
-}
-
-impl Listener {
-    /// A listener that connects through `endpoint` when the first waiter joins.
-    pub(crate) fn new(endpoint: Endpoint, prefix: String) -> Self {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let hook_tx = control_tx.clone();
-        let board = ReleaseBoard::subscribed(move |key| {
-            let _ = hook_tx.send(Control::Changed(key.to_owned()));
-        });
-        Self {
-            start: Mutex::new(Some(Supervisor {
-                board: Arc::downgrade(&board),
-                endpoint,
-                prefix,
-                control_tx,
-                control_rx,
-                conn: None,
-                generation: 0,
-                retry: None,
-                failures: 0,
-                warned: false,
-            })),
-            board,
-            task: TaskSlot::default(),
-        }
-    }
-
-    /// The board of this store's waiters; starts the supervisor on first use (needs a runtime).
-    pub(crate) fn board(&self) -> &Arc<ReleaseBoard> {
-        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = start.take() {
-            self.task.set(tokio::spawn(s.run()));
-        }
-        drop(start);
-        &self.board
-    }
-
-    /// Stops the supervisor and closes the listening connection; never started again.
-    pub(crate) async fn close(&self) {
-        drop(
-            self.start
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        self.task.stop().await;
-    }
+/// Release notifications of one PostgreSQL store: its board, fed by a connection that
+/// `endpoint` opens when the first waiter joins.
+pub(crate) fn listener(endpoint: Endpoint, prefix: String) -> FedBoard {
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let hook_tx = control_tx.clone();
+    let board = ReleaseBoard::subscribed(move |key| {
+        let _ = hook_tx.send(Control::Changed(key.to_owned()));
+    });
+    let supervisor = Supervisor {
+        board: Arc::downgrade(&board),
+        endpoint,
+        prefix,
+        control_tx,
+        control_rx,
+        conn: None,
+        generation: 0,
+        reconnect: Reconnect::default(),
+    };
+    FedBoard::new(board, supervisor.run())
 }
 
 /// The listening connection: its client and the task that drives it (aborted when dropped).
@@ -169,10 +131,7 @@ struct Supervisor {
     conn: Option<Listening>,
     /// Of the current connection, so a late "ended" of an old one is not taken for it.
     generation: u64,
-    /// When to try to connect again after a failure.
-    retry: Option<Instant>,
-    failures: u32,
-    warned: bool,
+    reconnect: Reconnect,
 }
 
 impl Supervisor {
@@ -180,7 +139,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + HEALTH_EVERY;
         let mut dirty = HashSet::new();
         loop {
-            let wake = self.retry.map_or(next_health, |r| r.min(next_health));
+            let wake = self.reconnect.wake(next_health);
             tokio::select! {
                 msg = self.control_rx.recv() => {
                     let Some(msg) = msg else { return };
@@ -194,27 +153,18 @@ impl Supervisor {
                         next_health = Instant::now() + HEALTH_EVERY;
                         self.check_health().await;
                     }
-                    if self.retry.is_some_and(|r| Instant::now() >= r) {
-                        self.retry = None;
-                    }
+                    self.reconnect.tick();
                 }
             }
             let Some(board) = self.board.upgrade() else {
                 return;
             };
-            for key in dirty.drain() {
-                if board.waiters(&key) == 0 {
-                    board.remove_if_unused(&key);
-                }
-            }
-            let wanted = board.wanted();
-            if self.conn.is_none() && !wanted.is_empty() && self.retry.is_none() {
+            let wanted = board.tidy(dirty.drain());
+            if self.conn.is_none() && !wanted.is_empty() && !self.reconnect.waiting() {
                 self.connect(&board).await;
             }
             if self.conn.is_some() {
-                for key in &wanted {
-                    board.set_live(key);
-                }
+                board.set_all_live(&wanted);
             } else {
                 board.set_partial(None);
             }
@@ -275,17 +225,14 @@ impl Supervisor {
             Ok(listening) => {
                 tracing::debug!(addr = %self.endpoint.addr, "release notification connection listening");
                 self.conn = Some(listening);
-                self.failures = 0;
-                self.warned = false;
+                self.reconnect.succeeded();
             }
             Err(e) => {
-                if !self.warned {
-                    self.warned = true;
+                if self.reconnect.first_warning() {
                     tracing::warn!(addr = %self.endpoint.addr, error = %e, "cannot listen for release notifications; waiters poll instead (at most every 100 ms, and at the holder's expiry) until it works");
                 }
                 board.set_partial(None);
-                self.retry = Some(Instant::now() + RETRY.delay(self.failures));
-                self.failures = self.failures.saturating_add(1);
+                self.reconnect.failed();
             }
         }
     }

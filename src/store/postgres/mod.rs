@@ -59,7 +59,7 @@ use super::{
 use crate::config::{PgSslMode, PostgresTarget};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::ReleaseWatch;
+use crate::wait::{FedBoard, ReleaseWatch};
 
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: i32 = 1;
@@ -264,7 +264,7 @@ struct Inner {
     operation_timeout: Duration,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     closed: AtomicBool,
-    listener: listen::Listener,
+    listener: FedBoard,
 }
 
 /// The statement connection and its prepared statements.
@@ -298,7 +298,7 @@ impl PostgresStore {
     /// newer version, TLS trust that cannot be built.
     pub async fn connect(options: PostgresOptions) -> Result<Self> {
         let endpoint = Endpoint::new(&options)?;
-        let listener = listen::Listener::new(endpoint.clone(), options.key_prefix.clone());
+        let listener = listen::listener(endpoint.clone(), options.key_prefix.clone());
         let store = Self {
             inner: Arc::new(Inner {
                 endpoint,
