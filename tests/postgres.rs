@@ -1,14 +1,25 @@
 //! The PostgreSQL store beyond the conformance suite, on a real server: the schema created by
 //! many first users at once, a statement whose connection the server killed, the listening
 //! connection killed while a waiter waits, messages that name the host but not the password,
-//! key prefixes, and TLS (sslmode prefer, require, verify-full).
+//! key prefixes, TLS (sslmode prefer, require, verify-full), and connections cut through a
+//! proxy at the wrong moment: a release whose reply was lost, an acquire whose first send was
+//! still running on the server when its connection dropped.
 
 #[path = "common/mod.rs"]
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_leasing::{BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use distributed_leasing::store::ReleaseOutcome;
+use distributed_leasing::{
+    BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions, LostReason, TryAcquire,
+};
 
 const NOW: Option<Duration> = Some(Duration::ZERO);
 
@@ -279,4 +290,206 @@ async fn tls_sslmodes_require_and_verify_full() {
     .expect("sslmode=verify-full with the CA connects");
     assert!(c.inspect("tls").await.unwrap().is_none());
     assert!(sessions_use_tls(&server).await);
+}
+
+// -- connections cut at the wrong moment ---------------------------------------------------------
+
+/// The proxy passes everything.
+const PASS: u8 = 0;
+/// The proxy drops the next server->client bytes and closes both sides: the server did the
+/// work, the client never hears of it.
+const CUT_REPLY: u8 = 1;
+/// The proxy forwards the next client->server bytes, then closes the client's side only: the
+/// server's backend goes on running the statement, the client sees a dropped connection.
+const CUT_AFTER_REQUEST: u8 = 2;
+
+/// A TCP proxy on a free loopback port in front of `target`, and its mode (one of the
+/// constants above; a cut resets it to `PASS`). Its tasks end with the test's runtime.
+async fn proxy(target: u16) -> (u16, Arc<AtomicU8>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mode = Arc::new(AtomicU8::new(PASS));
+    let m = Arc::clone(&mode);
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            tokio::spawn(pipe(client, server, Arc::clone(&m)));
+        }
+    });
+    (port, mode)
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, mode: Arc<AtomicU8>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let m = Arc::clone(&mode);
+    let (cut_tx, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return (None, sw),
+                Ok(n) => n,
+            };
+            if sw.write_all(&buf[..n]).await.is_err() {
+                return (None, sw);
+            }
+            let cut =
+                m.compare_exchange(CUT_AFTER_REQUEST, PASS, Ordering::SeqCst, Ordering::SeqCst);
+            if cut.is_ok() {
+                let _ = cut_tx.send(());
+                // The server's side stays open: its backend must not notice.
+                return (Some(cr), sw);
+            }
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            r = sr.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let cut = mode.compare_exchange(CUT_REPLY, PASS, Ordering::SeqCst, Ordering::SeqCst);
+                if cut.is_ok() || cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            _ = &mut cut_rx => {
+                // The client's side closes; the server's is drained for a while.
+                drop(cw);
+                let (cr, sw) = up.await.unwrap();
+                drop(cr);
+                let until = tokio::time::Instant::now() + Duration::from_secs(20);
+                while let Ok(Ok(n)) = tokio::time::timeout_at(until, sr.read(&mut buf)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                drop(sw);
+                return;
+            }
+        }
+    }
+    up.abort();
+}
+
+/// A release whose statement committed but whose reply was lost with its connection is sent
+/// once more on a fresh connection. That retry must recognise its own first send: the holder
+/// held the lease to the end and let go of it itself, so `release()` says so, and no loss is
+/// reported (in Python, `on_lost="cancel"` would raise `LeaseLost` at the end of the block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_reply_was_lost_still_reports_released() {
+    let Some(server) = server() else { return };
+    let (_, url) = fresh_database(server, "relcut").await;
+    let (port, mode) = proxy(server.port).await;
+    let url = url.replace(&format!(":{}/", server.port), &format!(":{port}/"));
+    let c = LeaseClient::connect(&url, options()).await.unwrap();
+    let opts = LeaseOptions {
+        auto_renew: Some(false),
+        ..LeaseOptions::default()
+    };
+    let lease = c.acquire("job", &opts, NOW).await.unwrap();
+    mode.store(CUT_REPLY, Ordering::SeqCst);
+    let released = lease.release().await.unwrap();
+    assert!(
+        c.inspect("job").await.unwrap().is_none(),
+        "the release did commit"
+    );
+    assert!(
+        released,
+        "the holder released its own live lease, yet release() reported it as not held (end {:?})",
+        lease.end()
+    );
+    assert_eq!(mode.load(Ordering::SeqCst), PASS, "the reply was cut");
+    // The retry recognises only its own first send: a lease id whose lease expired and was
+    // taken over is still a loss (at the store, which the handle would not even ask).
+    let short = LeaseOptions {
+        duration: Some(Duration::from_millis(100)),
+        auto_renew: Some(false),
+        ..LeaseOptions::default()
+    };
+    let stale = c.acquire("job", &short, NOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = c.acquire("job", &opts, NOW).await.unwrap();
+    mode.store(CUT_REPLY, Ordering::SeqCst);
+    let outcome = c.store().release("job", stale.lease_id()).await.unwrap();
+    assert_eq!(mode.load(Ordering::SeqCst), PASS, "the reply was cut");
+    assert!(
+        matches!(outcome, ReleaseOutcome::Lost(LostReason::HeldByOther)),
+        "{outcome:?}"
+    );
+    assert!(next.release().await.unwrap());
+    c.close().await;
+}
+
+/// An acquire whose connection drops while its statement still runs on the server (here: it
+/// waits for the row lock of an expired lease that an administrator's transaction holds) is
+/// sent once more, with its retry flag. If that retry's snapshot misses the first statement's
+/// row, the store runs the statement again; that run too must carry the flag, or the first
+/// send's own win refuses it: the lease would then sit held by nobody for its whole duration
+/// and the caller be told it is unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_retried_after_a_drop_is_never_refused_by_its_own_first_send() {
+    let Some(server) = server() else { return };
+    let (_, url) = fresh_database(server, "acqcut").await;
+    let (port, mode) = proxy(server.port).await;
+    let proxied = url.replace(&format!(":{}/", server.port), &format!(":{port}/"));
+    let c = LeaseClient::connect(&proxied, options()).await.unwrap();
+    // An expired row for "job" (taking it over needs its row lock).
+    let old = c
+        .acquire(
+            "job",
+            &LeaseOptions {
+                duration: Some(Duration::from_millis(20)),
+                auto_renew: Some(false),
+                ..LeaseOptions::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    std::mem::forget(old); // no release: the row stays, expired
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // An administrator's transaction holds the row lock for a moment.
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    admin.batch_execute("BEGIN").await.unwrap();
+    admin
+        .batch_execute("SELECT 1 FROM distributed_leasing.leases WHERE name = 'job' FOR UPDATE")
+        .await
+        .unwrap();
+
+    mode.store(CUT_AFTER_REQUEST, Ordering::SeqCst);
+    let metadata = BTreeMap::from([("who".to_owned(), "the-new-acquirer".to_owned())]);
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_secs(30)),
+        auto_renew: Some(false),
+        metadata,
+        ..LeaseOptions::default()
+    };
+    let c2 = c.clone();
+    let attempt = tokio::spawn(async move { c2.try_acquire("job", &opts).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    admin.batch_execute("COMMIT").await.unwrap();
+    match attempt.await.unwrap() {
+        Ok(TryAcquire::Acquired(l)) => assert!(l.release().await.unwrap()),
+        Ok(TryAcquire::Held(h)) => panic!(
+            "the acquire was refused by its own first send: holder metadata {:?}, ttl {:?}",
+            h.metadata, h.ttl
+        ),
+        Err(e) => panic!("acquire: {e}"),
+    }
+    drop(admin);
+    let _ = driver.await;
+    c.close().await;
 }

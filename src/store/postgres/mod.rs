@@ -32,9 +32,12 @@
 //!   in it), the statement is run again, a few times at most; the reported holder is the one of
 //!   the statement's start.
 //! - A statement whose connection dropped is sent once more on a fresh connection: the acquire
-//!   then carries its retry flag, which re-admits only the very request that won (same lease id
-//!   and `acquired_at`), as the Redis script's ARGV[4]; renew and release are owner-checked.
-//! - Releases (and forced releases) that delete a live lease `pg_notify` the channel
+//!   then carries its retry flag (and keeps it for its later runs), which re-admits only the
+//!   very request that won (same lease id and `acquired_at`), as the Redis script's ARGV[4];
+//!   renew is owner-checked; a release marks the row released (`expires_at = '-infinity'`,
+//!   keeping its lease id) rather than deleting it, so its retry recognises its own first
+//!   send instead of reporting a loss.
+//! - Releases (and forced releases) that end a live lease `pg_notify` the channel
 //!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit.
 //! - The password lives in the `tokio_postgres::Config` only (its `Debug` hides it); messages
 //!   name `host:port/database`.
@@ -176,17 +179,30 @@ const RENEW: &str = "WITH items AS (
              WHERE c.key_prefix = $1 AND c.name = i.name AND c.expires_at > now())
       FROM items i ORDER BY i.ord";
 
-/// $1 prefix, $2 name, $3 lease id. Our own expired row goes too (it is absent in all but
-/// storage), but only a live one counts as released and is notified.
+/// $1 prefix, $2 name, $3 lease id, $4 retry flag. Row: released, the live holder's lease id
+/// as of the statement's start, notifications.
+///
+/// A live lease of ours is released by setting its `expires_at` to `-infinity` (absent, as any
+/// expired row, to every statement and to older versions of this library), not by deleting
+/// it: the row keeps our lease id, so the retry of a release whose reply was lost with a
+/// dropped connection (`$4`) recognises its own first send and reports "released" rather than
+/// a loss. Nothing else ever writes `-infinity`, and a new holder overwrites the row. That
+/// check is a write (a no-op update), so that it reads the newest row version: the first send
+/// may commit after this statement's snapshot.
 const RELEASE: &str = "WITH released AS (
-        DELETE FROM distributed_leasing.leases
-         WHERE key_prefix = $1 AND name = $2 AND lease_id = $3
-        RETURNING expires_at > now() AS live
+        UPDATE distributed_leasing.leases SET expires_at = '-infinity'
+         WHERE key_prefix = $1 AND name = $2 AND lease_id = $3 AND expires_at > now()
+        RETURNING 1
+    ), released_before AS (
+        UPDATE distributed_leasing.leases SET expires_at = expires_at
+         WHERE $4 AND key_prefix = $1 AND name = $2 AND lease_id = $3
+           AND expires_at = '-infinity' AND NOT EXISTS (SELECT 1 FROM released)
+        RETURNING 1
     ), notified AS (
         SELECT pg_notify('distributed_leasing_released', json_build_array($1, $2)::text)
-          FROM released WHERE live
+          FROM released
     )
-    SELECT COALESCE((SELECT live FROM released), false),
+    SELECT EXISTS (SELECT 1 FROM released) OR EXISTS (SELECT 1 FROM released_before),
            (SELECT lease_id FROM distributed_leasing.leases
              WHERE key_prefix = $1 AND name = $2 AND expires_at > now()),
            (SELECT count(*) FROM notified)";
@@ -539,7 +555,7 @@ impl Endpoint {
                     )
                     .await?,
                 client
-                    .prepare_typed(RELEASE, &[T::TEXT, T::TEXT, T::TEXT])
+                    .prepare_typed(RELEASE, &[T::TEXT, T::TEXT, T::TEXT, T::BOOL])
                     .await?,
                 client
                     .prepare_typed(FORCE_RELEASE, &[T::TEXT, T::TEXT, T::TEXT])
@@ -842,10 +858,19 @@ impl LeaseStore for PostgresStore {
         let acquired_at = format_timestamp(req.acquired_at);
         let ms = duration_ms(req.duration);
         let prefix = self.inner.prefix.as_str();
+        // Once a send may have reached the server (its connection dropped), every later one
+        // carries the retry flag: a run whose snapshot missed that first send's row must not be
+        // followed by one that is refused by it (readmission needs this very lease id and
+        // acquired_at, so the flag can only ever readmit this request).
+        let sent_before = AtomicBool::new(false);
         for _ in 0..ATTEMPTS {
             let rows = self
                 .call(|c, retry| {
                     let (acquired_at, metadata) = (&acquired_at, &metadata);
+                    if retry {
+                        sent_before.store(true, Ordering::Relaxed);
+                    }
+                    let retry = retry || sent_before.load(Ordering::Relaxed);
                     async move {
                         c.client
                             .query(
@@ -911,9 +936,9 @@ impl LeaseStore for PostgresStore {
         validate_name(name)?;
         let prefix = self.inner.prefix.as_str();
         let row = self
-            .call(|c, _| async move {
+            .call(|c, retry| async move {
                 c.client
-                    .query_one(&c.release, &[&prefix, &name, &lease_id])
+                    .query_one(&c.release, &[&prefix, &name, &lease_id, &retry])
                     .await
             })
             .await?;
