@@ -129,10 +129,12 @@ def test_winner_and_loser_output_on_postgres(
     assert winner.err_lines == [] and loser.err_lines == []
     assert (
         postgres_server.psql(
-            "SELECT count(*) FROM distributed_leasing.leases WHERE name = :'name'", {"name": lock}
+            "SELECT count(*) FROM distributed_leasing.leases"
+            " WHERE name = :'name' AND expires_at > now()",
+            {"name": lock},
         )
         == "0"
-    )  # released
+    )  # released (the row stays, marked released: expires_at = '-infinity')
 
 
 def test_winner_and_loser_output_on_etcd(runner: Runner, etcd_cluster: EtcdCluster) -> None:
