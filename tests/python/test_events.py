@@ -164,3 +164,33 @@ def test_a_disabled_level_never_reaches_python(redis_server: RedisServer, unique
     recs = [ln for ln in lines if ln.startswith("REC ")]
     assert any("lease acquired" in ln for ln in recs), r.stdout
     assert all("redis://" not in ln for ln in lines), "no connection string in any record"
+
+
+async def test_a_server_that_may_evict_lease_keys_is_warned_about_at_connect(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A memory limit with a policy other than ``noeviction`` may evict a live lease (its key
+    has a TTL): the client says so once, at connect, naming the policy (docs/safety.md)."""
+    caplog.set_level(logging.WARNING, logger="distributed_leasing")
+    dl.refresh_logging()
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "distributed_leasing" and "maxmemory-policy" in r.getMessage()
+        ]
+
+    # The test harness's server has no memory limit: nothing to say.
+    client = await dl.LeaseClient.connect(redis_server.url)
+    await client.close()
+    with RedisServer(extra_args=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]) as s:
+        client = await dl.LeaseClient.connect(s.url)
+        for _ in range(100):  # records reach Python from a Rust thread: give it a moment
+            if warnings():
+                break
+            await asyncio.sleep(0.05)
+        await client.close()
+    found = warnings()
+    assert len(found) == 1, found
+    assert "volatile-lru" in found[0] and "noeviction" in found[0]

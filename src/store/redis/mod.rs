@@ -161,6 +161,7 @@ impl RedisStore {
         let cluster = is_cluster(&mut single)
             .await
             .map_err(|e| map_error(&e, &addr, None))?;
+        warn_if_evicting(&mut single, &addr).await;
         let (conn, connector, inline) = if cluster {
             // The probe connection is not needed any more: close it now, not with the store.
             drop(single);
@@ -424,6 +425,41 @@ async fn is_cluster(c: &mut ConnectionManager) -> redis::RedisResult<bool> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Logs a warning when the server may evict lease keys: a memory limit with a policy other than
+/// `noeviction`. A lease key has a TTL, so `volatile-*` policies (Azure Cache for Redis defaults
+/// to `volatile-lru`) may evict a live lease when memory is full, and the next acquirer gets it
+/// while its holder trusts it until the next renewal; `allkeys-*` may evict the fencing counter
+/// too. Nothing else can be done about it from here (docs/safety.md). Best effort: a server that
+/// refuses `INFO` (Azure's "Data Contributor" policy denies it) is not checked.
+async fn warn_if_evicting(c: &mut ConnectionManager, addr: &str) {
+    let Ok(info) = redis::cmd("INFO")
+        .arg("memory")
+        .query_async::<String>(c)
+        .await
+    else {
+        return;
+    };
+    if let Some(policy) = evicting_policy(&info) {
+        tracing::warn!(
+            %addr,
+            policy,
+            "the Redis server at {addr} may evict lease keys (maxmemory is set and maxmemory-policy is {policy}): an evicted lease can be acquired by another holder while its holder still trusts it; set maxmemory-policy noeviction on a server that holds leases (see docs/safety.md)"
+        );
+    }
+}
+
+/// The eviction policy of an `INFO memory` answer when it may evict keys (a memory limit is
+/// set and the policy is not `noeviction`).
+fn evicting_policy(info: &str) -> Option<&str> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+    };
+    let limited = field("maxmemory").is_some_and(|m| m.parse::<u64>().is_ok_and(|m| m > 0));
+    let policy = field("maxmemory_policy")?;
+    (limited && policy != "noeviction").then_some(policy)
 }
 
 async fn connect_cluster(options: &RedisOptions) -> Result<ClusterConnection> {
@@ -970,5 +1006,27 @@ mod tests {
                 "{publish}"
             );
         }
+    }
+
+    #[test]
+    fn a_memory_limit_with_an_evicting_policy_is_reported() {
+        let info = |max: &str, policy: &str| {
+            format!("# Memory\r\nused_memory:1000\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n")
+        };
+        assert_eq!(
+            super::evicting_policy(&info("104857600", "volatile-lru")),
+            Some("volatile-lru")
+        );
+        assert_eq!(
+            super::evicting_policy(&info("104857600", "allkeys-lfu")),
+            Some("allkeys-lfu")
+        );
+        assert_eq!(
+            super::evicting_policy(&info("104857600", "noeviction")),
+            None
+        );
+        // No limit: nothing is ever evicted, whatever the policy.
+        assert_eq!(super::evicting_policy(&info("0", "volatile-lru")), None);
+        assert_eq!(super::evicting_policy("# Memory\r\n"), None);
     }
 }
