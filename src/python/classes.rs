@@ -88,6 +88,13 @@ pub(crate) struct PyLease {
     exec: Executor,
 }
 
+impl PyLease {
+    /// Whether this process is a child forked after the lease was taken.
+    fn forked(&self) -> bool {
+        self.pid != runtime::pid()
+    }
+}
+
 fn end_name(end: LeaseEnd) -> Option<&'static str> {
     match end {
         LeaseEnd::Lost(r) => Some(r.as_str()),
@@ -125,16 +132,25 @@ impl PyLease {
     fn renewal_failures(&self) -> u64 {
         self.inner.renewal_failures()
     }
+    // In a process forked from the one that took the lease, the handle reads as lost (its
+    // client and the lease are the parent's; the methods refuse, see `check_pid`): a child
+    // must never believe it holds its parent's lease.
     #[getter]
     fn expires_in(&self) -> f64 {
+        if self.forked() {
+            return 0.0;
+        }
         self.inner.expires_in().as_secs_f64()
     }
     #[getter]
     fn is_lost(&self) -> bool {
-        self.inner.is_lost()
+        self.forked() || self.inner.is_lost()
     }
     #[getter]
     fn lost_reason(&self) -> Option<&'static str> {
+        if self.forked() {
+            return Some(crate::error::LostReason::ClientClosed.as_str());
+        }
         self.inner
             .lost_reason()
             .map(crate::error::LostReason::as_str)

@@ -366,6 +366,53 @@ def test_fork_child_refuses_parent_client_and_can_make_its_own(
     assert "parent ok" in r.stdout
 
 
+FORK_HOLDER = textwrap.dedent(
+    """
+    import os, sys
+    import distributed_leasing as dl
+
+    client = dl.LeaseClient.connect_sync(sys.argv[1])
+    other_client = dl.LeaseClient.connect_sync(sys.argv[1])
+    lease = client.try_acquire_sync(sys.argv[2], duration=10.0)
+    assert lease is not None
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(go_r, 1)
+        seen = f"{lease.is_lost} {lease.expires_in} {lease.lost_reason}"
+        os.write(out_w, seen.encode())
+        os._exit(0)
+    print("parent before", lease.is_lost, lease.expires_in > 5)
+    lease.release_sync()
+    other = other_client.try_acquire_sync(sys.argv[2], duration=10.0)
+    assert other is not None
+    os.write(go_w, b"x")
+    print("child", os.read(out_r, 200).decode())
+    os.waitpid(pid, 0)
+    other.release_sync()
+    """
+)
+
+
+def test_a_forked_child_never_believes_it_holds_its_parents_lease(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    """A child forked while its parent holds a lease inherits the handle: its methods refuse
+    (the client is the parent's), and its properties read it as lost, even after the parent
+    released it and another process took it."""
+    r = subprocess.run(
+        [sys.executable, "-c", FORK_HOLDER, redis_server.url, unique_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "parent before False True", r.stdout
+    assert lines[1] == "child True 0.0 client_closed", r.stdout
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "needle"),
     [
