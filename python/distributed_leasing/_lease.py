@@ -14,6 +14,7 @@ holder before a renewal noticed) is reported the same way, async and sync.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -34,6 +35,18 @@ def _lost_error(lease: Lease) -> LeaseLost:
     err.name = lease.name
     err.reason = reason
     return err
+
+
+def _weak_callback(method: Callable[[str | None], None]) -> Callable[[str | None], None]:
+    """``method`` (bound) through a weak reference to its object: a no-op once it is gone."""
+    ref = weakref.WeakMethod(method)
+
+    def call(reason: str | None) -> None:
+        target = ref()
+        if target is not None:
+            target(reason)
+
+    return call
 
 
 class LeaseContext:
@@ -91,7 +104,11 @@ class LeaseContext:
             if task is not None:
                 self._task = task
                 self._cancelling = task.cancelling()
-                lease._on_end(asyncio.get_running_loop(), self._on_end)
+                # Held weakly: the Rust lease keeps its end hooks, where Python's collector
+                # cannot see them, so a strong reference back to this context would keep an
+                # abandoned context (its task left pending by a closed loop) and its lease
+                # alive, and renewed, for as long as the process lives.
+                lease._on_end(asyncio.get_running_loop(), _weak_callback(self._on_end))
         return lease
 
     def _on_end(self, reason: str | None) -> None:

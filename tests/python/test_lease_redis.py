@@ -413,6 +413,65 @@ def test_a_forked_child_never_believes_it_holds_its_parents_lease(
     assert lines[1] == "child True 0.0 client_closed", r.stdout
 
 
+ABANDONED_CONTEXT = textwrap.dedent(
+    """
+    import asyncio, gc, sys, time
+    import distributed_leasing as dl
+
+    url, name, on_lost = sys.argv[1:4]
+    client = dl.LeaseClient.connect_sync(url)
+
+    async def holder():
+        async with client.lease(name, duration=2.0, on_lost=on_lost):
+            await asyncio.sleep(3600)
+
+    async def main():
+        asyncio.get_running_loop().create_task(holder())
+        await asyncio.sleep(0.3)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()  # the holder task is left pending ("Task was destroyed but it is pending!")
+    del loop
+    gc.collect()
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("on_lost", ["ignore", "cancel"])
+def test_a_lease_context_abandoned_with_its_loop_is_given_back(
+    redis_server: RedisServer, unique_name: str, on_lost: str
+) -> None:
+    """A task inside ``async with client.lease(...)`` left pending when its loop is closed: the
+    context, its task and its lease are garbage, so the lease is released (in the background),
+    not renewed for as long as the process lives. With ``on_lost="cancel"`` (the default) the
+    context's loss hook is kept by the Rust lease, where Python's collector cannot see it: it
+    must not keep the context alive. A plain child process (pytest keeps frames alive)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", ABANDONED_CONTEXT, redis_server.url, unique_name, on_lost],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        key = f"lease:{unique_name}"
+        until = time.monotonic() + 20  # a 2 s lease, renewed every 2/3 s while a handle lives
+        while redis_server.cli("EXISTS", key).strip() != "0":
+            assert time.monotonic() < until, (
+                f"on_lost={on_lost!r}: the abandoned context's lease is still held and renewed"
+                f" (pttl {redis_server.cli('PTTL', key).strip()} ms) with no handle reachable"
+            )
+            time.sleep(0.1)
+        assert child.poll() is None  # gone while the process lives on
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "needle"),
     [
