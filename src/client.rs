@@ -34,6 +34,7 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+    ReleaseOutcome,
 };
 use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
 
@@ -262,7 +263,18 @@ impl LeaseClient {
         metadata: &BTreeMap<String, String>,
     ) -> Result<AcquireOutcome> {
         if let Some(via) = &self.via {
-            return via
+            // Polled in the caller's future: a caller that leaves once the request is out
+            // (Ctrl-C in a blocking call drops the future) must not leave a lease it won held
+            // by nobody for its whole duration. See [`GiveBack`].
+            let guard = GiveBack {
+                armed: true,
+                store: Arc::clone(&self.store),
+                runtime: self.runtime.clone(),
+                settle: self.options.operation_timeout,
+                name: name.to_owned(),
+                lease_id: lease_id.to_owned(),
+            };
+            let outcome = via
                 .try_acquire(&AcquireRequest {
                     name,
                     lease_id,
@@ -271,6 +283,8 @@ impl LeaseClient {
                     metadata,
                 })
                 .await;
+            guard.disarm();
+            return outcome;
         }
         let store = Arc::clone(&self.store);
         let (name, lease_id, metadata) = (name.to_owned(), lease_id.to_owned(), metadata.clone());
@@ -693,6 +707,53 @@ impl Drop for Delivery {
         rt.spawn(async move {
             if let Err(e) = store.release(&name, &lease_id).await {
                 tracing::warn!(lease = %name, error = %e, "cannot release a lease won by a cancelled acquire; it expires by itself");
+            }
+        });
+    }
+}
+
+/// An acquire attempt polled in its caller's future (a [`LeaseClient::via`] view): if the future
+/// is dropped before the reply was read, the request may still be granted on the server, so the
+/// lease id (fresh for this attempt, so only a lease this very attempt won can match) is
+/// released on the client's runtime, owner-checked, at once and again once an operation's
+/// timeout has passed (the request went over another connection, so it may be applied after the
+/// first release). A release that finds nothing of ours is a no-op.
+struct GiveBack {
+    armed: bool,
+    store: Arc<dyn LeaseStore>,
+    runtime: Option<tokio::runtime::Handle>,
+    settle: Duration,
+    name: String,
+    lease_id: String,
+}
+
+impl GiveBack {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(rt) = self.runtime.clone() else {
+            tracing::warn!(lease = %self.name, "an acquire left while on the wire outside a runtime; a lease it won expires by itself");
+            return;
+        };
+        let (store, settle) = (Arc::clone(&self.store), self.settle);
+        let (name, lease_id) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.lease_id),
+        );
+        tracing::debug!(lease = %name, outcome = "cancelled", "acquire left while on the wire; giving back a lease it may have won");
+        rt.spawn(async move {
+            for wait in [Duration::ZERO, settle] {
+                tokio::time::sleep(wait).await;
+                if let Ok(ReleaseOutcome::Released) = store.release(&name, &lease_id).await {
+                    return;
+                }
             }
         });
     }

@@ -15,12 +15,14 @@
 //! Cancellation: for operations that may wait long (`acquire` with a wait, `wait_lost`), a
 //! cancelled asyncio future aborts the tokio task, so a cancelled `acquire(wait=None)` stops
 //! trying; a lease acquired at the very moment of the cancel is dropped, which releases it.
-//! Short operations are left to finish (their result is discarded).
+//! Short operations are left to finish, and their result is dropped on the runtime (a lease
+//! released), never queued for a loop that may be closing.
 
 use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,25 +219,35 @@ where
     let inbox = inbox_for(py, &event_loop)?;
     let py_fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
     let fut_ref = py_fut.clone().unbind();
+    // Set when the asyncio future is cancelled. A result that comes after is dropped here, on
+    // the runtime, rather than queued for the loop: the loop may be closing (`asyncio.run`
+    // cancels what is left, then closes the loop), and a result queued in the inbox of a closed
+    // loop is never run nor dropped, so a lease it carries would be renewed for as long as the
+    // process lives. Dropped here, a lease is released in the background.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&cancelled);
     let task = rt.spawn(async move {
         let result = fut.await;
+        if seen.load(Ordering::Acquire) {
+            return;
+        }
         inbox.push(Box::new(move |py| settle(py, &fut_ref, result, convert)));
     });
-    if abortable {
-        let abort = task.abort_handle();
-        let on_done =
-            PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _| {
-                if let Ok(f) = args.get_item(0) {
-                    if f.call_method0("cancelled")
-                        .and_then(|c| c.is_truthy())
-                        .unwrap_or(false)
-                    {
-                        abort.abort();
-                    }
+    let abort = abortable.then(|| task.abort_handle());
+    let on_done = PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _| {
+        if let Ok(f) = args.get_item(0) {
+            if f.call_method0("cancelled")
+                .and_then(|c| c.is_truthy())
+                .unwrap_or(false)
+            {
+                cancelled.store(true, Ordering::Release);
+                if let Some(abort) = &abort {
+                    abort.abort();
                 }
-            })?;
-        py_fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
-    }
+            }
+        }
+    })?;
+    py_fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
     Ok(py_fut)
 }
 

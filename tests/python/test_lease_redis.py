@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -470,6 +471,87 @@ def test_a_lease_context_abandoned_with_its_loop_is_given_back(
     finally:
         child.kill()
         child.wait(timeout=30)
+
+
+# Keeps the server busy for ARGV[1] seconds, so that a request sent meanwhile waits for its reply.
+BUSY_SCRIPT = (
+    "local t=redis.call('TIME'); local s=t[1]+t[2]/1e6; "
+    "while true do local n=redis.call('TIME'); if n[1]+n[2]/1e6-s > tonumber(ARGV[1]) "
+    "then break end end return 1"
+)
+
+
+def test_an_acquire_won_after_its_event_loop_ended_is_given_back(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    """``asyncio.run`` returns while a ``try_acquire`` is on the wire: its task is cancelled and
+    the loop closed, then the server grants the lease. Nobody holds a handle, so the lease is
+    released, not queued for a loop that never runs again (and renewed meanwhile)."""
+    c = dl.LeaseClient.connect_sync(redis_server.url)
+    try:
+        warm = c.try_acquire_sync(unique_name + "-warm-up", duration=2.0)  # loads the scripts
+        assert warm is not None
+        warm.release_sync()
+
+        async def main() -> None:
+            asyncio.get_running_loop().create_task(c.try_acquire(unique_name, duration=2.0))
+            await asyncio.sleep(0.1)  # on the wire; returning cancels it
+
+        busy = threading.Thread(target=lambda: redis_server.cli("EVAL", BUSY_SCRIPT, "0", "0.5"))
+        busy.start()
+        time.sleep(0.05)
+        asyncio.run(main())
+        busy.join()
+        until = time.monotonic() + 20  # a 2 s lease: renewed every 2/3 s while a handle lives
+        while (holder := c.inspect_sync(unique_name)) is not None:
+            assert time.monotonic() < until, (
+                f"lease {holder.lease_id}, won by an acquire whose loop ended, is still renewed"
+                f" (ttl {holder.ttl:.2f} s) with no handle anywhere"
+            )
+            time.sleep(0.1)
+    finally:
+        c.close_sync()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+def test_an_interrupted_blocking_acquire_gives_back_what_it_won(
+    redis_server: RedisServer, unique_name: str
+) -> None:
+    """A blocking acquire on the thread's own connection, interrupted (Ctrl-C, a SIGALRM
+    timeout that raises) after its request was sent: the server grants the lease to nobody
+    holding a handle, and it is given back, not left held for its whole duration."""
+    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    c = dl.LeaseClient.connect_sync(redis_server.url)
+    try:
+        c.inspect_sync(unique_name + "-warm-up")  # opens this thread's own connection
+        warm = c.try_acquire_sync(unique_name + "-warm-up", duration=10.0)  # loads the scripts
+        assert warm is not None
+        warm.release_sync()
+        busy = threading.Thread(target=lambda: redis_server.cli("EVAL", BUSY_SCRIPT, "0", "1.0"))
+        busy.start()
+        time.sleep(0.1)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(_Interrupted):
+            c.try_acquire_sync(unique_name, duration=30.0)
+        busy.join()
+        until = time.monotonic() + 20  # well under its 30 s duration
+        while (holder := c.inspect_sync(unique_name)) is not None:
+            assert time.monotonic() < until, (
+                f"the interrupted acquire's lease {holder.lease_id} is held with nobody holding"
+                f" a handle, for {holder.ttl:.1f} s more"
+            )
+            time.sleep(0.1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        c.close_sync()
 
 
 @pytest.mark.parametrize(
