@@ -54,6 +54,7 @@ class LeaseContext:
     context manager."""
 
     __slots__ = (
+        "__weakref__",  # the loss hook holds the context weakly (see `__aenter__`)
         "_cancelling",
         "_client",
         "_get_client",

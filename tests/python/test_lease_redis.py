@@ -422,13 +422,20 @@ ABANDONED_CONTEXT = textwrap.dedent(
     url, name, on_lost = sys.argv[1:4]
     client = dl.LeaseClient.connect_sync(url)
 
+    entered = []
+
     async def holder():
         async with client.lease(name, duration=2.0, on_lost=on_lost):
+            entered.append(True)
             await asyncio.sleep(3600)
 
     async def main():
         asyncio.get_running_loop().create_task(holder())
-        await asyncio.sleep(0.3)
+        for _ in range(200):
+            if entered:
+                break
+            await asyncio.sleep(0.05)
+        assert entered, "the body was never entered"
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(main())
