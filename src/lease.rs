@@ -230,10 +230,22 @@ impl Shared {
     }
 
     /// Records a renewal that was sent at `t_sent` and succeeded.
-    pub(crate) fn renewed(&self, t_sent: Instant) {
+    /// Records a successful renewal sent at `t_sent`; returns false when it came too late: the
+    /// lease has ended meanwhile, or its deadline passed before the answer came, so it was lost
+    /// (and may have been seen as lost) and stays so, ended now as expired. A loss is never
+    /// taken back.
+    pub(crate) fn renewed(&self, t_sent: Instant) -> bool {
         let mut st = self.lock();
+        if st.end.is_some() {
+            return false;
+        }
+        if Instant::now() >= st.deadline {
+            drop(st);
+            self.end(LeaseEnd::Lost(LostReason::Expired));
+            return false;
+        }
         // Not once the holder is letting go: the lease is no longer relied on.
-        if st.end.is_none() && !st.release_sent {
+        if !st.release_sent {
             st.deadline = st.deadline.max(clock::deadline(t_sent, self.duration));
             st.renewals += 1;
             metrics::RENEWALS.add(1);
@@ -241,6 +253,7 @@ impl Shared {
                 renewals: st.renewals,
             });
         }
+        true
     }
 
     /// Records a failed background renewal: the `attempt`-th in a row.
@@ -269,10 +282,8 @@ impl Shared {
             .renew(&self.name, &self.lease_id, self.duration)
             .await?
         {
-            RenewOutcome::Renewed => {
-                self.renewed(t_sent);
-                Ok(())
-            }
+            RenewOutcome::Renewed if self.renewed(t_sent) => Ok(()),
+            RenewOutcome::Renewed => Err(self.ended_error(reason_of(self.lock().end))),
             RenewOutcome::Lost(reason) => {
                 self.renewal_lost(reason);
                 Err(self.ended_error(reason))

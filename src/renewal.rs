@@ -427,9 +427,11 @@ async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
         for ((id, shared), result) in part.iter().zip(results) {
             match result {
                 Ok(RenewOutcome::Renewed) => {
-                    shared.renewed(t_sent);
-                    tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
-                    reschedule(&inner, *id, shared, Ok(t_sent));
+                    // Too late (past the deadline) ends the lease, which cancels its timers.
+                    if shared.renewed(t_sent) {
+                        tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
+                        reschedule(&inner, *id, shared, Ok(t_sent));
+                    }
                 }
                 Ok(RenewOutcome::Lost(reason)) => {
                     shared.renewal_lost(reason);

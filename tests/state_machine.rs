@@ -447,6 +447,41 @@ async fn a_slow_renewal_reply_moves_the_deadline_from_when_the_renewal_was_sent(
     assert_eq!(lease.expires_in(), ms(5000 + 10_000 - 103 - 6000));
 }
 
+/// A renewal sent before the deadline whose answer comes after it: the lease was already lost
+/// (and may have been seen lost: `is_lost` is read against the deadline), so the late success
+/// does not bring it back; the lease ends as expired and `renew()` says so.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_answered_after_the_deadline_never_brings_the_lease_back() {
+    let store = FaultStore::new();
+    let duration = ms(1000);
+    let c = client(&store, duration, None);
+    let lease = take(&c, "late-renew").await;
+    sleep(ms(500)).await;
+    store.push(Op::Renew, Fault::slow_reply(ms(800)));
+    let renew = lease.renew();
+    tokio::pin!(renew);
+    // The deadline (about 987 ms after the acquire) passes while the renewal is on its way.
+    tokio::select! {
+        _ = &mut renew => panic!("answered before the deadline"),
+        () = sleep(ms(600)) => {}
+    }
+    assert!(lease.is_lost(), "past the deadline");
+    let answer = within(Duration::from_secs(5), renew).await;
+    assert!(
+        matches!(
+            answer,
+            Err(LeaseError::Lost {
+                reason: LostReason::Expired,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    assert!(lease.is_lost());
+    assert_eq!(lease.end(), Some(LeaseEnd::Lost(LostReason::Expired)));
+    assert_eq!(lease.expires_in(), Duration::ZERO);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loss, exactly once
 
