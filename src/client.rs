@@ -268,11 +268,9 @@ impl LeaseClient {
             // by nobody for its whole duration. See [`GiveBack`].
             let guard = GiveBack {
                 armed: true,
-                store: Arc::clone(&self.store),
-                runtime: self.runtime.clone(),
-                settle: self.options.operation_timeout,
-                name: name.to_owned(),
-                lease_id: lease_id.to_owned(),
+                client: self,
+                name,
+                lease_id,
             };
             let outcome = via
                 .try_acquire(&AcquireRequest {
@@ -718,35 +716,33 @@ impl Drop for Delivery {
 /// released on the client's runtime, owner-checked, at once and again once an operation's
 /// timeout has passed (the request went over another connection, so it may be applied after the
 /// first release). A release that finds nothing of ours is a no-op.
-struct GiveBack {
+struct GiveBack<'a> {
     armed: bool,
-    store: Arc<dyn LeaseStore>,
-    runtime: Option<tokio::runtime::Handle>,
-    settle: Duration,
-    name: String,
-    lease_id: String,
+    client: &'a LeaseClient,
+    name: &'a str,
+    lease_id: &'a str,
 }
 
-impl GiveBack {
+impl GiveBack<'_> {
     fn disarm(mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for GiveBack {
+impl Drop for GiveBack<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let Some(rt) = self.runtime.clone() else {
+        // Only here, on the rare drop mid-request, is anything copied: the guard costs the
+        // acquire itself nothing but a few references.
+        let Some(rt) = self.client.runtime.clone() else {
             tracing::warn!(lease = %self.name, "an acquire left while on the wire outside a runtime; a lease it won expires by itself");
             return;
         };
-        let (store, settle) = (Arc::clone(&self.store), self.settle);
-        let (name, lease_id) = (
-            std::mem::take(&mut self.name),
-            std::mem::take(&mut self.lease_id),
-        );
+        let store = Arc::clone(&self.client.store);
+        let settle = self.client.options.operation_timeout;
+        let (name, lease_id) = (self.name.to_owned(), self.lease_id.to_owned());
         tracing::debug!(lease = %name, outcome = "cancelled", "acquire left while on the wire; giving back a lease it may have won");
         rt.spawn(async move {
             for wait in [Duration::ZERO, settle] {
