@@ -488,6 +488,16 @@ BUSY_SCRIPT = (
 )
 
 
+def wait_until_free(client: dl.LeaseClient, name: str, what: str) -> None:
+    """Returns once nobody holds ``name``; fails after 20 s, naming the holder and its TTL."""
+    until = time.monotonic() + 20
+    while (holder := client.inspect_sync(name)) is not None:
+        assert time.monotonic() < until, (
+            f"lease {holder.lease_id}, {what} with no handle anywhere (ttl {holder.ttl} s)"
+        )
+        time.sleep(0.1)
+
+
 def test_an_acquire_won_after_its_event_loop_ended_is_given_back(
     redis_server: RedisServer, unique_name: str
 ) -> None:
@@ -509,13 +519,8 @@ def test_an_acquire_won_after_its_event_loop_ended_is_given_back(
         time.sleep(0.05)
         asyncio.run(main())
         busy.join()
-        until = time.monotonic() + 20  # a 2 s lease: renewed every 2/3 s while a handle lives
-        while (holder := c.inspect_sync(unique_name)) is not None:
-            assert time.monotonic() < until, (
-                f"lease {holder.lease_id}, won by an acquire whose loop ended, is still renewed"
-                f" (ttl {holder.ttl:.2f} s) with no handle anywhere"
-            )
-            time.sleep(0.1)
+        # A 2 s lease: renewed every 2/3 s while a handle lives.
+        wait_until_free(c, unique_name, "won by an acquire whose loop ended, is still renewed")
     finally:
         c.close_sync()
 
@@ -548,13 +553,8 @@ def test_an_interrupted_blocking_acquire_gives_back_what_it_won(
         with pytest.raises(_Interrupted):
             c.try_acquire_sync(unique_name, duration=30.0)
         busy.join()
-        until = time.monotonic() + 20  # well under its 30 s duration
-        while (holder := c.inspect_sync(unique_name)) is not None:
-            assert time.monotonic() < until, (
-                f"the interrupted acquire's lease {holder.lease_id} is held with nobody holding"
-                f" a handle, for {holder.ttl:.1f} s more"
-            )
-            time.sleep(0.1)
+        # Well under its 30 s duration.
+        wait_until_free(c, unique_name, "won by the interrupted acquire, is still held")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
