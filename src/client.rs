@@ -168,7 +168,9 @@ impl LeaseClient {
     /// A client over a store built by the caller.
     #[must_use]
     pub fn with_store(store: Arc<dyn LeaseStore>, options: ClientOptions) -> Self {
-        let renewals = renewal::Scheduler::new(Arc::clone(&store));
+        // Closing waits this long for acquires on the wire and releases under way.
+        let settle = options.operation_timeout + Duration::from_secs(1);
+        let renewals = renewal::Scheduler::new(Arc::clone(&store), settle);
         Self {
             store,
             options,
@@ -287,6 +289,9 @@ impl LeaseClient {
         let store = Arc::clone(&self.store);
         let (name, lease_id, metadata) = (name.to_owned(), lease_id.to_owned(), metadata.clone());
         let (tx, rx) = oneshot::channel();
+        // The task may outlive its caller: closing the client waits for it (and for the release
+        // of what it won for a caller that left).
+        let work = self.renewals.track();
         tokio::spawn(
             async move {
                 let outcome = store
@@ -304,6 +309,7 @@ impl LeaseClient {
                     store,
                     name,
                     lease_id,
+                    work: Some(work),
                 });
             }
             .in_current_span(),
@@ -329,6 +335,11 @@ impl LeaseClient {
         duration: Duration,
         interval: Option<Duration>,
     ) -> Result<TryAcquire> {
+        // Counted until the lease is registered (or the attempt failed), so that a close() meanwhile
+        // waits for it, and refused once the client is closed.
+        let Some(_work) = self.renewals.begin_acquire() else {
+            return Err(closed_error());
+        };
         // From the OS's random source (getrandom), never a user-space generator: a generator's
         // state is copied by fork(), and forked children would then draw the same ids.
         let lease_id = new_lease_id()?;
@@ -376,12 +387,19 @@ impl LeaseClient {
             events: std::sync::OnceLock::new(),
             registration: self.renewals.reserve(),
             end_hooks: crate::lease::EndHooks::default(),
+            holder_check: crate::lease::HolderCheckSlot::default(),
         });
         let runtime = self
             .runtime
             .clone()
             .unwrap_or_else(tokio::runtime::Handle::current);
-        self.renewals.register(&shared, interval, t_sent, &runtime);
+        if !self.renewals.register(&shared, interval, t_sent, &runtime) {
+            // Closed while the request was on the wire: the lease it won is being given back.
+            tracing::debug!(lease = name, outcome = "client_closed", "the client was closed while the acquire was on the wire; the lease it won is given back");
+            return Err(LeaseError::Config(
+                "this lease client was closed while the acquire was on the wire (the lease it won has been given back); create a new client".into(),
+            ));
+        }
         Ok(TryAcquire::Acquired(Lease::new(
             shared,
             runtime,
@@ -440,6 +458,8 @@ impl LeaseClient {
         };
         let mut attempts = 0u32;
         let mut polls = 0u32;
+        let closed = self.renewals.closed();
+        let mut closed = std::pin::pin!(closed);
         loop {
             attempts = attempts.saturating_add(1);
             let outcome = self.attempt(name, opts, duration, interval).await?;
@@ -498,12 +518,17 @@ impl LeaseClient {
             loop {
                 let poll = (watch.feed() != Feed::Live).then(|| now + backoff.poll_delay(polls));
                 let wake_at = [expiry, poll, give_up].into_iter().flatten().min();
-                let woke = match wake_at {
-                    Some(at) => tokio::select! {
-                        w = watch.next() => Some(w),
-                        () = tokio::time::sleep_until(at) => None,
-                    },
-                    None => Some(watch.next().await),
+                let sleep = async {
+                    match wake_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // A client closed meanwhile ends the wait at once (its next attempt is refused).
+                let woke = tokio::select! {
+                    w = watch.next() => Some(w),
+                    () = sleep => None,
+                    () = &mut closed => return Err(closed_error()),
                 };
                 match woke {
                     Some(Wake::FeedChanged) => {}
@@ -597,12 +622,14 @@ impl LeaseClient {
 
     fn check_open(&self) -> Result<()> {
         if self.renewals.is_closed() {
-            return Err(LeaseError::Config(
-                "this lease client is closed; create a new one".into(),
-            ));
+            return Err(closed_error());
         }
         Ok(())
     }
+}
+
+fn closed_error() -> LeaseError {
+    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 /// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a
@@ -612,6 +639,7 @@ async fn open_store(
     options: &ClientOptions,
     entra: bool,
 ) -> Result<Arc<dyn LeaseStore>> {
+    crate::store::validate_key_prefix(&options.key_prefix)?;
     match target {
         StoreTarget::Sqlite { path } => Ok(Arc::new(SqliteStore::open_async(path).await?)),
         StoreTarget::Postgres(target) => Ok(Arc::new(
@@ -685,6 +713,8 @@ struct Delivery {
     store: Arc<dyn LeaseStore>,
     name: String,
     lease_id: String,
+    /// The acquire's place in its client's outstanding work, handed on to the release.
+    work: Option<renewal::Outstanding>,
 }
 
 impl Drop for Delivery {
@@ -696,16 +726,19 @@ impl Drop for Delivery {
             tracing::warn!(lease = %self.name, "a cancelled acquire won the lease outside a runtime; it expires by itself");
             return;
         };
-        let (store, name, lease_id) = (
+        let (store, name, lease_id, work) = (
             Arc::clone(&self.store),
             std::mem::take(&mut self.name),
             std::mem::take(&mut self.lease_id),
+            self.work.take(),
         );
         tracing::debug!(lease = %name, outcome = "cancelled", "acquire cancelled while on the wire; releasing the lease it won");
+        let pending = crate::lease::PendingRelease::new();
         rt.spawn(async move {
             if let Err(e) = store.release(&name, &lease_id).await {
                 tracing::warn!(lease = %name, error = %e, "cannot release a lease won by a cancelled acquire; it expires by itself");
             }
+            drop((work, pending));
         });
     }
 }
@@ -744,10 +777,18 @@ impl Drop for GiveBack<'_> {
         let settle = self.client.options.operation_timeout;
         let (name, lease_id) = (self.name.to_owned(), self.lease_id.to_owned());
         tracing::debug!(lease = %name, outcome = "cancelled", "acquire left while on the wire; giving back a lease it may have won");
+        // The first release is outstanding work of the client (its close waits for it); the
+        // second, an operation's timeout later, is best effort.
+        let mut work = Some((
+            self.client.renewals.track(),
+            crate::lease::PendingRelease::new(),
+        ));
         rt.spawn(async move {
             for wait in [Duration::ZERO, settle] {
                 tokio::time::sleep(wait).await;
-                if let Ok(ReleaseOutcome::Released) = store.release(&name, &lease_id).await {
+                let released = store.release(&name, &lease_id).await;
+                drop(work.take());
+                if let Ok(ReleaseOutcome::Released) = released {
                     return;
                 }
             }

@@ -143,6 +143,22 @@ pub(crate) struct Shared {
     pub(crate) registration: crate::renewal::Registration,
     /// Called once when the lease ends (see [`Lease::on_end`]).
     pub(crate) end_hooks: EndHooks,
+    /// Asked before each renewal whether the holder can still use the lease (see
+    /// [`Lease::set_holder_check`]).
+    pub(crate) holder_check: HolderCheckSlot,
+}
+
+/// Whether a lease's holder can still use it (see [`Lease::set_holder_check`]).
+pub type HolderCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The [`HolderCheck`] of one lease, if one was set.
+#[derive(Default)]
+pub(crate) struct HolderCheckSlot(OnceLock<HolderCheck>);
+
+impl std::fmt::Debug for HolderCheckSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HolderCheckSlot")
+    }
 }
 
 /// A function called once with the end of a lease.
@@ -221,6 +237,11 @@ impl Shared {
             return false;
         }
         self.end(LeaseEnd::Lost(reason))
+    }
+
+    /// Whether the holder can still use the lease: false once its [`HolderCheck`] says so.
+    pub(crate) fn holder_gone(&self) -> bool {
+        self.holder_check.0.get().is_some_and(|check| !check())
     }
 
     /// Marks the release as sent; returns false if it already was (release runs once).
@@ -448,6 +469,16 @@ impl Lease {
         }
     }
 
+    /// Sets the question the renewal asks before each renewal of this lease: can its holder
+    /// still use it? Once `check` answers false (the holder is gone for good: say, the event
+    /// loop that ran the holder's code was closed with that code still waiting), the lease is
+    /// released instead of renewed and ends as released, rather than renewed for as long as
+    /// the process lives. `check` runs on the renewal's thread and must be quick; only the
+    /// first check set counts.
+    pub fn set_holder_check(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.shared.holder_check.0.set(Box::new(check));
+    }
+
     /// The lease's events from now on: renewals, renewal failures, and its end (lost or
     /// released), after which the stream ends. Opened after the end, it yields just the end.
     #[must_use]
@@ -542,10 +573,8 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.shared.end(LeaseEnd::Released);
         if self.shared.take_release() {
-            let shared = Arc::clone(&self.shared);
-            // Spawning never blocks; if the runtime is shutting down the task is dropped and
-            // the lease expires by itself.
-            self.runtime.spawn(background_release(shared));
+            // Counted by its client, whose close() waits for it, and by the process.
+            crate::renewal::release_in_background(Arc::clone(&self.shared), &self.runtime);
         }
     }
 }
@@ -568,10 +597,10 @@ pub(crate) async fn background_release(shared: Arc<Shared>) {
 /// Background releases not yet answered, process-wide (see [`wait_for_background_releases`]).
 static PENDING_RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-struct PendingRelease;
+pub(crate) struct PendingRelease;
 
 impl PendingRelease {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         PENDING_RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self
     }

@@ -18,13 +18,19 @@
 //! keep it alive (a handle keeps renewing after its client was dropped), so a dropped client
 //! without leases is freed, and its store's connections closed, at once rather than after the
 //! linger. A closed scheduler's task ends.
+//!
+//! Closing ([`Scheduler::close`]) leaves nothing held by nobody: besides releasing the leases it
+//! renews, it waits (up to the client's operation timeout and a second) for the client's work
+//! still under way, counted by [`Outstanding`] guards: acquires on the wire (one that wins after
+//! the close finds the scheduler closed and gives its lease back) and background releases of
+//! handles dropped just before. Only then may the client close its store.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::backoff::Backoff;
@@ -57,6 +63,12 @@ struct Inner {
     /// Shared with the task, which may outlive `Inner` by a wake-up.
     wake: Arc<Notify>,
     next_id: AtomicU64,
+    /// Notified when the last [`Outstanding`] guard goes (see [`Scheduler::close`]).
+    settled: Notify,
+    /// The longest [`Scheduler::close`] waits for outstanding work.
+    settle_limit: Duration,
+    /// Becomes `true` when the scheduler is closed: waiting acquires give up at once.
+    closed_tx: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +81,50 @@ struct Timers {
     idle_since: Option<Instant>,
     /// Set by [`Scheduler::close`]: a lease registered afterwards is released at once.
     closed: bool,
+    /// Live [`Outstanding`] guards: acquires on the wire and background releases.
+    outstanding: usize,
+}
+
+/// A piece of the client's work under way that [`Scheduler::close`] waits for before the
+/// store closes: an acquire on the wire, or a background release. Counted while it lives.
+#[derive(Debug)]
+pub(crate) struct Outstanding {
+    inner: Arc<Inner>,
+}
+
+impl Outstanding {
+    fn new(inner: &Arc<Inner>, t: &mut Timers) -> Self {
+        t.outstanding += 1;
+        Self {
+            inner: Arc::clone(inner),
+        }
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        let mut t = lock(&self.inner.state);
+        t.outstanding = t.outstanding.saturating_sub(1);
+        if t.outstanding == 0 {
+            drop(t);
+            self.inner.settled.notify_waiters();
+        }
+    }
+}
+
+/// Releases `shared` on `runtime` without blocking (its handle is gone, or its client closed),
+/// counted as outstanding work of its client (so that closing the client waits for it) and in
+/// the process-wide count that process exit waits for.
+pub(crate) fn release_in_background(shared: Arc<Shared>, runtime: &tokio::runtime::Handle) {
+    let work = shared.registration.track();
+    // Counted from now, not from the task's first poll: process exit must not miss it.
+    let pending = crate::lease::PendingRelease::new();
+    // Spawning never blocks; if the runtime is shutting down the task is dropped and the
+    // lease expires by itself.
+    runtime.spawn(async move {
+        background_release(shared).await;
+        drop((work, pending));
+    });
 }
 
 #[derive(Debug)]
@@ -102,6 +158,14 @@ impl Registration {
                 }
             }
         }
+    }
+
+    /// Counts work done for this lease (its background release) as outstanding work of its
+    /// client, if the client's scheduler still exists.
+    pub(crate) fn track(&self) -> Option<Outstanding> {
+        let inner = self.scheduler.upgrade()?;
+        let mut t = lock(&inner.state);
+        Some(Outstanding::new(&inner, &mut t))
     }
 
     /// Forgets the lease (it ended): its timers are dropped, nothing more is sent for it.
@@ -151,12 +215,17 @@ pub async fn close_all() {
 }
 
 impl Scheduler {
-    pub(crate) fn new(store: Arc<dyn LeaseStore>) -> Self {
+    /// A scheduler renewing leases of `store`; [`Self::close`] waits up to `settle_limit` for
+    /// the work still under way (an operation's timeout and a margin is right).
+    pub(crate) fn new(store: Arc<dyn LeaseStore>, settle_limit: Duration) -> Self {
         let inner = Arc::new(Inner {
             store,
             state: Mutex::new(Timers::default()),
             wake: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
+            settled: Notify::new(),
+            settle_limit,
+            closed_tx: watch::Sender::new(false),
         });
         let mut all = ALL
             .lock()
@@ -178,30 +247,33 @@ impl Scheduler {
 
     /// Starts watching `shared` (acquired by a request sent at `t_sent`), renewing it every
     /// `interval` if one is given. The scheduler's task, if it has to be started, goes to
-    /// `runtime`.
+    /// `runtime`. Returns false when the scheduler was closed meanwhile: the lease then ended
+    /// as lost (`ClientClosed`) and is given back in the background.
     pub(crate) fn register(
         &self,
         shared: &Arc<Shared>,
         interval: Option<Duration>,
         t_sent: Instant,
         runtime: &tokio::runtime::Handle,
-    ) {
+    ) -> bool {
         let id = shared.registration.id;
         let deadline_at = shared.lock().deadline;
         let renew_at = interval.map(|i| t_sent + i);
         let first = renew_at.map_or(deadline_at, |r| r.min(deadline_at));
         let mut t = lock(&self.inner.state);
         if shared.lock().end.is_some() {
-            return;
+            return true;
         }
         if t.closed {
             drop(t);
-            // The client was closed while this acquire was on the wire: not ours to keep.
+            // The client was closed while this acquire was on the wire: not ours to keep. The
+            // acquire is still counted as outstanding, and so is this release from before the
+            // acquire's count ends, so `close` waits for it.
             if shared.take_release() {
                 shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
-                runtime.spawn(background_release(Arc::clone(shared)));
+                release_in_background(Arc::clone(shared), runtime);
             }
-            return;
+            return false;
         }
         t.entries.insert(
             id,
@@ -231,6 +303,7 @@ impl Scheduler {
             }
             Some(_) => {}
         }
+        true
     }
 }
 
@@ -240,10 +313,37 @@ impl Scheduler {
         lock(&self.inner.state).closed
     }
 
+    /// Counts an acquire about to be sent as outstanding work; `None` once closed (no acquire
+    /// may start then). Checked and counted under one lock, so that [`Self::close`] either
+    /// refuses it or waits for it.
+    pub(crate) fn begin_acquire(&self) -> Option<Outstanding> {
+        let mut t = lock(&self.inner.state);
+        if t.closed {
+            return None;
+        }
+        Some(Outstanding::new(&self.inner, &mut t))
+    }
+
+    /// Counts a piece of work (a request on the wire, a release) as outstanding.
+    pub(crate) fn track(&self) -> Outstanding {
+        let mut t = lock(&self.inner.state);
+        Outstanding::new(&self.inner, &mut t)
+    }
+
+    /// Resolves once [`Self::close`] was called.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.closed_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|closed| *closed).await;
+        }
+    }
+
     /// Stops renewing every lease of this client and releases them (owner-checked), each
     /// handle ending as lost with [`LostReason::ClientClosed`] (its holder no longer holds it:
     /// with `on_lost="cancel"` its body is cancelled). Returns once every release was answered
-    /// or failed; a lease registered later is released at once.
+    /// or failed, and the client's outstanding work (acquires on the wire, background releases
+    /// of dropped handles) has ended, or the settle limit passed; a lease registered later is
+    /// released at once.
     pub(crate) async fn close(&self) {
         let leases: Vec<Arc<Shared>> = {
             let mut t = lock(&self.inner.state);
@@ -252,6 +352,7 @@ impl Scheduler {
             t.deadline.clear();
             t.entries.drain().map(|(_, e)| e.shared).collect()
         };
+        self.inner.closed_tx.send_replace(true);
         self.inner.wake.notify_one();
         let releases = leases.into_iter().filter_map(|shared| {
             if !shared.take_release() {
@@ -261,6 +362,29 @@ impl Scheduler {
             Some(background_release(shared))
         });
         futures_util::future::join_all(releases).await;
+        if tokio::time::timeout(self.inner.settle_limit, self.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "closing the client: an acquire or a release still had no answer after {:.1}s; a lease it holds on the server expires by itself",
+                self.inner.settle_limit.as_secs_f64()
+            );
+        }
+    }
+
+    /// Resolves when no [`Outstanding`] work is left.
+    async fn settled(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read: a last guard dropped in between wakes it.
+            notified.as_mut().enable();
+            if lock(&self.inner.state).outstanding == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -369,8 +493,21 @@ async fn run(inner: Arc<Inner>) {
             // on the server, so a release answered later cannot show it was still ours.
             shared.end(LeaseEnd::Lost(LostReason::Expired));
         }
-        if !due.renew.is_empty() {
-            tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
+        let mut renew = due.renew;
+        // A lease whose holder is gone for good is released rather than renewed.
+        renew.retain(|(_, shared)| {
+            if !shared.holder_gone() {
+                return true;
+            }
+            if shared.take_release() {
+                tracing::warn!(lease = %shared.name, "the lease's holder can no longer use it (its event loop was closed?); releasing it instead of renewing it");
+                shared.end(LeaseEnd::Released);
+                release_in_background(Arc::clone(shared), &tokio::runtime::Handle::current());
+            }
+            false
+        });
+        if !renew.is_empty() {
+            tokio::spawn(renew_batch(Arc::clone(&inner), renew));
         }
         let Some(next) = due.next else { return };
         drop(inner);

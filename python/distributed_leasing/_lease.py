@@ -100,6 +100,9 @@ class LeaseContext:
         lease = await client._native.acquire(self._name, self._options)
         self._lease = lease
         self._state = "inside"
+        # A loop closed while this body still waits (its task kept alive by a reference)
+        # never runs it again: the lease is then released instead of renewed forever.
+        lease._release_if_loop_closed(asyncio.get_running_loop())
         if self._on_lost == "cancel":
             task = asyncio.current_task()
             if task is not None:

@@ -123,6 +123,7 @@ class Lease:
         event_loop: asyncio.AbstractEventLoop,
         callback: Callable[[str | None], object],
     ) -> None: ...
+    def _release_if_loop_closed(self, event_loop: asyncio.AbstractEventLoop) -> None: ...
 
 @final
 class LeaseEvent:

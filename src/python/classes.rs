@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 use pyo3::IntoPyObjectExt;
 
 use crate::client::{LeaseClient, TryAcquire};
@@ -86,6 +87,17 @@ pub(crate) struct PyLease {
     /// The executor of the client that took it: the lease is renewed and released as the
     /// client's other operations run.
     exec: Executor,
+}
+
+impl Drop for PyLease {
+    fn drop(&mut self) {
+        if self.forked() {
+            // The lease, its client and its renewal are the parent's: a drop here would end it
+            // and queue its release on a runtime whose threads do not exist in this process
+            // (taking locks a parent thread may have held at fork). Left alone.
+            std::mem::forget(Arc::clone(&self.inner));
+        }
+    }
 }
 
 impl PyLease {
@@ -217,6 +229,27 @@ impl PyLease {
                     }
                 }));
             }
+        });
+        Ok(())
+    }
+    /// Releases the lease instead of renewing it once `event_loop` is closed (or collected):
+    /// the `async with` body it ran can never resume, so nobody could use the lease again.
+    fn _release_if_loop_closed(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        runtime::check_pid(self.pid)?;
+        // Weakly: the lease must not keep a loop alive.
+        let weak = PyWeakrefReference::new(event_loop)?.unbind();
+        self.inner.set_holder_check(move || {
+            // `None` (the interpreter is shutting down): keep it; process exit releases it.
+            runtime::with_python(|py| {
+                let Some(event_loop) = weak.bind(py).upgrade() else {
+                    return false;
+                };
+                !event_loop
+                    .call_method0(pyo3::intern!(py, "is_closed"))
+                    .and_then(|c| c.is_truthy())
+                    .unwrap_or(false)
+            })
+            .unwrap_or(true)
         });
         Ok(())
     }
@@ -355,9 +388,12 @@ impl Drop for PyClient {
     fn drop(&mut self) {
         // A dropped client closes the connections its loops and threads drive for it (the
         // shared ones close when the last lease and clone of the client are gone). Never in a
-        // forked child: those sockets are the parent's.
+        // forked child: those sockets, files and pollers are the parent's, so nothing of the
+        // client is dropped there (leaked, as the parent's runtime is).
         if self.pid == runtime::pid() {
             self.exec.close_own_connections();
+        } else {
+            std::mem::forget(self.exec.clone());
         }
     }
 }

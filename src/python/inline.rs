@@ -135,6 +135,9 @@ struct StreamShared {
     /// The last read took less than it asked for, so the socket is empty until the selector
     /// says otherwise: the next read waits without trying (saves a syscall per reply).
     drained: AtomicBool,
+    /// The process that opened it: a forked child shares the socket and the loop's poller
+    /// with it, and must leave both alone.
+    pid: u32,
 }
 
 impl StreamShared {
@@ -312,8 +315,15 @@ impl AsyncWrite for LoopStream {
 
 impl Drop for LoopStream {
     fn drop(&mut self) {
-        // Off the selector before the socket closes (its fd number may be reused at once).
         let shared = &self.0;
+        if shared.pid != runtime::pid() {
+            // A forked child (its loop collected at exit, say): the socket and the selector's
+            // epoll instance are its parent's too. Taking the fd off the selector would take it
+            // off the parent's, and a shutdown would end the parent's connection: the parent's
+            // next call would stall for a whole operation timeout. Only the fd closes here.
+            return;
+        }
+        // Off the selector before the socket closes (its fd number may be reused at once).
         runtime::with_python(|py| {
             shared.unwatch(py, false);
             shared.unwatch(py, true);
@@ -529,6 +539,7 @@ fn open(event_loop: &Bound<'_, PyAny>, twin: &LoopTwin, client: &LeaseClient) ->
                 reading: AtomicBool::new(false),
                 writing: AtomicBool::new(false),
                 drained: AtomicBool::new(false),
+                pid: runtime::pid(),
             });
             let stream = LoopStream(Arc::clone(&shared));
             let task_state = Arc::clone(&state);

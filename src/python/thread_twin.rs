@@ -87,6 +87,21 @@ struct ThreadTwins {
     runtime: Arc<Runtime>,
 }
 
+impl Drop for ThreadTwins {
+    fn drop(&mut self) {
+        if self.pid != super::runtime::pid() {
+            // A forked child, whose main thread's locals are dropped when it exits (sys.exit,
+            // the end of its script): the sockets and this runtime's epoll instance are shared
+            // with the parent, and dropping a registered socket takes it off that instance, so
+            // the parent's next call on the twin would wait for a reply it is never told of
+            // (a whole operation timeout). Leaked instead: the child is exiting or has started
+            // afresh (see `ready`).
+            std::mem::forget(std::mem::take(&mut self.twins));
+            std::mem::forget(Arc::clone(&self.runtime));
+        }
+    }
+}
+
 thread_local! {
     static TWINS: RefCell<Option<ThreadTwins>> = const { RefCell::new(None) };
 }
