@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
+from types import FrameType
 
 from . import _native
 from ._backoff import Backoff
@@ -57,6 +59,26 @@ def refresh_logging() -> None:
     _native._refresh_logging()
 
 
+def release_on_sigterm() -> None:
+    """Opt in: SIGTERM (``docker stop``, systemd, Kubernetes) ends the process as
+    ``sys.exit(143)`` would, so ``with`` and ``async with`` bodies unwind and every lease
+    still held is released at exit, instead of being left to expire.
+
+    Python's default SIGTERM ends the process at once, skipping that release: the lease
+    then keeps everyone else out until its duration passes. A library must not install
+    signal handlers by itself, hence this one line. Call it from the main thread; a handler
+    installed before is still called first.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 # Before the interpreter finalizes, stop tokio threads from taking the GIL and wait for those
 # inside to leave (a tokio thread entering a finalizing interpreter crashes the process).
 atexit.register(_native._shutdown)
@@ -88,4 +110,5 @@ __all__ = [
     "lease",
     "metrics",
     "refresh_logging",
+    "release_on_sigterm",
 ]

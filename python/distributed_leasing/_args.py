@@ -52,9 +52,22 @@ def flag(param: str, value: object) -> None:
     )
 
 
+def _encodable(param: str, value: str, example: str) -> None:
+    """``value`` must be valid Unicode text (no lone surrogate, which UTF-8 cannot hold)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{param}={_shown(value)} has a lone surrogate ({value[e.start]!r} at position "
+            f"{e.start}), which is not text that can be stored; give valid characters, "
+            f"e.g. {example!r}"
+        ) from None
+
+
 def text(param: str, value: object, example: str) -> None:
-    """``value`` must be a str."""
+    """``value`` must be a str of valid Unicode text."""
     if isinstance(value, str):
+        _encodable(param, value, example)
         return
     raise TypeError(
         f"{param}={_shown(value)} is a {type(value).__name__}; give a str, e.g. {example!r}"
@@ -72,4 +85,10 @@ def metadata(value: object) -> dict[str, str] | None:
             "e.g. metadata={'instanceId': 'us-east-1'} (or None)"
         )
     out: dict[Any, Any] = dict(value)
+    for k, v in out.items():
+        # Types are the core's to check (it names the key); text that cannot be encoded is ours.
+        if isinstance(k, str):
+            _encodable("metadata key", k, "instanceId")
+        if isinstance(v, str):
+            _encodable(f"metadata[{_shown(k)}]", v, "us-east-1")
     return out

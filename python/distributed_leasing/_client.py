@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Unpack
 
-from . import _native
+from . import _args, _native
 from ._lease import LeaseContext
 from ._native import Lease, LeaseError, LeaseInfo
 from ._options import (
@@ -126,18 +126,22 @@ class LeaseClient:
 
     async def inspect(self, name: str) -> LeaseInfo | None:
         """The current holder of ``name``, or None."""
+        _args.text("name", name, "critical-section-lock")
         return await self._native.inspect(name)
 
     def inspect_sync(self, name: str) -> LeaseInfo | None:
         """``inspect`` for synchronous code."""
+        _args.text("name", name, "critical-section-lock")
         return self._native.inspect_sync(name)
 
     async def list(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """Every held lease whose name starts with ``prefix``, sorted by name."""
+        _args.text("prefix", prefix, "jobs-")
         return await self._native.list(prefix)
 
     def list_sync(self, prefix: str = "") -> builtins.list[LeaseInfo]:
         """``list`` for synchronous code."""
+        _args.text("prefix", prefix, "jobs-")
         return self._native.list_sync(prefix)
 
     async def force_release(self, name: str, *, lease_id: str | None = None) -> bool:
@@ -149,10 +153,12 @@ class LeaseClient:
         whoever holds the lease at that moment. A record that is not a lease is never deleted
         (``BackendError``, kind ``wrong_type``).
         """
+        _forced_args(name, lease_id)
         return await self._native.force_release(name, lease_id=lease_id)
 
     def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool:
         """``force_release`` for synchronous code."""
+        _forced_args(name, lease_id)
         return self._native.force_release_sync(name, lease_id=lease_id)
 
     @property
@@ -204,6 +210,12 @@ class LeaseClient:
     def __repr__(self) -> str:
         native = self.__native
         return "LeaseClient(closed)" if native is None else repr(native)
+
+
+def _forced_args(name: object, lease_id: object) -> None:
+    _args.text("name", name, "critical-section-lock")
+    if lease_id is not None:
+        _args.text("lease_id", lease_id, "9b2f0c1e-4f3a-4d61-9a0e-2b7c5d8e1f40")
 
 
 def is_configured(dir: str | os.PathLike[str] = ".") -> bool:

@@ -278,6 +278,28 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a key prefix (`key_prefix`, `KeyPrefix`): at most [`MAX_NAME_LEN`] bytes, no
+/// control characters (empty is allowed: keys are then the bare names) (a NUL or a newline in a key is a mistake, and would be
+/// written into every key, row and etcd key of the client).
+///
+/// # Errors
+/// `InvalidArgument` naming the prefix and what to give instead.
+pub fn validate_key_prefix(prefix: &str) -> Result<()> {
+    use crate::error::LeaseError;
+    if prefix.len() > MAX_NAME_LEN {
+        return Err(LeaseError::InvalidArgument(format!(
+            "key_prefix is {} bytes long; the limit is {MAX_NAME_LEN} bytes: use a shorter prefix such as 'lease:'",
+            prefix.len()
+        )));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(LeaseError::InvalidArgument(format!(
+            "key_prefix {prefix:?} contains a control character; use printable characters only, such as 'lease:'"
+        )));
+    }
+    Ok(())
+}
+
 /// Most metadata entries accepted per lease. Metadata describes the holder (instance, region,
 /// host, start time); a Redis script also cannot take an unbounded number of fields at once
 /// (Lua's `unpack` stops at about 8,000 values).

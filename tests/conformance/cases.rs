@@ -657,6 +657,30 @@ pub async fn close_releases_the_leases_and_stops_renewing(h: &Harness) {
     b.release().await.unwrap();
 }
 
+/// A handle dropped just before `close()`: its background release is waited for, so the
+/// lease is not left held by nobody (issue 22).
+pub async fn close_waits_for_the_release_of_a_dropped_handle(h: &Harness) {
+    let watcher = h.client().await;
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_secs(30)),
+        ..LeaseOptions::default()
+    };
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        let c = h.client().await;
+        let name = unique("dropclose");
+        drop(c.acquire(&name, &opts, NOW).await.unwrap());
+        c.close().await;
+        names.push(name);
+    }
+    for name in &names {
+        assert!(
+            watcher.inspect(name).await.unwrap().is_none(),
+            "{name} left held"
+        );
+    }
+}
+
 pub async fn many_leases_are_renewed_in_batches(h: &Harness) {
     let c = h.client().await;
     let tag = unique("batch");

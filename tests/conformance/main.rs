@@ -231,4 +231,5 @@ all_stores!(
     release_after_a_takeover_reports_the_loss,
     force_release_if_removes_only_the_holder_shown,
     close_releases_the_leases_and_stops_renewing,
+    close_waits_for_the_release_of_a_dropped_handle,
 );

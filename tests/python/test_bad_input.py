@@ -572,3 +572,69 @@ def test_unavailable_message_escapes_the_holders_text(store_url: str) -> None:
         assert c not in message, message
     assert '"x\\nERROR forged line"' in message, message
     assert info.value.holder is not None and info.value.holder.metadata == metadata
+
+
+# ------------------------------------------------------------------------------------------
+# Arguments of the admin calls, text that is not text, a control character in the prefix
+# (issue 22)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "param"),
+    [
+        (lambda c: c.inspect_sync(5), "name"),
+        (lambda c: asyncio.run(c.inspect(5)), "name"),
+        (lambda c: c.list_sync(5), "prefix"),
+        (lambda c: c.list_sync(None), "prefix"),
+        (lambda c: asyncio.run(c.list(b"jobs")), "prefix"),
+        (lambda c: c.force_release_sync(None), "name"),
+        (lambda c: asyncio.run(c.force_release(7)), "name"),
+        (lambda c: c.force_release_sync("x", lease_id=5), "lease_id"),
+    ],
+    ids=[
+        "inspect_sync",
+        "inspect",
+        "list_sync-int",
+        "list_sync-None",
+        "list-bytes",
+        "force_release_sync",
+        "force_release",
+        "force_release-lease_id",
+    ],
+)
+def test_admin_calls_name_the_argument_of_the_wrong_type(
+    fuzz_client: dl.LeaseClient, call: Any, param: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"^{param}=.* is a \w+; give a str"):
+        call(fuzz_client)
+
+
+def test_a_lone_surrogate_is_a_value_error_naming_the_argument(
+    fuzz_client: dl.LeaseClient,
+) -> None:
+    bad = "job-\udc80"
+    calls = {
+        **lease_calls(fuzz_client, bad),
+        "inspect_sync": lambda: fuzz_client.inspect_sync(bad),
+        "list_sync": lambda: fuzz_client.list_sync(bad),
+        "force_release_sync": lambda: fuzz_client.force_release_sync(bad),
+    }
+    for path, call in calls.items():
+        with pytest.raises(ValueError, match="lone surrogate") as info:
+            call()
+        param = "prefix" if path == "list_sync" else "name"
+        assert str(info.value).startswith(f"{param}="), (path, info.value)
+    with pytest.raises(ValueError, match=r"metadata\['k'\]=.*lone surrogate"):
+        fuzz_client.try_acquire_sync("surrogate-meta", metadata={"k": bad})
+    with pytest.raises(ValueError, match=r"^key_prefix=.*lone surrogate"):
+        dl.LeaseClient.connect_sync("sqlite:///tmp/never.db", key_prefix=bad)
+
+
+@pytest.mark.parametrize("prefix", ["a\x00", "lease:\n", "\x1b[31m"])
+def test_a_key_prefix_with_a_control_character_is_refused(tmp_path: Path, prefix: str) -> None:
+    url = f"sqlite://{tmp_path / 'leases.db'}"
+    with pytest.raises(ValueError, match=r"key_prefix .* contains a control character"):
+        dl.LeaseClient.connect_sync(url, key_prefix=prefix)
+    with pytest.raises(ValueError, match=r"key_prefix .* contains a control character"):
+        asyncio.run(dl.LeaseClient.connect(url, key_prefix=prefix))
