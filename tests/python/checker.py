@@ -103,18 +103,21 @@ Checks (any failure is a *violation*):
     ``PREFORK_OP_BOUND`` (``prefork_parent_stalled``, with the time since the last child's
     exit) or failed (``prefork_parent_op_failed``); each of its leases was never lost, had no
     failed renewal and was released at the end (``prefork_parent_lease_lost``); no child hung
-    (``prefork_child_hung``) or exited with a code other than 0 or -SIGKILL (a fault)
-    (``prefork_child_exit_code``).
+    (``prefork_child_hung``), exited with a code other than 0 or -SIGKILL (a fault)
+    (``prefork_child_exit_code``) or saw a ``BackendError`` (nothing hits the store in this
+    mode: ``prefork_child_backend_error``).
 
 The prefork mode (``--prefork``, ``run_store(prefork=True)``): instead of the processes above,
 one host whose parent takes ``PREFORK_LEASES`` leases renewed every ``PREFORK_RENEW_INTERVAL``
 s and then forks (``os.fork``) children, 3 at a time, each living 1-3 s: a child makes its own
 client, runs a sync lane on its main thread (half the time an async lane on a loop in a thread
 too) in the same fenced workload, then leaves through ``sys.exit`` (atexit hooks and
-finalizers run, unlike ``os._exit``), and is replaced. Meanwhile the parent runs an operation
-every 0.2 s and at once after each child's exit (``inspect_sync`` of a held lease,
-``renew_sync``, ``try_acquire_sync`` + ``release_sync`` of a scratch name, ``list_sync``), each
-timed. Faults (``PREFORK_FAULTS``) hit the children only: the parent has no excuse to stall.
+finalizers run, unlike ``os._exit``), and is replaced; a third of the replacements never use
+the library (a worker with no lease to take) and just leave through ``sys.exit``. Meanwhile
+the parent runs an operation every 0.2 s and at once after each child's exit
+(``inspect_sync`` of a held lease, ``renew_sync``, ``try_acquire_sync`` + ``release_sync`` of a
+scratch name, ``list_sync``), each timed. Faults (``PREFORK_FAULTS``) hit the children only:
+the parent has no excuse to stall.
 
 ``--sabotage nolease`` skips the lease (token 0 for all): the register must then see lost
 updates and shared tokens (a control that shows the checks can fail). ``--sabotage noaof``
@@ -129,6 +132,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import inspect
 import json
 import os
@@ -861,8 +865,8 @@ def _mp_child(
 # -- prefork host: a parent that holds leases and keeps using its client while children come
 #    and go, each leaving through sys.exit ---------------------------------------------------
 
-PREFORK_LEASES = 3
-PREFORK_RENEW_INTERVAL = 0.1
+PREFORK_LEASES = 10
+PREFORK_RENEW_INTERVAL = 0.02
 # An operation of the parent must finish within this (its client's operation_timeout is 5 s:
 # an operation that waits for it has stalled; a normal one takes milliseconds).
 PREFORK_OP_BOUND = 2.5
@@ -1043,11 +1047,19 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         life = rng.uniform(1.0, 3.0) if kind == "prefork" else 0.0
+        # prefork: a third of the replacements never use the library (a worker that had no
+        # lease to take); the first children all do (each writes the record awaited at start)
+        idle = kind == "prefork" and generation > cfg["children"] and rng.random() < 1 / 3
         pid = os.fork()
         if pid == 0:
             if kind == "prefork":
+                faulthandler.register(signal.SIGUSR1, all_threads=True)  # if it hangs
                 # Leaves as a prefork server's worker does: through sys.exit (atexit hooks,
                 # finalizers, the library's own at-exit work), never os._exit.
+                if idle:
+                    die_with_parent()
+                    time.sleep(life)
+                    sys.exit(0)
                 sys.exit(_child_main({**cfg, "max_seconds": life}, lanes, main, seed, kind, go))
             code = 1
             try:
@@ -1065,26 +1077,33 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
     os.close(go_w)  # all children start now, together
     os.close(go_r)
 
+    # stdin is read with os.read, never through a buffered file: two requests that arrived
+    # together (a SIGSTOP and its SIGCONT, while this loop was busy) must not leave the second
+    # in a buffer that select() does not see.
+    stdin = sys.stdin.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(sys.stdin, selectors.EVENT_READ)
+    sel.register(stdin, selectors.EVENT_READ)
+    unread = b""
     stopping = False
     stop_deadline = 0.0
     while children or not stopping:
         if parent is not None:
             parent.tick()
-        for key, _ in sel.select(timeout=0.1):
-            line = key.fileobj.readline()  # type: ignore[union-attr]
-            if not line:
-                sel.unregister(sys.stdin)
+        for _ in sel.select(timeout=0.1):
+            chunk = os.read(stdin, 4096)
+            if not chunk:
+                sel.unregister(stdin)
                 stopping = True
                 stop_deadline = time.monotonic() + 60
                 continue
-            parts = line.split()
-            if parts[:1] == ["sig"] and len(parts) == 3:
-                pid, sig = int(parts[1]), int(parts[2])
-                if pid in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, sig)
+            *lines, unread = (unread + chunk).split(b"\n")
+            for line in lines:
+                parts = line.split()
+                if parts[:1] == [b"sig"] and len(parts) == 3:
+                    pid, sig = int(parts[1]), int(parts[2])
+                    if pid in children:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, sig)
         for pid, proc in list(children.items()):
             if proc is None:
                 try:
@@ -1115,6 +1134,11 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
             elif time.monotonic() > at:
                 del hung_at[pid]
                 hung.append(pid)
+                # its threads' stacks to stderr first (faulthandler, registered in the child)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGUSR1)
+                time.sleep(1.0)
                 for sig in (signal.SIGCONT, signal.SIGKILL):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
@@ -1784,6 +1808,13 @@ class Orchestrator:
             "cleanup": round(t_cleaned - t_stopped, 1),
         }
         summary.notes.extend(self.notes)
+        if "prefork_child_hung" in summary.violations:
+            for h in [*self.dead_hosts, *self.hosts]:
+                if h.kind == "prefork":
+                    summary.notes.append(
+                        f"stderr of prefork host {h.spec['id']} (the hung children's stacks):\n"
+                        + h.stderr_tail()
+                    )
         return summary
 
     def held_at_end(self) -> tuple[list[dict[str, Any]], str | None]:
@@ -2086,6 +2117,13 @@ def analyze(
         odd = {c: n for c, n in r["exit_codes"].items() if int(c) not in (0, -signal.SIGKILL)}
         if odd:
             v["prefork_child_exit_code"].append({**who, "exit_codes": r["exit_codes"]})
+    if parents:
+        # Nothing hits the store in the prefork mode: a child's BackendError has no excuse.
+        for x in exits.values():
+            errors = {k: n for c in x["counts"].values() for k, n in c.items()
+                      if k.startswith("backend_error")}  # fmt: skip
+            if errors:
+                v["prefork_child_backend_error"].append({"pid": x["pid"], "errors": errors})
     for st in stuck:
         v["stuck_worker"].append(st)
 

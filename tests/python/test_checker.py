@@ -9,7 +9,7 @@ one), and also if the run did not do what it claims (no protected writes, a faul
 execution path that never happened). Every store runs: Redis, Redis Cluster, SQLite,
 PostgreSQL and etcd (the last two on the checker's own servers, since it kills them).
 
-The prefork mode (SQLite and Redis): a parent holding leases renewed every 0.1 s forks
+The prefork mode (SQLite and Redis): a parent holding 10 leases renewed every 20 ms forks
 children that take part in the fenced workload and leave through ``sys.exit``; none of the
 parent's operations may stall (each within ``checker.PREFORK_OP_BOUND``) or fail, and its
 leases must stay held.
@@ -88,7 +88,7 @@ def test_randomized_checker_finds_no_violation(store: str, tmp_path: Path) -> No
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_prefork_parent_keeps_its_leases_while_children_exit(store: str, tmp_path: Path) -> None:
     """Issue 22: a prefork parent's children leave through ``sys.exit``; the parent's
-    operations never stall or fail, its leases (renewed every 0.1 s) stay held, the children
+    operations never stall or fail, its leases (renewed every 20 ms) stay held, the children
     exit with 0 and never hang, and their fenced workload finds no violation."""
     summary = checker.run_store(store, seconds=SHORT, seed=SEED, workdir=tmp_path, prefork=True)
     print(summary.text())
