@@ -138,6 +138,7 @@ import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -896,7 +897,7 @@ class PreforkParent:
         self.client = dl.LeaseClient.connect_sync(
             cfg["url"], connect_timeout=5.0, operation_timeout=5.0
         )
-        meta = {"pid": str(self.pid), "wid": self.wid, "lane": "prefork_parent"}
+        self.meta = meta = {"pid": str(self.pid), "wid": self.wid, "lane": "prefork_parent"}
         self.leases = []
         for i in range(PREFORK_LEASES):
             lease = self.client.try_acquire_sync(
@@ -935,7 +936,9 @@ class PreforkParent:
         elif op == "renew":
             lease.renew_sync()
         elif op == "try_acquire":
-            scratch = c.try_acquire_sync(f"{self.name}-scratch", duration=self.duration)
+            scratch = c.try_acquire_sync(
+                f"{self.name}-scratch", duration=self.duration, metadata=self.meta
+            )
             if scratch is None:
                 raise AssertionError("its own scratch name was held")
             if not scratch.release_sync():
@@ -972,7 +975,7 @@ class PreforkParent:
             self.emit(ev="prefork_op_failed", **rec, error=error)
         self._next = time.monotonic() + 0.2
 
-    def finish(self, hung: list[int], exit_codes: list[int]) -> None:
+    def finish(self, hung: list[dict[str, Any]], exit_codes: list[int]) -> None:
         """Checks and releases its leases, closes its client, writes its record."""
         leases = []
         for lease in self.leases:
@@ -991,6 +994,26 @@ class PreforkParent:
                   failed=self.failed, leases=leases, child_exits=self.child_exits,
                   exit_codes=dict(Counter(exit_codes)), hung=hung)  # fmt: skip
         self._out.close()
+
+
+def _dump_stacks(pid: int) -> None:
+    """Writes a hung child's stacks to stderr: its Python threads' (faulthandler, registered
+    in the child, on SIGUSR1), then every native thread's (gdb, when installed)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [gdb, "-batch", "-p", str(pid), "-ex", "thread apply all bt 40"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("#", "Thread"))]
+        sys.stderr.write(f"gdb, hung child {pid}:\n" + "\n".join(lines) + "\n")
+        sys.stderr.flush()
 
 
 def run_fork_host(cfg: dict[str, Any]) -> int:
@@ -1015,7 +1038,8 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
     mp = multiprocessing.get_context("fork")
     children: dict[int, Any] = {}  # pid -> Process (mpfork) or None (os.fork)
     hung_at: dict[int, float] = {}  # prefork: pid -> when it is called hung
-    hung: list[int] = []
+    hung: list[dict[str, Any]] = []
+    idle_pids: set[int] = set()
     exit_codes: list[int] = []
     generation = 0
 
@@ -1069,6 +1093,8 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
         children[pid] = None
         if kind == "prefork":
             hung_at[pid] = time.monotonic() + life + PREFORK_HUNG
+            if idle:
+                idle_pids.add(pid)
         return pid
 
     go_r, go_w = os.pipe()
@@ -1133,12 +1159,8 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
                 del hung_at[pid]
             elif time.monotonic() > at:
                 del hung_at[pid]
-                hung.append(pid)
-                # its threads' stacks to stderr first (faulthandler, registered in the child)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-                    os.kill(pid, signal.SIGUSR1)
-                time.sleep(1.0)
+                hung.append({"pid": pid, "idle": pid in idle_pids})
+                _dump_stacks(pid)
                 for sig in (signal.SIGCONT, signal.SIGKILL):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
@@ -1419,9 +1441,9 @@ class Host:
                 with contextlib.suppress(OSError, ValueError):
                     f.close()
 
-    def stderr_tail(self) -> str:
+    def stderr_tail(self, n: int = 3000) -> str:
         try:
-            return self.stderr_path.read_text(errors="replace")[-3000:]
+            return self.stderr_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
 
@@ -1813,7 +1835,7 @@ class Orchestrator:
                 if h.kind == "prefork":
                     summary.notes.append(
                         f"stderr of prefork host {h.spec['id']} (the hung children's stacks):\n"
-                        + h.stderr_tail()
+                        + h.stderr_tail(20000)
                     )
         return summary
 
@@ -2112,8 +2134,8 @@ def analyze(
         for st in r["leases"]:
             if st["is_lost"] or st["renewal_failures"] or st["released"] is not True:
                 v["prefork_parent_lease_lost"].append({**who, **st})
-        for pid in r["hung"]:
-            v["prefork_child_hung"].append({**who, "child": pid, "after_life_s": PREFORK_HUNG})
+        for child in r["hung"]:
+            v["prefork_child_hung"].append({**who, **child, "after_life_s": PREFORK_HUNG})
         odd = {c: n for c, n in r["exit_codes"].items() if int(c) not in (0, -signal.SIGKILL)}
         if odd:
             v["prefork_child_exit_code"].append({**who, "exit_codes": r["exit_codes"]})
@@ -2219,8 +2241,6 @@ def _workdir(keep: bool, base: Path | None) -> Iterator[Path]:
         yield d
     finally:
         if not keep:
-            import shutil
-
             shutil.rmtree(d, ignore_errors=True)
 
 
