@@ -83,7 +83,8 @@ Checks (any failure is a *violation*):
     the number of its handles lost and acquired; and no exception other than the documented
     ones comes out of the library, no worker crashes and none hangs at the end;
 (d) nothing held by nobody: once every worker process has ended, a fresh client lists the
-    store (the run's own: every lease in it belongs to the run) and inspects the lease's name.
+    store (the run's own: every lease in it belongs to the run) and inspects every name the
+    run is known to have used (the lease's, the prefork parent's).
     Each lease still held is traced to its holder (by its lease id among the handles the
     workers recorded, else by the ``pid``/``wid`` metadata every worker attaches) and is a
     violation (``held_by_nobody``) unless one of these excuses it:
@@ -1842,11 +1843,17 @@ class Orchestrator:
     def held_at_end(self) -> tuple[list[dict[str, Any]], str | None]:
         """Every lease the store still shows held once every worker has ended, through a
         fresh client: ``list_sync()`` of the whole namespace (the store is the run's own) and
-        ``inspect_sync`` of the run's lease name. Retried for 30 s while the store answers
-        with errors (etcd may still be electing a leader after a fault); then the error."""
+        ``inspect_sync`` of every name the run is known to have used (its lease, the prefork
+        parent's). Retried for 30 s while the store answers with errors (etcd may still be
+        electing a leader after a fault); then the error."""
         import distributed_leasing as dl
 
         assert self.env is not None
+        names = {self.name} | {
+            r["name"]
+            for r in load_records(self.workdir / "records")
+            if r.get("ev") == "prefork_lease"
+        }
         deadline = time.monotonic() + 30.0
         while True:
             try:
@@ -1855,8 +1862,9 @@ class Orchestrator:
                 )
                 try:
                     infos = {i.name: i for i in client.list_sync()}
-                    if self.name not in infos and (i := client.inspect_sync(self.name)):
-                        infos[self.name] = i
+                    for name in sorted(names - set(infos)):
+                        if (i := client.inspect_sync(name)) is not None:
+                            infos[name] = i
                 finally:
                     client.close_sync()
             except dl.LeaseError as e:
