@@ -1,11 +1,14 @@
-"""The randomized multi-process safety checker (issue 12, "the safety net").
+"""The randomized multi-process safety checker (issue 12, "the safety net"; issue 22).
 
     python tests/python/checker.py --store redis --seconds 60 --seed 1
     python tests/python/checker.py --store all --seconds 20 --seed 7 --json out.json
+    python tests/python/checker.py --store sqlite --prefork --seconds 30
 
-Many worker processes contend for one lease on one store while faults drawn from a seeded RNG
-hit them; every protected write goes to a *fenced register* that is independent of the store
-under test; at the end the register's log and the workers' own records are checked.
+Stores: Redis, Redis Cluster (3 masters), SQLite, PostgreSQL and etcd (3 members), each a
+private server (or file) the checker starts, kills and restarts itself. Many worker processes
+contend for one lease on one store while faults drawn from a seeded RNG hit them; every
+protected write goes to a *fenced register* that is independent of the store under test; at
+the end the register's log and the workers' own records are checked.
 
 Workers (each a separate OS process; several "lanes" per process share one ``LeaseClient``):
 
@@ -29,22 +32,29 @@ The processes: 4 started directly (lanes ``async_ctx+async_try``, ``sync_ctx+syn
 worker is started again. Half of them reach Redis through a loopback TCP proxy
 (``tcp_proxy.TcpProxy``) so that their connections can be black-holed while the others keep
 going; on the cluster every node is reached through its own proxy (the nodes announce the
-proxy's port), so a black hole cuts everybody off the node it fronts. ``--no-fork`` runs the
-direct workers only; ``--faults sigkill,sigstop`` restricts the fault kinds.
+proxy's port), so a black hole cuts everybody off the node it fronts (PostgreSQL, etcd and
+SQLite have no proxy). ``--no-fork`` runs the direct workers only; ``--faults sigkill,sigstop``
+restricts the fault kinds.
 
 Each iteration of a lane: acquire, read the register (with the fencing token), sometimes sleep
 (now and then past a renewal, across a fault), write value+1 with the token, release. The
 worker records its own view of every lease handle (token, lease id, ``is_lost`` /
 ``lost_reason``, ``LeaseLost``, ``wait_lost()``, the ``events()`` stream, the release's result).
 
-Faults (one at a time, kinds applicable to the store; the first round has every kind, in a
-seeded order, then kinds are drawn at random): ``sigkill`` (a worker, often the holder),
-``sigstop`` (the holder, for longer than the lease duration, then SIGCONT), ``client_kill``
-(``CLIENT KILL`` of some or all connections, pub/sub ones included), ``restart`` (the Redis
-server SIGKILLed and restarted with ``appendonly yes`` + ``appendfsync always``; single Redis
-only), ``blackhole`` (the proxy stops forwarding for longer than the lease duration, then
-heals) and ``force_release`` (an administrator's ``client.force_release(name)``, with
-``lease_id=`` the inspected holder where the library supports it).
+Faults (one at a time, the store's kinds, ``FAULTS``; the first round has every kind, in a
+seeded order, then kinds are drawn at random). On every store: ``sigkill`` (a worker, often the
+holder), ``sigstop`` (the holder, for longer than the lease duration, then SIGCONT) and
+``force_release`` (an administrator's ``client.force_release(name)``, with ``lease_id=`` the
+inspected holder where the library supports it). Redis and Redis Cluster: ``client_kill``
+(``CLIENT KILL`` of some or all connections, pub/sub ones included) and ``blackhole`` (the
+proxy stops forwarding for longer than the lease duration, then heals); single Redis also
+``restart`` (the server SIGKILLed and restarted with ``appendonly yes`` + ``appendfsync
+always``). PostgreSQL: ``pg_restart`` (a fast shutdown, SIGINT) and ``pg_kill`` (the postmaster
+and its processes SIGKILLed: crash recovery at the next start), each started again on the same
+port and data at once or after a pause of up to the lease's duration + 1 s. etcd:
+``member_kill`` (one member, the Raft leader half the time, SIGKILLed and started again after a
+pause; the other two keep the quorum) and ``quorum_loss`` (two of the three members stopped,
+SIGTERM or SIGKILL, for longer than the lease, then both started again).
 
 The fenced register is a separate SQLite file (every operation one ``BEGIN IMMEDIATE``
 transaction). It keeps the highest token it has seen and refuses any lower one, *on reads as
@@ -71,11 +81,50 @@ Checks (any failure is a *violation*):
     exactly one ``lost`` or ``released``; every handle ends (released or lost); each process's
     ``leasing.leases_lost.total`` and ``leasing.acquisitions.total`` counters moved by exactly
     the number of its handles lost and acquired; and no exception other than the documented
-    ones comes out of the library, no worker crashes and none hangs at the end.
+    ones comes out of the library, no worker crashes and none hangs at the end;
+(d) nothing held by nobody: once every worker process has ended, a fresh client lists the
+    store (the run's own: every lease in it belongs to the run) and inspects every name the
+    run is known to have used (the lease's, the prefork parent's).
+    Each lease still held is traced to its holder (by its lease id among the handles the
+    workers recorded, else by the ``pid``/``wid`` metadata every worker attaches) and is a
+    violation (``held_by_nobody``) unless one of these excuses it:
+    - its holder's process did not end cleanly (no ``exit`` record: SIGKILLed by a fault,
+      crashed, or hung and killed at the stop);
+    - its handle's release failed with a ``BackendError`` (the store was unreachable);
+    - its handle was lost as ``expired`` (its renewals could not reach the store: the store's
+      copy then ends at its own TTL);
+    - it is the run's lease name, its lease id is no handle's, and that process saw an acquire
+      fail with a ``BackendError`` (an acquire that won on the server but whose answer was
+      lost).
+    An excused lease must still end by itself: its ``ttl`` must be at most the lease's
+    duration + ``HELD_TTL_SLACK`` (``held_past_ttl`` otherwise). A lease whose holder is
+    unknown (no such lease id, no metadata) is never excused. The leases of the fork hosts and
+    of the prefork parent, released before they exit, are held to the same rule;
+(e) the prefork mode (below): no operation of the parent took longer than
+    ``PREFORK_OP_BOUND`` (``prefork_parent_stalled``, with the time since the last child's
+    exit) or failed (``prefork_parent_op_failed``); each of its leases was never lost, had no
+    failed renewal and was released at the end (``prefork_parent_lease_lost``); no child hung
+    (``prefork_child_hung``), exited with a code other than 0 or -SIGKILL (a fault)
+    (``prefork_child_exit_code``) or saw a ``BackendError`` (nothing hits the store in this
+    mode: ``prefork_child_backend_error``).
+
+The prefork mode (``--prefork``, ``run_store(prefork=True)``): instead of the processes above,
+one host whose parent takes ``PREFORK_LEASES`` leases renewed every ``PREFORK_RENEW_INTERVAL``
+s and then forks (``os.fork``) children, 3 at a time, each living 1-3 s: a child makes its own
+client, runs a sync lane on its main thread (half the time an async lane on a loop in a thread
+too) in the same fenced workload, then leaves through ``sys.exit`` (atexit hooks and
+finalizers run, unlike ``os._exit``), and is replaced; a third of the replacements never use
+the library (a worker with no lease to take) and just leave through ``sys.exit``. Meanwhile
+the parent runs an operation every 0.2 s and at once after each child's exit
+(``inspect_sync`` of a held lease, ``renew_sync``, ``try_acquire_sync`` + ``release_sync`` of a
+scratch name, ``list_sync``), each timed. Faults (``PREFORK_FAULTS``) hit the children only:
+the parent has no excuse to stall.
 
 ``--sabotage nolease`` skips the lease (token 0 for all): the register must then see lost
 updates and shared tokens (a control that shows the checks can fail). ``--sabotage noaof``
 restarts Redis *without* persistence: the fencing counter restarts at 1 and (b) must flag it.
+``--sabotage leak``: each worker, after its exit is recorded, takes one more lease and leaves
+through ``os._exit`` (no at-exit release): (d) must flag each of them.
 """
 
 from __future__ import annotations
@@ -84,11 +133,13 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import inspect
 import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -108,12 +159,20 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 LEASE_NAME = "checker"
-STORES = ("redis", "redis-cluster", "sqlite")
+STORES = ("redis", "redis-cluster", "sqlite", "postgres", "etcd")
 FAULTS: dict[str, tuple[str, ...]] = {
     "redis": ("sigkill", "sigstop", "client_kill", "restart", "blackhole", "force_release"),
     "redis-cluster": ("sigkill", "sigstop", "client_kill", "blackhole", "force_release"),
     "sqlite": ("sigkill", "sigstop", "force_release"),
+    "postgres": ("sigkill", "sigstop", "force_release", "pg_restart", "pg_kill"),
+    "etcd": ("sigkill", "sigstop", "force_release", "member_kill", "quorum_loss"),
 }
+# The prefork mode's faults: they hit the children only (the parent's operations must then
+# never stall or fail, so nothing may hit the store it talks to).
+PREFORK_FAULTS = ("sigkill", "sigstop", "force_release")
+# A lease left held at the end that is excused (see (d)) must end by itself within this much
+# more than the lease's duration.
+HELD_TTL_SLACK = 2.0
 LANES = ("async_ctx", "async_try", "sync_ctx", "sync_acquire")
 EXPECTED_ERRORS = ("LeaseUnavailable", "LeaseLost", "BackendError")
 
@@ -724,6 +783,13 @@ class Leaf:
                 lost=sum(1 for h in handles if h.lease.is_lost),
                 ended=sum(1 for h in handles if h.lease.is_lost or h.lease.is_released),
             )
+            if self.sabotage == "leak":
+                # The control of (d): a process that ends normally (its exit recorded) but
+                # leaves a lease held, skipping the library's at-exit release (os._exit).
+                client.try_acquire_sync(f"{self.name}-leak-{self.wid}", duration=60.0,
+                                        metadata=self.metadata("leak"))  # fmt: skip
+                self._out.close()
+                os._exit(0)
         except BaseException as e:
             code = 3
             self.unexpected("process", "run", e)
@@ -798,20 +864,184 @@ def _mp_child(
     os._exit(code)
 
 
+# -- prefork host: a parent that holds leases and keeps using its client while children come
+#    and go, each leaving through sys.exit ---------------------------------------------------
+
+PREFORK_LEASES = 10
+PREFORK_RENEW_INTERVAL = 0.02
+# An operation of the parent must finish within this (its client's operation_timeout is 5 s:
+# an operation that waits for it has stalled; a normal one takes milliseconds).
+PREFORK_OP_BOUND = 2.5
+PREFORK_OPS = ("inspect", "renew", "try_acquire", "list")
+# A prefork child still running this long past its life (its workload stops then; a handle's
+# end is awaited at most duration * 3 + 10 s) has hung.
+PREFORK_HUNG = 30.0
+
+
+class PreforkParent:
+    """The parent of the prefork mode: holds ``PREFORK_LEASES`` leases renewed every
+    ``PREFORK_RENEW_INTERVAL`` s and, every 0.2 s, runs one operation on its client (inspect
+    of a held lease, renew_sync, try_acquire_sync + release_sync of a scratch name, list_sync)
+    and times it. An operation slower than ``PREFORK_OP_BOUND``, or failing, is recorded with
+    the time since the last child's exit; at the end every held lease must still be held (not
+    lost, no failed renewal) and be released."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import distributed_leasing as dl
+
+        self.pid = os.getpid()
+        self.wid = os.urandom(6).hex()
+        self.name = f"{cfg['name']}-prefork-{self.pid}"
+        self.duration: float = cfg["duration"]
+        out = Path(cfg["outdir"]) / f"w-{self.pid}-{self.wid}.jsonl"
+        self._out = open(out, "a", buffering=1)  # noqa: SIM115 - closed in finish()
+        self.client = dl.LeaseClient.connect_sync(
+            cfg["url"], connect_timeout=5.0, operation_timeout=5.0
+        )
+        self.meta = meta = {"pid": str(self.pid), "wid": self.wid, "lane": "prefork_parent"}
+        self.leases = []
+        for i in range(PREFORK_LEASES):
+            lease = self.client.try_acquire_sync(
+                f"{self.name}-{i}", duration=self.duration,
+                renew_interval=PREFORK_RENEW_INTERVAL, metadata=meta,
+            )  # fmt: skip
+            assert lease is not None, "nobody else uses this name"
+            self.leases.append(lease)
+            self.emit(ev="prefork_lease", name=lease.name, lease_id=lease.lease_id)
+        self.ops: Counter[str] = Counter()
+        self.max_s: dict[str, float] = defaultdict(float)
+        self.slow: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+        self.last_child_exit: float | None = None
+        self.child_exits = 0
+        self._next = time.monotonic()
+        self._k = 0
+
+    def emit(self, **rec: Any) -> None:
+        rec.setdefault("pid", self.pid)
+        rec.setdefault("wid", self.wid)
+        self._out.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+
+    def child_exited(self) -> None:
+        self.last_child_exit = time.monotonic()
+        self.child_exits += 1
+        self._next = 0.0  # the parent's next operation comes at once
+
+    def _op(self, op: str) -> None:
+        c, k = self.client, self._k
+        lease = self.leases[k % len(self.leases)]
+        if op == "inspect":
+            info = c.inspect_sync(lease.name)
+            if info is None or info.lease_id != lease.lease_id:
+                raise AssertionError(f"inspect of its own lease {lease.name!r} gave {info!r}")
+        elif op == "renew":
+            lease.renew_sync()
+        elif op == "try_acquire":
+            scratch = c.try_acquire_sync(
+                f"{self.name}-scratch", duration=self.duration, metadata=self.meta
+            )
+            if scratch is None:
+                raise AssertionError("its own scratch name was held")
+            if not scratch.release_sync():
+                raise AssertionError("the release of its scratch lease found it gone")
+        else:
+            names = {i.name for i in c.list_sync(self.name)}
+            if not {x.name for x in self.leases} <= names:
+                raise AssertionError(f"list_sync misses its leases: {sorted(names)}")
+
+    def tick(self) -> None:
+        """Runs the next operation if it is due, and times it."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        op = PREFORK_OPS[self._k % len(PREFORK_OPS)]
+        self._k += 1
+        since = None if self.last_child_exit is None else round(now - self.last_child_exit, 3)
+        t0 = time.monotonic()
+        error = None
+        try:
+            self._op(op)
+        except Exception as e:  # recorded: the checker flags it
+            error = f"{type(e).__name__}: {e}"[:300]
+        took = time.monotonic() - t0
+        self.ops[op] += 1
+        self.max_s[op] = max(self.max_s[op], took)
+        rec = {"op": op, "seconds": round(took, 3), "since_child_exit": since,
+               "child_exits": self.child_exits}  # fmt: skip
+        if took > PREFORK_OP_BOUND:  # stalled, whether it then failed or not
+            self.slow.append({**rec, "error": error})
+            self.emit(ev="prefork_op_slow", **rec, error=error)
+        elif error is not None:
+            self.failed.append({**rec, "error": error})
+            self.emit(ev="prefork_op_failed", **rec, error=error)
+        self._next = time.monotonic() + 0.2
+
+    def finish(self, hung: list[dict[str, Any]], exit_codes: list[int]) -> None:
+        """Checks and releases its leases, closes its client, writes its record."""
+        leases = []
+        for lease in self.leases:
+            state = {
+                "name": lease.name, "is_lost": lease.is_lost, "lost_reason": lease.lost_reason,
+                "renewals": lease.renewals, "renewal_failures": lease.renewal_failures,
+            }  # fmt: skip
+            try:
+                state["released"] = bool(lease.release_sync())
+            except Exception as e:
+                state["released"] = f"{type(e).__name__}: {e}"[:300]
+            leases.append(state)
+        self.client.close_sync()
+        self.emit(ev="prefork_parent", ops=dict(self.ops),
+                  max_s={k: round(v, 3) for k, v in self.max_s.items()}, slow=self.slow,
+                  failed=self.failed, leases=leases, child_exits=self.child_exits,
+                  exit_codes=dict(Counter(exit_codes)), hung=hung)  # fmt: skip
+        self._out.close()
+
+
+def _dump_stacks(pid: int) -> None:
+    """Writes a hung child's stacks to stderr: its Python threads' (faulthandler, registered
+    in the child, on SIGUSR1), then every native thread's (gdb, when installed)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [gdb, "-batch", "-p", str(pid), "-ex", "thread apply all bt 40"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("#", "Thread"))]
+        sys.stderr.write(f"gdb, hung child {pid}:\n" + "\n".join(lines) + "\n")
+        sys.stderr.flush()
+
+
 def run_fork_host(cfg: dict[str, Any]) -> int:
     """Forks ``cfg['children']`` children (``os.fork`` or multiprocessing's "fork" context),
     replaces a child that dies before the stop, reports child pids on stdout, and signals a
     child on the orchestrator's request (``sig <pid> <signum>`` on stdin): the parent knows
-    which of its children are still unreaped, so it never signals a recycled pid."""
+    which of its children are still unreaped, so it never signals a recycled pid.
+
+    ``kind="prefork"``: the parent is a ``PreforkParent`` (leases renewed often, an operation
+    timed every 0.2 s); its ``os.fork`` children live ``1-3`` s each, leave through
+    ``sys.exit`` and are replaced, and one still running ``PREFORK_HUNG`` s past its life is
+    SIGKILLed and reported as hung."""
     import multiprocessing
 
     die_with_parent()
     kind = cfg["kind"]
     rng = random.Random(cfg["seed"])
-    client = use_library_before_fork(cfg)  # kept open: the parent keeps using the library
+    parent = PreforkParent(cfg) if kind == "prefork" else None
+    # kept open: the parent keeps using the library
+    client = parent.client if parent is not None else use_library_before_fork(cfg)
     stop_file = Path(cfg["stop_file"])
     mp = multiprocessing.get_context("fork")
     children: dict[int, Any] = {}  # pid -> Process (mpfork) or None (os.fork)
+    hung_at: dict[int, float] = {}  # prefork: pid -> when it is called hung
+    hung: list[dict[str, Any]] = []
+    idle_pids: set[int] = set()
+    exit_codes: list[int] = []
     generation = 0
 
     def say(**rec: Any) -> None:
@@ -828,7 +1058,7 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
         sync_lane = rng.choice(["sync_ctx", "sync_acquire"])
         async_lane = rng.choice(["async_ctx", "async_try"])
         extra = rng.random() < 0.5
-        if kind == "fork" or generation % 2 == 1:
+        if kind != "mpfork" or generation % 2 == 1:
             main, lanes = "sync", [sync_lane] + ([async_lane] if extra else [])
         else:
             main, lanes = "async", [async_lane] + ([sync_lane] if extra else [])
@@ -841,14 +1071,31 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
             return p.pid
         sys.stdout.flush()
         sys.stderr.flush()
+        life = rng.uniform(1.0, 3.0) if kind == "prefork" else 0.0
+        # prefork: a third of the replacements never use the library (a worker that had no
+        # lease to take); the first children all do (each writes the record awaited at start)
+        idle = kind == "prefork" and generation > cfg["children"] and rng.random() < 1 / 3
         pid = os.fork()
         if pid == 0:
+            if kind == "prefork":
+                faulthandler.register(signal.SIGUSR1, all_threads=True)  # if it hangs
+                # Leaves as a prefork server's worker does: through sys.exit (atexit hooks,
+                # finalizers, the library's own at-exit work), never os._exit.
+                if idle:
+                    die_with_parent()
+                    time.sleep(life)
+                    sys.exit(0)
+                sys.exit(_child_main({**cfg, "max_seconds": life}, lanes, main, seed, kind, go))
             code = 1
             try:
                 code = _child_main(cfg, lanes, main, seed, "fork", go)
             finally:
                 os._exit(code)
         children[pid] = None
+        if kind == "prefork":
+            hung_at[pid] = time.monotonic() + life + PREFORK_HUNG
+            if idle:
+                idle_pids.add(pid)
         return pid
 
     go_r, go_w = os.pipe()
@@ -857,24 +1104,33 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
     os.close(go_w)  # all children start now, together
     os.close(go_r)
 
+    # stdin is read with os.read, never through a buffered file: two requests that arrived
+    # together (a SIGSTOP and its SIGCONT, while this loop was busy) must not leave the second
+    # in a buffer that select() does not see.
+    stdin = sys.stdin.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(sys.stdin, selectors.EVENT_READ)
+    sel.register(stdin, selectors.EVENT_READ)
+    unread = b""
     stopping = False
     stop_deadline = 0.0
     while children or not stopping:
-        for key, _ in sel.select(timeout=0.1):
-            line = key.fileobj.readline()  # type: ignore[union-attr]
-            if not line:
-                sel.unregister(sys.stdin)
+        if parent is not None:
+            parent.tick()
+        for _ in sel.select(timeout=0.1):
+            chunk = os.read(stdin, 4096)
+            if not chunk:
+                sel.unregister(stdin)
                 stopping = True
                 stop_deadline = time.monotonic() + 60
                 continue
-            parts = line.split()
-            if parts[:1] == ["sig"] and len(parts) == 3:
-                pid, sig = int(parts[1]), int(parts[2])
-                if pid in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, sig)
+            *lines, unread = (unread + chunk).split(b"\n")
+            for line in lines:
+                parts = line.split()
+                if parts[:1] == [b"sig"] and len(parts) == 3:
+                    pid, sig = int(parts[1]), int(parts[2])
+                    if pid in children:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, sig)
         for pid, proc in list(children.items()):
             if proc is None:
                 try:
@@ -891,11 +1147,24 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
                 proc.join()
             del children[pid]
             say(ev="child_exit", pid=pid, code=code)
+            exit_codes.append(code)
+            if parent is not None:
+                parent.child_exited()
             if not stopping and not stop_file.exists():
                 r, w = os.pipe()
                 os.close(w)
                 say(ev="child", pid=spawn((r, -1)))
                 os.close(r)
+        for pid, at in list(hung_at.items()):
+            if pid not in children:
+                del hung_at[pid]
+            elif time.monotonic() > at:
+                del hung_at[pid]
+                hung.append({"pid": pid, "idle": pid in idle_pids})
+                _dump_stacks(pid)
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
         if not stopping and stop_file.exists():
             stopping = True
             stop_deadline = time.monotonic() + 60
@@ -905,7 +1174,10 @@ def run_fork_host(cfg: dict[str, Any]) -> int:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
             stop_deadline = time.monotonic() + 3600
-    client.close_sync()
+    if parent is not None:
+        parent.finish(hung, exit_codes)
+    else:
+        client.close_sync()
     return 0
 
 
@@ -994,6 +1266,8 @@ class StoreEnv:
         self.server: Any = None
         self.proxy: Any = None
         self.cluster: ProxiedCluster | None = None
+        self.pg: Any = None
+        self.etcd: Any = None
         self.url_direct = ""
         self.url_proxied = ""
 
@@ -1013,6 +1287,16 @@ class StoreEnv:
             self.url_direct = self.url_proxied = self.cluster.url
         elif self.store == "sqlite":
             self.url_direct = self.url_proxied = f"sqlite://{self.workdir / 'leases.db'}"
+        elif self.store == "postgres":
+            from postgres_server import PostgresServer
+
+            self.pg = PostgresServer().start()
+            self.url_direct = self.url_proxied = self.pg.url
+        elif self.store == "etcd":
+            from etcd_server import EtcdCluster
+
+            self.etcd = EtcdCluster().start()
+            self.url_direct = self.url_proxied = self.etcd.url
         else:
             raise ValueError(f"unknown store {self.store!r}")
         return self
@@ -1024,6 +1308,10 @@ class StoreEnv:
             self.server.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        if self.pg is not None:
+            self.pg.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
 
     def lease_key(self, name: str) -> str:
         return f"lease:{{{name}}}" if self.store == "redis-cluster" else f"lease:{name}"
@@ -1154,9 +1442,9 @@ class Host:
                 with contextlib.suppress(OSError, ValueError):
                     f.close()
 
-    def stderr_tail(self) -> str:
+    def stderr_tail(self, n: int = 3000) -> str:
         try:
-            return self.stderr_path.read_text(errors="replace")[-3000:]
+            return self.stderr_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
 
@@ -1167,8 +1455,11 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def host_plan(fork: bool = True) -> list[dict[str, Any]]:
-    """The worker processes of a run: 4 direct (two through the proxy) and 2 fork hosts."""
+def host_plan(fork: bool = True, prefork: bool = False) -> list[dict[str, Any]]:
+    """The worker processes of a run: 4 direct (two through the proxy) and 2 fork hosts; in
+    the prefork mode, one prefork host with 3 children at a time."""
+    if prefork:
+        return [{"id": "P", "kind": "prefork", "children": 3, "via": "direct"}]
     plan: list[dict[str, Any]] = [
         {"id": "A", "kind": "direct", "lanes": ["async_ctx", "async_try"], "via": "direct"},
         {"id": "B", "kind": "direct", "lanes": ["sync_ctx", "sync_acquire"], "via": "direct"},
@@ -1224,10 +1515,13 @@ class Summary:
             f"{ops.get('release_false', 0)}",
             f"   wins by lane: {ops.get('wins_by_lane', {})}; by process kind: "
             f"{ops.get('wins_by_kind', {})}",
-            f"   processes: {ops.get('processes', {})}",
+            f"   processes: {ops.get('processes', {})}; held at the end "
+            f"{ops.get('held_at_end', 0)} (excused: {ops.get('held_excused', {})})",
             f"   faults: {sum(self.faults.values())} {dict(sorted(self.faults.items()))}",
             f"   violations: {self.total_violations} {dict(sorted(self.violations.items()))}",
         ]
+        if "prefork" in ops:
+            lines.insert(-2, f"   prefork: {ops['prefork']}")
         for kind, items in sorted(self.details.items()):
             for item in items[:5]:
                 lines.append(f"     {kind}: {json.dumps(item, default=str)[:400]}")
@@ -1247,9 +1541,11 @@ class Orchestrator:
         sabotage: str | None = None,
         faults: tuple[str, ...] | None = None,
         fork: bool = True,
+        prefork: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.fork = fork
+        self.prefork = prefork
         self.store = store
         self.seconds = seconds
         self.seed = seed
@@ -1257,7 +1553,9 @@ class Orchestrator:
         self.duration = duration
         self.sabotage = sabotage
         self.rng = random.Random(f"{seed}:{store}")
-        self.fault_kinds = FAULTS[store] if faults is None else faults
+        if faults is None:
+            faults = PREFORK_FAULTS if prefork else FAULTS[store]
+        self.fault_kinds = faults
         self.log = log or (lambda s: None)
         self.hosts: list[Host] = []
         self.dead_hosts: list[Host] = []
@@ -1284,7 +1582,7 @@ class Orchestrator:
         }
 
     def start_hosts(self) -> None:
-        for spec in host_plan(self.fork):
+        for spec in host_plan(self.fork, self.prefork):
             self.hosts.append(Host(spec, self._cfg(), self.workdir, 0))
 
     def respawn_dead(self) -> None:
@@ -1386,6 +1684,49 @@ class Orchestrator:
             finally:
                 proxies[i].heal()
             rec.update(proxy=i, seconds=round(pause, 2))
+        elif kind in ("pg_restart", "pg_kill"):
+            # A fast shutdown (sessions ended, checkpoint) or a crash (the postmaster and its
+            # processes SIGKILLed; the next start replays the WAL), then the server started
+            # again on the same port and data: at once half the time, else after a pause
+            # that may outlast the lease.
+            pg = self.env.pg
+            sig = signal.SIGINT if kind == "pg_restart" else signal.SIGKILL
+            pause = 0.0 if self.rng.random() < 0.5 else self.rng.uniform(0.2, d + 1.0)
+            t0 = time.monotonic()
+            pg.kill(sig)
+            time.sleep(pause)
+            pg.start_again()
+            rec.update(signal=sig.name, paused_s=round(pause, 2),
+                       down_s=round(time.monotonic() - t0, 2))  # fmt: skip
+        elif kind == "member_kill":
+            # One etcd member SIGKILLed (the Raft leader half the time), started again after
+            # a pause: the other two keep the quorum.
+            etcd = self.env.etcd
+            leader = etcd.leader()
+            i = leader if leader is not None and self.rng.random() < 0.5 else self.rng.randrange(3)
+            pause = self.rng.uniform(0.2, d + 1.0)
+            t0 = time.monotonic()
+            etcd.kill_member(i)
+            time.sleep(pause)
+            etcd.start_member(i)
+            rec.update(member=i, was_leader=i == leader, paused_s=round(pause, 2),
+                       down_s=round(time.monotonic() - t0, 2))  # fmt: skip
+        elif kind == "quorum_loss":
+            # Two of the three etcd members stopped (SIGTERM or SIGKILL) for longer than the
+            # lease: nothing can be written, every holder must lose its lease; then both are
+            # started again.
+            etcd = self.env.etcd
+            members = sorted(self.rng.sample(range(3), 2))
+            sig = signal.SIGTERM if self.rng.random() < 0.5 else signal.SIGKILL
+            pause = d + self.rng.uniform(0.5, 1.5)
+            t0 = time.monotonic()
+            for i in members:
+                etcd.kill_member(i, sig)
+            time.sleep(pause)
+            etcd.start_member(members[0], wait=False)
+            etcd.start_member(members[1])
+            rec.update(members=members, signal=sig.name, paused_s=round(pause, 2),
+                       down_s=round(time.monotonic() - t0, 2))  # fmt: skip
         elif kind == "force_release":
             info = None
             until = time.monotonic() + 3.0
@@ -1468,13 +1809,15 @@ class Orchestrator:
             t_stopping = time.monotonic()
             stuck = self._stop_all()
             t_stopped = time.monotonic()
+            held, held_error = self.held_at_end()
             _, final = reg.state()
             log_rows = reg.log()
         t_cleaned = time.monotonic()
         summary = analyze(
             store=self.store, seed=self.seed, seconds=self.seconds,
             records_dir=self.workdir / "records", reg_log=log_rows, final_value=final,
-            faults=self.fault_log, stuck=stuck,
+            faults=self.fault_log, stuck=stuck, held=held, held_error=held_error,
+            duration=self.duration, name=self.name,
             crashed=[(h.spec["id"], h.popen.returncode, h.stderr_tail())
                      for h in [*self.dead_hosts, *self.hosts]
                      if h.popen.returncode not in (0, -signal.SIGKILL, None)],
@@ -1488,10 +1831,59 @@ class Orchestrator:
             "cleanup": round(t_cleaned - t_stopped, 1),
         }
         summary.notes.extend(self.notes)
+        if "prefork_child_hung" in summary.violations:
+            for h in [*self.dead_hosts, *self.hosts]:
+                if h.kind == "prefork":
+                    summary.notes.append(
+                        f"stderr of prefork host {h.spec['id']} (the hung children's stacks):\n"
+                        + h.stderr_tail(20000)
+                    )
         return summary
 
+    def held_at_end(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Every lease the store still shows held once every worker has ended, through a
+        fresh client: ``list_sync()`` of the whole namespace (the store is the run's own) and
+        ``inspect_sync`` of every name the run is known to have used (its lease, the prefork
+        parent's). Retried for 30 s while the store answers with errors (etcd may still be
+        electing a leader after a fault); then the error."""
+        import distributed_leasing as dl
+
+        assert self.env is not None
+        names = {self.name} | {
+            r["name"]
+            for r in load_records(self.workdir / "records")
+            if r.get("ev") == "prefork_lease"
+        }
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                client = dl.LeaseClient.connect_sync(
+                    self.env.url_direct, connect_timeout=5.0, operation_timeout=5.0
+                )
+                try:
+                    infos = {i.name: i for i in client.list_sync()}
+                    for name in sorted(names - set(infos)):
+                        if (i := client.inspect_sync(name)) is not None:
+                            infos[name] = i
+                finally:
+                    client.close_sync()
+            except dl.LeaseError as e:
+                if time.monotonic() > deadline:
+                    return [], f"{type(e).__name__}: {e}"[:300]
+                time.sleep(0.5)
+                continue
+            return [
+                {"name": i.name, "lease_id": i.lease_id, "token": i.fencing_token,
+                 "ttl": i.ttl, "metadata": dict(i.metadata)}
+                for i in infos.values()
+            ], None  # fmt: skip
+
     def _wait_started(self, timeout: float) -> None:
-        expected = sum(1 if s["kind"] == "direct" else s["children"] for s in host_plan(self.fork))
+        # a record file per leaf, and one of the prefork parent
+        expected = sum(
+            1 if s["kind"] == "direct" else s["children"] + (s["kind"] == "prefork")
+            for s in host_plan(self.fork, self.prefork)
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             n = len(list((self.workdir / "records").glob("w-*.jsonl")))
@@ -1549,6 +1941,10 @@ def analyze(
     stuck: list[dict[str, Any]],
     crashed: list[tuple[str, int | None, str]],
     sabotage: str | None = None,
+    held: list[dict[str, Any]] | None = None,
+    held_error: str | None = None,
+    duration: float = 2.0,
+    name: str = LEASE_NAME,
 ) -> Summary:
     s = Summary(store, seed, seconds)
     v: dict[str, list[Any]] = defaultdict(list)
@@ -1700,6 +2096,64 @@ def analyze(
                  "detail": r["detail"][-600:]})  # fmt: skip
     for host, code, tail in crashed:
         v["worker_crash"].append({"host": host, "code": code, "stderr": tail[-800:]})
+
+    # (d) nothing held by nobody ------------------------------------------------------------
+    parents = [r for r in records if r.get("ev") == "prefork_parent"]
+    ended_cleanly = set(exits) | {r["wid"] for r in parents}
+    acq_by_id = {a["lease_id"]: a for a in acqs.values()}
+    acquire_failed = {
+        wid
+        for wid, x in exits.items()
+        if any(k.startswith("backend_error:acquire") for c in x["counts"].values() for k in c)
+    }
+    excused: Counter[str] = Counter()
+    if held_error is not None:
+        v["held_check_failed"].append({"error": held_error})
+    for info in held or []:
+        a = acq_by_id.get(info["lease_id"])
+        e = ends.get(a["h"]) if a is not None else None
+        wid = a["wid"] if a is not None else info["metadata"].get("wid")
+        excuse = None
+        if wid is not None and wid not in ended_cleanly:
+            excuse = "its process did not end cleanly"
+        elif e is not None and e["release_error"] is not None:
+            excuse = "its release failed"
+        elif e is not None and e["is_lost"] and e["lost_reason"] == "expired":
+            excuse = "its renewals could not reach the store"
+        elif a is None and wid in acquire_failed and info["name"] == name:
+            excuse = "an acquire of its process failed"
+        item = {**info, "excuse": excuse,
+                "holder": a and {"pid": a["pid"], "handle": a["h"], "lane": a["lane"]},
+                "end": e and _brief(e)}  # fmt: skip
+        if excuse is None:
+            v["held_by_nobody"].append(item)
+        else:
+            excused[excuse] += 1
+            if info["ttl"] is None or info["ttl"] > duration + HELD_TTL_SLACK:
+                v["held_past_ttl"].append(item)
+
+    # (e) the prefork parent ----------------------------------------------------------------
+    for r in parents:
+        who = {"pid": r["pid"]}
+        for op in r["slow"]:
+            v["prefork_parent_stalled"].append({**who, **op, "bound_s": PREFORK_OP_BOUND})
+        for op in r["failed"]:
+            v["prefork_parent_op_failed"].append({**who, **op})
+        for st in r["leases"]:
+            if st["is_lost"] or st["renewal_failures"] or st["released"] is not True:
+                v["prefork_parent_lease_lost"].append({**who, **st})
+        for child in r["hung"]:
+            v["prefork_child_hung"].append({**who, **child, "after_life_s": PREFORK_HUNG})
+        odd = {c: n for c, n in r["exit_codes"].items() if int(c) not in (0, -signal.SIGKILL)}
+        if odd:
+            v["prefork_child_exit_code"].append({**who, "exit_codes": r["exit_codes"]})
+    if parents:
+        # Nothing hits the store in the prefork mode: a child's BackendError has no excuse.
+        for x in exits.values():
+            errors = {k: n for c in x["counts"].values() for k, n in c.items()
+                      if k.startswith("backend_error")}  # fmt: skip
+            if errors:
+                v["prefork_child_backend_error"].append({"pid": x["pid"], "errors": errors})
     for st in stuck:
         v["stuck_worker"].append(st)
 
@@ -1715,6 +2169,13 @@ def analyze(
         for c in x["counts"].values():
             counts.update(c)
     killed_leaves = [w for w in starts if w not in exits]
+    prefork = {
+        "children_exited": sum(r["child_exits"] for r in parents),
+        "exit_codes": dict(sum((Counter(r["exit_codes"]) for r in parents), Counter())),
+        "parent_ops": sum(sum(r["ops"].values()) for r in parents),
+        "parent_max_s": max((t for r in parents for t in r["max_s"].values()), default=0.0),
+        "parent_renewals": sum(st["renewals"] for r in parents for st in r["leases"]),
+    }
     s.operations = {
         "acquisitions": len(acqs),
         "writes_accepted": len(accepted_writes),
@@ -1735,7 +2196,11 @@ def analyze(
             "exited_cleanly": len(exits),
             "killed_or_lost": len(killed_leaves),
         },
+        "held_at_end": len(held or []),
+        "held_excused": dict(excused),
     }
+    if parents:
+        s.operations["prefork"] = prefork
     s.faults = dict(Counter(f["kind"] for f in faults if "skipped" not in f))
     s.fault_log = list(faults)
     skipped = Counter(f["kind"] for f in faults if "skipped" in f)
@@ -1784,8 +2249,6 @@ def _workdir(keep: bool, base: Path | None) -> Iterator[Path]:
         yield d
     finally:
         if not keep:
-            import shutil
-
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -1799,6 +2262,7 @@ def run_store(
     sabotage: str | None = None,
     faults: tuple[str, ...] | None = None,
     fork: bool = True,
+    prefork: bool = False,
     keep: bool = False,
     verbose: bool = False,
 ) -> Summary:
@@ -1806,7 +2270,7 @@ def run_store(
     with _workdir(keep, workdir) as wd:
         orch = Orchestrator(
             store, seconds, seed, wd, duration=duration, sabotage=sabotage, faults=faults,
-            fork=fork,
+            fork=fork, prefork=prefork,
             log=(lambda m: print(f"[{store}] {m}", file=sys.stderr, flush=True))
             if verbose else None,
         )  # fmt: skip
@@ -1820,7 +2284,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         cfg = json.loads(argv[1])
-        if cfg.get("kind") in ("fork", "mpfork"):
+        if cfg.get("kind") in ("fork", "mpfork", "prefork"):
             return run_fork_host(cfg)
         return run_direct(cfg)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1833,9 +2297,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=int(os.environ.get("CHECKER_SEED", 1)))
     p.add_argument("--duration", type=float, default=2.0, help="lease duration, seconds")
-    p.add_argument("--sabotage", choices=["nolease", "noaof"], default=None)
+    p.add_argument("--sabotage", choices=["nolease", "noaof", "leak"], default=None)
     p.add_argument("--faults", default=None, help="comma-separated fault kinds (default: all)")
     p.add_argument("--no-fork", action="store_true", help="no forked children")
+    p.add_argument("--prefork", action="store_true", help="the prefork mode (see above)")
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")
     p.add_argument("--keep", action="store_true", help="keep the records directory")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -1846,10 +2311,13 @@ def main(argv: list[str] | None = None) -> int:
         faults = None
         if args.faults is not None:
             wanted = [f for f in args.faults.split(",") if f]
-            faults = tuple(f for f in wanted if f in FAULTS[store])
+            faults = tuple(
+                f for f in wanted if f in (PREFORK_FAULTS if args.prefork else FAULTS[store])
+            )
         summary = run_store(
             store, seconds=args.seconds, seed=args.seed, duration=args.duration,
-            sabotage=args.sabotage, faults=faults, fork=not args.no_fork, keep=args.keep,
+            sabotage=args.sabotage, faults=faults, fork=not args.no_fork, prefork=args.prefork,
+            keep=args.keep,
             verbose=args.verbose,
         )  # fmt: skip
         print(summary.text(), flush=True)

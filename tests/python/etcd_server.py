@@ -8,12 +8,17 @@ hook of ``redis_servers`` and ``PR_SET_PDEATHSIG`` kill what is left.
     with EtcdCluster() as etcd:
         etcd.url                         # etcd://127.0.0.1:<port>,127.0.0.1:<port>,...
         etcd.etcdctl("del", "lease:x")   # runs etcdctl (API v3) against the members
+        i = etcd.leader()                # the Raft leader's index (None: none known)
+        etcd.kill_member(0)              # a crash of member 0 (SIGKILL); its data stays
+        etcd.start_member(0)             # it rejoins (same ports and data), waits until healthy
 
 ``scripts/test.sh`` installs the ``etcd-server`` and ``etcd-client`` packages.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -59,6 +64,8 @@ class EtcdCluster(_Server):
         self.client_ports: list[int] = []
         self.peer_ports: list[int] = []
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._token = ""
+        self._initial = ""
 
     @property
     def endpoints(self) -> str:
@@ -81,34 +88,73 @@ class EtcdCluster(_Server):
         initial = ",".join(
             f"{n}=http://{LOOPBACK}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
-        token = f"dl-pytest-{uuid.uuid4().hex[:12]}"
-        for name, client, peer in zip(self.names, self.client_ports, self.peer_ports, strict=True):
-            client_url = f"http://{LOOPBACK}:{client}"
-            peer_url = f"http://{LOOPBACK}:{peer}"
-            log = (self.dir / f"{name}.log").open("wb")
-            # fmt: off
-            args = [
-                "etcd", "--name", name, "--data-dir", str(self.dir / name),
-                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", initial, "--initial-cluster-token", token,
-                "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
-            ]
-            # fmt: on
-            self._procs.append(
-                subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    cwd=self.dir,
-                    preexec_fn=_dies_with_us(),
-                )
-            )
-            log.close()
+        self._token = f"dl-pytest-{uuid.uuid4().hex[:12]}"
+        self._initial = initial
+        for i in range(len(self.names)):
+            self._procs.append(self._launch(i, "new"))
         self._track()
         self._wait_healthy()
         return self
+
+    def _launch(self, i: int, state: str) -> subprocess.Popen[bytes]:
+        """Runs member ``i`` on its ports and data directory (its log appended)."""
+        name, client, peer = self.names[i], self.client_ports[i], self.peer_ports[i]
+        client_url = f"http://{LOOPBACK}:{client}"
+        peer_url = f"http://{LOOPBACK}:{peer}"
+        log = (self.dir / f"{name}.log").open("ab")
+        # fmt: off
+        args = [
+            "etcd", "--name", name, "--data-dir", str(self.dir / name),
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", self._initial, "--initial-cluster-token", self._token,
+            "--initial-cluster-state", state, "--logger", "zap", "--log-outputs", "stderr",
+        ]
+        # fmt: on
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.dir,
+                preexec_fn=_dies_with_us(),
+            )
+        finally:
+            log.close()
+
+    def kill_member(self, i: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
+        """Stops member ``i`` (SIGKILL: a crash), keeping its data for :meth:`start_member`."""
+        proc = self._procs[i]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        proc.wait(timeout=timeout)
+
+    def start_member(self, i: int, wait: bool = True) -> None:
+        """Starts member ``i`` stopped by :meth:`kill_member` again (same ports, same data:
+        it rejoins the cluster); with ``wait``, until every member reports healthy."""
+        assert self._procs[i].poll() is not None, "still running"
+        self._procs[i] = self._launch(i, "existing")
+        if wait:
+            self._wait_healthy()
+
+    def leader(self) -> int | None:
+        """The index of the member that is the Raft leader (None if no member knows one)."""
+        for i, port in enumerate(self.client_ports):
+            if self._procs[i].poll() is not None:
+                continue
+            req = urllib.request.Request(
+                f"http://{LOOPBACK}:{port}/v3/maintenance/status", data=b"{}", method="POST"
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    status = json.loads(r.read())
+            except (OSError, ValueError):
+                continue
+            header = status.get("header", {})
+            if str(status.get("leader", "0")) == str(header.get("member_id", "")):
+                return i
+        return None
 
     def _healthy(self, port: int) -> bool:
         try:

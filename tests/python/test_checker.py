@@ -1,17 +1,27 @@
-"""The randomized multi-process safety checker, once per store (issue 12; engine: checker.py).
+"""The randomized multi-process safety checker, once per store (issues 12 and 22; engine:
+checker.py).
 
 Each test runs ``checker.run_store``: worker processes on every execution path (async, sync on
 threads, waiting acquires, children forked after the parent used the library) contend for one
-lease under seeded random faults, writing through a fenced register; the test fails on any
-violation, and also if the run did not do what it claims (no protected writes, a fault kind or
-an execution path that never happened).
+lease under seeded random faults (each store's own: see ``checker.FAULTS``), writing through a
+fenced register; the test fails on any violation (a lease left held by nobody at the end is
+one), and also if the run did not do what it claims (no protected writes, a fault kind or an
+execution path that never happened). Every store runs: Redis, Redis Cluster, SQLite,
+PostgreSQL and etcd (the last two on the checker's own servers, since it kills them).
 
-``CHECKER_SECONDS`` (workload seconds per store, default 12) and ``CHECKER_SEED`` (default 1)
-make a longer or a different run::
+The prefork mode (SQLite and Redis): a parent holding 10 leases renewed every 20 ms forks
+children that take part in the fenced workload and leave through ``sys.exit``; none of the
+parent's operations may stall (each within ``checker.PREFORK_OP_BOUND``) or fail, and its
+leases must stay held.
+
+``CHECKER_SECONDS`` (workload seconds per store; default 12, and 6 for PostgreSQL, etcd and the
+prefork mode, whose first round of faults sets most of their length) and ``CHECKER_SEED``
+(default 1) make a longer or a different run; given, ``CHECKER_SECONDS`` is every run's::
 
     CHECKER_SECONDS=600 python -m pytest tests/python/test_checker.py -s
 
-The last test is the control: without the lease the same checks must find lost updates.
+The last tests are the controls: without the lease the same checks must find lost updates, and
+a worker that leaves a lease behind must be found.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import pytest
 from faults_util import report
 
 SECONDS = float(os.environ.get("CHECKER_SECONDS", "12"))
+SHORT = float(os.environ.get("CHECKER_SECONDS", "6"))
 SEED = int(os.environ.get("CHECKER_SEED", "1"))
 
 
@@ -39,6 +50,9 @@ def _figures(summary: checker.Summary) -> dict[str, object]:
         "writes_refused": ops["writes_refused"],
         "reads_refused": ops["reads_refused"],
         "losses": ops["losses"],
+        "held_at_end": ops["held_at_end"],
+        "held_excused": ops["held_excused"],
+        "prefork": ops.get("prefork"),
         "faults": summary.faults,
         "violations": summary.violations,
     }
@@ -48,10 +62,12 @@ def _figures(summary: checker.Summary) -> dict[str, object]:
 @pytest.mark.timeout(SECONDS * 2 + 240)
 @pytest.mark.parametrize(
     "store",
-    ["redis", pytest.param("redis-cluster", marks=pytest.mark.cluster), "sqlite"],
-)
+    ["redis", pytest.param("redis-cluster", marks=pytest.mark.cluster), "sqlite", "postgres",
+     "etcd"],
+)  # fmt: skip
 def test_randomized_checker_finds_no_violation(store: str, tmp_path: Path) -> None:
-    summary = checker.run_store(store, seconds=SECONDS, seed=SEED, workdir=tmp_path)
+    seconds = SHORT if store in ("postgres", "etcd") else SECONDS
+    summary = checker.run_store(store, seconds=seconds, seed=SEED, workdir=tmp_path)
     print(summary.text())
     report(f"checker_{store}", **_figures(summary))
 
@@ -67,6 +83,33 @@ def test_randomized_checker_finds_no_violation(store: str, tmp_path: Path) -> No
     assert set(summary.faults) == set(checker.FAULTS[store]), summary.text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(SHORT * 2 + 240)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_prefork_parent_keeps_its_leases_while_children_exit(store: str, tmp_path: Path) -> None:
+    """Issue 22: a prefork parent's children leave through ``sys.exit``; the parent's
+    operations never stall or fail, its leases (renewed every 20 ms) stay held, the children
+    exit with 0 and never hang, and their fenced workload finds no violation."""
+    summary = checker.run_store(store, seconds=SHORT, seed=SEED, workdir=tmp_path, prefork=True)
+    print(summary.text())
+    report(f"checker_prefork_{store}", **_figures(summary))
+
+    assert summary.total_violations == 0, summary.text()
+
+    ops = summary.operations
+    pf = ops["prefork"]
+    # The run did what it claims: children took the lease and wrote, and exited normally ...
+    assert ops["writes_accepted"] >= 10, summary.text()
+    assert ops["final_counter"] == ops["writes_accepted"]
+    assert set(ops["wins_by_kind"]) == {"prefork"}, summary.text()
+    assert pf["exit_codes"].get("0", 0) >= 3, summary.text()
+    # ... while the parent kept operating and renewing ...
+    assert pf["parent_ops"] >= 10, summary.text()
+    assert pf["parent_renewals"] >= 10, summary.text()
+    # ... and every fault kind of the mode was injected.
+    assert set(summary.faults) == set(checker.PREFORK_FAULTS), summary.text()
+
+
 def test_checker_sees_lost_updates_without_the_lease(tmp_path: Path) -> None:
     """The control: the same workload, the lease skipped (every write carries token 0, which
     the register accepts). Overlapping read-modify-writes must show as lost updates and as a
@@ -79,3 +122,16 @@ def test_checker_sees_lost_updates_without_the_lease(tmp_path: Path) -> None:
     assert summary.violations.get("lost_update", 0) > 0, summary.text()
     assert summary.violations.get("final_counter", 0) == 1, summary.text()
     assert summary.violations.get("token_shared", 0) > 0, summary.text()
+
+
+def test_checker_sees_a_lease_held_by_nobody(tmp_path: Path) -> None:
+    """The control of "nothing held by nobody": each worker process, once its exit is
+    recorded, takes one more lease and leaves without the library's at-exit release
+    (``os._exit``). Each such lease must be found, and nothing else."""
+    summary = checker.run_store(
+        "sqlite", seconds=2, seed=SEED, workdir=tmp_path, sabotage="leak", fork=False, faults=()
+    )
+    print(summary.text())
+    exited = summary.operations["processes"]["exited_cleanly"]
+    assert exited == len(checker.host_plan(fork=False)), summary.text()
+    assert summary.violations == {"held_by_nobody": exited}, summary.text()
