@@ -544,7 +544,10 @@ async fn a_lease_pinned_with_infinity_is_held_with_no_expiry() {
     assert_eq!(ttls[0].0, "job");
     assert_eq!(ttls[0].1, None);
     assert_eq!(ttls[1].0, "other");
-    assert!(ttls[1].1.is_some_and(|t| t > Duration::from_secs(20)), "{ttls:?}");
+    assert!(
+        ttls[1].1.is_some_and(|t| t > Duration::from_secs(20)),
+        "{ttls:?}"
+    );
 
     // Its holder's renewal keeps it pinned.
     pinned.renew().await.unwrap();
