@@ -42,6 +42,8 @@
 //!   send instead of reporting a loss.
 //! - Releases (and forced releases) that end a live lease `pg_notify` the channel
 //!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit.
+//! - Acquires and renewals commit durably (the server's `synchronous_commit`); a release commits
+//!   asynchronously (see `RELEASE`): a crash may undo it, never admit a second holder.
 //! - The password lives in the `tokio_postgres::Config` only (its `Debug` hides it); messages
 //!   name `host:port/database`.
 
@@ -199,6 +201,19 @@ const RENEW: &str = "WITH items AS (
 /// a loss. Nothing else ever writes `-infinity`, and a new holder overwrites the row. That
 /// check is a write (a no-op update), so that it reads the newest row version: the first send
 /// may commit after this statement's snapshot.
+///
+/// The release commits asynchronously (`synchronous_commit = off` for its own transaction,
+/// set by `set_config(..., true)` in the statement: still one round trip): it does not wait
+/// for its write-ahead log to reach the disk, and its waiters are notified that much sooner.
+/// A crash can lose such a release: the row is then back as ours, live until its
+/// `expires_at`, and the next holder waits out the TTL, as after a holder that died. It can
+/// never admit two holders: the handle that released does not renew, and nobody can hold the
+/// name on the strength of a lost release, because the write-ahead log is one sequence: a
+/// later acquire's durable commit (acquires and renewals stay synchronous) waits until the log
+/// is flushed up to its own commit record, which comes after the release's, so once an
+/// acquire that took the released row is acknowledged, the release is on disk too. An acquire
+/// whose reply a crash lost was never acknowledged: its caller does not hold the lease.
+/// The fencing counter is only ever written by acquires, so it never goes back.
 const RELEASE: &str = "WITH released AS (
         UPDATE distributed_leasing.leases SET expires_at = '-infinity'
          WHERE key_prefix = $1 AND name = $2 AND lease_id = $3 AND expires_at > now()
@@ -215,7 +230,8 @@ const RELEASE: &str = "WITH released AS (
     SELECT EXISTS (SELECT 1 FROM released) OR EXISTS (SELECT 1 FROM released_before),
            (SELECT lease_id FROM distributed_leasing.leases
              WHERE key_prefix = $1 AND name = $2 AND expires_at > now()),
-           (SELECT count(*) FROM notified)";
+           (SELECT count(*) FROM notified)
+      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
 /// $1 prefix, $2 name, $3 lease id or NULL (any holder). An expired row goes in any case.
 /// Row: released, notifications, then the live lease's columns as of the statement's start.
