@@ -493,3 +493,73 @@ async fn an_acquire_retried_after_a_drop_is_never_refused_by_its_own_first_send(
     let _ = driver.await;
     c.close().await;
 }
+
+/// An administrator pins a lease with `UPDATE ... SET expires_at = 'infinity'`. Everything
+/// that shows its time left used to fail with "cannot subtract infinite timestamps": inspecting
+/// it, any other client's acquire of that name, and the list of the whole namespace. It is a
+/// lease held with no expiry: no TTL, a refusal that names the holder, renewals that keep it
+/// pinned, and its holder's release (which marks the row `'-infinity'`) ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_pinned_with_infinity_is_held_with_no_expiry() {
+    let Some(server) = server() else { return };
+    let (db, url) = fresh_database(server, "pinned").await;
+    let a = LeaseClient::connect(&url, options()).await.unwrap();
+    let b = LeaseClient::connect(&url, options()).await.unwrap();
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_secs(30)),
+        auto_renew: Some(false),
+        ..LeaseOptions::default()
+    };
+    let pinned = a.acquire("job", &opts, NOW).await.unwrap();
+    let other = a.acquire("other", &opts, NOW).await.unwrap();
+    admin(
+        server,
+        &db,
+        "UPDATE distributed_leasing.leases SET expires_at = 'infinity' WHERE name = 'job'",
+    )
+    .await;
+
+    let info = b.inspect("job").await.unwrap().expect("the pinned lease");
+    assert_eq!(info.lease_id, pinned.lease_id());
+    assert_eq!(info.ttl, None, "no expiry");
+    assert_eq!(info.fencing_token, Some(pinned.fencing_token()));
+
+    match b.try_acquire("job", &opts).await.unwrap() {
+        TryAcquire::Held(h) => {
+            assert_eq!(h.lease_id, pinned.lease_id());
+            assert_eq!(h.ttl, None);
+        }
+        TryAcquire::Acquired(_) => panic!("took a pinned lease"),
+    }
+    let e = b.acquire("job", &opts, NOW).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, LeaseError::Unavailable { .. }) && text.contains(pinned.lease_id()),
+        "{text}"
+    );
+
+    let listed = b.list("").await.unwrap();
+    let ttls: Vec<_> = listed.iter().map(|i| (i.name.as_str(), i.ttl)).collect();
+    assert_eq!(ttls.len(), 2, "{ttls:?}");
+    assert_eq!(ttls[0].0, "job");
+    assert_eq!(ttls[0].1, None);
+    assert_eq!(ttls[1].0, "other");
+    assert!(
+        ttls[1].1.is_some_and(|t| t > Duration::from_secs(20)),
+        "{ttls:?}"
+    );
+
+    // Its holder's renewal keeps it pinned.
+    pinned.renew().await.unwrap();
+    assert_eq!(b.inspect("job").await.unwrap().unwrap().ttl, None);
+    // Its holder's release ends it ('-infinity': absent), and the next holder's token is above.
+    assert!(pinned.release().await.unwrap());
+    assert!(b.inspect("job").await.unwrap().is_none());
+    assert_eq!(b.list("").await.unwrap().len(), 1);
+    let next = b.acquire("job", &opts, NOW).await.unwrap();
+    assert!(next.fencing_token() > pinned.fencing_token());
+    assert!(next.release().await.unwrap());
+    assert!(other.release().await.unwrap());
+    a.close().await;
+    b.close().await;
+}

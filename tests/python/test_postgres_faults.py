@@ -12,6 +12,9 @@ lease's duration. Meanwhile a second client tries to take the lease every 50 ms.
 - the fencing counter survives: every token after the restart is above every token before it
   (never 1 again, as on a Redis without persistence).
 
+Also a crash right after a release, which commits asynchronously and so may be lost: never two
+holders, and a durable acquire made after the release keeps the release too.
+
 The lease's own process is the test's; the server is a real ``postgres``. Figures (how long the
 server was down, whether the lease was kept) are printed as ``FIGURE`` lines.
 """
@@ -19,6 +22,7 @@ server was down, whether the lease was kept) are printed as ``FIGURE`` lines.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -136,4 +140,104 @@ async def test_postgres_restarted_while_a_lease_is_held(
         kept=kept,
         reason=lease.lost_reason,
         contender_errors=errors,
+    )
+
+
+def stop_wal_writer(srv: PostgresServer) -> None:
+    """Stops (SIGSTOP) the server's WAL writer, which otherwise writes an asynchronously
+    committed transaction's log out within ``wal_writer_delay``: until the crash, only a
+    synchronous commit then gets the log out of the server's memory."""
+    pid = int(srv.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"))
+    os.kill(pid, signal.SIGSTOP)
+
+
+@pytest.mark.parametrize("wal_writer", ["running", "stopped"])
+@pytest.mark.parametrize("then", ["crash", "acquire-then-crash"])
+async def test_a_crash_right_after_a_release_never_admits_two_holders(
+    fresh_postgres_server: PostgresServer, unique_name: str, wal_writer: str, then: str
+) -> None:
+    """A release commits asynchronously (it does not wait for the disk): a crash right after it
+    may lose it. Whatever the row is after recovery, released or still the first holder's with
+    its TTL, nobody holds the lease twice: a second client gets it with a greater fencing
+    token, or is refused (the holder named) until the first holder's TTL; the handle that
+    released never believes it holds the lease. A durable acquire made after the release is
+    kept, and with it the release (the log is flushed in order). With the WAL writer stopped
+    the release is lost in the crash (the case where the row comes back), unless a later
+    acquire flushed it."""
+    srv = fresh_postgres_server
+    a = await connect(srv.url)
+    b = await connect(srv.url)
+    name = unique_name
+    for _ in range(2):  # tokens before the one released, so that a fence reset shows
+        assert await (await a.acquire(name)).release()
+    duration = 4.0
+    lease = await a.acquire(name, duration=duration)
+    token = lease.fencing_token
+    assert token == 3
+    if wal_writer == "stopped":
+        stop_wal_writer(srv)
+    assert await lease.release()
+    successor = None
+    if then == "acquire-then-crash":
+        successor = await b.try_acquire(name, duration=30.0)
+        assert successor is not None and successor.fencing_token == token + 1
+    await asyncio.to_thread(srv.kill, signal.SIGKILL)
+    await asyncio.to_thread(srv.start_again)
+    assert "automatic recovery in progress" in (srv.dir / "server.log").read_text()
+
+    # The released handle never comes back, whatever the row says.
+    assert lease.is_released and not lease.is_lost and lease.expires_in == 0
+    with pytest.raises(dl.LeaseLost):
+        await lease.renew()
+
+    info = await b.inspect(name)
+    if successor is not None:
+        # The acquire's durable commit came after the release in the log: both were kept.
+        state = "taken"
+        assert info is not None, "the acquire after the release was lost"
+        assert info.lease_id == successor.lease_id
+        assert info.fencing_token == token + 1
+        assert await successor.release()
+        nxt = await b.acquire(name)
+        assert nxt.fencing_token == token + 2
+    else:
+        if info is None:
+            state = "released"
+        else:
+            # The release was lost: the row is the first holder's again, live until its TTL.
+            state = "release-lost"
+            assert info.lease_id == lease.lease_id
+            assert info.fencing_token == token
+            assert info.ttl is not None and info.ttl <= duration
+        started = time.monotonic()
+        refused = 0
+        while (nxt := await b.try_acquire(name, duration=30.0)) is None:
+            refused += 1
+            held = await b.inspect(name)
+            assert held is None or held.lease_id == lease.lease_id
+            await asyncio.sleep(0.05)
+        waited = time.monotonic() - started
+        if info is not None and info.ttl is not None and info.ttl > 1.0:
+            # Refused until the first holder's TTL (the server's clock; generous slack).
+            assert refused > 0, "took a lease whose release was lost before its TTL"
+            assert waited > info.ttl - 1.0, (waited, info.ttl)
+        # Never back to an old token: the fence only grows.
+        assert nxt.fencing_token == token + 1
+        if wal_writer == "stopped":
+            assert state == "release-lost", (
+                "with the WAL writer stopped, the crash kept the release: was it committed "
+                "synchronously?"
+            )
+    assert await nxt.release()
+    again = await a.acquire(name)
+    assert again.fencing_token == nxt.fencing_token + 1
+    assert await again.release()
+    await a.close()
+    await b.close()
+    report(
+        "postgres_crash_after_release",
+        wal_writer=wal_writer,
+        then=then,
+        state=state,
+        waited_s=round(waited, 2) if successor is None else 0.0,
     )

@@ -26,6 +26,9 @@
 //!   the same statement; when it takes nothing, the statement returns the holder.
 //! - A row whose `expires_at` is not after `now()` is exactly an absent lease: nobody may renew
 //!   or release it, anyone may take it over, `inspect` and `list` do not show it.
+//! - `expires_at = 'infinity'` is a lease an administrator pinned: held with no expiry (its TTL
+//!   shows as none), kept pinned by its holder's renewals, ended by its holder's release or a
+//!   forced release. `'-infinity'` is a released row (below): absent, as any expired one.
 //! - The parts of a statement that read (the holder of a refusal, the "held by other" of a lost
 //!   renewal) see the snapshot taken when the statement began. If a concurrent change makes that
 //!   snapshot disagree with what the writing part found (the holder of a refused acquire is not
@@ -39,6 +42,8 @@
 //!   send instead of reporting a loss.
 //! - Releases (and forced releases) that end a live lease `pg_notify` the channel
 //!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit.
+//! - Acquires and renewals commit durably (the server's `synchronous_commit`); a release commits
+//!   asynchronously (see `RELEASE`): a crash may undo it, never admit a second holder.
 //! - The password lives in the `tokio_postgres::Config` only (its `Debug` hides it); messages
 //!   name `host:port/database`.
 
@@ -97,14 +102,19 @@ const SCHEMA_V1: &str = r#"
 "#;
 
 /// The columns of a lease as [`StoredLease::from_row`] reads them, from `leases l` joined with
-/// `fences f`.
+/// `fences f`. The time left is NULL (no expiry) for a row pinned with `expires_at =
+/// 'infinity'`; no infinite timestamp is ever subtracted (PostgreSQL refuses: "cannot subtract
+/// infinite timestamps").
 macro_rules! lease_columns {
     () => {
         r#"l.lease_id,
            to_char(l.acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
            f.last_token,
            l.metadata::text,
-           GREATEST(0, ceil(extract(epoch FROM l.expires_at - now()) * 1000))::bigint"#
+           CASE WHEN l.expires_at = 'infinity' THEN NULL
+                WHEN l.expires_at > now()
+                THEN ceil(extract(epoch FROM l.expires_at - now()) * 1000)::bigint
+                ELSE 0 END"#
     };
 }
 
@@ -162,13 +172,15 @@ const ACQUIRE: &str = concat!(
 );
 
 /// $1 prefix, $2 names, $3 lease ids, $4 durations ms. One row per item, in order: renewed,
-/// and the live holder's lease id as of the statement's start.
+/// and the live holder's lease id as of the statement's start. A lease pinned by an
+/// administrator (`expires_at = 'infinity'`) stays pinned: renewing it sets no expiry.
 const RENEW: &str = "WITH items AS (
         SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])
                WITH ORDINALITY AS i(name, lease_id, ms, ord)
     ), renewed AS (
         UPDATE distributed_leasing.leases l
-           SET expires_at = now() + i.ms * interval '1 millisecond'
+           SET expires_at = CASE WHEN l.expires_at = 'infinity' THEN l.expires_at
+                                 ELSE now() + i.ms * interval '1 millisecond' END
           FROM items i
          WHERE l.key_prefix = $1 AND l.name = i.name AND l.lease_id = i.lease_id
            AND l.expires_at > now()
@@ -189,6 +201,19 @@ const RENEW: &str = "WITH items AS (
 /// a loss. Nothing else ever writes `-infinity`, and a new holder overwrites the row. That
 /// check is a write (a no-op update), so that it reads the newest row version: the first send
 /// may commit after this statement's snapshot.
+///
+/// The release commits asynchronously (`synchronous_commit = off` for its own transaction,
+/// set by `set_config(..., true)` in the statement: still one round trip): it does not wait
+/// for its write-ahead log to reach the disk, and its waiters are notified that much sooner.
+/// A crash can lose such a release: the row is then back as ours, live until its
+/// `expires_at`, and the next holder waits out the TTL, as after a holder that died. It can
+/// never admit two holders: the handle that released does not renew, and nobody can hold the
+/// name on the strength of a lost release, because the write-ahead log is one sequence: a
+/// later acquire's durable commit (acquires and renewals stay synchronous) waits until the log
+/// is flushed up to its own commit record, which comes after the release's, so once an
+/// acquire that took the released row is acknowledged, the release is on disk too. An acquire
+/// whose reply a crash lost was never acknowledged: its caller does not hold the lease.
+/// The fencing counter is only ever written by acquires, so it never goes back.
 const RELEASE: &str = "WITH released AS (
         UPDATE distributed_leasing.leases SET expires_at = '-infinity'
          WHERE key_prefix = $1 AND name = $2 AND lease_id = $3 AND expires_at > now()
@@ -205,7 +230,8 @@ const RELEASE: &str = "WITH released AS (
     SELECT EXISTS (SELECT 1 FROM released) OR EXISTS (SELECT 1 FROM released_before),
            (SELECT lease_id FROM distributed_leasing.leases
              WHERE key_prefix = $1 AND name = $2 AND expires_at > now()),
-           (SELECT count(*) FROM notified)";
+           (SELECT count(*) FROM notified)
+      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
 /// $1 prefix, $2 name, $3 lease id or NULL (any holder). An expired row goes in any case.
 /// Row: released, notifications, then the live lease's columns as of the statement's start.
@@ -787,7 +813,8 @@ struct StoredLease {
     acquired_at: Option<String>,
     fencing_token: Option<i64>,
     metadata: String,
-    ttl_ms: i64,
+    /// `None`: no expiry (pinned with `expires_at = 'infinity'`).
+    ttl_ms: Option<i64>,
 }
 
 impl StoredLease {
@@ -817,9 +844,9 @@ impl StoredLease {
             acquired_at: self.acquired_at.as_deref().and_then(parse_timestamp),
             fencing_token: self.fencing_token.and_then(|t| u64::try_from(t).ok()),
             metadata,
-            ttl: Some(Duration::from_millis(
-                u64::try_from(self.ttl_ms).unwrap_or(0),
-            )),
+            ttl: self
+                .ttl_ms
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         })
     }
 }
