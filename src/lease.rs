@@ -143,7 +143,7 @@ pub(crate) struct Shared {
     pub(crate) registration: crate::renewal::Registration,
     /// Called once when the lease ends (see [`Lease::on_end`]).
     pub(crate) end_hooks: EndHooks,
-    /// Asked before each renewal whether the holder can still use the lease (see
+    /// Asked at each renewal whether the holder can still use the lease (see
     /// [`Lease::set_holder_check`]).
     pub(crate) holder_check: HolderCheckSlot,
 }
@@ -239,7 +239,12 @@ impl Shared {
         self.end(LeaseEnd::Lost(reason))
     }
 
-    /// Whether the holder can still use the lease: false once its [`HolderCheck`] says so.
+    /// Whether a [`HolderCheck`] was set.
+    pub(crate) fn has_holder_check(&self) -> bool {
+        self.holder_check.0.get().is_some()
+    }
+
+    /// Whether the holder can no longer use the lease, as its [`HolderCheck`] says.
     pub(crate) fn holder_gone(&self) -> bool {
         self.holder_check.0.get().is_some_and(|check| !check())
     }
@@ -469,12 +474,12 @@ impl Lease {
         }
     }
 
-    /// Sets the question the renewal asks before each renewal of this lease: can its holder
+    /// Sets the question asked at each renewal of this lease: can its holder
     /// still use it? Once `check` answers false (the holder is gone for good: say, the event
     /// loop that ran the holder's code was closed with that code still waiting), the lease is
     /// released instead of renewed and ends as released, rather than renewed for as long as
-    /// the process lives. `check` runs on the renewal's thread and must be quick; only the
-    /// first check set counts.
+    /// the process lives. `check` runs on a blocking thread beside the renewals (never delaying
+    /// one), once per renewal; only the first check set counts.
     pub fn set_holder_check(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.shared.holder_check.0.set(Box::new(check));
     }

@@ -493,21 +493,9 @@ async fn run(inner: Arc<Inner>) {
             // on the server, so a release answered later cannot show it was still ours.
             shared.end(LeaseEnd::Lost(LostReason::Expired));
         }
-        let mut renew = due.renew;
-        // A lease whose holder is gone for good is released rather than renewed.
-        renew.retain(|(_, shared)| {
-            if !shared.holder_gone() {
-                return true;
-            }
-            if shared.take_release() {
-                tracing::warn!(lease = %shared.name, "the lease's holder can no longer use it (its event loop was closed?); releasing it instead of renewing it");
-                shared.end(LeaseEnd::Released);
-                release_in_background(Arc::clone(shared), &tokio::runtime::Handle::current());
-            }
-            false
-        });
-        if !renew.is_empty() {
-            tokio::spawn(renew_batch(Arc::clone(&inner), renew));
+        check_holders(&due.renew);
+        if !due.renew.is_empty() {
+            tokio::spawn(renew_batch(Arc::clone(&inner), due.renew));
         }
         let Some(next) = due.next else { return };
         drop(inner);
@@ -516,6 +504,33 @@ async fn run(inner: Arc<Inner>) {
             () = wake.notified() => {}
         }
     }
+}
+
+/// Asks the holder checks of the leases about to be renewed (see
+/// [`crate::Lease::set_holder_check`]) and releases those whose holder is gone for good. On a
+/// blocking thread, beside the renewals rather than before them: a check may wait (for Python's
+/// GIL, say), and a renewal must never wait for it, or a busy holder process could lose its
+/// leases. A renewal sent meanwhile is harmless: the release follows, and an owner-checked
+/// renewal never brings a released lease back.
+fn check_holders(due: &[(u64, Arc<Shared>)]) {
+    let checked: Vec<Arc<Shared>> = due
+        .iter()
+        .filter(|(_, s)| s.has_holder_check())
+        .map(|(_, s)| Arc::clone(s))
+        .collect();
+    if checked.is_empty() {
+        return;
+    }
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        for shared in checked {
+            if shared.holder_gone() && shared.take_release() {
+                tracing::warn!(lease = %shared.name, "the lease's holder can no longer use it (its event loop was closed); releasing it instead of renewing it");
+                shared.end(LeaseEnd::Released);
+                release_in_background(shared, &runtime);
+            }
+        }
+    });
 }
 
 /// Most renewals one request carries (one Lua script on a Redis server).
