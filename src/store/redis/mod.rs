@@ -216,6 +216,11 @@ impl RedisStore {
                 }
                 result.map_err(Failure::Redis)
             }
+            // A twin whose connection failed sends the rest of what it was doing (the
+            // inspects of a list, say) on the shared connection; its owner opens another.
+            Conn::Inline { shared, broken, .. } if broken.load(SeqCst) => {
+                shared.invoke(Arc::new(call), None).await
+            }
             Conn::Inline {
                 conn,
                 shared,
@@ -259,39 +264,37 @@ impl RedisStore {
         matches!(&self.conn, Conn::Inline { broken, .. } if broken.load(SeqCst))
     }
 
+    /// The keys matching `pattern` (SCAN, on every master of a cluster). Read-only, so a scan
+    /// whose connection dropped is started again, once, on a fresh connection, as every other
+    /// operation is retried.
     async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
         match &self.conn {
             Conn::Single(shared) | Conn::Inline { shared, .. } => {
                 let pattern = pattern.to_owned();
-                out = shared
-                    .with_manager(move |mut c| async move {
-                        let mut out = Vec::new();
-                        scan_node(&mut c, &pattern, &mut out).await.map(|()| out)
+                shared
+                    .with_manager(move |mut c| {
+                        let pattern = pattern.clone();
+                        async move {
+                            let mut out = Vec::new();
+                            scan_node(&mut c, &pattern, &mut out).await.map(|()| out)
+                        }
                     })
                     .await
-                    .map_err(|f| self.failure(f, None))?;
+                    .map_err(|f| self.failure(f, None))
             }
             Conn::Cluster(cluster) => {
-                let Some(mut c) = lock(cluster).clone() else {
+                let Some(c) = lock(cluster).clone() else {
                     return Err(closed_error());
                 };
-                for (host, port) in cluster_masters(&mut c)
-                    .await
-                    .map_err(|e| map_error(&e, &self.addr, None))?
-                {
-                    let mut node = ByNode {
-                        conn: c.clone(),
-                        host,
-                        port,
-                    };
-                    scan_node(&mut node, pattern, &mut out)
-                        .await
-                        .map_err(|e| map_error(&e, &self.addr, None))?;
+                let mut result = scan_cluster(c.clone(), pattern).await;
+                // The cluster client reconnects to the node by itself after a failed command.
+                if result.as_ref().is_err_and(retryable) {
+                    tracing::debug!(addr = %self.addr, "connection dropped during SCAN; scanning again once");
+                    result = scan_cluster(c, pattern).await;
                 }
+                result.map_err(|e| map_error(&e, &self.addr, None))
             }
         }
-        Ok(out)
     }
 
     /// Closes every connection of this store: the shared (or cluster) connection and the
@@ -554,6 +557,20 @@ async fn cluster_masters(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(S
         }
     }
     Ok(masters)
+}
+
+/// The keys matching `pattern` on every master of the cluster.
+async fn scan_cluster(mut c: ClusterConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    for (host, port) in cluster_masters(&mut c).await? {
+        let mut node = ByNode {
+            conn: c.clone(),
+            host,
+            port,
+        };
+        scan_node(&mut node, pattern, &mut out).await?;
+    }
+    Ok(out)
 }
 
 async fn scan_node<C: ConnectionLike + Send>(
