@@ -610,6 +610,40 @@ def test_wrong_type_key_is_a_clear_error_and_left_untouched(
     assert redis_server.cli("EXISTS", f"lease:{unique_name}:fence").strip() == "0"
 
 
+# -- foreign data over a held lease, and the .NET origin's orphans (issue 22) ----------------
+
+
+@pytest.mark.parametrize("foreign", ["string", "hash_without_lease_id"])
+@pytest.mark.parametrize("leases", [1, 4])
+async def test_a_held_lease_overwritten_by_foreign_data_is_missing_at_its_first_renewal(
+    redis_server: RedisServer, unique_name: str, foreign: str, leases: int
+) -> None:
+    # Alone (the one-lease renewal script) and among others renewed with it (the batch script).
+    client = await dl.LeaseClient.connect(redis_server.url)
+    held = [await client.acquire(f"{unique_name}-{i}", duration=5.0, renew_interval=0.3)
+            for i in range(leases)]  # fmt: skip
+    key = f"lease:{held[0].name}"
+    if foreign == "string":
+        redis_server.cli("SET", key, "someone else's data")
+    else:
+        redis_server.cli("DEL", key)
+        redis_server.cli("HSET", key, "owner", "app")
+    # Before: five failed renewals, then `expired` at the deadline (5 s).
+    reason = await asyncio.wait_for(held[0].wait_lost(), timeout=20)
+    assert reason == "missing"
+    assert held[0].renewal_failures == 0
+    # Someone else's data is left as it is; the other leases keep renewing.
+    if foreign == "string":
+        assert redis_server.cli("GET", key).strip() == "someone else's data"
+    else:
+        assert hgetall(redis_server, key) == {"owner": "app"}
+    for lease in held[1:]:
+        assert not lease.is_lost and lease.renewal_failures == 0
+        assert await lease.release() is True
+    redis_server.cli("DEL", key)
+    await client.close()
+
+
 @pytest.fixture
 def unreachable_url() -> Iterator[str]:
     s = socket.socket()

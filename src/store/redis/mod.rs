@@ -796,12 +796,7 @@ impl LeaseStore for RedisStore {
         let key = self.keys.lease(name);
         let mut inv = RENEW.key(&key);
         inv.arg(lease_id).arg(millis(duration));
-        match int(Some(&self.invoke(inv, &key).await?)) {
-            Some(1) => Ok(RenewOutcome::Renewed),
-            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
-            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
-            _ => Err(unexpected("renew", &self.addr)),
-        }
+        self.renewal(int(Some(&self.invoke(inv, &key).await?)), &key)
     }
 
     fn renews_in_one_request(&self) -> bool {
@@ -832,13 +827,7 @@ impl LeaseStore for RedisStore {
                 Ok(Value::Array(codes)) if codes.len() == chunk.len() => codes
                     .iter()
                     .zip(&keys)
-                    .map(|(code, key)| match int(Some(code)) {
-                        Some(1) => Ok(RenewOutcome::Renewed),
-                        Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
-                        Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
-                        Some(-2) => Err(wrong_type(key)),
-                        _ => Err(unexpected("renew", &self.addr)),
-                    })
+                    .map(|(code, key)| self.renewal(int(Some(code)), key))
                     .collect::<Vec<_>>(),
                 Ok(_) => chunk
                     .iter()
@@ -954,6 +943,24 @@ impl LeaseStore for RedisStore {
 }
 
 impl RedisStore {
+    /// The outcome of a renewal script's answer for `key` (renew.lua, or one of renew_many.lua).
+    /// A key that other data was written over (a hash without a leaseId: 0; another type: -2)
+    /// is a lease that is gone, at once: retrying cannot bring it back.
+    fn renewal(&self, code: Option<i64>, key: &str) -> Result<RenewOutcome> {
+        match code {
+            Some(1) => Ok(RenewOutcome::Renewed),
+            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
+            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
+            Some(-2) => {
+                tracing::warn!(
+                    "Redis key '{key}' of a held lease now holds something other than a lease (WRONGTYPE): the lease is lost (missing); the key was left untouched"
+                );
+                Ok(RenewOutcome::Lost(LostReason::Missing))
+            }
+            _ => Err(unexpected("renew", &self.addr)),
+        }
+    }
+
     /// Sharded pub/sub on a cluster (the message stays in the lease's shard), plain elsewhere.
     fn publish_command(&self) -> &'static str {
         match self.conn {
