@@ -820,6 +820,7 @@ impl StoredLease {
             ttl: Some(Duration::from_millis(
                 u64::try_from(self.ttl_ms).unwrap_or(0),
             )),
+            orphan: false,
         })
     }
 }

@@ -788,6 +788,23 @@ impl LeaseStore for RedisStore {
                     req.name, pttl, fields, key,
                 )?))
             }
+            // Granted over an orphan of the .NET origin: {token, its fields}.
+            Some(token) if token >= 1 => {
+                let fields = match items.get(1) {
+                    Some(Value::Array(f)) => f.as_slice(),
+                    _ => &[],
+                };
+                let orphan = info_from_hash(req.name, -1, fields);
+                tracing::warn!(
+                    lease = req.name,
+                    "lease '{}' was acquired over an orphan at Redis key '{key}': a hash of metadata only (meta_* fields, no TTL) that the .NET origin leaves when its key expired before it wrote its metadata; nobody held it; its metadata was {:?}",
+                    req.name,
+                    orphan.metadata
+                );
+                Ok(AcquireOutcome::Acquired {
+                    fencing_token: token.unsigned_abs(),
+                })
+            }
             _ => Err(unexpected("acquire", &self.addr)),
         }
     }
@@ -911,7 +928,9 @@ impl LeaseStore for RedisStore {
         let mut inv = FORCE_RELEASE.key(&key);
         inv.arg(self.keys.released(name))
             .arg(self.publish_command())
-            .arg(lease_id.unwrap_or(""));
+            .arg(lease_id.unwrap_or(""))
+            // Shown, even if empty: an orphan's lease id.
+            .arg(if lease_id.is_some() { "1" } else { "" });
         let reply = self.invoke(inv, &key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("force release", &self.addr));
@@ -997,8 +1016,9 @@ impl AcquireArgs {
     }
 }
 
-/// A lease read from its hash, or `WrongType` if the hash lacks the lease fields (someone
-/// else's data under the prefix: never treated as a lease, never deleted).
+/// A lease read from its hash, an orphan of the .NET origin (see [`keys::is_orphan`]), or
+/// `WrongType` if the hash lacks the lease fields (someone else's data under the prefix: never
+/// treated as a lease, never deleted).
 fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
     let has = |field: &str| {
         fields
@@ -1006,6 +1026,12 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
             .any(|kv| keys::as_string(&kv[0]).as_deref() == Some(field))
     };
     if !has("leaseId") || !has("acquiredAt") {
+        if keys::is_orphan(pttl, fields) {
+            return Ok(LeaseInfo {
+                orphan: true,
+                ..info_from_hash(name, pttl, fields)
+            });
+        }
         return Err(not_a_lease(key));
     }
     Ok(info_from_hash(name, pttl, fields))
