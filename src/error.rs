@@ -93,11 +93,12 @@ pub enum LeaseError {
     },
     /// Configuration is missing or invalid.
     /// A forced release for a lease id that no longer holds the lease: nothing was deleted.
-    #[error("lease '{name}' changed hands: it is now held by {}, not by lease id {shown} that was shown; nothing was released (look again, and confirm the current holder if it is the one to remove)", describe_holder(Some(holder)))]
+    #[error("lease '{name}' changed hands: it is now {}, not by {} that was shown; nothing was released (look again, and confirm the current holder if it is the one to remove)", describe_holder(Some(holder)), describe_shown(shown))]
     ChangedHands {
         /// The lease name.
         name: String,
-        /// The lease id an administrator was shown and asked to remove.
+        /// The lease id an administrator was shown and asked to remove (empty: an orphan, see
+        /// [`LeaseInfo::orphan`]).
         shown: String,
         /// The holder now.
         holder: Box<LeaseInfo>,
@@ -180,10 +181,22 @@ fn advice(waited: std::time::Duration) -> String {
     }
 }
 
+/// The lease id an administrator was shown: empty for an orphan (see [`LeaseInfo::orphan`]).
+fn describe_shown(id: &str) -> String {
+    if id.is_empty() {
+        "the orphan (no lease id)".to_owned()
+    } else {
+        format!("lease id {}", shown(id))
+    }
+}
+
 fn describe_holder(holder: Option<&LeaseInfo>) -> String {
     let Some(h) = holder else {
         return "it is held by another holder".to_owned();
     };
+    if h.orphan {
+        return "held by nobody (an orphan of the .NET origin: its metadata without a lease, which the next acquire takes over)".to_owned();
+    }
     let who = match (h.metadata.get("instanceId"), h.metadata.get("region")) {
         (Some(i), Some(r)) => format!("{} ({})", shown(i), shown(r)),
         (Some(i), None) => shown(i).into_owned(),
@@ -214,6 +227,7 @@ mod tests {
             fencing_token: None,
             metadata: [("instanceId".to_owned(), "x\nforged line".to_owned())].into(),
             ttl: None,
+            orphan: false,
         };
         let e = LeaseError::Unavailable {
             name: "job".into(),
@@ -222,5 +236,36 @@ mod tests {
         };
         assert!(!e.to_string().contains('\n'), "{e}");
         assert!(e.to_string().contains("held by \"x\\nforged line\""), "{e}");
+    }
+
+    #[test]
+    fn a_changed_hand_names_the_holder_now_and_the_one_shown() {
+        let mut holder = LeaseInfo {
+            name: "job".into(),
+            lease_id: "new-id".into(),
+            acquired_at: None,
+            fencing_token: Some(2),
+            metadata: [("instanceId".to_owned(), "py-1".to_owned())].into(),
+            ttl: None,
+            orphan: false,
+        };
+        let e = |holder: &LeaseInfo, shown: &str| {
+            LeaseError::ChangedHands {
+                name: "job".into(),
+                shown: shown.into(),
+                holder: Box::new(holder.clone()),
+            }
+            .to_string()
+        };
+        let m = e(&holder, "");
+        assert!(
+            m.contains("it is now held by py-1, not by the orphan (no lease id) that was shown"),
+            "{m}"
+        );
+        holder.orphan = true;
+        holder.lease_id = String::new();
+        let m = e(&holder, "old-id");
+        assert!(m.contains("it is now held by nobody (an orphan"), "{m}");
+        assert!(m.contains("not by lease id old-id that was shown"), "{m}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Built from the stored record (a Redis hash or a SQLite row). Records written by the .NET
 //! origin of this project have no `fencingToken`; they are shown with `fencing_token: None`
-//! rather than refused, so both can share one store.
+//! rather than refused, so both can share one store; an orphan that origin can leave behind (its
+//! metadata without a lease) is shown as one (`orphan`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +26,11 @@ pub struct LeaseInfo {
     pub metadata: BTreeMap<String, String>,
     /// Time left before the store expires the lease; `None` if it has no expiry.
     pub ttl: Option<Duration>,
+    /// An orphan of the .NET origin (Redis): a hash of `meta_*` fields only, with no TTL, left
+    /// when its key expired before the origin wrote its metadata. Nobody holds it (`lease_id`
+    /// is empty; `metadata` says who left it); the next acquire takes it over and a forced
+    /// release deletes it. `false` for every lease.
+    pub orphan: bool,
 }
 
 /// Formats a time as the sample's hash does: `2025-12-25T21:00:00.000Z`.

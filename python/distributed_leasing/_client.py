@@ -125,7 +125,8 @@ class LeaseClient:
         )
 
     async def inspect(self, name: str) -> LeaseInfo | None:
-        """The current holder of ``name``, or None."""
+        """The current holder of ``name``, or None. On Redis, an orphan of the .NET origin
+        (its metadata without a lease) is a ``LeaseInfo`` with ``orphan`` set."""
         _args.text("name", name, "critical-section-lock")
         return await self._native.inspect(name)
 
@@ -150,8 +151,9 @@ class LeaseClient:
         Given ``lease_id`` (the holder you were shown), deletes the lease only if that lease id
         still holds it: if it changed hands meanwhile, nothing is deleted and
         ``LeaseUnavailable`` is raised with the current ``.holder``. Without it, deletes
-        whoever holds the lease at that moment. A record that is not a lease is never deleted
-        (``BackendError``, kind ``wrong_type``).
+        whoever holds the lease at that moment. An orphan of the .NET origin (``orphan`` set
+        by ``inspect``, its ``lease_id`` empty) is deleted as a lease is. A record that is not a
+        lease is never deleted (``BackendError``, kind ``wrong_type``).
         """
         _forced_args(name, lease_id)
         return await self._native.force_release(name, lease_id=lease_id)

@@ -62,6 +62,12 @@ class LeaseInfo:
     @property
     def ttl(self) -> float | None:
         """Seconds left before the store expires it."""
+    @property
+    def orphan(self) -> bool:
+        """True for an orphan of the .NET origin (Redis): its ``meta_*`` fields left without a
+        lease and without a TTL (its key expired before it wrote them). Nobody holds it
+        (``lease_id`` is empty; ``metadata`` says who left it); the next acquire takes it over,
+        and ``force_release`` deletes it. False for every lease."""
     def __eq__(self, other: object, /) -> bool: ...
 
 @final

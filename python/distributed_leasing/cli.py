@@ -36,6 +36,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 NO_FENCING = "none (written by the .NET origin)"
+ORPHAN_NOTE = (
+    "an orphan of the .NET origin: its metadata left without a lease and without a TTL; "
+    "nobody holds it, the next acquire takes it over, release --force deletes it"
+)
 
 
 class _Refused(Exception):
@@ -66,7 +70,21 @@ def _holder_raw(info: LeaseInfo) -> str | None:
 
 
 def _holder(info: LeaseInfo) -> str:
-    """The holder for people: its instanceId (and region), escaped (see ``_safe``)."""
+    """The holder for people: its instanceId (and region), escaped (see ``_safe``); for an
+    orphan, whoever left it."""
+    if info.orphan:
+        return f"nobody (an orphan left by {_left_by(info)})"
+    return _left_by(info)
+
+
+def _shown(info: LeaseInfo) -> str:
+    """The holder and its lease id, or the orphan, for a message about a changed hand."""
+    if info.orphan:
+        return f"the orphan left by {_left_by(info)}"
+    return f"{_holder(info)} (lease id {_safe(info.lease_id)})"
+
+
+def _left_by(info: LeaseInfo) -> str:
     instance = info.metadata.get("instanceId")
     region = info.metadata.get("region")
     if not instance:
@@ -91,7 +109,8 @@ def _fencing(token: int | None) -> str:
 def _as_json(info: LeaseInfo) -> dict[str, Any]:
     return {
         "name": info.name,
-        "holder": _holder_raw(info),
+        "holder": None if info.orphan else _holder_raw(info),
+        "orphan": info.orphan,
         "lease_id": info.lease_id,
         "acquired_at": None if info.acquired_at is None else _time(info.acquired_at),
         "fencing_token": info.fencing_token,
@@ -104,7 +123,7 @@ def _print_info(info: LeaseInfo) -> None:
     rows = [
         ("Lease", _safe(info.name)),
         ("Holder", _holder(info)),
-        ("Lease ID", _safe(info.lease_id)),
+        ("Lease ID", "none" if info.orphan else _safe(info.lease_id)),
         ("Acquired at", _time(info.acquired_at)),
         ("Fencing token", _fencing(info.fencing_token)),
         ("TTL", _ttl(info.ttl)),
@@ -119,6 +138,8 @@ def _print_info(info: LeaseInfo) -> None:
             print(f"  {key + ':':<{width}} {value}")
     else:
         print("Metadata:       (none)")
+    if info.orphan:
+        print(f"({ORPHAN_NOTE})")
 
 
 def _print_table(infos: Sequence[LeaseInfo]) -> None:
@@ -126,8 +147,8 @@ def _print_table(infos: Sequence[LeaseInfo]) -> None:
     rows = [
         (
             _safe(i.name),
-            _holder(i) if i.metadata.get("instanceId") else "-",
-            _safe(i.lease_id[:8]),
+            "orphan" if i.orphan else _holder(i) if i.metadata.get("instanceId") else "-",
+            "-" if i.orphan else _safe(i.lease_id[:8]),
             "-" if i.fencing_token is None else str(i.fencing_token),
             _ttl(i.ttl),
             _time(i.acquired_at),
@@ -137,8 +158,10 @@ def _print_table(infos: Sequence[LeaseInfo]) -> None:
     widths = [max(len(r[c]) for r in (header, *rows)) for c in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if any(i.fencing_token is None for i in infos):
+    if any(i.fencing_token is None and not i.orphan for i in infos):
         print(f"(FENCING '-': {NO_FENCING})")
+    if any(i.orphan for i in infos):
+        print(f"(HOLDER 'orphan': {ORPHAN_NOTE})")
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -223,7 +246,11 @@ def _release(args: argparse.Namespace) -> int:
                 f"lease {args.name!r} is held by {_holder(info)}; not asking for confirmation "
                 "because standard input is not a terminal: add --yes to release it"
             )
-        question = f"Release lease {args.name!r} held by {_holder(info)}? [y/N] "
+        question = (
+            f"Delete the orphan of lease {args.name!r} left by {_left_by(info)}? [y/N] "
+            if info.orphan
+            else f"Release lease {args.name!r} held by {_holder(info)}? [y/N] "
+        )
         if not _confirm(question):
             print("Not released.")
             return EXIT_OK
@@ -232,15 +259,15 @@ def _release(args: argparse.Namespace) -> int:
         released = client.force_release_sync(args.name, lease_id=info.lease_id)
     except LeaseUnavailable as e:
         now = e.holder
-        who = (
-            "another holder" if now is None else f"{_holder(now)} (lease id {_safe(now.lease_id)})"
-        )
+        who = "another holder" if now is None else _shown(now)
         raise _Refused(
             f"lease {args.name!r} changed hands while you were asked: it is now held by {who}, "
-            f"not by {_holder(info)} (lease id {_safe(info.lease_id)}); nothing was released. "
+            f"not by {_shown(info)}; nothing was released. "
             "Run the command again to see the current holder."
         ) from None
-    if released:
+    if released and info.orphan:
+        print(f"Deleted the orphan of lease {args.name!r} (left by {_left_by(info)}).")
+    elif released:
         print(f"Released lease {args.name!r} (was held by {_holder(info)}).")
     else:
         print(f"Lease {args.name!r} was no longer held; nothing released.")

@@ -63,9 +63,13 @@ impl PyLeaseInfo {
     fn ttl(&self) -> Option<f64> {
         self.info.ttl.map(|t| t.as_secs_f64())
     }
+    #[getter]
+    fn orphan(&self) -> bool {
+        self.info.orphan
+    }
     fn __repr__(&self) -> String {
         format!(
-            "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={})",
+            "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={}{})",
             self.info.name,
             self.info.lease_id,
             self.info
@@ -75,6 +79,11 @@ impl PyLeaseInfo {
             self.info
                 .ttl
                 .map_or_else(|| "None".into(), |t| format!("{:.3}", t.as_secs_f64())),
+            if self.info.orphan {
+                ", orphan=True"
+            } else {
+                ""
+            },
         )
     }
 }

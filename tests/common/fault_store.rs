@@ -55,6 +55,7 @@ impl Record {
             fencing_token: Some(self.fencing_token),
             metadata: self.metadata.clone(),
             ttl: Some(self.expires_at.saturating_duration_since(now)),
+            orphan: false,
         }
     }
 }

@@ -50,8 +50,9 @@ def test_foreign_key_type_is_refused_on_every_path_and_left_untouched(
     key = f"lease:{unique_name}"
     write, read = ([a.format(key=key) for a in cmd] for cmd in FOREIGN[kind])
     client = dl.LeaseClient.connect_sync(redis_server.url)
-    # A lease is held, then someone else's data replaces its key: the holder's renew and
-    # release must refuse to touch it, as must everyone's acquire, inspect and force_release.
+    # A lease is held, then someone else's data replaces its key: the holder's release must
+    # refuse to touch it, as must everyone's acquire, inspect and force_release; the holder's
+    # renewal finds its lease gone (lost, `missing`: issue 22) and leaves the data alone too.
     lease = client.acquire_sync(unique_name, duration=30.0)
     redis_server.cli("DEL", key)
     redis_server.cli(*write)
@@ -62,7 +63,6 @@ def test_foreign_key_type_is_refused_on_every_path_and_left_untouched(
         lambda: client.try_acquire_sync(unique_name),
         lambda: client.inspect_sync(unique_name),
         lambda: client.force_release_sync(unique_name),
-        lease.renew_sync,
         lease.release_sync,
     ):
         with pytest.raises(dl.BackendError) as info:
@@ -70,6 +70,11 @@ def test_foreign_key_type_is_refused_on_every_path_and_left_untouched(
         assert_wrong_type(info.value, key)
         assert redis_server.cli(*read) == before
         assert redis_server.cli("TTL", key).strip() == "-1"
+    with pytest.raises(dl.LeaseLost) as lost:
+        lease.renew_sync()
+    assert lost.value.reason == "missing"
+    assert redis_server.cli(*read) == before
+    assert redis_server.cli("TTL", key).strip() == "-1"
     # list() skips keys that are not leases instead of failing.
     assert [i.name for i in client.list_sync(unique_name)] == []
     assert redis_server.cli(*read) == before
@@ -86,12 +91,14 @@ async def test_foreign_key_type_async_paths(redis_server: RedisServer, unique_na
     for start in (
         lambda: client.inspect(unique_name),
         lambda: client.force_release(unique_name),
-        lease.renew,
         lease.release,
     ):
         with pytest.raises(dl.BackendError) as info:
             await start()
         assert_wrong_type(info.value, key)
+    with pytest.raises(dl.LeaseLost) as lost:
+        await lease.renew()
+    assert lost.value.reason == "missing"
     assert redis_server.cli("GET", key).strip() == "someone else's data"
 
 

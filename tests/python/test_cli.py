@@ -201,6 +201,43 @@ def test_key_written_by_the_dotnet_origin(demo_redis: RedisServer, name: str) ->
         demo_redis.cli("DEL", key)
 
 
+def test_an_orphan_of_the_dotnet_origin_is_shown_as_one_and_deleted_by_release_force(
+    demo_redis: RedisServer, client: dl.LeaseClient, name: str
+) -> None:
+    # The .NET origin's meta_* fields, written after its key expired: no lease, no TTL.
+    key = f"lease:{name}"
+    demo_redis.cli("HSET", key, "meta_instanceId", "dotnet-1", "meta_region", "eu-west")
+    try:
+        result = leasing("--url", demo_redis.url, "inspect", name)
+        assert result.returncode == 0, result.stderr  # before: "not a lease", exit 1
+        f = fields(result.stdout)
+        assert f["Holder"] == "nobody (an orphan left by dotnet-1 (eu-west))"
+        assert (f["Lease ID"], f["TTL"]) == ("none", "no expiry")
+        assert re.search(r"^  instanceId:\s+dotnet-1$", result.stdout, re.M)
+        assert f"({cli.ORPHAN_NOTE})" in result.stdout
+        data = json.loads(leasing("--url", demo_redis.url, "inspect", name, "--json").stdout)
+        assert (data["orphan"], data["holder"], data["lease_id"]) == (True, None, "")
+        assert data["metadata"] == {"instanceId": "dotnet-1", "region": "eu-west"}
+        table = leasing("--url", demo_redis.url, "list", name).stdout
+        assert re.search(rf"^{name}\s+orphan\s+-\s+-\s+no expiry\s+unknown$", table, re.M)
+        assert f"(HOLDER 'orphan': {cli.ORPHAN_NOTE})" in table
+        listed = json.loads(leasing("--url", demo_redis.url, "list", name, "--json").stdout)
+        assert [(d["name"], d["orphan"]) for d in listed] == [(name, True)]
+        result = leasing("--url", demo_redis.url, "release", name, "--force", "--yes")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            f"Deleted the orphan of lease {name!r} (left by dotnet-1 (eu-west))."
+        )
+        assert demo_redis.cli("EXISTS", key).strip() == "0"
+        # A lease is never shown as an orphan.
+        lease = client.acquire_sync(name, duration=30, metadata=METADATA)
+        data = json.loads(leasing("--url", demo_redis.url, "inspect", name, "--json").stdout)
+        assert (data["orphan"], data["lease_id"]) == (False, lease.lease_id)
+        assert lease.release_sync() is True
+    finally:
+        demo_redis.cli("DEL", key)
+
+
 def test_key_that_is_not_a_lease_is_a_clear_error(demo_redis: RedisServer, name: str) -> None:
     demo_redis.cli("SET", f"lease:{name}", "hello")
     try:

@@ -343,6 +343,84 @@ async def test_async_calls_after_the_server_closed_idle_connections(
     await client.close()
 
 
+# -- list() after a drop (issue 22, defect 6) ------------------------------------------------
+
+# Held without renewals: nothing keeps a connection busy, so the idle timeout closes them all.
+QUIET = {"duration": 30.0, "auto_renew": False}
+
+
+def drop_every_connection(srv: RedisServer, how: str) -> None:
+    """Has the server close every client connection: ``CLIENT KILL``, or its idle ``timeout``
+    (set to a second, as cloud services do to idle clients), waited out."""
+    if how == "client_kill":
+        assert kill_all(srv) >= 1
+    else:
+        srv.command("CONFIG", "SET", "timeout", "1")
+        wait_until(lambda: our_connections(srv) == 0, "the server closes idle connections")
+
+
+@pytest.mark.parametrize("how", ["client_kill", "idle_timeout"])
+def test_sync_list_after_the_server_dropped_every_connection(
+    fresh_redis_server: RedisServer, unique_name: str, how: str
+) -> None:
+    # The thread's own connection (its inspects) and the shared one (its SCAN) both dropped,
+    # each time right before the list: no list may see the drop.
+    srv = fresh_redis_server
+    client = dl.LeaseClient.connect_sync(srv.url, operation_timeout=1.0)
+    open_thread_connection(client, srv, unique_name)
+    names = [f"{unique_name}-{i}" for i in range(3)]
+    leases = [client.acquire_sync(name, **QUIET) for name in names]
+    for _ in range(3):
+        drop_every_connection(srv, how)
+        assert [i.name for i in client.list_sync(unique_name)] == names
+    for lease in leases:
+        assert lease.release_sync() is True
+    client.close_sync()
+
+
+@pytest.mark.parametrize("how", ["client_kill", "idle_timeout"])
+async def test_async_list_after_the_server_dropped_every_connection(
+    fresh_redis_server: RedisServer, unique_name: str, how: str
+) -> None:
+    srv = fresh_redis_server
+    client = await dl.LeaseClient.connect(srv.url, operation_timeout=1.0)
+    names = [f"{unique_name}-{i}" for i in range(3)]
+    leases = [await client.acquire(name, **QUIET) for name in names]
+    # First over the shared connection (the loop's own is not open yet), then over the loop's.
+    drop_every_connection(srv, how)
+    assert [i.name for i in await client.list(unique_name)] == names
+    await open_loop_connection(client, srv, unique_name)
+    for _ in range(3):
+        drop_every_connection(srv, how)
+        assert [i.name for i in await client.list(unique_name)] == names
+    for lease in leases:
+        assert await lease.release() is True
+    await client.close()
+
+
+def test_list_on_a_cluster_after_kills_on_every_node(
+    redis_cluster: RedisCluster, unique_name: str
+) -> None:
+    # SCAN on every master, then the leases: every node drops every connection first.
+    cluster = redis_cluster
+    client = dl.LeaseClient.connect_sync(cluster.url, operation_timeout=2.0)
+    names = [f"{unique_name}-{i}" for i in range(6)]  # spread over the masters
+    leases = [client.acquire_sync(name, **QUIET) for name in names]
+
+    async def on_a_loop() -> list[str]:
+        return [i.name for i in await client.list(unique_name)]
+
+    for _ in range(3):
+        assert sum(kill_all(node) for node in cluster.nodes) >= 1
+        assert [i.name for i in client.list_sync(unique_name)] == names
+        for node in cluster.nodes:
+            kill_all(node)
+        assert asyncio.run(on_a_loop()) == names
+    for lease in leases:
+        assert lease.release_sync() is True
+    client.close_sync()
+
+
 # -- close() and dropped clients --------------------------------------------------------------
 
 

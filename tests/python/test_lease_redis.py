@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import socket
@@ -608,6 +609,177 @@ def test_wrong_type_key_is_a_clear_error_and_left_untouched(
     assert f"lease:{unique_name}" in str(info.value)
     assert redis_server.cli("GET", f"lease:{unique_name}").strip() == "someone else's data"
     assert redis_server.cli("EXISTS", f"lease:{unique_name}:fence").strip() == "0"
+
+
+# -- foreign data over a held lease, and the .NET origin's orphans (issue 22) ----------------
+
+
+@pytest.mark.parametrize("foreign", ["string", "hash_without_lease_id"])
+@pytest.mark.parametrize("leases", [1, 4])
+async def test_a_held_lease_overwritten_by_foreign_data_is_missing_at_its_first_renewal(
+    redis_server: RedisServer, unique_name: str, foreign: str, leases: int
+) -> None:
+    # Alone (the one-lease renewal script) and among others renewed with it (the batch script).
+    client = await dl.LeaseClient.connect(redis_server.url)
+    held = [await client.acquire(f"{unique_name}-{i}", duration=5.0, renew_interval=0.3)
+            for i in range(leases)]  # fmt: skip
+    key = f"lease:{held[0].name}"
+    if foreign == "string":
+        redis_server.cli("SET", key, "someone else's data")
+    else:
+        redis_server.cli("DEL", key)
+        redis_server.cli("HSET", key, "owner", "app")
+    # Before: five failed renewals, then `expired` at the deadline (5 s).
+    reason = await asyncio.wait_for(held[0].wait_lost(), timeout=20)
+    assert reason == "missing"
+    assert held[0].renewal_failures == 0
+    # Someone else's data is left as it is; the other leases keep renewing.
+    if foreign == "string":
+        assert redis_server.cli("GET", key).strip() == "someone else's data"
+    else:
+        assert hgetall(redis_server, key) == {"owner": "app"}
+    for lease in held[1:]:
+        assert not lease.is_lost and lease.renewal_failures == 0
+        assert await lease.release() is True
+    redis_server.cli("DEL", key)
+    await client.close()
+
+
+ORPHAN_META = {"instanceId": "dotnet-1", "region": "eu-west"}
+
+
+class RawRedis:
+    """A server or cluster seen through ``redis-cli``, with the key of a lease name."""
+
+    def __init__(self, url: str, node: RedisServer, cluster: bool) -> None:
+        self.url, self.node, self.cluster = url, node, cluster
+
+    def key(self, name: str) -> str:
+        return f"lease:{{{name}}}" if self.cluster else f"lease:{name}"
+
+    def cli(self, *args: str) -> str:
+        cmd = [*self.node.cli_args(), *(["-c"] if self.cluster else []), *args]
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=True
+        )
+        return out.stdout.strip()
+
+    def hgetall(self, name: str) -> dict[str, str]:
+        lines = self.cli("HGETALL", self.key(name)).splitlines()
+        return dict(zip(lines[0::2], lines[1::2], strict=True))
+
+    def write_orphan(self, name: str) -> None:
+        """What the .NET origin leaves when its key expired before its second round trip (the
+        ``meta_*`` fields): a hash of ``meta_*`` fields only, with no TTL."""
+        pairs = [x for k, v in ORPHAN_META.items() for x in (f"meta_{k}", v)]
+        self.cli("HSET", self.key(name), *pairs)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def raw(request: pytest.FixtureRequest) -> RawRedis:
+    if request.param == "redis":
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        return RawRedis(srv.url, srv, cluster=False)
+    cluster = request.getfixturevalue("redis_cluster")
+    return RawRedis(cluster.url, cluster.nodes[0], cluster=True)
+
+
+def test_an_orphan_of_the_dotnet_origin_is_shown_and_taken_over(
+    raw: RawRedis, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="distributed_leasing")
+    dl.refresh_logging()
+    raw.write_orphan(unique_name)
+    client = dl.LeaseClient.connect_sync(raw.url)
+    # Shown as what it is: nobody holds it, and its metadata says who left it.
+    info = client.inspect_sync(unique_name)
+    assert info is not None and info.orphan
+    assert (info.lease_id, info.fencing_token, info.acquired_at, info.ttl) == ("", None, None, None)
+    assert info.metadata == ORPHAN_META
+    assert client.list_sync(unique_name) == [info]
+    # Before: refused as "not a lease ... choose another lease name", for ever.
+    lease = client.try_acquire_sync(unique_name, metadata={"instanceId": "py-1"})
+    assert lease is not None
+    # Taken over whole: none of the orphan's fields is left in the new lease's hash.
+    assert raw.hgetall(unique_name) == {
+        "leaseId": lease.lease_id,
+        "acquiredAt": raw.hgetall(unique_name)["acquiredAt"],
+        "fencingToken": str(lease.fencing_token),
+        "meta_instanceId": "py-1",
+    }
+    assert int(raw.cli("PTTL", raw.key(unique_name))) > 0
+    now = client.inspect_sync(unique_name)
+    assert now is not None and not now.orphan and now.lease_id == lease.lease_id
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "orphan" in r.getMessage()]
+
+    deadline = time.monotonic() + 10  # records reach Python from a Rust thread
+    while not warnings() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(warnings()) == 1, warnings()
+    assert raw.key(unique_name) in warnings()[0] and "dotnet-1" in warnings()[0]
+    assert lease.release_sync() is True
+    client.close_sync()
+
+
+def test_a_forced_release_removes_an_orphan_and_only_the_orphan_shown(
+    raw: RawRedis, unique_name: str
+) -> None:
+    client = dl.LeaseClient.connect_sync(raw.url)
+    raw.write_orphan(unique_name)
+    assert client.force_release_sync(unique_name) is True
+    assert raw.cli("EXISTS", raw.key(unique_name)) == "0"
+    # Shown an orphan (its lease id is empty): removed if it is still that orphan...
+    raw.write_orphan(unique_name)
+    shown = client.inspect_sync(unique_name)
+    assert shown is not None and shown.orphan
+    assert client.force_release_sync(unique_name, lease_id=shown.lease_id) is True
+    assert raw.cli("EXISTS", raw.key(unique_name)) == "0"
+    # ... never a lease that took it over meanwhile.
+    raw.write_orphan(unique_name)
+    lease = client.try_acquire_sync(unique_name)
+    assert lease is not None
+    with pytest.raises(dl.LeaseUnavailable) as info:
+        client.force_release_sync(unique_name, lease_id=shown.lease_id)
+    assert info.value.holder is not None and info.value.holder.lease_id == lease.lease_id
+    assert "not by the orphan (no lease id) that was shown" in str(info.value)
+    assert lease.release_sync() is True
+    client.close_sync()
+
+
+@pytest.mark.parametrize(
+    "hash_",
+    [
+        pytest.param({"meta_instanceId": "dotnet-1", "owner": "app"}, id="meta_and_another_field"),
+        pytest.param({"meta_instanceId": "dotnet-1", "meta_region": "eu"}, id="meta_with_a_ttl"),
+        pytest.param({"leaseId": "abc", "meta_region": "eu"}, id="lease_id_without_acquired_at"),
+    ],
+)
+def test_any_other_hash_is_still_refused_and_left_untouched(
+    raw: RawRedis, unique_name: str, hash_: dict[str, str]
+) -> None:
+    key = raw.key(unique_name)
+    raw.cli("HSET", key, *(x for kv in hash_.items() for x in kv))
+    if "owner" not in hash_ and "leaseId" not in hash_:
+        raw.cli("EXPIRE", key, "300")
+    ttl_before = int(raw.cli("TTL", key))
+    client = dl.LeaseClient.connect_sync(raw.url)
+    for call in (
+        lambda: client.try_acquire_sync(unique_name),
+        lambda: client.inspect_sync(unique_name),
+        lambda: client.force_release_sync(unique_name),
+        lambda: client.force_release_sync(unique_name, lease_id=""),
+    ):
+        with pytest.raises(dl.BackendError) as info:
+            call()
+        assert info.value.kind == "wrong_type" and "not a lease" in str(info.value)
+    assert client.list_sync(unique_name) == []
+    assert raw.hgetall(unique_name) == hash_
+    assert int(raw.cli("TTL", key)) in (ttl_before, ttl_before - 1)
+    assert raw.cli("EXISTS", f"{key}:fence") == "0"
+    raw.cli("DEL", key)
+    client.close_sync()
 
 
 @pytest.fixture

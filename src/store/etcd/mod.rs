@@ -917,6 +917,7 @@ fn info(name: &str, kv: &Kv, record: RecordIn, ttl: Option<Duration>) -> LeaseIn
         fencing_token: u64::try_from(kv.create_revision).ok(),
         metadata: record.metadata,
         ttl,
+        orphan: false,
     }
 }
 

@@ -847,6 +847,7 @@ impl StoredLease {
             ttl: self
                 .ttl_ms
                 .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            orphan: false,
         })
     }
 }

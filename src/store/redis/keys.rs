@@ -115,6 +115,7 @@ pub fn info_from_hash(name: &str, pttl: i64, fields: &[Value]) -> LeaseInfo {
         fencing_token: None,
         metadata: BTreeMap::new(),
         ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+        orphan: false,
     };
     for pair in fields.chunks_exact(2) {
         let (Some(field), Some(value)) = (as_string(&pair[0]), as_string(&pair[1])) else {
@@ -132,6 +133,19 @@ pub fn info_from_hash(name: &str, pttl: i64, fields: &[Value]) -> LeaseInfo {
         }
     }
     info
+}
+
+/// Whether a hash (its flat `HGETALL` reply, its `PTTL`) is an orphan of the .NET origin: every
+/// field `meta_*` and no TTL. The origin writes its `meta_*` fields in a second round trip; if
+/// its key expired in between, that write leaves such a hash, held by nobody and never expiring.
+/// An acquire takes it over, a forced release deletes it (the scripts check the same).
+#[must_use]
+pub fn is_orphan(pttl: i64, fields: &[Value]) -> bool {
+    pttl == -1
+        && !fields.is_empty()
+        && fields
+            .chunks(2)
+            .all(|kv| as_string(&kv[0]).is_some_and(|f| f.starts_with(META_PREFIX)))
 }
 
 /// A reply value as a UTF-8 string (lossy), for fields and values of a hash.
@@ -181,6 +195,24 @@ mod tests {
     fn scan_pattern_escapes_glob_characters() {
         let k = Keys::new("lease:", false);
         assert_eq!(k.scan_pattern("a*[b]"), "lease:a\\*\\[b\\]*");
+    }
+
+    #[test]
+    fn an_orphan_is_metadata_only_without_a_ttl() {
+        let f = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let meta = [
+            f("meta_instanceId"),
+            f("dotnet-1"),
+            f("meta_region"),
+            f("eu"),
+        ];
+        assert!(is_orphan(-1, &meta));
+        assert!(!is_orphan(1500, &meta), "a TTL: not an orphan");
+        assert!(!is_orphan(-1, &[]), "no hash");
+        let mixed = [f("meta_instanceId"), f("dotnet-1"), f("owner"), f("app")];
+        assert!(!is_orphan(-1, &mixed), "another field: someone else's data");
+        let lease = [f("leaseId"), f("abc"), f("meta_region"), f("eu")];
+        assert!(!is_orphan(-1, &lease));
     }
 
     #[test]

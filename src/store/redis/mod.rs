@@ -216,6 +216,11 @@ impl RedisStore {
                 }
                 result.map_err(Failure::Redis)
             }
+            // A twin whose connection failed sends the rest of what it was doing (the
+            // inspects of a list, say) on the shared connection; its owner opens another.
+            Conn::Inline { shared, broken, .. } if broken.load(SeqCst) => {
+                shared.invoke(Arc::new(call), None).await
+            }
             Conn::Inline {
                 conn,
                 shared,
@@ -259,39 +264,37 @@ impl RedisStore {
         matches!(&self.conn, Conn::Inline { broken, .. } if broken.load(SeqCst))
     }
 
+    /// The keys matching `pattern` (SCAN, on every master of a cluster). Read-only, so a scan
+    /// whose connection dropped is started again, once, on a fresh connection, as every other
+    /// operation is retried.
     async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
         match &self.conn {
             Conn::Single(shared) | Conn::Inline { shared, .. } => {
                 let pattern = pattern.to_owned();
-                out = shared
-                    .with_manager(move |mut c| async move {
-                        let mut out = Vec::new();
-                        scan_node(&mut c, &pattern, &mut out).await.map(|()| out)
+                shared
+                    .with_manager(move |mut c| {
+                        let pattern = pattern.clone();
+                        async move {
+                            let mut out = Vec::new();
+                            scan_node(&mut c, &pattern, &mut out).await.map(|()| out)
+                        }
                     })
                     .await
-                    .map_err(|f| self.failure(f, None))?;
+                    .map_err(|f| self.failure(f, None))
             }
             Conn::Cluster(cluster) => {
-                let Some(mut c) = lock(cluster).clone() else {
+                let Some(c) = lock(cluster).clone() else {
                     return Err(closed_error());
                 };
-                for (host, port) in cluster_masters(&mut c)
-                    .await
-                    .map_err(|e| map_error(&e, &self.addr, None))?
-                {
-                    let mut node = ByNode {
-                        conn: c.clone(),
-                        host,
-                        port,
-                    };
-                    scan_node(&mut node, pattern, &mut out)
-                        .await
-                        .map_err(|e| map_error(&e, &self.addr, None))?;
+                let mut result = scan_cluster(c.clone(), pattern).await;
+                // The cluster client reconnects to the node by itself after a failed command.
+                if result.as_ref().is_err_and(retryable) {
+                    tracing::debug!(addr = %self.addr, "connection dropped during SCAN; scanning again once");
+                    result = scan_cluster(c, pattern).await;
                 }
+                result.map_err(|e| map_error(&e, &self.addr, None))
             }
         }
-        Ok(out)
     }
 
     /// Closes every connection of this store: the shared (or cluster) connection and the
@@ -556,6 +559,20 @@ async fn cluster_masters(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(S
     Ok(masters)
 }
 
+/// The keys matching `pattern` on every master of the cluster.
+async fn scan_cluster(mut c: ClusterConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    for (host, port) in cluster_masters(&mut c).await? {
+        let mut node = ByNode {
+            conn: c.clone(),
+            host,
+            port,
+        };
+        scan_node(&mut node, pattern, &mut out).await?;
+    }
+    Ok(out)
+}
+
 async fn scan_node<C: ConnectionLike + Send>(
     c: &mut C,
     pattern: &str,
@@ -771,6 +788,23 @@ impl LeaseStore for RedisStore {
                     req.name, pttl, fields, key,
                 )?))
             }
+            // Granted over an orphan of the .NET origin: {token, its fields}.
+            Some(token) if token >= 1 => {
+                let fields = match items.get(1) {
+                    Some(Value::Array(f)) => f.as_slice(),
+                    _ => &[],
+                };
+                let orphan = info_from_hash(req.name, -1, fields);
+                tracing::warn!(
+                    lease = req.name,
+                    "lease '{}' was acquired over an orphan at Redis key '{key}': a hash of metadata only (meta_* fields, no TTL) that the .NET origin leaves when its key expired before it wrote its metadata; nobody held it; its metadata was {:?}",
+                    req.name,
+                    orphan.metadata
+                );
+                Ok(AcquireOutcome::Acquired {
+                    fencing_token: token.unsigned_abs(),
+                })
+            }
             _ => Err(unexpected("acquire", &self.addr)),
         }
     }
@@ -779,12 +813,7 @@ impl LeaseStore for RedisStore {
         let key = self.keys.lease(name);
         let mut inv = RENEW.key(&key);
         inv.arg(lease_id).arg(millis(duration));
-        match int(Some(&self.invoke(inv, &key).await?)) {
-            Some(1) => Ok(RenewOutcome::Renewed),
-            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
-            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
-            _ => Err(unexpected("renew", &self.addr)),
-        }
+        self.renewal(int(Some(&self.invoke(inv, &key).await?)), &key)
     }
 
     fn renews_in_one_request(&self) -> bool {
@@ -815,13 +844,7 @@ impl LeaseStore for RedisStore {
                 Ok(Value::Array(codes)) if codes.len() == chunk.len() => codes
                     .iter()
                     .zip(&keys)
-                    .map(|(code, key)| match int(Some(code)) {
-                        Some(1) => Ok(RenewOutcome::Renewed),
-                        Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
-                        Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
-                        Some(-2) => Err(wrong_type(key)),
-                        _ => Err(unexpected("renew", &self.addr)),
-                    })
+                    .map(|(code, key)| self.renewal(int(Some(code)), key))
                     .collect::<Vec<_>>(),
                 Ok(_) => chunk
                     .iter()
@@ -905,7 +928,9 @@ impl LeaseStore for RedisStore {
         let mut inv = FORCE_RELEASE.key(&key);
         inv.arg(self.keys.released(name))
             .arg(self.publish_command())
-            .arg(lease_id.unwrap_or(""));
+            .arg(lease_id.unwrap_or(""))
+            // Shown, even if empty: an orphan's lease id.
+            .arg(if lease_id.is_some() { "1" } else { "" });
         let reply = self.invoke(inv, &key).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("force release", &self.addr));
@@ -937,6 +962,24 @@ impl LeaseStore for RedisStore {
 }
 
 impl RedisStore {
+    /// The outcome of a renewal script's answer for `key` (renew.lua, or one of renew_many.lua).
+    /// A key that other data was written over (a hash without a leaseId: 0; another type: -2)
+    /// is a lease that is gone, at once: retrying cannot bring it back.
+    fn renewal(&self, code: Option<i64>, key: &str) -> Result<RenewOutcome> {
+        match code {
+            Some(1) => Ok(RenewOutcome::Renewed),
+            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
+            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
+            Some(-2) => {
+                tracing::warn!(
+                    "Redis key '{key}' of a held lease now holds something other than a lease (WRONGTYPE): the lease is lost (missing); the key was left untouched"
+                );
+                Ok(RenewOutcome::Lost(LostReason::Missing))
+            }
+            _ => Err(unexpected("renew", &self.addr)),
+        }
+    }
+
     /// Sharded pub/sub on a cluster (the message stays in the lease's shard), plain elsewhere.
     fn publish_command(&self) -> &'static str {
         match self.conn {
@@ -973,8 +1016,9 @@ impl AcquireArgs {
     }
 }
 
-/// A lease read from its hash, or `WrongType` if the hash lacks the lease fields (someone
-/// else's data under the prefix: never treated as a lease, never deleted).
+/// A lease read from its hash, an orphan of the .NET origin (see [`keys::is_orphan`]), or
+/// `WrongType` if the hash lacks the lease fields (someone else's data under the prefix: never
+/// treated as a lease, never deleted).
 fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
     let has = |field: &str| {
         fields
@@ -982,6 +1026,12 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
             .any(|kv| keys::as_string(&kv[0]).as_deref() == Some(field))
     };
     if !has("leaseId") || !has("acquiredAt") {
+        if keys::is_orphan(pttl, fields) {
+            return Ok(LeaseInfo {
+                orphan: true,
+                ..info_from_hash(name, pttl, fields)
+            });
+        }
         return Err(not_a_lease(key));
     }
     Ok(info_from_hash(name, pttl, fields))

@@ -217,13 +217,29 @@ impl SharedConn {
         call: &Call,
         fresh_since: Option<Instant>,
     ) -> Result<Value, Failure> {
+        self.retrying_here(fresh_since, |mut manager, retry| async move {
+            call.invoke_async(&mut manager, retry).await
+        })
+        .await
+    }
+
+    /// Runs `f` with the current manager, and once more (told so) with a fresh one if its
+    /// connection dropped; with `fresh_since`, only that retry, on a connection opened since.
+    async fn retrying_here<T, F, Fut>(
+        &self,
+        fresh_since: Option<Instant>,
+        f: F,
+    ) -> Result<T, Failure>
+    where
+        F: Fn(ConnectionManager, bool) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let (mut current, mut retry) = match fresh_since {
             Some(t) => (self.fresh_since(t)?, true),
             None => (self.current()?, false),
         };
         loop {
-            let mut manager = current.manager.clone();
-            let command = call.invoke_async(&mut manager, retry);
+            let command = f(current.manager.clone(), retry);
             let result = match tokio::time::timeout(self.limit(), command).await {
                 Ok(result) => result,
                 Err(_) => Err(elapsed()),
@@ -268,27 +284,17 @@ impl SharedConn {
         }
     }
 
-    /// Runs `f` with the current manager, at home; a failure that breaks the connection
-    /// discards it (no retry: for multi-step reads such as SCAN).
+    /// Runs `f` with the current manager, at home, and once more from the start on a fresh
+    /// connection if its connection dropped (for multi-step reads such as SCAN, each of whose
+    /// steps may be repeated); a failure that breaks the connection discards it.
     pub(super) async fn with_manager<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: Fn(ConnectionManager) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
-        self.at_home(move |me| async move {
-            let current = me.current()?;
-            let command = f(current.manager.clone());
-            let result = match tokio::time::timeout(me.limit(), command).await {
-                Ok(result) => result,
-                Err(_) => Err(elapsed()),
-            };
-            result.map_err(|e| {
-                me.failed(&current, &e);
-                Failure::Redis(e)
-            })
-        })
-        .await
+        self.at_home(move |me| async move { me.retrying_here(None, |m, _| f(m)).await })
+            .await
     }
 }
 

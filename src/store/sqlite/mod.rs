@@ -740,6 +740,7 @@ impl StoredLease {
             fencing_token: self.fencing_token,
             metadata,
             ttl: Some(Duration::from_millis(left)),
+            orphan: false,
         })
     }
 }

@@ -14,36 +14,52 @@
 --                                      a bare integer >= 1, not a table: a table costs the server
 --                                      4.5k instructions to build, convert and collect, 6% of an
 --                                      acquire+release (bench/README.md, Redis-server CPU per cycle)
+--          {fencingToken, {field, value, ...}}  acquired by taking over an orphan of the .NET
+--                                      origin (see below): the orphan's whole hash, for the warning
 --          {0, pttl, {field, value, ...}}  held by someone else: the holder's whole hash and the
 --                                      milliseconds it has left, in the same round trip
 --          error BADFENCE              KEYS[2] is not a non-negative integer counter
---          error BADLEASE              KEYS[1] is a hash without a leaseId (not a lease)
+--          error BADLEASE              KEYS[1] is a hash without a leaseId that is not an orphan
+--                                      (not a lease)
 --
 -- Atomic because a script runs alone on the server: no other client can take the lease between
 -- the check and the write. Nothing is left changed unless the lease is granted: a lease key of
--- another type fails with WRONGTYPE, a hash without a leaseId with BADLEASE, before any write;
--- a counter that is not a non-negative integer of at most 15 digits fails with BADFENCE, either
--- because INCR refuses it (another type, not an integer, overflow: nothing written) or because
--- the incremented value is out of range, which is then decremented back within this script, so
--- no client ever sees it changed. Someone else's data keeps its value and no lease is left
+-- another type fails with WRONGTYPE, a hash without a leaseId (not an orphan) with BADLEASE,
+-- before any write; a counter that is not a non-negative integer of at most 15 digits fails
+-- with BADFENCE, either because INCR refuses it (another type, not an integer, overflow:
+-- nothing written) or because the incremented value is out of range, which is then decremented
+-- back within this script, so no client ever sees it changed. Someone else's data keeps its value and no lease is left
 -- behind that nobody holds. (INCR first, rather than GET, validate, INCR: one command less for
 -- every acquire.)
+--
+-- An orphan of the .NET origin is a hash whose every field is meta_* and that has no TTL: the
+-- origin writes its meta_* fields in a second round trip, and when its key expired in between,
+-- that write makes a hash nobody holds and that never expires. It is taken over: deleted and
+-- replaced by the new lease, in this script, once the counter is incremented (so an error still
+-- leaves it as it was). Any other hash without a leaseId is someone else's data: BADLEASE.
 --
 -- A matching lease id alone never re-admits: a process that presents a lease id that already
 -- holds the lease (a forked child whose random generator was copied, say) is refused like any
 -- other. Only the retry flag plus the same acquiredAt stamp identify the request that won.
 local pttl = redis.call('PTTL', KEYS[1])
+local orphan = false
 if pttl ~= -2 then
   local holder = redis.call('HGET', KEYS[1], 'leaseId')
-  if not holder then
-    return redis.error_reply('BADLEASE the key is a hash without a leaseId')
+  if holder then
+    if holder == ARGV[1] and ARGV[4] == '1'
+        and redis.call('HGET', KEYS[1], 'acquiredAt') == ARGV[3] then
+      redis.call('PEXPIRE', KEYS[1], ARGV[2])
+      return tonumber(redis.call('HGET', KEYS[1], 'fencingToken'))
+    end
+    return {0, pttl, redis.call('HGETALL', KEYS[1])}
   end
-  if holder == ARGV[1] and ARGV[4] == '1'
-      and redis.call('HGET', KEYS[1], 'acquiredAt') == ARGV[3] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(redis.call('HGET', KEYS[1], 'fencingToken'))
+  -- No leaseId: an orphan of the .NET origin (no TTL, every field meta_*), or not a lease.
+  orphan = redis.call('HGETALL', KEYS[1])
+  for i = 1, #orphan, 2 do
+    if pttl ~= -1 or string.sub(orphan[i], 1, 5) ~= 'meta_' then
+      return redis.error_reply('BADLEASE the key is a hash without a leaseId')
+    end
   end
-  return {0, pttl, redis.call('HGETALL', KEYS[1])}
 end
 local token = redis.pcall('INCR', KEYS[2])
 if type(token) == 'table' and token.err then
@@ -63,6 +79,9 @@ if token < 1 or token > 1e15 then
   redis.call('DECR', KEYS[2])
   return redis.error_reply('BADFENCE the fencing counter is not a non-negative integer')
 end
+if orphan then
+  redis.call('DEL', KEYS[1])
+end
 if #ARGV == 4 then
   -- No metadata: the fields as literal arguments, without a Lua table to build and unpack.
   redis.call('HSET', KEYS[1], 'leaseId', ARGV[1], 'acquiredAt', ARGV[3], 'fencingToken', token)
@@ -74,4 +93,7 @@ else
   redis.call('HSET', KEYS[1], unpack(fields))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if orphan then
+  return {token, orphan}
+end
 return token

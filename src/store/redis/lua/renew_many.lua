@@ -4,9 +4,10 @@
 -- ARGV[2i-1]   lease i's holder's lease id
 -- ARGV[2i]     lease i's duration in milliseconds
 --
--- Returns  one integer per lease: 1 renewed, 0 gone, -1 held by another lease id,
---          -2 the key holds something other than a lease (left untouched); any other error
---          (an ACL refusal) fails the whole batch with the server's error
+-- Returns  one integer per lease, as renew.lua's: 1 renewed, 0 gone (or a hash without a
+--          leaseId), -1 held by another lease id, -2 the key holds something other than a hash
+--          (left untouched); any other error (an ACL refusal) fails the whole batch with the
+--          server's error
 --
 -- Each lease is checked and extended atomically as in renew.lua (a script runs alone on the
 -- server); batching them saves round trips when a client holds many leases. Standalone
