@@ -99,7 +99,7 @@ PG_INITDB=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 
 redis-server --version
 openssl version
 "$PG_INITDB" --version
-etcd --version | head -n 1
+etcd --version | sed -n 1p  # sed reads it all: `head` could end etcd by SIGPIPE (exit 141 under pipefail)
 
 # ---------------------------------------------------------------------------------------------
 section "Python test tools (requirements-dev.txt)"

@@ -5,9 +5,9 @@
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client, `classes` holds the Python
 //! classes, `options` the checked options every entry point takes, `functions` the module
-//! functions that are one call into the core, `errors` the exception hierarchy, `logging`
-//! forwards the core's `tracing` events to Python's `logging`. The public API is
-//! `python/distributed_leasing`.
+//! functions that are one call into the core (checks, fork hooks), `errors` the exception
+//! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
+//! API is `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
@@ -52,6 +52,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_check_backoff, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_after_fork_in_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_after_fork_in_child, m)?)?;
     logging::install(py);
     #[cfg(feature = "bench")]
     {

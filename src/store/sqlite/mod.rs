@@ -26,6 +26,11 @@
 //!   shared by every store open on it here); waiters in other processes find out by polling on
 //!   their backoff schedule (never more often than every 100 ms) and at the holder's expiry.
 //!
+//! - Fork: no SQLite call is in progress while the process forks, and a forked child closes the
+//!   connections it inherited before opening its own ([`fork`]; the bindings call its hooks
+//!   around every `os.fork()`). A connection is only ever used, and closed, by the process that
+//!   opened it.
+//!
 //! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 //! schema version; a file of another application or of a newer schema is refused, never altered.
 
@@ -45,6 +50,35 @@ use super::{
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::wait::{ReleaseBoard, ReleaseWatch};
+
+mod fork;
+
+pub use fork::{after_fork_in_child, after_fork_in_parent, before_fork, FORK_WAIT_LIMIT};
+
+/// Every store opened in this process (and, in a forked child, in its parent), so that a child
+/// can close the connections it inherited ([`close_inherited`]).
+static STORES: LazyLock<Mutex<Vec<Weak<Inner>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// In a forked child, with SQLite idle (see [`fork`]): closes every connection inherited from
+/// the parent. SQLite records, per file and per process, the locks it believes the process
+/// holds; a child's own connection to the same file would share the inherited connection's
+/// records and take none of the locks itself (the child holds none of its parent's), so the
+/// parent could, say, delete the write-ahead log under it. Closing in the child touches only
+/// the child: its copies of the descriptors and maps, and its own (absent) POSIX locks. Stores
+/// inherited this way fail from now on, as [`Failure::Forked`].
+fn close_inherited() {
+    let mut stores = match STORES.try_lock() {
+        Ok(stores) => stores,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        // Held by a thread of the parent: leave everything as it is (leaked on drop).
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for inner in stores.drain(..).filter_map(|s| s.upgrade()) {
+        if let Ok(mut conn) = inner.conn.try_lock() {
+            drop(conn.take());
+        }
+    }
+}
 
 /// The release board of each database file open in this process, by path.
 static BOARDS: LazyLock<Mutex<HashMap<PathBuf, Weak<ReleaseBoard>>>> =
@@ -110,6 +144,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// The process that opened the connection: the only one that may use or close it.
+    pid: u32,
     busy_timeout: Duration,
     /// This process's waiters on this file.
     board: Arc<ReleaseBoard>,
@@ -179,15 +215,28 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the last connection checkpoints the WAL into the file (disk writes and fsync):
-        // keep that off the runtime's worker threads when there is a runtime.
         let conn = self
             .conn
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
-            drop(rt.spawn_blocking(move || drop(conn)));
+        let Some(conn) = conn else { return };
+        if self.pid != std::process::id() {
+            // Inherited through fork() and not closed by the child's fork hook (SQLite may not
+            // have been idle): closing it here could wait forever on a mutex of a thread that
+            // does not exist. It belongs to the parent: leave it.
+            std::mem::forget(conn);
+            return;
+        }
+        // Closing the last connection checkpoints the WAL into the file (disk writes and fsync):
+        // keep that off the runtime's worker threads when there is a runtime.
+        let close = move || {
+            let _working = fork::enter();
+            drop(conn);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(close)),
+            Err(_) => close(),
         }
     }
 }
@@ -276,18 +325,22 @@ impl SqliteStore {
         if !path.exists() && leftover_wal(&path).is_some() {
             return Err(Failure::Gone.into_error(&path, busy_timeout));
         }
+        let _working = fork::enter();
         let conn =
             open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
         let file = FileId::of(&path);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                board: board_for(&path),
-                path,
-                busy_timeout,
-                conn: Mutex::new(Some(conn)),
-                file: Mutex::new(file),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            board: board_for(&path),
+            path,
+            pid: std::process::id(),
+            busy_timeout,
+            conn: Mutex::new(Some(conn)),
+            file: Mutex::new(file),
+        });
+        let mut stores = STORES.lock().unwrap_or_else(PoisonError::into_inner);
+        stores.retain(|s| s.strong_count() > 0);
+        stores.push(Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     /// Runs `op` on the connection on tokio's blocking pool.
@@ -345,6 +398,10 @@ impl SqliteStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            if inner.pid != std::process::id() {
+                return Err(Failure::Forked.into_error(&inner.path, inner.busy_timeout));
+            }
+            let _working = fork::enter();
             // A panic while the lock was held cannot leave a transaction open (a `Transaction`
             // rolls back when dropped), so a poisoned connection is still good to use.
             let mut guard = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -596,6 +653,10 @@ impl LeaseStore for SqliteStore {
         // clones of this store share the connection and fail as closed from now on.
         let inner = Arc::clone(&self.inner);
         let closed = tokio::task::spawn_blocking(move || {
+            if inner.pid != std::process::id() {
+                return; // the parent's (see `Drop for Inner`)
+            }
+            let _working = fork::enter();
             let conn = inner
                 .conn
                 .lock()
@@ -758,6 +819,8 @@ enum Failure {
         detail: String,
     },
     Closed,
+    /// The store was opened by the parent of this forked process.
+    Forked,
 }
 
 impl From<rusqlite::Error> for Failure {
@@ -785,6 +848,12 @@ impl Failure {
                 BackendErrorKind::WrongType,
                 format!(
                     "SQLite database {p} holds a record for lease '{name}' that is not a lease written by distributed-leasing: {detail}; force-release the lease to clear it"
+                ),
+            ),
+            Self::Forked => (
+                BackendErrorKind::Other,
+                format!(
+                    "SQLite database {p}: this store was opened before fork() and belongs to the parent process; open a new one (a new client) in the child"
                 ),
             ),
             Self::Closed => (
