@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -415,3 +416,47 @@ def test_a_forked_childs_lease_survives_its_parent_closing_its_client(
     assert "child holds 1" in r.stdout, r.stdout
     assert "third acquired False" in r.stdout, r.stdout + r.stderr[-3000:]
     assert "child exit 0" in r.stdout, r.stdout
+
+
+HOLD_EXCLUSIVE = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    db.execute("COMMIT")
+    """
+)
+
+
+def test_sqlite_operation_timeout_bounds_the_wait_for_another_processs_lock(
+    tmp_path: Path, unique_name: str
+) -> None:
+    path = tmp_path / "locked.db"
+    quick = dl.LeaseClient.connect_sync(f"sqlite://{path}", operation_timeout=0.5)
+    patient = dl.LeaseClient.connect_sync(f"sqlite://{path}")  # 5 s by default
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_EXCLUSIVE, str(path), "3"], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            started = time.monotonic()
+            with pytest.raises(dl.BackendError) as info:
+                quick.try_acquire_sync(unique_name)
+            assert time.monotonic() - started < 2.5, "failed only when the lock was released"
+            assert info.value.kind == "timeout"
+            assert str(path) in str(info.value) and "operation_timeout" in str(info.value)
+            # The default waits the lock out.
+            lease = patient.try_acquire_sync(unique_name)
+            assert lease is not None
+            assert time.monotonic() - started > 2.0
+            assert lease.release_sync()
+        finally:
+            holder.kill()
+    quick.close_sync()
+    patient.close_sync()
+    # Longer than SQLite can count (a C int of milliseconds): no limit, not a crash.
+    endless = dl.LeaseClient.connect_sync(f"sqlite://{path}", operation_timeout=1e7)
+    assert endless.try_acquire_sync(unique_name) is not None
+    endless.close_sync()

@@ -6,7 +6,11 @@
 //! SQLite (a renewal, say) inherited a mutex held by a thread that does not exist in the child,
 //! or a lock record showing a write in progress; its own new connection to the same file then
 //! hung, or failed as "locked by another process" (issue 22: 5 of 30 children hung and 1 failed
-//! under a parent renewing 50 leases every 10 ms; 0 of 40 under an idle parent).
+//! under a parent renewing 50 leases every 10 ms; 0 of 40 under an idle parent). And even with
+//! SQLite idle, the child's own connection shared the lock records of the connection it
+//! inherited and so took no lock of its own: when the parent then closed its last connection,
+//! SQLite found the file unused and deleted the write-ahead log under the child, and a third
+//! process was granted the lease the child held.
 //!
 //! So every SQLite call of this process runs inside [`enter`] (a count of calls in progress);
 //! [`before_fork`] stops new calls and waits, bounded, for those in progress to finish, so the

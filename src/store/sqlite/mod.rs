@@ -6,7 +6,8 @@
 //! Invariants:
 //! - Every write is one `BEGIN IMMEDIATE` transaction. The write lock is taken before anything is
 //!   read, so two acquirers (threads or processes) can never both see a lease free; the others
-//!   wait for it (busy timeout, 5 s) instead of failing.
+//!   wait for it (the busy timeout: the client's `operation_timeout`, 5 s by default) instead
+//!   of failing, and past it fail with a `timeout` error naming the file.
 //! - A lease row whose `expires_at` is not after now is exactly an absent lease (Redis would
 //!   have expired the key): nobody may renew, release or see it, anyone may take it. Such rows
 //!   are purged by the next acquire.
@@ -74,8 +75,14 @@ fn close_inherited() {
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
     for inner in stores.drain(..).filter_map(|s| s.upgrade()) {
-        if let Ok(mut conn) = inner.conn.try_lock() {
-            drop(conn.take());
+        let Ok(mut conn) = inner.conn.try_lock() else {
+            continue;
+        };
+        if let Some(Err((conn, e))) = conn.take().map(Connection::close) {
+            // Left open (its drop would only try again): the child's own connections to the
+            // file then share its lock records, as they did before this hook existed.
+            tracing::warn!(path = %inner.path.display(), "a forked child could not close its copy of the parent's SQLite connection: {e}");
+            std::mem::forget(conn);
         }
     }
 }
@@ -97,8 +104,10 @@ fn board_for(path: &Path) -> Arc<ReleaseBoard> {
     board
 }
 
-/// How long an operation waits for another process's write transaction before giving up.
-/// Lease transactions last microseconds, so 5 s only runs out if something is wrong.
+/// How long an operation waits for another process's write transaction before giving up, unless
+/// the store is opened with another bound ([`SqliteStore::open_async_with_timeout`]; a client
+/// passes its `operation_timeout`). Lease transactions last microseconds, so 5 s only runs out
+/// if something is wrong.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema this version writes and understands (`PRAGMA user_version`).
@@ -270,8 +279,20 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub async fn open_async(path: &Path) -> Result<Self> {
+        Self::open_async_with_timeout(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::open_async`], with `timeout` instead of [`BUSY_TIMEOUT`] as the longest the
+    /// open and each later operation wait for another process's lock on the file (a client
+    /// passes its `operation_timeout`). It bounds that wait only: an operation that has the lock
+    /// runs to its end (its disk writes and `fsync` are not interrupted).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`]; an operation that waits longer than `timeout` fails with a
+    /// `Timeout` backend error naming the file.
+    pub async fn open_async_with_timeout(path: &Path, timeout: Duration) -> Result<Self> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::open(&path))
+        tokio::task::spawn_blocking(move || Self::open_with_busy_timeout(&path, timeout))
             .await
             .map_err(|e| join_error(&e))?
     }
@@ -283,6 +304,8 @@ impl SqliteStore {
     }
 
     fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        // SQLite counts it in milliseconds in a C int (24.8 days): beyond, it is no limit anyway.
+        let busy_timeout = busy_timeout.min(Duration::from_millis(i32::MAX.unsigned_abs().into()));
         if path.as_os_str().is_empty() {
             return Err(LeaseError::backend(
                 BackendErrorKind::Other,
@@ -885,7 +908,7 @@ fn sql_error(
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => (
                 Timeout,
                 format!(
-                    "SQLite database {p} is locked by another process for more than {}s; retry, or find the process keeping a write transaction open on it",
+                    "SQLite database {p} is locked by another process for more than {}s (operation_timeout); retry, raise operation_timeout, or find the process keeping a write transaction open on it",
                     busy_timeout.as_secs_f64()
                 ),
             ),
@@ -1456,7 +1479,10 @@ mod tests {
     #[tokio::test]
     async fn long_write_lock_by_another_process_is_a_clear_timeout() {
         let db = TempDb::new();
-        let store = SqliteStore::open_with_busy_timeout(&db.0, Duration::from_millis(100)).unwrap();
+        // A client's operation_timeout.
+        let store = SqliteStore::open_async_with_timeout(&db.0, Duration::from_millis(100))
+            .await
+            .unwrap();
         let mut other = Connection::open(&db.0).unwrap();
         let tx = other
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1474,6 +1500,10 @@ mod tests {
         assert!(err.is_transient(), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("is locked by another process"), "{msg}");
+        assert!(
+            msg.contains("for more than 0.1s (operation_timeout)"),
+            "{msg}"
+        );
         assert!(msg.contains(&db.0.display().to_string()), "{msg}");
         drop(tx);
         token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
