@@ -34,8 +34,9 @@ pub const FORK_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// SQLite calls in progress in this process.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
-/// Set by [`before_fork`] until the fork is over: new calls wait.
-static FORKING: AtomicBool = AtomicBool::new(false);
+/// Forks being prepared (one per thread between [`before_fork`] and the end of its fork): while
+/// any is, new calls wait.
+static FORKING: AtomicUsize = AtomicUsize::new(0);
 /// Whether the last [`before_fork`] saw every call finish (the child may then use SQLite).
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -46,16 +47,23 @@ pub(super) struct Working(());
 /// fork is being prepared (at most [`FORK_WAIT_LIMIT`], in case the forking thread waits for
 /// something this thread holds, such as the GIL).
 pub(super) fn enter() -> Working {
+    // Counted first, checked second (and the fork side the other way round), so a call and a
+    // fork never both go ahead.
+    ACTIVE.fetch_add(1, SeqCst);
+    if FORKING.load(SeqCst) == 0 {
+        return Working(());
+    }
+    ACTIVE.fetch_sub(1, SeqCst);
     let since = Instant::now();
     loop {
+        while FORKING.load(SeqCst) > 0 && since.elapsed() < FORK_WAIT_LIMIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         ACTIVE.fetch_add(1, SeqCst);
-        if !FORKING.load(SeqCst) || since.elapsed() >= FORK_WAIT_LIMIT {
+        if FORKING.load(SeqCst) == 0 || since.elapsed() >= FORK_WAIT_LIMIT {
             return Working(());
         }
         ACTIVE.fetch_sub(1, SeqCst);
-        while FORKING.load(SeqCst) && since.elapsed() < FORK_WAIT_LIMIT {
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 }
 
@@ -71,7 +79,7 @@ impl Drop for Working {
 /// [`after_fork_in_parent`] in the parent and [`after_fork_in_child`] in the child. Call it with
 /// no lock held that a SQLite call in progress might need (in Python: with the GIL released).
 pub fn before_fork() -> bool {
-    FORKING.store(true, SeqCst);
+    FORKING.fetch_add(1, SeqCst);
     let until = Instant::now() + FORK_WAIT_LIMIT;
     let mut pause = Duration::from_micros(20);
     while ACTIVE.load(SeqCst) > 0 {
@@ -93,7 +101,8 @@ pub fn before_fork() -> bool {
 
 /// Call in the parent after `fork()`: SQLite calls go on.
 pub fn after_fork_in_parent() {
-    FORKING.store(false, SeqCst);
+    // Never below zero, even if called without `before_fork`.
+    let _ = FORKING.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
 }
 
 /// Call in the child after `fork()`: closes the connections inherited from the parent (only if
@@ -105,5 +114,6 @@ pub fn after_fork_in_child() {
     if QUIET.load(SeqCst) {
         super::close_inherited();
     }
-    FORKING.store(false, SeqCst);
+    // Only the forking thread exists here.
+    FORKING.store(0, SeqCst);
 }
