@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 
 from . import _native
 from ._backoff import Backoff
@@ -61,16 +60,6 @@ def refresh_logging() -> None:
 # Before the interpreter finalizes, stop tokio threads from taking the GIL and wait for those
 # inside to leave (a tokio thread entering a finalizing interpreter crashes the process).
 atexit.register(_native._shutdown)
-
-# No SQLite call may be in progress while the process forks (a child would inherit a mutex held
-# by a thread it does not have, or a lock record of a write in progress, and hang): around every
-# os.fork() (multiprocessing's "fork" too), wait for the calls in progress and hold new ones back;
-# the child then closes its copies of the parent's SQLite connections before making its own.
-os.register_at_fork(
-    before=_native._before_fork,
-    after_in_parent=_native._after_fork_in_parent,
-    after_in_child=_native._after_fork_in_child,
-)
 
 # The version of Cargo.toml's [package], the one place it is set: compiled into the native
 # module, and the wheel's metadata version (PEP 440 spelling) that pip shows.

@@ -1,6 +1,6 @@
 //! Module functions that are one call into the core: checks Python code asks Rust for instead of
 //! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`), and the
-//! `os.register_at_fork` hooks of the SQLite store (registered in `distributed_leasing/__init__.py`).
+//! `os.register_at_fork` hooks of the SQLite store (registered by the module's init).
 
 use std::time::Duration;
 
