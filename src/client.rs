@@ -58,7 +58,8 @@ pub struct ClientOptions {
     pub key_prefix: String,
     /// Time allowed to connect.
     pub connect_timeout: Duration,
-    /// Time allowed for one operation's reply.
+    /// Time allowed for one operation's reply (SQLite: for the wait for another process's lock
+    /// on the file).
     pub operation_timeout: Duration,
     /// CA certificate (PEM) for TLS to Redis, when not signed by a system root.
     pub ca_file: Option<std::path::PathBuf>,
@@ -641,7 +642,10 @@ async fn open_store(
 ) -> Result<Arc<dyn LeaseStore>> {
     crate::store::validate_key_prefix(&options.key_prefix)?;
     match target {
-        StoreTarget::Sqlite { path } => Ok(Arc::new(SqliteStore::open_async(path).await?)),
+        // The wait for another process's lock on the file is what can take long there.
+        StoreTarget::Sqlite { path } => Ok(Arc::new(
+            SqliteStore::open_async_with_timeout(path, options.operation_timeout).await?,
+        )),
         StoreTarget::Postgres(target) => Ok(Arc::new(
             PostgresStore::connect(PostgresOptions {
                 target: target.clone(),

@@ -238,3 +238,12 @@ def metrics() -> dict[str, int]:
 def _check_backoff(min: float, max: float, max_attempts: int | None) -> None:
     """Raises ValueError when the core refuses this backoff (``Backoff::new``): ``min`` below
     0.1 s, ``max`` below ``min``, or ``max_attempts`` below 1."""
+
+def _before_fork() -> None:
+    """os.register_at_fork hook: waits (bounded) until no SQLite call is in progress."""
+
+def _after_fork_in_parent() -> None:
+    """os.register_at_fork hook: SQLite calls go on."""
+
+def _after_fork_in_child() -> None:
+    """os.register_at_fork hook: closes the child's copies of the parent's SQLite connections."""

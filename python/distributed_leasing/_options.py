@@ -66,7 +66,7 @@ class ClientOptions(TypedDict, total=False):
     connect_timeout: float | None
     """Seconds to wait for a connection (5)."""
     operation_timeout: float | None
-    """Seconds to wait for one reply (5)."""
+    """Seconds to wait for one reply (5); on SQLite, for another process's lock on the file."""
     ca_file: str | os.PathLike[str] | None
     """A PEM file of CA certificates to trust for ``rediss://``."""
     backoff: Backoff | None

@@ -1,5 +1,6 @@
 //! Module functions that are one call into the core: checks Python code asks Rust for instead of
-//! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`).
+//! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`), and the
+//! `os.register_at_fork` hooks of the SQLite store (registered by the module's init).
 
 use std::time::Duration;
 
@@ -41,4 +42,25 @@ fn not_seconds(param: &str, value: f64) -> PyErr {
     PyValueError::new_err(format!(
         "backoff {param}={value} is not a valid number of seconds: give a finite number >= 0"
     ))
+}
+
+/// `os.register_at_fork(before=...)`: waits, with the GIL released (a call in progress may
+/// need it) and at most [`crate::store::sqlite::FORK_WAIT_LIMIT`], until no SQLite call of this
+/// process is in progress, and holds new ones back until the fork is over.
+#[pyfunction]
+pub(crate) fn _before_fork(py: Python<'_>) {
+    py.detach(crate::store::sqlite::before_fork);
+}
+
+/// `os.register_at_fork(after_in_parent=...)`: SQLite calls go on.
+#[pyfunction]
+pub(crate) fn _after_fork_in_parent() {
+    crate::store::sqlite::after_fork_in_parent();
+}
+
+/// `os.register_at_fork(after_in_child=...)`: closes the SQLite connections inherited from the
+/// parent (the child's copies only), then SQLite calls go on.
+#[pyfunction]
+pub(crate) fn _after_fork_in_child() {
+    crate::store::sqlite::after_fork_in_child();
 }

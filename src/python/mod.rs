@@ -5,9 +5,9 @@
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client, `classes` holds the Python
 //! classes, `options` the checked options every entry point takes, `functions` the module
-//! functions that are one call into the core, `errors` the exception hierarchy, `logging`
-//! forwards the core's `tracing` events to Python's `logging`. The public API is
-//! `python/distributed_leasing`.
+//! functions that are one call into the core (checks, fork hooks), `errors` the exception
+//! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
+//! API is `python/distributed_leasing`.
 
 mod bridge;
 mod classes;
@@ -52,6 +52,20 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_check_backoff, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_after_fork_in_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::_after_fork_in_child, m)?)?;
+    // No SQLite call may be in progress while the process forks (a child would inherit a mutex
+    // held by a thread it does not have, or a lock record of a write in progress): around every
+    // os.fork() (multiprocessing's "fork" too), wait for the calls in progress and hold new ones
+    // back; the child then closes its copies of the parent's SQLite connections before it makes
+    // its own. Module init runs once per process.
+    let hooks = pyo3::types::PyDict::new(py);
+    hooks.set_item("before", m.getattr("_before_fork")?)?;
+    hooks.set_item("after_in_parent", m.getattr("_after_fork_in_parent")?)?;
+    hooks.set_item("after_in_child", m.getattr("_after_fork_in_child")?)?;
+    py.import("os")?
+        .call_method("register_at_fork", (), Some(&hooks))?;
     logging::install(py);
     #[cfg(feature = "bench")]
     {

@@ -4,9 +4,16 @@ stores have: a cluster master dying, and two OS processes sharing one SQLite fil
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -223,3 +230,233 @@ def test_two_processes_on_one_sqlite_file_exactly_one_wins_each_round(tmp_path: 
     assert [p.exitcode for p in procs] == [0, 0]
     assert sorted(won[0] + won[1]) == list(range(rounds)), "exactly one winner in every round"
     assert set(won[0]).isdisjoint(won[1])
+
+
+# -- SQLite: fork while the parent renews -------------------------------------------------------
+
+FORK_WHILE_RENEWING = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys, threading, time
+    import distributed_leasing as dl
+
+    url, prefix, mode, children = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if mode == "sync":
+        client = dl.LeaseClient.connect_sync(url)
+        held = [
+            client.try_acquire_sync(f"{prefix}-held-{i}", duration=1.0, renew_interval=0.01)
+            for i in range(50)
+        ]
+    else:
+        # The parent's leases live on an event loop in a thread; the main thread forks.
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        def on_loop(coro):
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+        client = on_loop(dl.LeaseClient.connect(url))
+        held = [
+            on_loop(client.try_acquire(f"{prefix}-held-{i}", duration=1.0, renew_interval=0.01))
+            for i in range(50)
+        ]
+    assert all(lease is not None for lease in held)
+
+    def child(n):
+        name = f"{prefix}-child-{n}"
+        if mode == "sync":
+            own = dl.LeaseClient.connect_sync(url)
+            lease = own.try_acquire_sync(name, duration=30.0)
+            ok = lease is not None and lease.release_sync()
+            own.close_sync()
+            return ok
+        async def main():
+            own = await dl.LeaseClient.connect(url)
+            lease = await own.try_acquire(name, duration=30.0)
+            ok = lease is not None and await lease.release()
+            await own.close()
+            return ok
+        return asyncio.run(main())
+
+    results, lost = [], []
+    for n in range(children):
+        time.sleep(0.02)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 2
+            try:
+                code = 0 if child(n) else 1
+            except BaseException as e:
+                print(f"child {n}: {e!r}", file=sys.stderr, flush=True)
+                code = 3
+            if n % 2:
+                os._exit(code)
+            sys.exit(code)  # the ordinary way out, at-exit handlers and all
+        status = None
+        while time.monotonic() < started + 15:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+                break
+            time.sleep(0.005)
+        if status is None:  # hung: a failure, not a hang of the test
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = "hung"
+        results.append([n, status, round(time.monotonic() - started, 2)])
+        lost += [lease.name for lease in held if lease.is_lost]
+    # The parent still works, and its leases are its own on the file.
+    check = dl.LeaseClient.connect_sync(url)
+    still = [check.inspect_sync(lease.name) for lease in held]
+    owned = sum(1 for lease, info in zip(held, still) if info and info.lease_id == lease.lease_id)
+    if mode == "sync":
+        released = sum(lease.release_sync() for lease in held)
+        again = client.try_acquire_sync(f"{prefix}-after") is not None
+    else:
+        async def release(lease):
+            return await lease.release()
+        released = sum(on_loop(release(lease)) for lease in held)
+        again = on_loop(client.try_acquire(f"{prefix}-after")) is not None
+    print(json.dumps({"results": results, "lost": lost, "owned": owned,
+                      "released": released, "again": again}))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_children_forked_while_the_parent_renews_each_acquire_with_their_own_client(
+    tmp_path: Path, unique_name: str, mode: str
+) -> None:
+    # Issue 22 defect 5: 50 leases renewed every 10 ms, 30 children forked one after another,
+    # each making its own client to the same file: none may hang or fail, and the parent's
+    # leases stay held throughout.
+    url = f"sqlite://{tmp_path / 'fork.db'}"
+    with subprocess.Popen(
+        [sys.executable, "-c", FORK_WHILE_RENEWING, url, unique_name, mode, "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its process group: a timeout kills any child left behind
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    report = json.loads(out.splitlines()[-1])
+    bad = [r for r in report["results"] if r[1] != 0 or r[2] > 10]
+    assert bad == [], f"children that hung, failed or took over 10 s: {bad}\n{err[-3000:]}"
+    assert report["lost"] == []
+    assert report["owned"] == 50
+    assert report["released"] == 50
+    assert report["again"]
+
+
+FORKED_HOLDER_OUTLIVES_PARENT_CLIENT = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    import distributed_leasing as dl
+
+    url, name = sys.argv[1], sys.argv[2]
+    client = dl.LeaseClient.connect_sync(url)
+    client.try_acquire_sync(name + "-parent").release_sync()
+    to_parent_r, to_parent_w = os.pipe()
+    to_child_r, to_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        own = dl.LeaseClient.connect_sync(url)
+        own.try_acquire_sync(name + "-child").release_sync()  # its connection is open
+        os.write(to_parent_w, b"o")
+        os.read(to_child_r, 1)  # the parent has closed its client
+        lease = own.try_acquire_sync(name, duration=60.0)
+        os.write(to_parent_w, b"1" if lease is not None else b"0")
+        os.read(to_child_r, 1)
+        os._exit(0 if lease is not None and not lease.is_lost else 1)
+    os.read(to_parent_r, 1)
+    client.close_sync()  # the parent's last connection to the file
+    os.write(to_child_w, b"c")
+    print("child holds", os.read(to_parent_r, 1).decode())
+    third = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, distributed_leasing as dl; "
+         "c = dl.LeaseClient.connect_sync(sys.argv[1]); "
+         "print('third acquired', c.try_acquire_sync(sys.argv[2]) is not None)",
+         url, name],
+        capture_output=True, text=True, timeout=60,
+    )
+    print(third.stdout.strip(), third.stderr[-500:])
+    os.write(to_child_w, b"x")
+    _, status = os.waitpid(pid, 0)
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_forked_childs_lease_survives_its_parent_closing_its_client(
+    tmp_path: Path, unique_name: str
+) -> None:
+    # The child's own connection must hold its own locks on the file: if it shared the records
+    # of the connection inherited from the parent, the parent's close (its last connection)
+    # would find the file unused, fold the write-ahead log into it and delete it, and the
+    # child would go on writing into the deleted log: a third process would not see the lease
+    # the child takes afterwards, and would take it too.
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FORKED_HOLDER_OUTLIVES_PARENT_CLIENT,
+            f"sqlite://{tmp_path / 'fork.db'}",
+            unique_name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "child holds 1" in r.stdout, r.stdout
+    assert "third acquired False" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert "child exit 0" in r.stdout, r.stdout
+
+
+HOLD_EXCLUSIVE = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    db.execute("COMMIT")
+    """
+)
+
+
+def test_sqlite_operation_timeout_bounds_the_wait_for_another_processs_lock(
+    tmp_path: Path, unique_name: str
+) -> None:
+    path = tmp_path / "locked.db"
+    quick = dl.LeaseClient.connect_sync(f"sqlite://{path}", operation_timeout=0.5)
+    patient = dl.LeaseClient.connect_sync(f"sqlite://{path}")  # 5 s by default
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_EXCLUSIVE, str(path), "3"], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            started = time.monotonic()
+            with pytest.raises(dl.BackendError) as info:
+                quick.try_acquire_sync(unique_name)
+            assert time.monotonic() - started < 2.5, "failed only when the lock was released"
+            assert info.value.kind == "timeout"
+            assert str(path) in str(info.value) and "operation_timeout" in str(info.value)
+            # The default waits the lock out.
+            lease = patient.try_acquire_sync(unique_name)
+            assert lease is not None
+            assert time.monotonic() - started > 2.0
+            assert lease.release_sync()
+        finally:
+            holder.kill()
+    quick.close_sync()
+    patient.close_sync()
+    # Longer than SQLite can count (a C int of milliseconds): no limit, not a crash.
+    endless = dl.LeaseClient.connect_sync(f"sqlite://{path}", operation_timeout=1e7)
+    assert endless.try_acquire_sync(unique_name) is not None
+    endless.close_sync()

@@ -6,7 +6,8 @@
 //! Invariants:
 //! - Every write is one `BEGIN IMMEDIATE` transaction. The write lock is taken before anything is
 //!   read, so two acquirers (threads or processes) can never both see a lease free; the others
-//!   wait for it (busy timeout, 5 s) instead of failing.
+//!   wait for it (the busy timeout: the client's `operation_timeout`, 5 s by default) instead
+//!   of failing, and past it fail with a `timeout` error naming the file.
 //! - A lease row whose `expires_at` is not after now is exactly an absent lease (Redis would
 //!   have expired the key): nobody may renew, release or see it, anyone may take it. Such rows
 //!   are purged by the next acquire.
@@ -25,6 +26,11 @@
 //!   this process wake this process's waiters at once (one in-memory [`ReleaseBoard`] per file,
 //!   shared by every store open on it here); waiters in other processes find out by polling on
 //!   their backoff schedule (never more often than every 100 ms) and at the holder's expiry.
+//!
+//! - Fork: no SQLite call is in progress while the process forks, and a forked child closes the
+//!   connections it inherited before opening its own ([`fork`]; the bindings call its hooks
+//!   around every `os.fork()`). A connection is only ever used, and closed, by the process that
+//!   opened it.
 //!
 //! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 //! schema version; a file of another application or of a newer schema is refused, never altered.
@@ -46,6 +52,41 @@ use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::wait::{ReleaseBoard, ReleaseWatch};
 
+mod fork;
+
+pub use fork::{after_fork_in_child, after_fork_in_parent, before_fork, FORK_WAIT_LIMIT};
+
+/// Every store opened in this process (and, in a forked child, in its parent), so that a child
+/// can close the connections it inherited ([`close_inherited`]).
+static STORES: LazyLock<Mutex<Vec<Weak<Inner>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// In a forked child, with SQLite idle (see [`fork`]): closes every connection inherited from
+/// the parent. SQLite records, per file and per process, the locks it believes the process
+/// holds; a child's own connection to the same file would share the inherited connection's
+/// records and take none of the locks itself (the child holds none of its parent's), so the
+/// parent could, say, delete the write-ahead log under it. Closing in the child touches only
+/// the child: its copies of the descriptors and maps, and its own (absent) POSIX locks. Stores
+/// inherited this way fail from now on, as [`Failure::Forked`].
+fn close_inherited() {
+    let mut stores = match STORES.try_lock() {
+        Ok(stores) => stores,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        // Held by a thread of the parent: leave everything as it is (leaked on drop).
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for inner in stores.drain(..).filter_map(|s| s.upgrade()) {
+        let Ok(mut conn) = inner.conn.try_lock() else {
+            continue;
+        };
+        if let Some(Err((conn, e))) = conn.take().map(Connection::close) {
+            // Left open (its drop would only try again): the child's own connections to the
+            // file then share its lock records, as they did before this hook existed.
+            tracing::warn!(path = %inner.path.display(), "a forked child could not close its copy of the parent's SQLite connection: {e}");
+            std::mem::forget(conn);
+        }
+    }
+}
+
 /// The release board of each database file open in this process, by path.
 static BOARDS: LazyLock<Mutex<HashMap<PathBuf, Weak<ReleaseBoard>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -63,8 +104,10 @@ fn board_for(path: &Path) -> Arc<ReleaseBoard> {
     board
 }
 
-/// How long an operation waits for another process's write transaction before giving up.
-/// Lease transactions last microseconds, so 5 s only runs out if something is wrong.
+/// How long an operation waits for another process's write transaction before giving up, unless
+/// the store is opened with another bound ([`SqliteStore::open_async_with_timeout`]; a client
+/// passes its `operation_timeout`). Lease transactions last microseconds, so 5 s only runs out
+/// if something is wrong.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema this version writes and understands (`PRAGMA user_version`).
@@ -110,6 +153,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// The process that opened the connection: the only one that may use or close it.
+    pid: u32,
     busy_timeout: Duration,
     /// This process's waiters on this file.
     board: Arc<ReleaseBoard>,
@@ -179,15 +224,28 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the last connection checkpoints the WAL into the file (disk writes and fsync):
-        // keep that off the runtime's worker threads when there is a runtime.
         let conn = self
             .conn
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
-            drop(rt.spawn_blocking(move || drop(conn)));
+        let Some(conn) = conn else { return };
+        if self.pid != std::process::id() {
+            // Inherited through fork() and not closed by the child's fork hook (SQLite may not
+            // have been idle): closing it here could wait forever on a mutex of a thread that
+            // does not exist. It belongs to the parent: leave it.
+            std::mem::forget(conn);
+            return;
+        }
+        // Closing the last connection checkpoints the WAL into the file (disk writes and fsync):
+        // keep that off the runtime's worker threads when there is a runtime.
+        let close = move || {
+            let _working = fork::enter();
+            drop(conn);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(close)),
+            Err(_) => close(),
         }
     }
 }
@@ -221,8 +279,20 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub async fn open_async(path: &Path) -> Result<Self> {
+        Self::open_async_with_timeout(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::open_async`], with `timeout` instead of [`BUSY_TIMEOUT`] as the longest the
+    /// open and each later operation wait for another process's lock on the file (a client
+    /// passes its `operation_timeout`). It bounds that wait only: an operation that has the lock
+    /// runs to its end (its disk writes and `fsync` are not interrupted).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`]; an operation that waits longer than `timeout` fails with a
+    /// `Timeout` backend error naming the file.
+    pub async fn open_async_with_timeout(path: &Path, timeout: Duration) -> Result<Self> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::open(&path))
+        tokio::task::spawn_blocking(move || Self::open_with_busy_timeout(&path, timeout))
             .await
             .map_err(|e| join_error(&e))?
     }
@@ -234,6 +304,8 @@ impl SqliteStore {
     }
 
     fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        // SQLite counts it in milliseconds in a C int (24.8 days): beyond, it is no limit anyway.
+        let busy_timeout = busy_timeout.min(Duration::from_millis(i32::MAX.unsigned_abs().into()));
         if path.as_os_str().is_empty() {
             return Err(LeaseError::backend(
                 BackendErrorKind::Other,
@@ -276,18 +348,22 @@ impl SqliteStore {
         if !path.exists() && leftover_wal(&path).is_some() {
             return Err(Failure::Gone.into_error(&path, busy_timeout));
         }
+        let _working = fork::enter();
         let conn =
             open_connection(&path, busy_timeout).map_err(|f| f.into_error(&path, busy_timeout))?;
         let file = FileId::of(&path);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                board: board_for(&path),
-                path,
-                busy_timeout,
-                conn: Mutex::new(Some(conn)),
-                file: Mutex::new(file),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            board: board_for(&path),
+            path,
+            pid: std::process::id(),
+            busy_timeout,
+            conn: Mutex::new(Some(conn)),
+            file: Mutex::new(file),
+        });
+        let mut stores = STORES.lock().unwrap_or_else(PoisonError::into_inner);
+        stores.retain(|s| s.strong_count() > 0);
+        stores.push(Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     /// Runs `op` on the connection on tokio's blocking pool.
@@ -345,6 +421,10 @@ impl SqliteStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            if inner.pid != std::process::id() {
+                return Err(Failure::Forked.into_error(&inner.path, inner.busy_timeout));
+            }
+            let _working = fork::enter();
             // A panic while the lock was held cannot leave a transaction open (a `Transaction`
             // rolls back when dropped), so a poisoned connection is still good to use.
             let mut guard = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -596,6 +676,10 @@ impl LeaseStore for SqliteStore {
         // clones of this store share the connection and fail as closed from now on.
         let inner = Arc::clone(&self.inner);
         let closed = tokio::task::spawn_blocking(move || {
+            if inner.pid != std::process::id() {
+                return; // the parent's (see `Drop for Inner`)
+            }
+            let _working = fork::enter();
             let conn = inner
                 .conn
                 .lock()
@@ -759,6 +843,8 @@ enum Failure {
         detail: String,
     },
     Closed,
+    /// The store was opened by the parent of this forked process.
+    Forked,
 }
 
 impl From<rusqlite::Error> for Failure {
@@ -786,6 +872,12 @@ impl Failure {
                 BackendErrorKind::WrongType,
                 format!(
                     "SQLite database {p} holds a record for lease '{name}' that is not a lease written by distributed-leasing: {detail}; force-release the lease to clear it"
+                ),
+            ),
+            Self::Forked => (
+                BackendErrorKind::Other,
+                format!(
+                    "SQLite database {p}: this store was opened before fork() and belongs to the parent process; open a new one (a new client) in the child"
                 ),
             ),
             Self::Closed => (
@@ -817,7 +909,7 @@ fn sql_error(
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => (
                 Timeout,
                 format!(
-                    "SQLite database {p} is locked by another process for more than {}s; retry, or find the process keeping a write transaction open on it",
+                    "SQLite database {p} is locked by another process for more than {}s (operation_timeout); retry, raise operation_timeout, or find the process keeping a write transaction open on it",
                     busy_timeout.as_secs_f64()
                 ),
             ),
@@ -1388,7 +1480,10 @@ mod tests {
     #[tokio::test]
     async fn long_write_lock_by_another_process_is_a_clear_timeout() {
         let db = TempDb::new();
-        let store = SqliteStore::open_with_busy_timeout(&db.0, Duration::from_millis(100)).unwrap();
+        // A client's operation_timeout.
+        let store = SqliteStore::open_async_with_timeout(&db.0, Duration::from_millis(100))
+            .await
+            .unwrap();
         let mut other = Connection::open(&db.0).unwrap();
         let tx = other
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1406,6 +1501,10 @@ mod tests {
         assert!(err.is_transient(), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("is locked by another process"), "{msg}");
+        assert!(
+            msg.contains("for more than 0.1s (operation_timeout)"),
+            "{msg}"
+        );
         assert!(msg.contains(&db.0.display().to_string()), "{msg}");
         drop(tx);
         token(&acquire(&store, "job", "a", LONG, &meta(&[])).await);
