@@ -131,6 +131,11 @@ class LeaseContext:
         assert lease is not None
         we_cancelled = self._state == "cancelling"
         self._state = "exited"
+        if exc_type is GeneratorExit:
+            # The coroutine is being closed without a loop to run it (abandoned with its closed
+            # loop, and now collected): nothing may be awaited here. The lease was released when
+            # its loop was found closed, or is when this handle is dropped.
+            return
         if we_cancelled:
             assert self._task is not None
             if self._task.uncancel() <= self._cancelling and (
