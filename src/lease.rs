@@ -576,10 +576,13 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // Counted as its client's outstanding work before the lease leaves the client's
+        // scheduler (`end`), so that a close() at this very moment, which finds the lease
+        // neither among its leases nor released, still waits for the release below.
+        let work = self.shared.registration.track();
         self.shared.end(LeaseEnd::Released);
         if self.shared.take_release() {
-            // Counted by its client, whose close() waits for it, and by the process.
-            crate::renewal::release_in_background(Arc::clone(&self.shared), &self.runtime);
+            crate::renewal::release_in_background(Arc::clone(&self.shared), &self.runtime, work);
         }
     }
 }

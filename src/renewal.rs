@@ -113,10 +113,16 @@ impl Drop for Outstanding {
 }
 
 /// Releases `shared` on `runtime` without blocking (its handle is gone, or its client closed),
-/// counted as outstanding work of its client (so that closing the client waits for it) and in
-/// the process-wide count that process exit waits for.
-pub(crate) fn release_in_background(shared: Arc<Shared>, runtime: &tokio::runtime::Handle) {
-    let work = shared.registration.track();
+/// counted as outstanding work of its client by `work` (so that closing the client waits for
+/// it) and in the process-wide count that process exit waits for. Take `work`
+/// ([`Registration::track`]) before the lease leaves its scheduler (before `Shared::end`): a
+/// close in between would find neither the lease nor the work, and close the store under the
+/// release.
+pub(crate) fn release_in_background(
+    shared: Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    work: Option<Outstanding>,
+) {
     // Counted from now, not from the task's first poll: process exit must not miss it.
     let pending = crate::lease::PendingRelease::new();
     // Spawning never blocks; if the runtime is shutting down the task is dropped and the
@@ -270,8 +276,9 @@ impl Scheduler {
             // acquire is still counted as outstanding, and so is this release from before the
             // acquire's count ends, so `close` waits for it.
             if shared.take_release() {
+                let work = shared.registration.track();
                 shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
-                release_in_background(Arc::clone(shared), runtime);
+                release_in_background(Arc::clone(shared), runtime, work);
             }
             return false;
         }
@@ -524,10 +531,16 @@ fn check_holders(due: &[(u64, Arc<Shared>)]) {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         for shared in checked {
-            if shared.holder_gone() && shared.take_release() {
+            if !shared.holder_gone() {
+                continue;
+            }
+            // Counted before the release is claimed: a close() that finds the release claimed
+            // (and so leaves it to us) must find this work too.
+            let work = shared.registration.track();
+            if shared.take_release() {
                 tracing::warn!(lease = %shared.name, "the lease's holder can no longer use it (its event loop was closed); releasing it instead of renewing it");
                 shared.end(LeaseEnd::Released);
-                release_in_background(shared, &runtime);
+                release_in_background(shared, &runtime, work);
             }
         }
     });
