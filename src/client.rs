@@ -54,7 +54,9 @@ pub struct ClientOptions {
     pub auto_renew: bool,
     /// How waiting acquirers pace their attempts.
     pub backoff: Backoff,
-    /// Redis key prefix (`lease:`).
+    /// The namespace of the client's leases (`lease:`): the prefix of every key on Redis and
+    /// etcd, a column of the leases table on PostgreSQL; SQLite ignores it (a file is one
+    /// namespace).
     pub key_prefix: String,
     /// Time allowed to connect.
     pub connect_timeout: Duration,

@@ -6,7 +6,8 @@
 //! refuse a holder whose lease has silently expired.
 //!
 //! The core is plain Rust on tokio and usable without Python: [`LeaseClient`] over a
-//! [`store::LeaseStore`] (Redis for many machines, SQLite for one). The Python module lives under
+//! [`store::LeaseStore`] (Redis, Redis Cluster, PostgreSQL or etcd for many machines, SQLite
+//! for one). The Python module lives under
 //! `src/python/` behind the `python` feature and is the only place that touches PyO3.
 //!
 //! ```no_run

@@ -165,7 +165,9 @@ class LeaseClient:
 
     @property
     def key_prefix(self) -> str:
-        """The Redis key prefix of this client's leases (``lease:`` unless configured)."""
+        """The namespace of this client's leases (``lease:`` unless configured): the prefix of
+        every key on Redis and etcd, a column of the leases table on PostgreSQL; SQLite ignores
+        it (a file is one namespace)."""
         return self._native.key_prefix
 
     # -- lifetime ----------------------------------------------------------------------------

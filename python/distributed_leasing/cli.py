@@ -301,7 +301,10 @@ def _store_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     p.add_argument(
         "--key-prefix",
         default=default(None),
-        help="Redis key prefix with --url (default: lease:)",
+        help=(
+            "key prefix with --url: the namespace of the leases on Redis, etcd and PostgreSQL"
+            " (default: lease:)"
+        ),
     )
 
 
