@@ -4,7 +4,7 @@
                             [--tasks 64,256] [--proxy PATH] [--libs ours-with,ours-async,...]
 
 Per round trip time (ms) in ``--rtts``: starts a private ``redis-server`` (the test harness's
-``RedisServer``, as ``bench/tls.py`` does) and ``examples/latency_proxy.rs`` in front of it with a
+``RedisServer``, as ``bench/tls.py`` does) and ``bench/latency_proxy.rs`` in front of it with a
 one-way delay of RTT/2 (built with ``cargo build --release --example latency_proxy``, in
 ``CARGO_TARGET_DIR`` if set, unless ``--proxy`` names the binary; this machine's kernel has no
 netem), then measures every library through the proxy:

@@ -168,7 +168,7 @@ if [[ $SKIP_LINT == 1 ]]; then
     skipped "SKIP_LINT=1"
 else
     ruff_dirs=()
-    for d in python tests examples scripts; do [[ -d $d ]] && ruff_dirs+=("$d"); done
+    for d in python tests examples scripts bench; do [[ -d $d ]] && ruff_dirs+=("$d"); done
     if ((${#ruff_dirs[@]})); then
         run "$PY_EXE" -m ruff check "${ruff_dirs[@]}"
         run "$PY_EXE" -m ruff format --check "${ruff_dirs[@]}"
