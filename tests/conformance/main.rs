@@ -4,9 +4,13 @@
 //! makes a client on a real store; names are unique per test, so tests share a store safely.
 //! `redis_inline` runs the Redis store's caller-driven twin (`store::redis::inline`), whose
 //! commands go over a connection of its own and fall back to the store's after a drop.
+//! `memory` runs the in-memory fake of the paused-time tests (`tests/state_machine.rs`), so that
+//! the fake those tests trust is held to the same cases as the real stores.
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/fault_store.rs"]
+mod fault_store;
 
 mod cases;
 mod waiting;
@@ -32,6 +36,9 @@ pub struct Harness {
     pub url: String,
     /// Clients go through a caller-driven twin of the Redis store (`store::redis::inline`).
     inline: bool,
+    /// Clients share this in-memory store (the fake of the paused-time tests, held to the same
+    /// suite as the real stores).
+    mem: Option<std::sync::Arc<fault_store::MemStore>>,
     _server: Option<common::RedisServer>,
     _dir: Option<TempDir>,
 }
@@ -51,6 +58,9 @@ impl Harness {
     /// # Panics
     /// When the store cannot be reached.
     pub async fn client(&self) -> LeaseClient {
+        if let Some(mem) = &self.mem {
+            return LeaseClient::with_store(mem.clone(), options());
+        }
         let client = LeaseClient::connect(&self.url, options())
             .await
             .expect("connect");
@@ -76,6 +86,7 @@ impl Harness {
         Self {
             url: server.url(),
             inline: false,
+            mem: None,
             _server: Some(server),
             _dir: None,
         }
@@ -96,6 +107,7 @@ impl Harness {
         Self {
             url: common::shared_cluster().url(),
             inline: false,
+            mem: None,
             _server: None,
             _dir: None,
         }
@@ -112,6 +124,7 @@ impl Harness {
         Some(Self {
             url: common::shared_postgres().url(),
             inline: false,
+            mem: None,
             _server: None,
             _dir: None,
         })
@@ -128,9 +141,23 @@ impl Harness {
         Some(Self {
             url: common::shared_etcd().url(),
             inline: false,
+            mem: None,
             _server: None,
             _dir: None,
         })
+    }
+
+    /// The in-memory store of the paused-time tests (`tests/common/fault_store.rs`), shared by
+    /// the clients of one test.
+    #[must_use]
+    pub fn memory() -> Self {
+        Self {
+            url: "memory://".into(),
+            inline: false,
+            mem: Some(std::sync::Arc::new(fault_store::MemStore::new())),
+            _server: None,
+            _dir: None,
+        }
     }
 
     /// An SQLite file in a directory of its own.
@@ -144,6 +171,7 @@ impl Harness {
         Self {
             url: format!("sqlite://{}", dir.join("leases.db").display()),
             inline: false,
+            mem: None,
             _server: None,
             _dir: Some(TempDir(dir)),
         }
@@ -191,6 +219,7 @@ macro_rules! all_stores {
         conformance!(redis_inline, crate::Harness::redis_inline(), [$($case),*]);
         conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
         conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
+        conformance!(memory, crate::Harness::memory(), [$($case),*]);
         conformance_if_present!(postgres, crate::Harness::postgres(), [$($case),*]);
         conformance_if_present!(etcd, crate::Harness::etcd(), [$($case),*]);
     };
