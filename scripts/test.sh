@@ -7,7 +7,8 @@
 #   cargo fmt --check, cargo clippy (-D warnings), cargo test, clippy of the PyO3 bindings (and of
 #   the benchmark-only `bench` feature),
 #   maturin build --release --zig (the manylinux2014 wheel users get) + auditwheel show + pip
-#   install of the wheel, ruff, mypy --strict, actionlint, pytest tests/python (test_wheel.py
+#   install of the wheel, ruff, the import-circle check (scripts/import_circles.py), mypy
+#   --strict, actionlint, pytest tests/python (test_wheel.py
 #   installs that same wheel, DL_WHEEL, into a fresh venv and runs the demo on it).
 # Every Redis and PostgreSQL server the tests need is started by the tests themselves, on private
 # loopback ports (PostgreSQL from /usr/lib/postgresql/<version>/bin, or $PG_BIN; when the tests
@@ -174,9 +175,13 @@ else
         run "$PY_EXE" -m ruff format --check "${ruff_dirs[@]}"
     fi
 
-    # The harness modules and scripts/fix_musl_wheel.py are always strict-typed.
+    # No new import circle in src/ or the package (the known ones are listed in the script).
+    run "$PY_EXE" scripts/import_circles.py
+
+    # The harness modules and the scripts are always strict-typed.
     mypy_targets=(tests/python/redis_servers.py tests/python/postgres_server.py
-        tests/python/etcd_server.py tests/python/tcp_proxy.py scripts/fix_musl_wheel.py)
+        tests/python/etcd_server.py tests/python/tcp_proxy.py scripts/fix_musl_wheel.py
+        scripts/import_circles.py)
     if [[ $HAVE_BINDINGS == 1 ]]; then
         if [[ -f python/distributed_leasing/_native.pyi || -d python/distributed_leasing/_native ]]
         then
