@@ -26,39 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Circles present when this check was added (the same four as ../shared/REVIEW-structure.md).
+# Circles still open. Of the four of the structure review, three are gone: store/wait/backoff/
+# redis (MIN_POLL lives in backoff.rs, TaskSlot in a leaf module), the nine files of
+# src/python (PyLeaseInfo in a leaf module, Twins holding `Weak<dyn Close>`) and
+# _client.py/_lease.py (a Protocol instead of the type).
 KNOWN: list[frozenset[str]] = [
-    frozenset({"python/distributed_leasing/_client.py", "python/distributed_leasing/_lease.py"}),
     frozenset({"src/lease.rs", "src/renewal.rs"}),
-    frozenset(
-        {
-            "src/backoff.rs",
-            "src/store/mod.rs",
-            "src/store/redis/entra.rs",
-            "src/store/redis/keys.rs",
-            "src/store/redis/mod.rs",
-            "src/store/redis/notify.rs",
-            "src/wait.rs",
-        }
-    ),
-    frozenset(
-        {
-            f"src/python/{m}.rs"
-            for m in (
-                [
-                    "bridge",
-                    "classes",
-                    "errors",
-                    "executor",
-                    "inline",
-                    "logging",
-                    "runtime",
-                    "thread_twin",
-                    "twins",
-                ]
-            )
-        }
-    ),
 ]
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

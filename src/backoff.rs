@@ -15,7 +15,10 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::error::{LeaseError, Result};
-use crate::wait::MIN_POLL;
+
+/// The shortest time between two polls of a waiter (notified wake-ups are not polls; see
+/// [`crate::wait`]).
+pub const MIN_POLL: Duration = Duration::from_millis(100);
 
 /// Doubling stops after this many steps; a cap reached later is reached anyway.
 const MAX_DOUBLINGS: u32 = 20;
@@ -47,6 +50,12 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The delay before poll number `poll` (0-based) of a waiter: never below [`MIN_POLL`].
+    #[must_use]
+    pub fn poll_delay(&self, poll: u32) -> Duration {
+        self.delay(poll).max(MIN_POLL)
+    }
+
     /// `first`, doubling up to `cap` (taken as `first` if smaller), without jitter, floor or
     /// limit: the building block of every schedule.
     #[must_use]

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod renewal;
 pub mod secret;
 pub mod store;
+mod task_slot;
 pub mod wait;
 
 #[cfg(feature = "python")]

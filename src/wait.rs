@@ -35,19 +35,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
-pub use crate::backoff::Backoff;
-use crate::store::TaskSlot;
-
-/// The shortest time between two polls of a waiter (notified wake-ups are not polls).
-pub const MIN_POLL: Duration = Duration::from_millis(100);
-
-impl Backoff {
-    /// The delay before poll number `poll` (0-based): never below [`MIN_POLL`].
-    #[must_use]
-    pub fn poll_delay(&self, poll: u32) -> Duration {
-        self.delay(poll).max(MIN_POLL)
-    }
-}
+pub use crate::backoff::{Backoff, MIN_POLL};
+use crate::task_slot::TaskSlot;
 
 /// How long after the refusal a waiter retries a holder that does not release: the holder's
 /// remaining TTL, plus a millisecond, plus jitter of up to a tenth of the TTL (at least 5 ms, at

@@ -17,13 +17,19 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._native import Lease, LeaseLost
+from ._native import _Client as _NativeClient
 from ._options import ContextOptions, OnLost, lease_options
 
-if TYPE_CHECKING:
-    from ._client import LeaseClient
+
+class _HasNative(Protocol):
+    """What a context needs of a ``LeaseClient``: its native client (named structurally, so that
+    this module does not import ``_client``, which imports this one)."""
+
+    @property
+    def _native(self) -> _NativeClient: ...
 
 
 def _lost_error(lease: Lease) -> LeaseLost:
@@ -69,11 +75,11 @@ class LeaseContext:
 
     def __init__(
         self,
-        get_client: Callable[[], Awaitable[LeaseClient]] | None,
-        get_client_sync: Callable[[], LeaseClient] | None,
+        get_client: Callable[[], Awaitable[_HasNative]] | None,
+        get_client_sync: Callable[[], _HasNative] | None,
         name: str,
         options: ContextOptions,
-        client: LeaseClient | None = None,
+        client: _HasNative | None = None,
     ) -> None:
         """The client is ``client``, else the one the getters give at the first ``with``."""
         # Checked here, when lease(...) is called, not at the first `with`.

@@ -1,11 +1,10 @@
-//! The Python classes: `_Client` (wrapped by the public `LeaseClient`), `Lease`, `LeaseInfo`,
-//! and a lease's events (`LeaseEvent`, and `LeaseEvents`, their async iterator).
+//! The Python classes: `_Client` (wrapped by the public `LeaseClient`), `Lease` and a lease's
+//! events (`LeaseEvent`, and `LeaseEvents`, their async iterator).
 //!
 //! Each method that talks to the store exists twice: `name(...)` returns an awaitable,
 //! `name_sync(...)` blocks with the GIL released. Both hand the operation to the client's
 //! [`Executor`], which decides where it runs; their options come checked (`options`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -15,78 +14,14 @@ use pyo3::types::PyWeakrefReference;
 use pyo3::IntoPyObjectExt;
 
 use crate::client::{LeaseClient, TryAcquire};
-use crate::info::LeaseInfo;
 use crate::lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 use crate::store::ForceReleased;
 
 use super::bridge::{abortable_future_into_py_with, block_on, future_into_py, inbox_for};
 use super::executor::{Executor, Op};
+use super::info::PyLeaseInfo;
 use super::options::{PyClientOptions, PyOptions};
 use super::runtime;
-
-/// What anyone may see of a lease's holder.
-#[pyclass(name = "LeaseInfo", module = "distributed_leasing", frozen, eq)]
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PyLeaseInfo {
-    info: LeaseInfo,
-}
-
-impl From<LeaseInfo> for PyLeaseInfo {
-    fn from(info: LeaseInfo) -> Self {
-        Self { info }
-    }
-}
-
-#[pymethods]
-impl PyLeaseInfo {
-    #[getter]
-    fn name(&self) -> &str {
-        &self.info.name
-    }
-    #[getter]
-    fn lease_id(&self) -> &str {
-        &self.info.lease_id
-    }
-    #[getter]
-    fn acquired_at(&self) -> Option<DateTime<Utc>> {
-        self.info.acquired_at
-    }
-    #[getter]
-    fn fencing_token(&self) -> Option<u64> {
-        self.info.fencing_token
-    }
-    #[getter]
-    fn metadata(&self) -> BTreeMap<String, String> {
-        self.info.metadata.clone()
-    }
-    #[getter]
-    fn ttl(&self) -> Option<f64> {
-        self.info.ttl.map(|t| t.as_secs_f64())
-    }
-    #[getter]
-    fn orphan(&self) -> bool {
-        self.info.orphan
-    }
-    fn __repr__(&self) -> String {
-        format!(
-            "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={}{})",
-            self.info.name,
-            self.info.lease_id,
-            self.info
-                .fencing_token
-                .map_or_else(|| "None".into(), |t| t.to_string()),
-            self.info.metadata,
-            self.info
-                .ttl
-                .map_or_else(|| "None".into(), |t| format!("{:.3}", t.as_secs_f64())),
-            if self.info.orphan {
-                ", orphan=True"
-            } else {
-                ""
-            },
-        )
-    }
-}
 
 /// A held lease.
 #[pyclass(name = "Lease", module = "distributed_leasing", frozen)]

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use crate::error::{BackendErrorKind, LeaseError as CoreError};
 
-use super::classes::PyLeaseInfo;
+use super::info::PyLeaseInfo;
 
 create_exception!(
     distributed_leasing,

@@ -46,7 +46,7 @@ use crate::LeaseClient;
 
 use super::bridge::{get_running_loop, inbox_for, settle, Convert, Inbox};
 use super::runtime;
-use super::twins::Twins;
+use super::twins::{Close, Twins};
 
 /// How long operations keep to the tokio path after a twin failed to open or closed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -362,11 +362,11 @@ pub(crate) struct LoopTwin {
     thread: ThreadId,
 }
 
-impl LoopTwin {
+impl Close for LoopTwin {
     /// Closes the twin for good, from any thread. On the loop's thread the socket is closed
     /// before this returns; from another thread it is shut down (the server sees it closed at
     /// once), and the loop drops it when it next runs.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let old = std::mem::replace(&mut *lock(&self.state), State::Shut);
         if std::thread::current().id() == self.thread {
             abort(&self.driver);
@@ -465,7 +465,7 @@ pub(crate) fn ready(
                 driver: Arc::new(Mutex::new(None)),
                 thread: std::thread::current().id(),
             });
-            if !twins.add_loop(&core) {
+            if !twins.add(core.clone()) {
                 return Ok(None);
             }
             let t = Bound::new(py, Twin { core })?;

@@ -14,6 +14,7 @@ mod classes;
 mod errors;
 mod executor;
 mod functions;
+mod info;
 mod inline;
 mod logging;
 mod options;
@@ -34,7 +35,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<classes::PyClient>()?;
     m.add_class::<classes::PyLease>()?;
-    m.add_class::<classes::PyLeaseInfo>()?;
+    m.add_class::<info::PyLeaseInfo>()?;
     m.add_class::<classes::PyLeaseEvent>()?;
     m.add_class::<classes::PyLeaseEvents>()?;
     m.add_class::<options::PyOptions>()?;

@@ -35,7 +35,7 @@ use crate::store::redis::inline::Driver;
 use crate::store::LeaseStore;
 use crate::LeaseClient;
 
-use super::twins::Twins;
+use super::twins::{Close, Twins};
 
 /// How long a thread keeps to the shared path after its twin failed to open.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -53,17 +53,19 @@ struct Live {
     driver: Option<Driver>,
 }
 
+impl Close for ThreadTwin {
+    /// Closes the connection (from any thread): its socket is closed before this returns.
+    fn close(&self) {
+        let live = self.lock().take();
+        drop(live);
+    }
+}
+
 impl ThreadTwin {
     fn lock(&self) -> MutexGuard<'_, Option<Live>> {
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Closes the connection (from any thread): its socket is closed before this returns.
-    pub(crate) fn close(&self) {
-        let live = self.lock().take();
-        drop(live);
     }
 
     /// Whether the twin can take another call: open, its connection alive and never failed.
@@ -187,7 +189,7 @@ pub(crate) fn ready(py: Python<'_>, twins: &Arc<Twins>, client: &LeaseClient) ->
                             driver: Some(driver),
                         })),
                     });
-                    if !twins.add_thread(&twin) {
+                    if !twins.add(twin.clone()) {
                         // The client was closed meanwhile.
                         twin.close();
                         return None;

@@ -9,9 +9,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::inline::LoopTwin;
-use super::thread_twin::ThreadTwin;
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The twins of one client.
@@ -21,11 +18,18 @@ pub(crate) struct Twins {
     inner: Mutex<Inner>,
 }
 
+/// A connection a loop or a thread drives for a client (`inline::LoopTwin`,
+/// `thread_twin::ThreadTwin`), closed with the client. A trait, so that this record does not
+/// import the modules that use it.
+pub(crate) trait Close: Send + Sync {
+    /// Closes the connection for good, from any thread.
+    fn close(&self);
+}
+
 #[derive(Default)]
 struct Inner {
     closed: bool,
-    loops: Vec<Weak<LoopTwin>>,
-    threads: Vec<Weak<ThreadTwin>>,
+    twins: Vec<Weak<dyn Close>>,
 }
 
 impl Twins {
@@ -47,44 +51,26 @@ impl Twins {
         self.lock().closed
     }
 
-    /// Records a twin opened on a loop; `false` (the caller closes it) if the client closed
-    /// meanwhile.
-    pub(crate) fn add_loop(&self, twin: &Arc<LoopTwin>) -> bool {
+    /// Records a twin opened on a loop or a thread; `false` (the caller closes it) if the
+    /// client closed meanwhile.
+    pub(crate) fn add(&self, twin: Arc<dyn Close>) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             return false;
         }
-        inner.loops.retain(|w| w.strong_count() > 0);
-        inner.loops.push(Arc::downgrade(twin));
-        true
-    }
-
-    /// Records a twin opened on a thread; `false` (the caller closes it) if the client closed
-    /// meanwhile.
-    pub(crate) fn add_thread(&self, twin: &Arc<ThreadTwin>) -> bool {
-        let mut inner = self.lock();
-        if inner.closed {
-            return false;
-        }
-        inner.threads.retain(|w| w.strong_count() > 0);
-        inner.threads.push(Arc::downgrade(twin));
+        inner.twins.retain(|w| w.strong_count() > 0);
+        inner.twins.push(Arc::downgrade(&twin));
         true
     }
 
     /// Closes every twin of the client, wherever it is, and keeps new ones from opening.
     pub(crate) fn close(&self) {
-        let (loops, threads) = {
+        let twins = {
             let mut inner = self.lock();
             inner.closed = true;
-            (
-                std::mem::take(&mut inner.loops),
-                std::mem::take(&mut inner.threads),
-            )
+            std::mem::take(&mut inner.twins)
         };
-        for twin in loops.iter().filter_map(Weak::upgrade) {
-            twin.close();
-        }
-        for twin in threads.iter().filter_map(Weak::upgrade) {
+        for twin in twins.iter().filter_map(Weak::upgrade) {
             twin.close();
         }
     }
