@@ -406,7 +406,7 @@ impl LeaseClient {
         Ok(TryAcquire::Acquired(Lease::new(
             shared,
             runtime,
-            self.renewals.clone(),
+            self.renewals.renewer(),
         )))
     }
 

@@ -13,7 +13,7 @@
 //! The counters on the handle and the process-wide [`crate::metrics`] move with them.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -140,7 +140,7 @@ pub(crate) struct Shared {
     /// channel per lease would cost every acquisition an allocation of the whole backlog.
     pub(crate) events: OnceLock<broadcast::Sender<LeaseEvent>>,
     /// Its place in the client's renewal scheduler.
-    pub(crate) registration: crate::renewal::Registration,
+    pub(crate) registration: Registration,
     /// Called once when the lease ends (see [`Lease::on_end`]).
     pub(crate) end_hooks: EndHooks,
     /// Asked at each renewal whether the holder can still use the lease (see
@@ -341,14 +341,14 @@ pub struct Lease {
     runtime: tokio::runtime::Handle,
     /// Keeps the client's renewal scheduler (which renews this lease) alive for as long as the
     /// handle, even if the client itself is dropped.
-    _renewals: crate::renewal::Scheduler,
+    _renewals: Arc<dyn Renewer>,
 }
 
 impl Lease {
     pub(crate) fn new(
         shared: Arc<Shared>,
         runtime: tokio::runtime::Handle,
-        renewals: crate::renewal::Scheduler,
+        renewals: Arc<dyn Renewer>,
     ) -> Self {
         Self {
             shared,
@@ -582,9 +582,91 @@ impl Drop for Lease {
         let work = self.shared.registration.track();
         self.shared.end(LeaseEnd::Released);
         if self.shared.take_release() {
-            crate::renewal::release_in_background(Arc::clone(&self.shared), &self.runtime, work);
+            release_in_background(Arc::clone(&self.shared), &self.runtime, work);
         }
     }
+}
+
+/// What a lease needs of the scheduler that renews it (`crate::renewal`, which implements it):
+/// a trait, so that the holding state here does not import the scheduler that imports it.
+pub(crate) trait Renewer: Send + Sync + std::fmt::Debug {
+    /// Stops renewing lease `id` but keeps its deadline timer (a release is on its way).
+    fn stop_renewing(&self, id: u64);
+    /// Forgets lease `id` (it ended): its timers are dropped.
+    fn forget(&self, id: u64);
+    /// Counts a piece of work as outstanding work of the scheduler's client, until the guard
+    /// returned is dropped (its `close()` waits for it).
+    fn track(self: Arc<Self>) -> Work;
+}
+
+/// A guard of outstanding work (see [`Renewer::track`]).
+pub(crate) type Work = Box<dyn Send>;
+
+/// A lease's place in its scheduler, kept by the lease so that its end removes it.
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    renewer: Option<Weak<dyn Renewer>>,
+    id: u64,
+}
+
+impl Registration {
+    pub(crate) fn new(renewer: &Arc<dyn Renewer>, id: u64) -> Self {
+        Self {
+            renewer: Some(Arc::downgrade(renewer)),
+            id,
+        }
+    }
+
+    /// The lease's key in its scheduler.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn renewer(&self) -> Option<Arc<dyn Renewer>> {
+        self.renewer.as_ref()?.upgrade()
+    }
+
+    /// Stops renewing the lease but keeps its deadline timer: a release is on its way, and if
+    /// it fails, the lease still ends (lost, expired) at its deadline.
+    pub(crate) fn stop_renewing(&self) {
+        if let Some(r) = self.renewer() {
+            r.stop_renewing(self.id);
+        }
+    }
+
+    /// Counts work done for this lease (its background release) as outstanding work of its
+    /// client, if the client's scheduler still exists.
+    pub(crate) fn track(&self) -> Option<Work> {
+        Some(self.renewer()?.track())
+    }
+
+    /// Forgets the lease (it ended): its timers are dropped, nothing more is sent for it.
+    pub(crate) fn cancel(&self) {
+        if let Some(r) = self.renewer() {
+            r.forget(self.id);
+        }
+    }
+}
+
+/// Releases `shared` on `runtime` without blocking (its handle is gone, or its client closed),
+/// counted as outstanding work of its client by `work` (so that closing the client waits for
+/// it) and in the process-wide count that process exit waits for. Take `work`
+/// ([`Registration::track`]) before the lease leaves its scheduler (before `Shared::end`): a
+/// close in between would find neither the lease nor the work, and close the store under the
+/// release.
+pub(crate) fn release_in_background(
+    shared: Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    work: Option<Work>,
+) {
+    // Counted from now, not from the task's first poll: process exit must not miss it.
+    let pending = PendingRelease::new();
+    // Spawning never blocks; if the runtime is shutting down the task is dropped and the
+    // lease expires by itself.
+    runtime.spawn(async move {
+        background_release(shared).await;
+        drop((work, pending));
+    });
 }
 
 /// Releases a lease nobody holds a handle to any more (dropped, or its client closed), counted

@@ -35,7 +35,9 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::backoff::Backoff;
 use crate::error::{LeaseError, LostReason};
-use crate::lease::{background_release, LeaseEnd, Shared};
+use crate::lease::{
+    background_release, release_in_background, LeaseEnd, Registration, Renewer, Shared, Work,
+};
 use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 
 /// Retries of a failed renewal: 50 ms doubling to 2 s, each drawn between half and all of its
@@ -112,27 +114,6 @@ impl Drop for Outstanding {
     }
 }
 
-/// Releases `shared` on `runtime` without blocking (its handle is gone, or its client closed),
-/// counted as outstanding work of its client by `work` (so that closing the client waits for
-/// it) and in the process-wide count that process exit waits for. Take `work`
-/// ([`Registration::track`]) before the lease leaves its scheduler (before `Shared::end`): a
-/// close in between would find neither the lease nor the work, and close the store under the
-/// release.
-pub(crate) fn release_in_background(
-    shared: Arc<Shared>,
-    runtime: &tokio::runtime::Handle,
-    work: Option<Outstanding>,
-) {
-    // Counted from now, not from the task's first poll: process exit must not miss it.
-    let pending = crate::lease::PendingRelease::new();
-    // Spawning never blocks; if the runtime is shutting down the task is dropped and the
-    // lease expires by itself.
-    runtime.spawn(async move {
-        background_release(shared).await;
-        drop((work, pending));
-    });
-}
-
 #[derive(Debug)]
 struct Entry {
     shared: Arc<Shared>,
@@ -144,47 +125,30 @@ struct Entry {
     failures: u32,
 }
 
-/// A lease's place in its scheduler, kept by the lease so that its end removes it.
-#[derive(Debug, Default)]
-pub(crate) struct Registration {
-    scheduler: Weak<Inner>,
-    id: u64,
-}
-
-impl Registration {
-    /// Stops renewing the lease but keeps its deadline timer: a release is on its way, and if
-    /// it fails, the lease still ends (lost, expired) at its deadline.
-    pub(crate) fn stop_renewing(&self) {
-        if let Some(inner) = self.scheduler.upgrade() {
-            let mut t = lock(&inner.state);
-            if let Some(e) = t.entries.get_mut(&self.id) {
-                e.interval = None;
-                if let Some(at) = e.renew_at.take() {
-                    t.renew.remove(&(at, self.id));
-                }
+impl Renewer for Inner {
+    fn stop_renewing(&self, id: u64) {
+        let mut t = lock(&self.state);
+        if let Some(e) = t.entries.get_mut(&id) {
+            e.interval = None;
+            if let Some(at) = e.renew_at.take() {
+                t.renew.remove(&(at, id));
             }
         }
     }
 
-    /// Counts work done for this lease (its background release) as outstanding work of its
-    /// client, if the client's scheduler still exists.
-    pub(crate) fn track(&self) -> Option<Outstanding> {
-        let inner = self.scheduler.upgrade()?;
-        let mut t = lock(&inner.state);
-        Some(Outstanding::new(&inner, &mut t))
+    fn forget(&self, id: u64) {
+        let mut t = lock(&self.state);
+        if let Some(e) = t.entries.remove(&id) {
+            if let Some(at) = e.renew_at {
+                t.renew.remove(&(at, id));
+            }
+            t.deadline.remove(&(e.deadline_at, id));
+        }
     }
 
-    /// Forgets the lease (it ended): its timers are dropped, nothing more is sent for it.
-    pub(crate) fn cancel(&self) {
-        if let Some(inner) = self.scheduler.upgrade() {
-            let mut t = lock(&inner.state);
-            if let Some(e) = t.entries.remove(&self.id) {
-                if let Some(at) = e.renew_at {
-                    t.renew.remove(&(at, self.id));
-                }
-                t.deadline.remove(&(e.deadline_at, self.id));
-            }
-        }
+    fn track(self: Arc<Self>) -> Work {
+        let mut t = lock(&self.state);
+        Box::new(Outstanding::new(&self, &mut t))
     }
 }
 
@@ -245,10 +209,13 @@ impl Scheduler {
 
     /// A registration slot for a lease about to be built.
     pub(crate) fn reserve(&self) -> Registration {
-        Registration {
-            scheduler: Arc::downgrade(&self.inner),
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-        }
+        let renewer: Arc<dyn Renewer> = self.inner.clone();
+        Registration::new(&renewer, self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// What keeps this scheduler alive for as long as a lease handle lives.
+    pub(crate) fn renewer(&self) -> Arc<dyn Renewer> {
+        self.inner.clone()
     }
 
     /// Starts watching `shared` (acquired by a request sent at `t_sent`), renewing it every
@@ -262,7 +229,7 @@ impl Scheduler {
         t_sent: Instant,
         runtime: &tokio::runtime::Handle,
     ) -> bool {
-        let id = shared.registration.id;
+        let id = shared.registration.id();
         let deadline_at = shared.lock().deadline;
         let renew_at = interval.map(|i| t_sent + i);
         let first = renew_at.map_or(deadline_at, |r| r.min(deadline_at));
