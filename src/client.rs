@@ -12,19 +12,19 @@
 //! wins after its caller left, the task releases the lease at once.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::clock;
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
+use crate::holding::{Holding, PendingRelease};
 use crate::info::LeaseInfo;
-use crate::lease::{Lease, Shared, State};
+use crate::lease::Lease;
 use crate::metrics;
 use crate::renewal;
 use crate::store::etcd::{EtcdOptions, EtcdStore};
@@ -371,32 +371,21 @@ impl LeaseClient {
             fencing_token,
             "lease acquired"
         );
-        let (ended, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            name: name.to_owned(),
+        let holding = Arc::new(Holding::new(
+            name,
             lease_id,
             fencing_token,
             acquired_at,
             duration,
-            store: Arc::clone(&self.store),
-            state: Mutex::new(State {
-                deadline: clock::deadline(t_sent, duration),
-                renewals: 0,
-                renewal_failures: 0,
-                end: None,
-                release_sent: false,
-            }),
-            ended,
-            events: std::sync::OnceLock::new(),
-            registration: self.renewals.reserve(),
-            end_hooks: crate::lease::EndHooks::default(),
-            holder_check: crate::lease::HolderCheckSlot::default(),
-        });
+            t_sent,
+            Arc::clone(&self.store),
+            self.renewals.reserve(),
+        ));
         let runtime = self
             .runtime
             .clone()
             .unwrap_or_else(tokio::runtime::Handle::current);
-        if !self.renewals.register(&shared, interval, t_sent, &runtime) {
+        if !self.renewals.register(&holding, interval, t_sent, &runtime) {
             // Closed while the request was on the wire: the lease it won is being given back.
             tracing::debug!(lease = name, outcome = "client_closed", "the client was closed while the acquire was on the wire; the lease it won is given back");
             return Err(LeaseError::Config(
@@ -404,7 +393,7 @@ impl LeaseClient {
             ));
         }
         Ok(TryAcquire::Acquired(Lease::new(
-            shared,
+            holding,
             runtime,
             self.renewals.renewer(),
         )))
@@ -739,7 +728,7 @@ impl Drop for Delivery {
             self.work.take(),
         );
         tracing::debug!(lease = %name, outcome = "cancelled", "acquire cancelled while on the wire; releasing the lease it won");
-        let pending = crate::lease::PendingRelease::new();
+        let pending = PendingRelease::new();
         rt.spawn(async move {
             if let Err(e) = store.release(&name, &lease_id).await {
                 tracing::warn!(lease = %name, error = %e, "cannot release a lease won by a cancelled acquire; it expires by itself");
@@ -785,10 +774,7 @@ impl Drop for GiveBack<'_> {
         tracing::debug!(lease = %name, outcome = "cancelled", "acquire left while on the wire; giving back a lease it may have won");
         // The first release is outstanding work of the client (its close waits for it); the
         // second, an operation's timeout later, is best effort.
-        let mut work = Some((
-            self.client.renewals.track(),
-            crate::lease::PendingRelease::new(),
-        ));
+        let mut work = Some((self.client.renewals.track(), PendingRelease::new()));
         rt.spawn(async move {
             for wait in [Duration::ZERO, settle] {
                 tokio::time::sleep(wait).await;

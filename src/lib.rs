@@ -25,6 +25,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+mod holding;
 pub mod info;
 pub mod lease;
 pub mod metrics;

@@ -9,7 +9,7 @@
 //! pipelined requests on a cluster), so 100,000 leases cost a few round trips per second, not
 //! 100,000 tasks. A failed renewal is retried with exponential backoff and jitter until the
 //! deadline. At the deadline, or as soon as the store answers that another lease id holds the
-//! name or that it is gone, the lease is lost, once (`Shared::end`).
+//! name or that it is gone, the lease is lost, once (`Holding::end`).
 //!
 //! Registering a lease never wakes the task unless the lease is due before the task's next
 //! wake-up, and the task wakes at least every [`MAX_SLEEP`] while it has leases (and lingers
@@ -35,8 +35,8 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::backoff::Backoff;
 use crate::error::{LeaseError, LostReason};
-use crate::lease::{
-    background_release, release_in_background, LeaseEnd, Registration, Renewer, Shared, Work,
+use crate::holding::{
+    background_release, release_in_background, Holding, LeaseEnd, Registration, Renewer, Work,
 };
 use crate::store::{LeaseStore, RenewItem, RenewOutcome};
 
@@ -62,7 +62,7 @@ pub(crate) struct Scheduler {
 struct Inner {
     store: Arc<dyn LeaseStore>,
     state: Mutex<Timers>,
-    /// Shared with the task, which may outlive `Inner` by a wake-up.
+    /// Holding with the task, which may outlive `Inner` by a wake-up.
     wake: Arc<Notify>,
     next_id: AtomicU64,
     /// Notified when the last [`Outstanding`] guard goes (see [`Scheduler::close`]).
@@ -116,7 +116,7 @@ impl Drop for Outstanding {
 
 #[derive(Debug)]
 struct Entry {
-    shared: Arc<Shared>,
+    holding: Arc<Holding>,
     interval: Option<Duration>,
     /// The key of its renewal timer; `None` while a renewal is in flight (or without renewal).
     renew_at: Option<Instant>,
@@ -218,23 +218,23 @@ impl Scheduler {
         self.inner.clone()
     }
 
-    /// Starts watching `shared` (acquired by a request sent at `t_sent`), renewing it every
+    /// Starts watching `holding` (acquired by a request sent at `t_sent`), renewing it every
     /// `interval` if one is given. The scheduler's task, if it has to be started, goes to
     /// `runtime`. Returns false when the scheduler was closed meanwhile: the lease then ended
     /// as lost (`ClientClosed`) and is given back in the background.
     pub(crate) fn register(
         &self,
-        shared: &Arc<Shared>,
+        holding: &Arc<Holding>,
         interval: Option<Duration>,
         t_sent: Instant,
         runtime: &tokio::runtime::Handle,
     ) -> bool {
-        let id = shared.registration.id();
-        let deadline_at = shared.lock().deadline;
+        let id = holding.registration.id();
+        let deadline_at = holding.lock().deadline;
         let renew_at = interval.map(|i| t_sent + i);
         let first = renew_at.map_or(deadline_at, |r| r.min(deadline_at));
         let mut t = lock(&self.inner.state);
-        if shared.lock().end.is_some() {
+        if holding.lock().end.is_some() {
             return true;
         }
         if t.closed {
@@ -242,17 +242,17 @@ impl Scheduler {
             // The client was closed while this acquire was on the wire: not ours to keep. The
             // acquire is still counted as outstanding, and so is this release from before the
             // acquire's count ends, so `close` waits for it.
-            if shared.take_release() {
-                let work = shared.registration.track();
-                shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
-                release_in_background(Arc::clone(shared), runtime, work);
+            if holding.take_release() {
+                let work = holding.registration.track();
+                holding.end(LeaseEnd::Lost(LostReason::ClientClosed));
+                release_in_background(Arc::clone(holding), runtime, work);
             }
             return false;
         }
         t.entries.insert(
             id,
             Entry {
-                shared: Arc::clone(shared),
+                holding: Arc::clone(holding),
                 interval,
                 renew_at,
                 deadline_at,
@@ -319,21 +319,21 @@ impl Scheduler {
     /// of dropped handles) has ended, or the settle limit passed; a lease registered later is
     /// released at once.
     pub(crate) async fn close(&self) {
-        let leases: Vec<Arc<Shared>> = {
+        let leases: Vec<Arc<Holding>> = {
             let mut t = lock(&self.inner.state);
             t.closed = true;
             t.renew.clear();
             t.deadline.clear();
-            t.entries.drain().map(|(_, e)| e.shared).collect()
+            t.entries.drain().map(|(_, e)| e.holding).collect()
         };
         self.inner.closed_tx.send_replace(true);
         self.inner.wake.notify_one();
-        let releases = leases.into_iter().filter_map(|shared| {
-            if !shared.take_release() {
+        let releases = leases.into_iter().filter_map(|holding| {
+            if !holding.take_release() {
                 return None;
             }
-            shared.end(LeaseEnd::Lost(LostReason::ClientClosed));
-            Some(background_release(shared))
+            holding.end(LeaseEnd::Lost(LostReason::ClientClosed));
+            Some(background_release(holding))
         });
         futures_util::future::join_all(releases).await;
         if tokio::time::timeout(self.inner.settle_limit, self.settled())
@@ -365,10 +365,10 @@ impl Scheduler {
 /// What one wake-up of the task found to do.
 #[derive(Default)]
 struct Due {
-    renew: Vec<(u64, Arc<Shared>)>,
+    renew: Vec<(u64, Arc<Holding>)>,
     /// Leases past their deadline, with the number of the renewal attempt that was still in
     /// flight, if one was (it failed: it did not complete in time).
-    expired: Vec<(Arc<Shared>, Option<u32>)>,
+    expired: Vec<(Arc<Holding>, Option<u32>)>,
     /// `None`: the task has nothing left and has been idle long enough: it stops.
     next: Option<Instant>,
 }
@@ -385,7 +385,7 @@ fn collect(inner: &Inner, now: Instant) -> Due {
             continue;
         };
         // A manual renewal may have moved the deadline since the timer was set.
-        let actual = entry.shared.lock().deadline;
+        let actual = entry.holding.lock().deadline;
         if actual > now {
             entry.deadline_at = actual;
             t.deadline.insert((actual, id));
@@ -396,7 +396,7 @@ fn collect(inner: &Inner, now: Instant) -> Due {
             }
             let in_flight = (entry.interval.is_some() && entry.renew_at.is_none())
                 .then(|| entry.failures.saturating_add(1));
-            due.expired.push((entry.shared, in_flight));
+            due.expired.push((entry.holding, in_flight));
         }
     }
     // Renewals due within the window go out with this batch; each lease's own window is at
@@ -418,7 +418,7 @@ fn collect(inner: &Inner, now: Instant) -> Due {
             continue;
         }
         entry.renew_at = None;
-        due.renew.push((id, Arc::clone(&entry.shared)));
+        due.renew.push((id, Arc::clone(&entry.holding)));
         t.renew.remove(&(at, id));
     }
     if t.closed {
@@ -454,18 +454,18 @@ async fn run(inner: Arc<Inner>) {
             return;
         };
         let due = collect(&inner, Instant::now());
-        for (shared, in_flight) in due.expired {
+        for (holding, in_flight) in due.expired {
             if let Some(attempt) = in_flight {
                 let e = LeaseError::backend(
                     crate::error::BackendErrorKind::Timeout,
                     "the renewal did not complete before the lease's deadline",
                 );
-                shared.renewal_failed(attempt, &e, false);
-                tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry = false, error = %e, "lease renewal failed at the deadline");
+                holding.renewal_failed(attempt, &e, false);
+                tracing::warn!(lease = %holding.name, outcome = "failed", attempt, will_retry = false, error = %e, "lease renewal failed at the deadline");
             }
             // Also while a release is on its way: a lease past its deadline may have expired
             // on the server, so a release answered later cannot show it was still ours.
-            shared.end(LeaseEnd::Lost(LostReason::Expired));
+            holding.end(LeaseEnd::Lost(LostReason::Expired));
         }
         check_holders(&due.renew);
         if !due.renew.is_empty() {
@@ -486,8 +486,8 @@ async fn run(inner: Arc<Inner>) {
 /// GIL, say), and a renewal must never wait for it, or a busy holder process could lose its
 /// leases. A renewal sent meanwhile is harmless: the release follows, and an owner-checked
 /// renewal never brings a released lease back.
-fn check_holders(due: &[(u64, Arc<Shared>)]) {
-    let checked: Vec<Arc<Shared>> = due
+fn check_holders(due: &[(u64, Arc<Holding>)]) {
+    let checked: Vec<Arc<Holding>> = due
         .iter()
         .filter(|(_, s)| s.has_holder_check())
         .map(|(_, s)| Arc::clone(s))
@@ -497,17 +497,17 @@ fn check_holders(due: &[(u64, Arc<Shared>)]) {
     }
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        for shared in checked {
-            if !shared.holder_gone() {
+        for holding in checked {
+            if !holding.holder_gone() {
                 continue;
             }
             // Counted before the release is claimed: a close() that finds the release claimed
             // (and so leaves it to us) must find this work too.
-            let work = shared.registration.track();
-            if shared.take_release() {
-                tracing::warn!(lease = %shared.name, "the lease's holder can no longer use it (its event loop was closed); releasing it instead of renewing it");
-                shared.end(LeaseEnd::Released);
-                release_in_background(shared, &runtime, work);
+            let work = holding.registration.track();
+            if holding.take_release() {
+                tracing::warn!(lease = %holding.name, "the lease's holder can no longer use it (its event loop was closed); releasing it instead of renewing it");
+                holding.end(LeaseEnd::Released);
+                release_in_background(holding, &runtime, work);
             }
         }
     });
@@ -516,7 +516,7 @@ fn check_holders(due: &[(u64, Arc<Shared>)]) {
 /// Most renewals one request carries (one Lua script on a Redis server).
 const BATCH_CHUNK: usize = 256;
 
-async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
+async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Holding>)>) {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let t_sent = Instant::now();
     // Each result is handled as soon as it arrives: a slow reply for one lease must not hold
@@ -556,26 +556,26 @@ async fn renew_batch(inner: Arc<Inner>, batch: Vec<(u64, Arc<Shared>)>) {
         })
         .collect();
     while let Some((part, results)) = pending.next().await {
-        for ((id, shared), result) in part.iter().zip(results) {
+        for ((id, holding), result) in part.iter().zip(results) {
             match result {
                 Ok(RenewOutcome::Renewed) => {
                     // Too late (past the deadline) ends the lease, which cancels its timers.
-                    if shared.renewed(t_sent) {
-                        tracing::debug!(lease = %shared.name, outcome = "renewed", "lease renewed");
-                        reschedule(&inner, *id, shared, Ok(t_sent));
+                    if holding.renewed(t_sent) {
+                        tracing::debug!(lease = %holding.name, outcome = "renewed", "lease renewed");
+                        reschedule(&inner, *id, holding, Ok(t_sent));
                     }
                 }
                 Ok(RenewOutcome::Lost(reason)) => {
-                    shared.renewal_lost(reason);
+                    holding.renewal_lost(reason);
                 }
-                Err(e) => reschedule(&inner, *id, shared, Err(e)),
+                Err(e) => reschedule(&inner, *id, holding, Err(e)),
             }
         }
     }
 }
 
 /// Sets the next renewal of entry `id` after a success (sent at `t_sent`) or a failure.
-fn reschedule(inner: &Inner, id: u64, shared: &Shared, outcome: Result<Instant, LeaseError>) {
+fn reschedule(inner: &Inner, id: u64, holding: &Holding, outcome: Result<Instant, LeaseError>) {
     let mut t = lock(&inner.state);
     let Some(entry) = t.entries.get_mut(&id) else {
         return;
@@ -592,11 +592,11 @@ fn reschedule(inner: &Inner, id: u64, shared: &Shared, outcome: Result<Instant, 
             let delay = RETRY.delay(entry.failures);
             entry.failures = entry.failures.saturating_add(1);
             let at = Instant::now() + delay;
-            let will_retry = at < entry.deadline_at.max(shared.lock().deadline);
+            let will_retry = at < entry.deadline_at.max(holding.lock().deadline);
             let attempt = entry.failures;
             drop(t);
-            shared.renewal_failed(attempt, &e, will_retry);
-            tracing::warn!(lease = %shared.name, outcome = "failed", attempt, will_retry, error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "lease renewal failed; retrying until the deadline");
+            holding.renewal_failed(attempt, &e, will_retry);
+            tracing::warn!(lease = %holding.name, outcome = "failed", attempt, will_retry, error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "lease renewal failed; retrying until the deadline");
             t = lock(&inner.state);
             let Some(entry) = t.entries.get_mut(&id) else {
                 return;
