@@ -5,11 +5,12 @@
 //! client's renewal scheduler, and turns "held by someone else" into
 //! [`LeaseError::Unavailable`] with the holder from the same round trip.
 //!
-//! Waiting (`acquire` with a wait) is a loop of attempts woken by release notifications from the
-//! store, by the holder's expiry, and (only when notifications may be missed) by polls paced by a
-//! [`Backoff`]; see [`crate::wait`] for the rules. Every attempt runs in a task of its own, so a
-//! caller cancelled while an attempt is on the wire never leaves a lease behind: if the attempt
-//! wins after its caller left, the task releases the lease at once.
+//! Waiting (`acquire` with a wait) and cancel-safety are [`crate::acquiring`]'s, shared by
+//! every kind of acquire: a loop of attempts woken by release notifications from the store, by
+//! the holder's expiry, and (only when notifications may be missed) by polls paced by a
+//! [`Backoff`]. Every attempt runs in a task of its own (or, in a [`LeaseClient::via`] view, in
+//! the caller's future under a guard), so a caller cancelled while an attempt is on the wire
+//! never leaves a lease behind: what the attempt won is given back at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +21,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::acquiring::{acquire_with_wait, Attempted, Delivery, GiveBack};
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
-use crate::holding::{Holding, PendingRelease};
+use crate::holding::{Holding, Work};
 use crate::info::LeaseInfo;
 use crate::lease::Lease;
 use crate::metrics;
@@ -34,13 +36,8 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ReleaseOutcome,
 };
-use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
-
-/// The longest a waiter waits for its release subscription to be confirmed before it goes on
-/// without (polling) until the subscription is live.
-const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(2);
+use crate::wait::Backoff;
 
 /// Defaults for the leases of one client.
 #[derive(Debug, Clone)]
@@ -271,9 +268,13 @@ impl LeaseClient {
             // Polled in the caller's future: a caller that leaves once the request is out
             // (Ctrl-C in a blocking call drops the future) must not leave a lease it won held
             // by nobody for its whole duration. See [`GiveBack`].
+            let track = || Box::new(self.renewals.track()) as Work;
             let guard = GiveBack {
                 armed: true,
-                client: self,
+                runtime: self.runtime.as_ref(),
+                store: &self.store,
+                track: &track,
+                settle: self.options.operation_timeout,
                 name,
                 lease_id,
             };
@@ -427,121 +428,22 @@ impl LeaseClient {
             lease = %name,
             wait_ms = wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
         );
-        self.wait_loop(name, opts, duration, interval, wait, backoff)
-            .instrument(span)
-            .await
-    }
-
-    async fn wait_loop(
-        &self,
-        name: &str,
-        opts: &LeaseOptions,
-        duration: Duration,
-        interval: Option<Duration>,
-        wait: Option<Duration>,
-        backoff: Backoff,
-    ) -> Result<Lease> {
-        let started = Instant::now();
-        // A wait too long to represent is a wait forever.
-        let give_up = wait.and_then(|w| started.checked_add(w));
-        let mut waiting = Waiting {
-            watch: None,
-            owes_wake: false,
-        };
-        let mut attempts = 0u32;
-        let mut polls = 0u32;
-        let closed = self.renewals.closed();
-        let mut closed = std::pin::pin!(closed);
-        loop {
-            attempts = attempts.saturating_add(1);
-            let outcome = self.attempt(name, opts, duration, interval).await?;
-            // The attempt answered: a release that woke us has been acted on.
-            waiting.owes_wake = false;
-            let holder = match outcome {
-                TryAcquire::Acquired(lease) => {
-                    if attempts > 1 {
-                        tracing::debug!(
-                            lease = name,
-                            outcome = "acquired",
-                            attempts,
-                            waited_ms =
-                                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                            "acquired after waiting"
-                        );
-                    }
-                    return Ok(lease);
-                }
-                TryAcquire::Held(holder) => holder,
-            };
-            let now = Instant::now();
-            if give_up.is_some_and(|g| now >= g) || !backoff.allows_another(attempts) {
-                if attempts > 1 {
-                    tracing::debug!(
-                        lease = name,
-                        outcome = "unavailable",
-                        attempts,
-                        waited_ms =
-                            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                        "gave up waiting"
-                    );
-                }
-                return Err(LeaseError::Unavailable {
-                    name: name.to_owned(),
-                    holder: Some(Box::new(holder)),
-                    waited: if attempts > 1 || wait.is_some_and(|w| !w.is_zero()) {
-                        started.elapsed()
-                    } else {
-                        Duration::ZERO
-                    },
-                });
-            }
-            let Some(watch) = waiting.watch.as_mut() else {
-                // Start listening, then try again at once: a release that happened before the
-                // subscription was in place is seen by that attempt, and every later one wakes us.
-                let watch = waiting.watch.insert(self.store.watch_releases(name));
-                let limit = give_up.map_or(SUBSCRIBE_LIMIT, |g| {
-                    g.saturating_duration_since(now).min(SUBSCRIBE_LIMIT)
-                });
-                watch.settled(limit).await;
-                tracing::debug!(lease = name, holder = %holder.lease_id, notified = watch.feed() == Feed::Live, "waiting for the lease");
-                continue;
-            };
-            let expiry = holder.ttl.map(|ttl| now + wait::expiry_retry(ttl));
-            loop {
-                let poll = (watch.feed() != Feed::Live).then(|| now + backoff.poll_delay(polls));
-                let wake_at = [expiry, poll, give_up].into_iter().flatten().min();
-                let sleep = async {
-                    match wake_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // A client closed meanwhile ends the wait at once (its next attempt is refused).
-                let woke = tokio::select! {
-                    w = watch.next() => Some(w),
-                    () = sleep => None,
-                    () = &mut closed => return Err(closed_error()),
-                };
-                match woke {
-                    Some(Wake::FeedChanged) => {}
-                    Some(Wake::Released) => {
-                        tracing::trace!(lease = name, "woken by a release");
-                        waiting.owes_wake = true;
-                        break;
-                    }
-                    None => {
-                        let at = Instant::now();
-                        if poll.is_some_and(|p| at >= p) && expiry.is_none_or(|e| at < e) {
-                            polls = polls.saturating_add(1);
-                            tracing::trace!(lease = name, "polling");
-                        } else {
-                            tracing::trace!(lease = name, "retrying at the holder's expiry");
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+        acquire_with_wait(
+            name,
+            || async {
+                Ok(match self.attempt(name, opts, duration, interval).await? {
+                    TryAcquire::Acquired(lease) => Attempted::Won(lease),
+                    TryAcquire::Held(holder) => Attempted::Held(holder),
+                })
+            },
+            || self.store.watch_releases(name),
+            backoff,
+            wait,
+            self.renewals.closed(),
+            closed_error,
+        )
+        .instrument(span)
+        .await
     }
 
     /// The current holder of `name`, if any.
@@ -699,108 +601,4 @@ fn new_lease_id() -> Result<String> {
     Ok(uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
         .to_string())
-}
-
-/// The reply of an acquire attempt on its way to the caller. If it is dropped unread (the caller
-/// was cancelled after the store answered), a lease it carries is released in the background.
-struct Delivery {
-    outcome: Option<Result<AcquireOutcome>>,
-    store: Arc<dyn LeaseStore>,
-    name: String,
-    lease_id: String,
-    /// The acquire's place in its client's outstanding work, handed on to the release.
-    work: Option<renewal::Outstanding>,
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        if !matches!(self.outcome, Some(Ok(AcquireOutcome::Acquired { .. }))) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(lease = %self.name, "a cancelled acquire won the lease outside a runtime; it expires by itself");
-            return;
-        };
-        let (store, name, lease_id, work) = (
-            Arc::clone(&self.store),
-            std::mem::take(&mut self.name),
-            std::mem::take(&mut self.lease_id),
-            self.work.take(),
-        );
-        tracing::debug!(lease = %name, outcome = "cancelled", "acquire cancelled while on the wire; releasing the lease it won");
-        let pending = PendingRelease::new();
-        rt.spawn(async move {
-            if let Err(e) = store.release(&name, &lease_id).await {
-                tracing::warn!(lease = %name, error = %e, "cannot release a lease won by a cancelled acquire; it expires by itself");
-            }
-            drop((work, pending));
-        });
-    }
-}
-
-/// An acquire attempt polled in its caller's future (a [`LeaseClient::via`] view): if the future
-/// is dropped before the reply was read, the request may still be granted on the server, so the
-/// lease id (fresh for this attempt, so only a lease this very attempt won can match) is
-/// released on the client's runtime, owner-checked, at once and again once an operation's
-/// timeout has passed (the request went over another connection, so it may be applied after the
-/// first release). A release that finds nothing of ours is a no-op.
-struct GiveBack<'a> {
-    armed: bool,
-    client: &'a LeaseClient,
-    name: &'a str,
-    lease_id: &'a str,
-}
-
-impl GiveBack<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for GiveBack<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        // Only here, on the rare drop mid-request, is anything copied: the guard costs the
-        // acquire itself nothing but a few references.
-        let Some(rt) = self.client.runtime.clone() else {
-            tracing::warn!(lease = %self.name, "an acquire left while on the wire outside a runtime; a lease it won expires by itself");
-            return;
-        };
-        let store = Arc::clone(&self.client.store);
-        let settle = self.client.options.operation_timeout;
-        let (name, lease_id) = (self.name.to_owned(), self.lease_id.to_owned());
-        tracing::debug!(lease = %name, outcome = "cancelled", "acquire left while on the wire; giving back a lease it may have won");
-        // The first release is outstanding work of the client (its close waits for it); the
-        // second, an operation's timeout later, is best effort.
-        let mut work = Some((self.client.renewals.track(), PendingRelease::new()));
-        rt.spawn(async move {
-            for wait in [Duration::ZERO, settle] {
-                tokio::time::sleep(wait).await;
-                let released = store.release(&name, &lease_id).await;
-                drop(work.take());
-                if let Ok(ReleaseOutcome::Released) = released {
-                    return;
-                }
-            }
-        });
-    }
-}
-
-/// A waiter's subscription, and whether it owes the other waiters a wake-up: one it received
-/// but has not acted on yet, passed on if it is dropped (cancelled or failed) before acting.
-struct Waiting {
-    watch: Option<ReleaseWatch>,
-    owes_wake: bool,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if self.owes_wake {
-            if let Some(w) = &self.watch {
-                w.pass_on();
-            }
-        }
-    }
 }

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acquiring;
 pub mod backoff;
 pub mod client;
 pub mod clock;

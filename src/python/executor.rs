@@ -9,11 +9,28 @@
 //! the two depends only on what the operation is ([`Op`]) and on where it is called from, never
 //! on which operation it is.
 //!
+//! The routes of one call, and why each exists:
+//!
+//! | call | runs | connection | a caller that leaves mid-request |
+//! | --- | --- | --- | --- |
+//! | `await`, one request, loop twin ready (Redis over TCP/TLS) | on the event loop's thread (`inline`) | the loop's own socket | `acquiring::GiveBack` gives back what it may have won |
+//! | `await`, one request, otherwise | a tokio task (`bridge::future_into_py`) | the store's shared connection | the task finishes; `acquiring::Delivery` gives back what it won |
+//! | `await`, a wait (`Op::Wait`) | a tokio task, aborted on cancel | shared | abort; each attempt is one of the above |
+//! | `_sync`, one request, thread twin ready (Redis) | the calling thread's runtime (`thread_twin`) | the thread's own socket | `GiveBack` (Ctrl-C drops the future) |
+//! | `_sync`, otherwise | blocks on the process runtime | shared | `Delivery` |
+//!
+//! Why the twins: on a 2-core machine the two cross-thread hops of the tokio route cost more
+//! than a loopback Redis round trip; the loop's own connection took one async task's
+//! acquire+release from 13.3k to 18.5k cycles/s and the thread's own connection the sync one
+//! from 17.0k to 22.0k (`bench/README.md`, "Where the time goes"). Waits, Entra ID, clusters
+//! and the other stores keep the tokio route. Whatever the route, the one mechanism that
+//! undoes a cancelled acquire is `crate::acquiring::give_back`; a lease already handed over is
+//! given back by dropping its handle.
+//!
 //! Cancellation: a [`Op::Request`] runs to the end once started, wherever it runs (a cancelled
-//! await discards its result; a lease won for a caller that left is released, see
-//! `LeaseClient::try_acquire`); a [`Op::Wait`] runs on the runtime and a cancelled await aborts
-//! it. A blocking call is interrupted by Ctrl-C in both cases (the operation is dropped, as a
-//! cancelled await's would be).
+//! await discards its result, and what it won is given back); a [`Op::Wait`] runs on the
+//! runtime and a cancelled await aborts it. A blocking call is interrupted by Ctrl-C in both
+//! cases (the operation is dropped, as a cancelled await's would be).
 
 use std::future::Future;
 use std::sync::Arc;
