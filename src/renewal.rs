@@ -26,7 +26,7 @@
 //! handles dropped just before. Only then may the client close its store.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -65,7 +65,12 @@ struct Inner {
     /// Holding with the task, which may outlive `Inner` by a wake-up.
     wake: Arc<Notify>,
     next_id: AtomicU64,
-    /// Notified when the last [`Outstanding`] guard goes (see [`Scheduler::close`]).
+    /// Live [`Outstanding`] guards (acquires on the wire and background releases), with
+    /// [`CLOSED`] set once the scheduler is closed: one atomic, so that counting an acquire
+    /// costs no lock, and refusing one once closed is exact (see [`Scheduler::begin_acquire`]).
+    outstanding: AtomicUsize,
+    /// Notified when the last [`Outstanding`] guard of a closed scheduler goes (see
+    /// [`Scheduler::close`]).
     settled: Notify,
     /// The longest [`Scheduler::close`] waits for outstanding work.
     settle_limit: Duration,
@@ -83,8 +88,6 @@ struct Timers {
     idle_since: Option<Instant>,
     /// Set by [`Scheduler::close`]: a lease registered afterwards is released at once.
     closed: bool,
-    /// Live [`Outstanding`] guards: acquires on the wire and background releases.
-    outstanding: usize,
 }
 
 /// A piece of the client's work under way that [`Scheduler::close`] waits for before the
@@ -94,9 +97,12 @@ pub(crate) struct Outstanding {
     inner: Arc<Inner>,
 }
 
+/// The bit of [`Inner::outstanding`] that says the scheduler is closed.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
 impl Outstanding {
-    fn new(inner: &Arc<Inner>, t: &mut Timers) -> Self {
-        t.outstanding += 1;
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.outstanding.fetch_add(1, Ordering::SeqCst);
         Self {
             inner: Arc::clone(inner),
         }
@@ -105,10 +111,9 @@ impl Outstanding {
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        let mut t = lock(&self.inner.state);
-        t.outstanding = t.outstanding.saturating_sub(1);
-        if t.outstanding == 0 {
-            drop(t);
+        // The last guard of a closed scheduler wakes its close(); before the close, nobody
+        // waits (close() reads the count after setting CLOSED, see `Scheduler::settled`).
+        if self.inner.outstanding.fetch_sub(1, Ordering::SeqCst) == CLOSED | 1 {
             self.inner.settled.notify_waiters();
         }
     }
@@ -147,8 +152,7 @@ impl Renewer for Inner {
     }
 
     fn track(self: Arc<Self>) -> Work {
-        let mut t = lock(&self.state);
-        Box::new(Outstanding::new(&self, &mut t))
+        Box::new(Outstanding::new(&self))
     }
 }
 
@@ -193,6 +197,7 @@ impl Scheduler {
             state: Mutex::new(Timers::default()),
             wake: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
+            outstanding: AtomicUsize::new(0),
             settled: Notify::new(),
             settle_limit,
             closed_tx: watch::Sender::new(false),
@@ -284,24 +289,25 @@ impl Scheduler {
 impl Scheduler {
     /// Whether [`Self::close`] was called.
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.inner.state).closed
+        self.inner.outstanding.load(Ordering::SeqCst) & CLOSED != 0
     }
 
     /// Counts an acquire about to be sent as outstanding work; `None` once closed (no acquire
     /// may start then). Checked and counted under one lock, so that [`Self::close`] either
     /// refuses it or waits for it.
     pub(crate) fn begin_acquire(&self) -> Option<Outstanding> {
-        let mut t = lock(&self.inner.state);
-        if t.closed {
+        // Counted first, then checked: a close() that set CLOSED before this count refuses it
+        // (the guard is dropped at once); one that sets it after waits for it.
+        let work = Outstanding::new(&self.inner);
+        if self.inner.outstanding.load(Ordering::SeqCst) & CLOSED != 0 {
             return None;
         }
-        Some(Outstanding::new(&self.inner, &mut t))
+        Some(work)
     }
 
     /// Counts a piece of work (a request on the wire, a release) as outstanding.
     pub(crate) fn track(&self) -> Outstanding {
-        let mut t = lock(&self.inner.state);
-        Outstanding::new(&self.inner, &mut t)
+        Outstanding::new(&self.inner)
     }
 
     /// Resolves once [`Self::close`] was called.
@@ -322,6 +328,7 @@ impl Scheduler {
         let leases: Vec<Arc<Holding>> = {
             let mut t = lock(&self.inner.state);
             t.closed = true;
+            self.inner.outstanding.fetch_or(CLOSED, Ordering::SeqCst);
             t.renew.clear();
             t.deadline.clear();
             t.entries.drain().map(|(_, e)| e.holding).collect()
@@ -354,7 +361,7 @@ impl Scheduler {
             let mut notified = std::pin::pin!(notified);
             // Registered before the count is read: a last guard dropped in between wakes it.
             notified.as_mut().enable();
-            if lock(&self.inner.state).outstanding == 0 {
+            if self.inner.outstanding.load(Ordering::SeqCst) & !CLOSED == 0 {
                 return;
             }
             notified.await;
