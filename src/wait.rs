@@ -25,6 +25,13 @@
 //!   permission), the waiter also polls on its [`Backoff`] schedule, never more often than every
 //!   [`MIN_POLL`].
 //! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
+//!
+//! The board is a change feed per name: besides waiters (one woken per release), it has
+//! observers ([`ReleaseBoard::observe`]), all of whom are told of every change a store
+//! reports for the name ([`ReleaseBoard::changed`]: a release, or an acquisition where the
+//! store's feed carries them), under the same feed state and the same supervisor. Observers
+//! count as the entry's users, so its subscription lives while they do; like waiters, they must
+//! re-read the store when the feed is not live.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,6 +66,16 @@ pub enum Feed {
     Partial,
 }
 
+/// A change of one name that a store's feed reports ([`ReleaseBoard::changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Its holder let go (released, or an administrator's forced release): one waiter is woken,
+    /// and every observer.
+    Released,
+    /// Someone acquired it: every observer is told; no waiter is woken (none could win).
+    Acquired,
+}
+
 /// Why [`ReleaseWatch::next`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -73,6 +90,8 @@ struct Channel {
     /// Watches sharing this entry; changed only under the board's lock.
     refs: usize,
     notify: Arc<Notify>,
+    /// Counts the changes reported for this key, for its observers.
+    changes: watch::Sender<u64>,
     feed: watch::Sender<Feed>,
     /// Set when notifications may have been missed (the feed went down): the next time it is
     /// live, one waiter is woken to look.
@@ -133,11 +152,34 @@ impl ReleaseBoard {
     /// Starts watching `key`: the returned watch shares the entry with the other waiters.
     #[must_use]
     pub fn join(self: &Arc<Self>, key: &str) -> ReleaseWatch {
+        ReleaseWatch {
+            joined: Some(self.enter(key)),
+        }
+    }
+
+    /// Starts observing `key`: the returned watch is told of every change reported for it
+    /// from now on (and of changes of its feed), and keeps the key's subscription alive.
+    #[must_use]
+    pub fn observe(self: &Arc<Self>, key: &str) -> ChangeWatch {
+        let joined = self.enter(key);
+        let changes = {
+            let map = self.lock();
+            map.get(key).map(|ch| ch.changes.subscribe())
+        };
+        ChangeWatch {
+            changes: changes.unwrap_or_else(|| watch::Sender::new(0).subscribe()),
+            joined,
+        }
+    }
+
+    /// Adds a user (waiter or observer) to the entry of `key`.
+    fn enter(self: &Arc<Self>, key: &str) -> Joined {
         let mut map = self.lock();
         let ch = map.entry(key.to_owned()).or_insert_with(|| Channel {
             key: key.to_owned(),
             refs: 0,
             notify: Arc::new(Notify::new()),
+            changes: watch::Sender::new(0),
             feed: watch::Sender::new(self.initial),
             stale: false,
         });
@@ -149,20 +191,18 @@ impl ReleaseBoard {
         }
         ch.refs += 1;
         let first = ch.refs == 1;
-        let watch = ReleaseWatch {
-            joined: Some(Joined {
-                board: Arc::clone(self),
-                key: ch.key.clone(),
-                notify: Arc::clone(&ch.notify),
-                feed: ch.feed.subscribe(),
-            }),
+        let joined = Joined {
+            board: Arc::clone(self),
+            key: ch.key.clone(),
+            notify: Arc::clone(&ch.notify),
+            feed: ch.feed.subscribe(),
         };
         if first {
             if let Some(hook) = &self.on_change {
                 hook(key);
             }
         }
-        watch
+        joined
     }
 
     fn leave(&self, key: &str) {
@@ -181,20 +221,29 @@ impl ReleaseBoard {
         }
     }
 
-    /// A release of `key` happened: wakes one waiter (or leaves a permit for the next one).
-    /// Returns whether anybody here watches `key`.
+    /// A release of `key` happened: wakes one waiter (or leaves a permit for the next one),
+    /// and tells every observer. Returns whether anybody here watches `key`.
     pub fn notify(&self, key: &str) -> bool {
+        self.changed(key, Change::Released)
+    }
+
+    /// `change` happened to `key`: a release wakes one waiter (or leaves a permit for the next
+    /// one); every change is told to every observer. Returns whether anybody here watches `key`.
+    pub fn changed(&self, key: &str, change: Change) -> bool {
         let map = self.lock();
         match map.get(key) {
             Some(ch) => {
-                ch.notify.notify_one();
+                if change == Change::Released {
+                    ch.notify.notify_one();
+                }
+                ch.changes.send_modify(|n| *n = n.wrapping_add(1));
                 true
             }
             None => false,
         }
     }
 
-    /// The keys that have waiters.
+    /// The keys that have waiters or observers.
     #[must_use]
     pub fn wanted(&self) -> Vec<String> {
         self.lock()
@@ -204,7 +253,7 @@ impl ReleaseBoard {
             .collect()
     }
 
-    /// The number of waiters of `key`.
+    /// The number of waiters and observers of `key`.
     #[must_use]
     pub fn waiters(&self, key: &str) -> usize {
         self.lock().get(key).map_or(0, |c| c.refs)
@@ -245,6 +294,7 @@ impl ReleaseBoard {
         if let Some(ch) = map.get_mut(key) {
             if std::mem::take(&mut ch.stale) {
                 ch.notify.notify_one();
+                ch.changes.send_modify(|n| *n = n.wrapping_add(1));
             }
             ch.feed
                 .send_if_modified(|f| std::mem::replace(f, Feed::Live) != Feed::Live);
@@ -444,6 +494,68 @@ impl Drop for ReleaseWatch {
     }
 }
 
+/// One observer's share of a [`ReleaseBoard`] entry ([`ReleaseBoard::observe`]): told of
+/// every change reported for the key. Dropping it leaves the board.
+pub struct ChangeWatch {
+    joined: Joined,
+    changes: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for ChangeWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeWatch")
+            .field("key", &self.joined.key)
+            .field("feed", &self.feed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`ChangeWatch::next`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// One or more changes were reported since the last call (changes are coalesced: an
+    /// observer re-reads the store and may skip intermediate values, never miss the last).
+    Changed,
+    /// The feed changed (see [`ChangeWatch::feed`]): while it is not live, changes may go
+    /// unreported and the observer must also re-read on its own schedule.
+    FeedChanged,
+}
+
+impl ChangeWatch {
+    /// What the feed covers now.
+    #[must_use]
+    pub fn feed(&self) -> Feed {
+        *self.joined.feed.borrow()
+    }
+
+    /// Waits, at most `limit`, while the feed is [`Feed::Pending`] (a subscription on its way).
+    pub async fn settled(&mut self, limit: Duration) {
+        let _ =
+            tokio::time::timeout(limit, self.joined.feed.wait_for(|f| *f != Feed::Pending)).await;
+    }
+
+    /// Waits for the next change reported for the key, or a change of the feed.
+    pub async fn next(&mut self) -> Observed {
+        tokio::select! {
+            biased;
+            changed = self.changes.changed() => match changed {
+                Ok(()) => Observed::Changed,
+                Err(_) => std::future::pending().await,
+            },
+            changed = self.joined.feed.changed() => match changed {
+                Ok(()) => Observed::FeedChanged,
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        self.joined.board.leave(&self.joined.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +706,57 @@ mod tests {
         drop(b);
         assert_eq!(*seen.lock().unwrap(), ["k", "k"]);
         assert_eq!(board.wanted(), Vec::<String>::new());
+        assert!(board.remove_if_unused("k"));
+    }
+
+    #[tokio::test]
+    async fn every_observer_is_told_of_every_change_and_only_a_release_wakes_a_waiter() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let board = ReleaseBoard::subscribed(move |k| s.lock().unwrap().push(k.to_owned()));
+        let mut o1 = board.observe("k");
+        let mut o2 = board.observe("k");
+        let mut w = board.join("k");
+        // One subscription for the three users of the key.
+        assert_eq!(*seen.lock().unwrap(), ["k"]);
+        assert_eq!(board.waiters("k"), 3);
+        board.set_live("k");
+        assert_eq!(o1.next().await, Observed::FeedChanged);
+        assert_eq!(o2.next().await, Observed::FeedChanged);
+        assert_eq!(w.next().await, Wake::FeedChanged);
+
+        assert!(board.changed("k", Change::Acquired));
+        assert_eq!(o1.next().await, Observed::Changed);
+        assert_eq!(o2.next().await, Observed::Changed);
+        let woke = tokio::time::timeout(Duration::from_millis(50), w.next()).await;
+        assert!(
+            woke.is_err(),
+            "a waiter was woken by an acquisition: {woke:?}"
+        );
+
+        assert!(board.notify("k"));
+        assert_eq!(w.next().await, Wake::Released);
+        assert_eq!(o1.next().await, Observed::Changed);
+        // Two changes before o2 looks: coalesced into one, never lost.
+        assert!(board.changed("k", Change::Acquired));
+        assert_eq!(o2.next().await, Observed::Changed);
+        let again = tokio::time::timeout(Duration::from_millis(50), o2.next()).await;
+        assert!(again.is_err(), "a change was reported twice: {again:?}");
+
+        assert_eq!(o1.next().await, Observed::Changed);
+        // Other keys are other entries: nothing reaches these observers.
+        assert!(!board.changed("k2", Change::Released));
+        let other = tokio::time::timeout(Duration::from_millis(50), o1.next()).await;
+        assert!(other.is_err(), "told of another key's change: {other:?}");
+
+        drop(w);
+        drop(o1);
+        assert!(
+            seen.lock().unwrap().len() == 1,
+            "unsubscribed while an observer remains"
+        );
+        drop(o2);
+        assert_eq!(*seen.lock().unwrap(), ["k", "k"]);
         assert!(board.remove_if_unused("k"));
     }
 }
