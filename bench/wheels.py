@@ -36,7 +36,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 
 def free_port() -> int:
@@ -251,7 +250,8 @@ def main() -> None:
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     print(f"builds: {', '.join(f'{label}={path}' for label, path in builds)}")
     print(
-        f"rounds: {args.rounds} x {args.seconds:g} s; client on CPU 0; server on CPU 0 (same) or 1 (split)"
+        f"rounds: {args.rounds} x {args.seconds:g} s; client on CPU 0;"
+        " server on CPU 0 (same) or 1 (split)"
     )
     print(
         "| scenario | placement | metric | "
