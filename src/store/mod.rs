@@ -19,6 +19,7 @@ use crate::info::LeaseInfo;
 use crate::wait::ReleaseWatch;
 
 pub mod etcd;
+pub(crate) mod feed;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

@@ -7,51 +7,35 @@
 //! a waiter joining needs no round trip, so its feed is live at once while the stream is up.
 //! The stream is opened when the first waiter appears and kept while the store lives.
 //!
-//! When the stream ends, fails, or its member stops answering the periodic check, every entry
-//! turns [`Feed::Partial`](crate::wait::Feed) (waiters poll, bounded by the holder's TTL), the
-//! supervisor opens a new stream on the next member with backoff, and once it is live again
-//! one waiter per name is woken in case a release was missed meanwhile.
+//! When the stream ends, fails, or its member stops answering the periodic check, the shared
+//! supervisor ([`crate::store::feed`]) turns every entry partial and opens a new stream, on the
+//! next member, with backoff.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::http::Transport;
 use super::{prefix_end, B64};
-use crate::wait::{FedBoard, Reconnect, ReleaseBoard};
+use crate::store::feed::{self, FeedStream};
+use crate::wait::{FedBoard, ReleaseBoard};
 
-/// How often the member of a live stream is checked.
-const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// How long that check may take.
 const HEALTH_WITHIN: Duration = Duration::from_secs(5);
 /// Longest line of the stream accepted (a response with many events): 64 MiB.
 const MAX_LINE: usize = 64 << 20;
 
-/// The waiter count of a name went from 0 to 1 or from 1 to 0.
-struct Changed(String);
-
 /// Release notifications of one etcd store: its board, fed by a watch that `http` opens when
-/// the first waiter joins.
+/// the first waiter joins, under the shared supervisor ([`crate::store::feed`]).
 pub(crate) fn watcher(http: Arc<Transport>, prefix: String) -> FedBoard {
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let board = ReleaseBoard::subscribed(move |key| {
-        let _ = control_tx.send(Changed(key.to_owned()));
-    });
-    let supervisor = Supervisor {
-        board: Arc::downgrade(&board),
+    feed::supervised(Watch {
         next_member: http.current(),
         http,
         prefix,
-        control_rx,
         stream: None,
-        reconnect: Reconnect::default(),
-    };
-    FedBoard::new(board, supervisor.run())
+    })
 }
 
 /// An open watch stream and what has been read of it.
@@ -119,102 +103,112 @@ struct EventKv {
     key: String,
 }
 
-enum Step {
-    Control(Option<Changed>),
-    Line(Result<Option<Vec<u8>>, String>),
-    Timer,
-}
-
-struct Supervisor {
-    board: Weak<ReleaseBoard>,
+/// The watch of one store: the stream open now, if any, and the member to open the next on.
+struct Watch {
     http: Arc<Transport>,
     prefix: String,
-    control_rx: mpsc::UnboundedReceiver<Changed>,
     stream: Option<Stream>,
     /// The member the next stream is opened on.
     next_member: usize,
-    reconnect: Reconnect,
 }
 
-impl Supervisor {
-    async fn run(mut self) {
-        let mut next_health = Instant::now() + HEALTH_EVERY;
-        let mut dirty = HashSet::new();
-        loop {
-            let wake = self.reconnect.wake(next_health);
-            let step = {
-                let line = async {
-                    match self.stream.as_mut() {
-                        Some(s) => s.next_line().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    msg = self.control_rx.recv() => Step::Control(msg),
-                    line = line => Step::Line(line),
-                    () = tokio::time::sleep_until(wake) => Step::Timer,
-                }
-            };
-            match step {
-                Step::Control(None) => return,
-                Step::Control(Some(Changed(key))) => {
-                    dirty.insert(key);
-                    while let Ok(Changed(key)) = self.control_rx.try_recv() {
-                        dirty.insert(key);
-                    }
-                }
-                Step::Line(Ok(Some(line))) => self.message(&line),
-                Step::Line(Ok(None)) => self.lost("the watch stream ended"),
-                Step::Line(Err(e)) => self.lost(&e),
-                Step::Timer => {
-                    if Instant::now() >= next_health {
-                        next_health = Instant::now() + HEALTH_EVERY;
-                        self.check_health().await;
-                    }
-                    self.reconnect.tick();
-                }
+impl FeedStream for Watch {
+    const WHAT: &'static str = "the etcd release watch";
+
+    fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    fn is_live(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.live)
+    }
+
+    async fn open(&mut self, _board: &Weak<ReleaseBoard>) -> Result<(), String> {
+        let member = self.next_member % self.http.members();
+        let key = self.prefix.as_bytes();
+        let body = serde_json::json!({
+            "create_request": {
+                "key": B64.encode(key),
+                "range_end": B64.encode(prefix_end(key)),
+                "filters": ["NOPUT"],
             }
-            let Some(board) = self.board.upgrade() else {
-                return;
-            };
-            let wanted = board.tidy(dirty.drain());
-            if self.stream.is_none() && !wanted.is_empty() && !self.reconnect.waiting() {
-                self.open(&board).await;
+        });
+        match self
+            .http
+            .open_stream(member, "/v3/watch", &body, self.http.operation_timeout)
+            .await
+        {
+            Ok(response) => {
+                self.stream = Some(Stream {
+                    response,
+                    buf: Vec::new(),
+                    member,
+                    live: false,
+                });
+                Ok(())
             }
-            if self.stream.as_ref().is_some_and(|s| s.live) {
-                board.set_all_live(&wanted);
-            } else if self.stream.is_none() {
-                board.set_partial(None);
+            Err(e) => {
+                self.next_member = (member + 1) % self.http.members();
+                Err(e.to_string())
             }
         }
     }
 
+    async fn next(&mut self, board: &Weak<ReleaseBoard>) -> Result<(), String> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream.next_line().await {
+            Ok(Some(line)) => self.message(&line, board),
+            Ok(None) => Err("the watch stream ended".into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn healthy(&mut self) -> bool {
+        match self.stream.as_ref().map(|s| s.member) {
+            Some(member) => self.http.member_answers(member, HEALTH_WITHIN).await,
+            None => true,
+        }
+    }
+
+    fn close(&mut self) -> bool {
+        let Some(s) = self.stream.take() else {
+            return false;
+        };
+        self.next_member = (s.member + 1) % self.http.members();
+        s.live
+    }
+}
+
+impl Watch {
     /// One message of the stream: the watch confirmed, or deletions.
-    fn message(&mut self, line: &[u8]) {
+    fn message(&mut self, line: &[u8], board: &Weak<ReleaseBoard>) -> Result<(), String> {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
-            return;
+            return Ok(());
         }
         let msg = match serde_json::from_slice::<Message>(trimmed) {
             Ok(m) => m,
-            Err(e) => return self.lost(&format!("unexpected watch message ({e})")),
+            Err(e) => return Err(format!("unexpected watch message ({e})")),
         };
         if let Some(e) = msg.error {
-            return self.lost(&format!("the watch failed: {}", e.message));
+            return Err(format!("the watch failed: {}", e.message));
         }
-        let Some(result) = msg.result else { return };
+        let Some(result) = msg.result else {
+            return Ok(());
+        };
         if result.canceled {
-            return self.lost("the server cancelled the watch");
+            return Err("the server cancelled the watch".into());
         }
         let Some(stream) = self.stream.as_mut() else {
-            return;
+            return Ok(());
         };
-        let Some(board) = self.board.upgrade() else {
-            return;
+        let Some(board) = board.upgrade() else {
+            return Ok(());
         };
         if result.created {
             stream.live = true;
-            self.reconnect.succeeded();
             tracing::debug!(members = %self.http.display, "etcd release watch live");
             // A watch sees deletions from its creation on: a waiter that joined while it was
             // being set up may have missed one, so one waiter per name looks again now.
@@ -238,63 +232,6 @@ impl Supervisor {
                 crate::metrics::RELEASE_NOTIFICATIONS.add(1);
             }
         }
-    }
-
-    /// The stream is gone: waiters poll until a new one is live.
-    fn lost(&mut self, why: &str) {
-        if let Some(s) = self.stream.take() {
-            tracing::debug!(members = %self.http.display, why, "etcd release watch ended; waiters poll until it is back");
-            self.next_member = (s.member + 1) % self.http.members();
-            if !s.live {
-                // Ended before it was confirmed: do not reopen in a busy loop.
-                self.reconnect.failed();
-            }
-        }
-        if let Some(board) = self.board.upgrade() {
-            board.set_partial(None);
-        }
-    }
-
-    async fn check_health(&mut self) {
-        let Some(member) = self.stream.as_ref().map(|s| s.member) else {
-            return;
-        };
-        if !self.http.member_answers(member, HEALTH_WITHIN).await {
-            self.lost("its member failed the health check");
-        }
-    }
-
-    async fn open(&mut self, board: &ReleaseBoard) {
-        let member = self.next_member % self.http.members();
-        let key = self.prefix.as_bytes();
-        let body = serde_json::json!({
-            "create_request": {
-                "key": B64.encode(key),
-                "range_end": B64.encode(prefix_end(key)),
-                "filters": ["NOPUT"],
-            }
-        });
-        match self
-            .http
-            .open_stream(member, "/v3/watch", &body, self.http.operation_timeout)
-            .await
-        {
-            Ok(response) => {
-                self.stream = Some(Stream {
-                    response,
-                    buf: Vec::new(),
-                    member,
-                    live: false,
-                });
-            }
-            Err(e) => {
-                if self.reconnect.first_warning() {
-                    tracing::warn!(error = %e, "cannot watch etcd for releases; waiters poll instead (at most every 100 ms, and at the holder's expiry) until it works");
-                }
-                board.set_partial(None);
-                self.next_member = (member + 1) % self.http.members();
-                self.reconnect.failed();
-            }
-        }
+        Ok(())
     }
 }
