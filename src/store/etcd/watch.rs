@@ -1,9 +1,10 @@
 //! Release notifications from one etcd watch per store, shared by all its waiters.
 //!
-//! The watch covers the store's whole key prefix with the `NOPUT` filter, so it carries only
-//! deletions: releases, forced releases, holders' own revocations and etcd's expiries of
-//! holders that stopped renewing. Each deletion of `<prefix><name>` wakes one waiter of `name`
-//! on this store's [`ReleaseBoard`]. One stream for every name (as PostgreSQL's one channel):
+//! The watch covers the store's whole key prefix. Its deletions are releases, forced releases,
+//! holders' own revocations and etcd's expiries of holders that stopped renewing: each deletion
+//! of `<prefix><name>` wakes one waiter of `name` on this store's [`ReleaseBoard`] (and tells
+//! its observers). Its puts are acquisitions: they tell the observers of `name` and wake no
+//! waiter (renewals are lease keep-alives, not puts, so they are not in the stream). One stream for every name (as PostgreSQL's one channel):
 //! a waiter joining needs no round trip, so its feed is live at once while the stream is up.
 //! The stream is opened when the first waiter appears and kept while the store lives.
 //!
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use super::http::Transport;
 use super::{prefix_end, B64};
 use crate::store::feed::{self, FeedStream};
-use crate::wait::{FedBoard, ReleaseBoard};
+use crate::wait::{Change, FedBoard, ReleaseBoard};
 
 /// How long that check may take.
 const HEALTH_WITHIN: Duration = Duration::from_secs(5);
@@ -91,7 +92,7 @@ struct WatchResult {
 
 #[derive(Deserialize)]
 struct Event {
-    /// `DELETE`; a put (the default, omitted by the gateway) is filtered out by the server.
+    /// `DELETE`, or empty for a put (the default, omitted by the gateway).
     #[serde(default, rename = "type")]
     kind: String,
     kv: EventKv,
@@ -130,7 +131,6 @@ impl FeedStream for Watch {
             "create_request": {
                 "key": B64.encode(key),
                 "range_end": B64.encode(prefix_end(key)),
-                "filters": ["NOPUT"],
             }
         });
         match self
@@ -217,9 +217,11 @@ impl Watch {
             }
         }
         for event in result.events {
-            if event.kind != "DELETE" {
-                continue;
-            }
+            let change = if event.kind == "DELETE" {
+                Change::Released
+            } else {
+                Change::Acquired
+            };
             let Some(name) = B64
                 .decode(event.kv.key.as_bytes())
                 .ok()
@@ -228,7 +230,7 @@ impl Watch {
             else {
                 continue;
             };
-            if board.notify(&name) {
+            if board.changed(&name, change) && change == Change::Released {
                 crate::metrics::RELEASE_NOTIFICATIONS.add(1);
             }
         }
