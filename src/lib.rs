@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod election;
 pub mod error;
 mod holding;
 pub mod info;

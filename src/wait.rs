@@ -168,7 +168,8 @@ impl ReleaseBoard {
         };
         ChangeWatch {
             changes: changes.unwrap_or_else(|| watch::Sender::new(0).subscribe()),
-            joined,
+            joined: Some(joined),
+            acquisitions: false,
         }
     }
 
@@ -497,14 +498,17 @@ impl Drop for ReleaseWatch {
 /// One observer's share of a [`ReleaseBoard`] entry ([`ReleaseBoard::observe`]): told of
 /// every change reported for the key. Dropping it leaves the board.
 pub struct ChangeWatch {
-    joined: Joined,
+    /// `None` for [`ChangeWatch::none`].
+    joined: Option<Joined>,
     changes: watch::Receiver<u64>,
+    /// Whether the feed reports acquisitions too, not only releases.
+    acquisitions: bool,
 }
 
 impl std::fmt::Debug for ChangeWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeWatch")
-            .field("key", &self.joined.key)
+            .field("key", &self.joined.as_ref().map(|j| &j.key))
             .field("feed", &self.feed())
             .finish_non_exhaustive()
     }
@@ -522,27 +526,59 @@ pub enum Observed {
 }
 
 impl ChangeWatch {
+    /// A watch told of nothing (a store without a change feed): its observer reads on its
+    /// own schedule.
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            joined: None,
+            changes: watch::Sender::new(0).subscribe(),
+            acquisitions: false,
+        }
+    }
+
+    /// Says that the store's feed reports acquisitions of the key as well as releases.
+    #[must_use]
+    pub fn with_acquisitions(mut self) -> Self {
+        self.acquisitions = true;
+        self
+    }
+
+    /// Whether the feed reports acquisitions as well as releases: if not, an observer that
+    /// knows of no holder must read on its own schedule to see a new one.
+    #[must_use]
+    pub fn acquisitions(&self) -> bool {
+        self.acquisitions
+    }
+
     /// What the feed covers now.
     #[must_use]
     pub fn feed(&self) -> Feed {
-        *self.joined.feed.borrow()
+        self.joined
+            .as_ref()
+            .map_or(Feed::Partial, |j| *j.feed.borrow())
     }
 
     /// Waits, at most `limit`, while the feed is [`Feed::Pending`] (a subscription on its way).
     pub async fn settled(&mut self, limit: Duration) {
-        let _ =
-            tokio::time::timeout(limit, self.joined.feed.wait_for(|f| *f != Feed::Pending)).await;
+        if let Some(j) = self.joined.as_mut() {
+            let _ = tokio::time::timeout(limit, j.feed.wait_for(|f| *f != Feed::Pending)).await;
+        }
     }
 
-    /// Waits for the next change reported for the key, or a change of the feed.
+    /// Waits for the next change reported for the key, or a change of the feed. Never
+    /// returns for [`ChangeWatch::none`].
     pub async fn next(&mut self) -> Observed {
+        let Some(j) = self.joined.as_mut() else {
+            return std::future::pending().await;
+        };
         tokio::select! {
             biased;
             changed = self.changes.changed() => match changed {
                 Ok(()) => Observed::Changed,
                 Err(_) => std::future::pending().await,
             },
-            changed = self.joined.feed.changed() => match changed {
+            changed = j.feed.changed() => match changed {
                 Ok(()) => Observed::FeedChanged,
                 Err(_) => std::future::pending().await,
             },
@@ -552,7 +588,9 @@ impl ChangeWatch {
 
 impl Drop for ChangeWatch {
     fn drop(&mut self) {
-        self.joined.board.leave(&self.joined.key);
+        if let Some(j) = self.joined.take() {
+            j.board.leave(&j.key);
+        }
     }
 }
 

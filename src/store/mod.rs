@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
-use crate::wait::ReleaseWatch;
+use crate::wait::{ChangeWatch, ReleaseWatch};
 
 pub mod etcd;
 pub(crate) mod feed;
@@ -189,6 +189,18 @@ pub trait LeaseStore: Send + Sync + Debug {
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         let _ = name;
         ReleaseWatch::none()
+    }
+
+    /// Starts observing the changes of `name` by anyone (see [`crate::election::Observer`]):
+    /// every change the store's feed reports (releases, and acquisitions where the watch says
+    /// [`ChangeWatch::acquisitions`]) is told to the watch; the observer re-reads the store
+    /// then. Never fails: a feed that is not live says so, and the observer polls. Must be
+    /// called from within a tokio runtime.
+    ///
+    /// The default reports nothing.
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        let _ = name;
+        ChangeWatch::none()
     }
 }
 

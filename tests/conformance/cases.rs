@@ -13,6 +13,7 @@ use distributed_leasing::{LeaseError, LeaseEvent, LeaseOptions, LostReason, TryA
 use crate::{unique, Harness};
 
 // The waiting and events cases live in their own file; the suite calls them through here.
+pub use crate::election::*;
 pub use crate::waiting::*;
 
 fn short(ms: u64) -> LeaseOptions {

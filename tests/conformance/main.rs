@@ -13,6 +13,7 @@ mod common;
 mod fault_store;
 
 mod cases;
+mod election;
 mod waiting;
 
 use std::time::Duration;
@@ -261,4 +262,11 @@ all_stores!(
     force_release_if_removes_only_the_holder_shown,
     close_releases_the_leases_and_stops_renewing,
     close_waits_for_the_release_of_a_dropped_handle,
+    leader_is_none_before_anyone_campaigns,
+    observers_see_successive_leaders_in_order,
+    an_observer_sees_a_leader_expire_without_a_release,
+    a_failed_over_election_has_a_higher_term,
+    names_that_are_prefixes_of_others_are_separate_elections,
+    a_campaign_that_runs_out_names_the_leader,
+    bad_identities_are_refused,
 );

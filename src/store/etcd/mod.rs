@@ -81,7 +81,7 @@ use super::{
 use crate::config::EtcdTarget;
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::ReleaseWatch;
+use crate::wait::{ChangeWatch, ReleaseWatch};
 use crate::wait::{FedBoard, ReleaseBoard};
 
 /// The base64 of etcd's JSON gateway (keys and values are `bytes`).
@@ -1148,6 +1148,10 @@ impl LeaseStore for EtcdStore {
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         let board: &Arc<ReleaseBoard> = self.inner.watcher.board();
         board.join(name)
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.inner.watcher.board().observe(name).with_acquisitions()
     }
 
     async fn close(&self) {

@@ -67,7 +67,7 @@ use super::{
 use crate::config::{PgSslMode, PostgresTarget};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::{FedBoard, ReleaseWatch};
+use crate::wait::{ChangeWatch, FedBoard, ReleaseWatch};
 
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: i32 = 1;
@@ -1041,6 +1041,10 @@ impl LeaseStore for PostgresStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.inner.listener.board().join(name)
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.inner.listener.board().observe(name)
     }
 
     async fn close(&self) {

@@ -31,7 +31,7 @@ use crate::store::{
     AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
     RenewOutcome,
 };
-use crate::wait::ReleaseWatch;
+use crate::wait::{ChangeWatch, ReleaseWatch};
 
 pub mod acl;
 pub mod entra;
@@ -954,6 +954,10 @@ impl LeaseStore for RedisStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.notifier.board().join(&self.keys.released(name))
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.notifier.board().observe(&self.keys.released(name))
     }
 
     async fn close(&self) {

@@ -50,7 +50,7 @@ use super::{
 };
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::{ReleaseBoard, ReleaseWatch};
+use crate::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
 
 mod fork;
 
@@ -669,6 +669,10 @@ impl LeaseStore for SqliteStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.inner.board.join(name)
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.inner.board.observe(name)
     }
 
     async fn close(&self) {
