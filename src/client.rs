@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
@@ -36,7 +37,7 @@ use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
     ReleaseOutcome,
 };
-use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
+use crate::wait::{self, Feed, ReleaseWatch, Wake};
 
 /// The longest a waiter waits for its release subscription to be confirmed before it goes on
 /// without (polling) until the subscription is live.

@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
+mod backoff;
 pub mod client;
 pub mod clock;
 pub mod config;

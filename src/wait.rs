@@ -23,7 +23,7 @@
 //!   waiters do not all retry in the same millisecond. Where the feed is not known to cover every
 //!   release (SQLite across processes, a dropped pub/sub connection, a server without pub/sub
 //!   permission), the waiter also polls on its [`Backoff`] schedule, never more often than every
-//!   [`MIN_POLL`].
+//!   [`Backoff::MIN_POLL`].
 //! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
 
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
-pub use crate::backoff::{Backoff, MIN_POLL};
+use crate::backoff::Backoff;
 use crate::task_slot::TaskSlot;
 
 /// How long after the refusal a waiter retries a holder that does not release: the holder's
@@ -463,10 +463,10 @@ mod tests {
     fn no_schedule_polls_faster_than_every_100_ms() {
         assert_eq!(
             Backoff::fixed(Duration::from_millis(1)).poll_delay(0),
-            MIN_POLL
+            Backoff::MIN_POLL
         );
         let b = Backoff::exponential(Duration::ZERO, Duration::from_millis(50));
-        assert!((0..20).all(|p| b.poll_delay(p) == MIN_POLL));
+        assert!((0..20).all(|p| b.poll_delay(p) == Backoff::MIN_POLL));
     }
 
     #[test]
