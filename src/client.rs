@@ -37,6 +37,7 @@ use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
     ReleaseOutcome,
 };
+use crate::timing::{self, seconds};
 use crate::wait::{self, Feed, ReleaseWatch, Wake};
 
 /// The longest a waiter waits for its release subscription to be confirmed before it goes on
@@ -49,7 +50,9 @@ pub struct ClientOptions {
     /// Lease duration when a lease does not say (30 s, as the sample).
     pub default_duration: Duration,
     /// Renewal interval when a lease does not say; `None` means two thirds of the duration
-    /// (20 s of 30 s, as the sample).
+    /// (20 s of 30 s, as the sample), or half of it for leases under 3 s
+    /// ([`crate::timing::default_renew_interval`]). It must leave room for a retry
+    /// ([`crate::timing::max_renew_interval`]: at most 27 s of 30 s).
     pub renew_interval: Option<Duration>,
     /// Whether leases renew themselves by default.
     pub auto_renew: bool,
@@ -88,7 +91,7 @@ impl Default for ClientOptions {
 pub struct LeaseOptions {
     /// Lease duration.
     pub duration: Option<Duration>,
-    /// Renewal interval.
+    /// Renewal interval (at most [`crate::timing::max_renew_interval`] of the duration).
     pub renew_interval: Option<Duration>,
     /// Whether to renew in the background.
     pub auto_renew: Option<bool>,
@@ -119,12 +122,6 @@ pub struct LeaseClient {
     /// there, wherever (on whichever runtime) the acquire itself was polled.
     runtime: Option<tokio::runtime::Handle>,
 }
-
-/// Shortest renewal interval accepted: shorter would renew in a busy loop.
-const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Longest lease duration accepted: a year. Longer is almost surely a unit mistake.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl LeaseClient {
     /// Connects to `url`, read by the same parser as the configuration's ConnectionString:
@@ -217,12 +214,15 @@ impl LeaseClient {
         &self.options
     }
 
+    /// The lease's duration and renewal interval (`None`: no auto-renewal), checked by the one
+    /// rule the configuration checks too ([`crate::timing`]).
     fn resolve(&self, opts: &LeaseOptions) -> Result<(Duration, Option<Duration>)> {
         let duration = opts.duration.unwrap_or(self.options.default_duration);
-        if duration < Duration::from_millis(10) || duration > MAX_DURATION {
+        if let Err(refusal) = timing::check_duration(duration) {
             return Err(LeaseError::InvalidArgument(format!(
-                "lease duration {:.3}s is out of range: give between 0.01 s and one year (30 s is usual)",
-                duration.as_secs_f64()
+                "lease duration {} is out of range: {}; give a duration in that range (30 s is usual)",
+                seconds(duration),
+                refusal.limit(seconds)
             )));
         }
         let auto_renew = opts.auto_renew.unwrap_or(self.options.auto_renew);
@@ -232,12 +232,16 @@ impl LeaseClient {
         let interval = opts
             .renew_interval
             .or(self.options.renew_interval)
-            .unwrap_or(duration * 2 / 3);
-        if interval < MIN_RENEW_INTERVAL || interval >= duration {
+            .unwrap_or_else(|| timing::default_renew_interval(duration));
+        if let Err(refusal) = timing::check_renew_interval(duration, interval) {
             return Err(LeaseError::InvalidArgument(format!(
-                "renew interval {:.3}s must be at least 0.005 s and below the lease duration {:.3}s (two thirds of it is usual), so that a failed renewal can be retried before the lease expires",
-                interval.as_secs_f64(),
-                duration.as_secs_f64()
+                "renew interval {} is refused for a lease of {}: {}; renew about every {} for \
+                 this duration (the default: two thirds of it, at most the limit), or make the \
+                 lease longer",
+                seconds(interval),
+                seconds(duration),
+                refusal.limit(seconds),
+                seconds(timing::default_renew_interval(duration)),
             )));
         }
         Ok((duration, Some(interval)))

@@ -32,6 +32,7 @@ pub mod renewal;
 pub mod secret;
 pub mod store;
 mod task_slot;
+pub mod timing;
 pub mod wait;
 
 #[cfg(feature = "python")]
