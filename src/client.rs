@@ -28,10 +28,15 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
+#[cfg(feature = "etcd")]
 use crate::store::etcd::{EtcdOptions, EtcdStore};
+#[cfg(feature = "postgres")]
 use crate::store::postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "entra-id")]
 use crate::store::redis::entra::EntraCredentials;
+#[cfg(feature = "redis")]
 use crate::store::redis::{RedisOptions, RedisStore};
+#[cfg(feature = "sqlite")]
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
@@ -641,7 +646,8 @@ fn closed_error() -> LeaseError {
 }
 
 /// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a
-/// password, which only the configuration loader produces).
+/// password, which only the configuration loader produces). A store this build was compiled
+/// without (its Cargo feature off) is a `Config` error naming the feature.
 async fn open_store(
     target: &StoreTarget,
     options: &ClientOptions,
@@ -650,9 +656,11 @@ async fn open_store(
     crate::store::validate_key_prefix(&options.key_prefix)?;
     match target {
         // The wait for another process's lock on the file is what can take long there.
+        #[cfg(feature = "sqlite")]
         StoreTarget::Sqlite { path } => Ok(Arc::new(
             SqliteStore::open_async_with_timeout(path, options.operation_timeout).await?,
         )),
+        #[cfg(feature = "postgres")]
         StoreTarget::Postgres(target) => Ok(Arc::new(
             PostgresStore::connect(PostgresOptions {
                 target: target.clone(),
@@ -663,6 +671,7 @@ async fn open_store(
             })
             .await?,
         )),
+        #[cfg(feature = "etcd")]
         StoreTarget::Etcd(target) => Ok(Arc::new(
             EtcdStore::connect(EtcdOptions {
                 target: target.clone(),
@@ -673,31 +682,92 @@ async fn open_store(
             })
             .await?,
         )),
-        StoreTarget::Redis(target) => {
-            // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
-            let credentials = if entra && target.entra_id {
-                let c = EntraCredentials::from_process_env();
-                c.ready().await?;
-                Some(c)
-            } else {
-                None
-            };
-            let connected = RedisStore::connect(RedisOptions {
-                urls: target.node_urls(),
-                key_prefix: options.key_prefix.clone(),
-                connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
-                response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
-                ca_file: options.ca_file.clone(),
-                credentials: credentials.clone(),
-            })
-            .await;
-            match (connected, &credentials) {
-                (Ok(store), _) => Ok(Arc::new(store)),
-                (Err(e), Some(c)) => Err(c.explain(e)),
-                (Err(e), None) => Err(e),
-            }
-        }
+        #[cfg(feature = "redis")]
+        StoreTarget::Redis(target) => open_redis(target, options, entra).await,
+        #[cfg(not(all(
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "etcd",
+            feature = "redis"
+        )))]
+        _ => Err(missing_store(target, entra)),
     }
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(
+    target: &crate::config::RedisTarget,
+    options: &ClientOptions,
+    entra: bool,
+) -> Result<Arc<dyn LeaseStore>> {
+    // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
+    let entra = entra && target.entra_id;
+    #[cfg(feature = "entra-id")]
+    let credentials = if entra {
+        let c = EntraCredentials::from_process_env();
+        c.ready().await?;
+        Some(c)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "entra-id"))]
+    let credentials = if entra {
+        return Err(missing_feature(
+            "Microsoft Entra ID sign-in (an Endpoint without a password)",
+            "entra-id",
+        ));
+    } else {
+        None
+    };
+    let connected = RedisStore::connect(RedisOptions {
+        urls: target.node_urls(),
+        key_prefix: options.key_prefix.clone(),
+        connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
+        response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
+        ca_file: options.ca_file.clone(),
+        credentials: credentials.clone(),
+    })
+    .await;
+    match (connected, &credentials) {
+        (Ok(store), _) => Ok(Arc::new(store)),
+        #[cfg(feature = "entra-id")]
+        (Err(e), Some(c)) => Err(c.explain(e)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// The error for a store this build lacks: which store, and the Cargo feature that brings it.
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis"
+)))]
+fn missing_store(target: &StoreTarget, entra: bool) -> LeaseError {
+    let (what, feature) = match target {
+        StoreTarget::Sqlite { .. } => ("the SQLite store (sqlite://)", "sqlite"),
+        StoreTarget::Postgres(_) => ("the PostgreSQL store (postgresql://)", "postgres"),
+        StoreTarget::Etcd(_) => ("the etcd store (etcd://)", "etcd"),
+        StoreTarget::Redis(r) if entra && r.entra_id => (
+            "Microsoft Entra ID sign-in to Redis (an Endpoint without a password)",
+            "entra-id",
+        ),
+        StoreTarget::Redis(_) => ("the Redis store (redis://, rediss://, valkey://)", "redis"),
+    };
+    missing_feature(what, feature)
+}
+
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "etcd",
+    feature = "entra-id"
+)))]
+fn missing_feature(what: &str, feature: &str) -> LeaseError {
+    LeaseError::Config(format!(
+        "this build of distributed-leasing has no {what}: build it with the Cargo feature \
+         \"{feature}\" (features = [\"{feature}\"], on by default), or use a store it has"
+    ))
 }
 
 /// A fresh lease id: a UUID v4 from the OS's random source (getrandom), explicitly, so that no
@@ -821,5 +891,26 @@ impl Drop for Waiting {
                 w.pass_on();
             }
         }
+    }
+}
+
+/// A build without some store (run with `cargo test --no-default-features --features sqlite`):
+/// opening it names the feature to enable.
+#[cfg(all(test, not(feature = "postgres")))]
+mod without_a_store {
+    use super::*;
+
+    #[tokio::test]
+    async fn opening_a_store_this_build_lacks_names_its_feature() {
+        let e = LeaseClient::connect("postgresql://u@127.0.0.1:1/db", ClientOptions::default())
+            .await
+            .unwrap_err();
+        let LeaseError::Config(m) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            m.contains("PostgreSQL") && m.contains("Cargo feature \"postgres\""),
+            "{m}"
+        );
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! The core is plain Rust on tokio and usable without Python: [`LeaseClient`] over a
 //! [`store::LeaseStore`] (Redis, Redis Cluster, PostgreSQL or etcd for many machines, SQLite
-//! for one). The Python module lives under
-//! `src/python/` behind the `python` feature and is the only place that touches PyO3.
+//! for one). The Python module lives under `src/python/` behind the `python` feature and is the
+//! only place that touches PyO3.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), distributed_leasing::LeaseError> {
@@ -19,6 +19,10 @@
 //! lease.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Cargo features: one per store, all on by default (`redis`, `sqlite`, `postgres`, `etcd`, and
+//! `entra-id` for Microsoft Entra ID sign-in to Redis); `python` builds the extension module.
+//! Opening a store whose feature is off is a [`LeaseError::Config`] naming the feature.
 
 mod backoff;
 pub mod client;
@@ -31,6 +35,7 @@ pub mod metrics;
 pub mod renewal;
 pub mod secret;
 pub mod store;
+#[cfg(feature = "network")]
 mod task_slot;
 pub mod timing;
 pub mod wait;

@@ -34,6 +34,10 @@ use crate::store::{
 use crate::wait::ReleaseWatch;
 
 pub mod acl;
+#[cfg(feature = "entra-id")]
+pub mod entra;
+#[cfg(not(feature = "entra-id"))]
+#[path = "entra_off.rs"]
 pub mod entra;
 pub mod inline;
 pub mod keys;
