@@ -23,21 +23,31 @@
 //! Cargo features: one per store, all on by default (`redis`, `sqlite`, `postgres`, `etcd`, and
 //! `entra-id` for Microsoft Entra ID sign-in to Redis); `python` builds the extension module.
 //! Opening a store whose feature is off is a [`LeaseError::Config`] naming the feature.
+//!
+//! The API is what this page lists. Hidden modules (`client`, `lease`, `renewal`, `clock`, `wait`,
+//! `secret`) are public only for the crate's own tests and bindings: use the names re-exported
+//! here instead, and expect their other contents to change.
 
 mod backoff;
+#[doc(hidden)]
 pub mod client;
+#[doc(hidden)]
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod info;
+#[doc(hidden)]
 pub mod lease;
 pub mod metrics;
+#[doc(hidden)]
 pub mod renewal;
+#[doc(hidden)]
 pub mod secret;
 pub mod store;
 #[cfg(feature = "network")]
 mod task_slot;
 pub mod timing;
+#[doc(hidden)]
 pub mod wait;
 
 #[cfg(feature = "python")]
@@ -47,5 +57,5 @@ pub use backoff::Backoff;
 pub use client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 pub use error::{BackendErrorKind, LeaseError, LostReason, Result};
 pub use info::LeaseInfo;
-pub use lease::{Lease, LeaseEvent, LeaseEvents};
+pub use lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 pub use secret::Secret;
