@@ -190,9 +190,7 @@ def run_wizard(directory: str) -> int:
 def holder_text(holder: LeaseInfo | None) -> str:
     if holder is None:
         return "unknown (the lease ended while we looked)"
-    instance = holder.metadata.get("instanceId") or f"lease {holder.lease_id[:8]}"
-    region = holder.metadata.get("region")
-    return f"{instance} ({region})" if region else instance
+    return holder.holder_label() or f"lease {holder.lease_id[:8]}"
 
 
 async def work(tag: str, total: float, step: float) -> None:

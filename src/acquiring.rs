@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::error::{LeaseError, Result};
 use crate::holding::{PendingRelease, Work};
 use crate::info::LeaseInfo;
 use crate::renewal::Outstanding;
 use crate::store::{AcquireOutcome, LeaseStore, ReleaseOutcome};
-use crate::wait::{self, Backoff, Feed, ReleaseWatch, Wake};
+use crate::wait::{self, Feed, ReleaseWatch, Wake};
 
 /// The longest a waiter waits for its release subscription to be confirmed before it goes on
 /// without (polling) until the subscription is live.

@@ -16,10 +16,6 @@ use rand::Rng;
 
 use crate::error::{LeaseError, Result};
 
-/// The shortest time between two polls of a waiter (notified wake-ups are not polls; see
-/// [`crate::wait`]).
-pub const MIN_POLL: Duration = Duration::from_millis(100);
-
 /// Doubling stops after this many steps; a cap reached later is reached anyway.
 const MAX_DOUBLINGS: u32 = 20;
 
@@ -28,7 +24,7 @@ const MAX_DOUBLINGS: u32 = 20;
 /// For waiting on a held lease, `Backoff::exponential(min, max)` (the default: 100 ms to 1 s,
 /// with jitter) or `Backoff::fixed(delay)`, optionally `.limit(attempts)`. The delays pace
 /// *polling*, which a waiter only does when release notifications may be missed (see
-/// [`crate::wait`]); delays below [`MIN_POLL`] are raised to it. The limit caps the number of
+/// [`crate::wait`]); delays below [`Backoff::MIN_POLL`] are raised to it. The limit caps the number of
 /// acquire attempts of one `acquire` call, notified ones included, the first one too.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -45,15 +41,19 @@ pub struct Backoff {
 impl Default for Backoff {
     /// Exponential from 100 ms to 1 s, no limit on attempts.
     fn default() -> Self {
-        Self::exponential(MIN_POLL, Duration::from_secs(1))
+        Self::exponential(Self::MIN_POLL, Duration::from_secs(1))
     }
 }
 
 impl Backoff {
-    /// The delay before poll number `poll` (0-based) of a waiter: never below [`MIN_POLL`].
+    /// The shortest time between two polls of a waiter, 100 ms (notified wake-ups are not polls;
+    /// see `crate::wait`).
+    pub const MIN_POLL: Duration = Duration::from_millis(100);
+
+    /// The delay before poll number `poll` (0-based) of a waiter: never below [`Self::MIN_POLL`].
     #[must_use]
     pub fn poll_delay(&self, poll: u32) -> Duration {
-        self.delay(poll).max(MIN_POLL)
+        self.delay(poll).max(Self::MIN_POLL)
     }
 
     /// `first`, doubling up to `cap` (taken as `first` if smaller), without jitter, floor or
@@ -92,15 +92,15 @@ impl Backoff {
     /// `attempts` acquire attempts if given.
     ///
     /// # Errors
-    /// `InvalidArgument` when `min` is below [`MIN_POLL`], `max` is below `min`, or `attempts`
+    /// `InvalidArgument` when `min` is below [`Self::MIN_POLL`], `max` is below `min`, or `attempts`
     /// is 0; the message says what to give instead.
     pub fn new(min: Duration, max: Duration, attempts: Option<u32>) -> Result<Self> {
         let secs = |d: Duration| d.as_secs_f64();
-        if min < MIN_POLL {
+        if min < Self::MIN_POLL {
             return Err(LeaseError::InvalidArgument(format!(
                 "backoff delay {}s is below {}s: a waiter never polls faster than every 0.1 s (it is woken by release notifications anyway)",
                 secs(min),
-                secs(MIN_POLL)
+                secs(Self::MIN_POLL)
             )));
         }
         if max < min {
@@ -230,8 +230,8 @@ mod tests {
             }
         }
         assert_eq!(
-            Backoff::fixed(MS).at_least(MIN_POLL).delay(3),
-            MIN_POLL,
+            Backoff::fixed(MS).at_least(Backoff::MIN_POLL).delay(3),
+            Backoff::MIN_POLL,
             "a floor above the schedule wins"
         );
     }
@@ -254,8 +254,8 @@ mod tests {
             Backoff::fixed(s(1))
         );
         assert_eq!(
-            Backoff::new(MIN_POLL, s(2), Some(4)).unwrap(),
-            Backoff::exponential(MIN_POLL, s(2)).limit(4)
+            Backoff::new(Backoff::MIN_POLL, s(2), Some(4)).unwrap(),
+            Backoff::exponential(Backoff::MIN_POLL, s(2)).limit(4)
         );
         let message = |r: Result<Backoff>| match r {
             Err(LeaseError::InvalidArgument(m)) => m,

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::acquiring::{acquire_with_wait, Attempted, Delivery, GiveBack};
+use crate::backoff::Backoff;
 use crate::config::{Settings, StoreTarget};
 use crate::error::{LeaseError, Result};
 use crate::holding::{Holding, Work};
@@ -29,15 +30,20 @@ use crate::info::LeaseInfo;
 use crate::lease::Lease;
 use crate::metrics;
 use crate::renewal;
+#[cfg(feature = "etcd")]
 use crate::store::etcd::{EtcdOptions, EtcdStore};
+#[cfg(feature = "postgres")]
 use crate::store::postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "entra-id")]
 use crate::store::redis::entra::EntraCredentials;
+#[cfg(feature = "redis")]
 use crate::store::redis::{RedisOptions, RedisStore};
+#[cfg(feature = "sqlite")]
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
 };
-use crate::wait::Backoff;
+use crate::timing::{self, seconds};
 
 /// Defaults for the leases of one client.
 #[derive(Debug, Clone)]
@@ -45,7 +51,9 @@ pub struct ClientOptions {
     /// Lease duration when a lease does not say (30 s, as the sample).
     pub default_duration: Duration,
     /// Renewal interval when a lease does not say; `None` means two thirds of the duration
-    /// (20 s of 30 s, as the sample).
+    /// (20 s of 30 s, as the sample), or half of it for leases under 3 s
+    /// ([`crate::timing::default_renew_interval`]). It must leave room for a retry
+    /// ([`crate::timing::max_renew_interval`]: at most 27 s of 30 s).
     pub renew_interval: Option<Duration>,
     /// Whether leases renew themselves by default.
     pub auto_renew: bool,
@@ -84,7 +92,7 @@ impl Default for ClientOptions {
 pub struct LeaseOptions {
     /// Lease duration.
     pub duration: Option<Duration>,
-    /// Renewal interval.
+    /// Renewal interval (at most [`crate::timing::max_renew_interval`] of the duration).
     pub renew_interval: Option<Duration>,
     /// Whether to renew in the background.
     pub auto_renew: Option<bool>,
@@ -115,12 +123,6 @@ pub struct LeaseClient {
     /// there, wherever (on whichever runtime) the acquire itself was polled.
     runtime: Option<tokio::runtime::Handle>,
 }
-
-/// Shortest renewal interval accepted: shorter would renew in a busy loop.
-const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Longest lease duration accepted: a year. Longer is almost surely a unit mistake.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl LeaseClient {
     /// Connects to `url`, read by the same parser as the configuration's ConnectionString:
@@ -213,12 +215,15 @@ impl LeaseClient {
         &self.options
     }
 
+    /// The lease's duration and renewal interval (`None`: no auto-renewal), checked by the one
+    /// rule the configuration checks too ([`crate::timing`]).
     fn resolve(&self, opts: &LeaseOptions) -> Result<(Duration, Option<Duration>)> {
         let duration = opts.duration.unwrap_or(self.options.default_duration);
-        if duration < Duration::from_millis(10) || duration > MAX_DURATION {
+        if let Err(refusal) = timing::check_duration(duration) {
             return Err(LeaseError::InvalidArgument(format!(
-                "lease duration {:.3}s is out of range: give between 0.01 s and one year (30 s is usual)",
-                duration.as_secs_f64()
+                "lease duration {} is out of range: {}; give a duration in that range (30 s is usual)",
+                seconds(duration),
+                refusal.limit(seconds)
             )));
         }
         let auto_renew = opts.auto_renew.unwrap_or(self.options.auto_renew);
@@ -228,12 +233,16 @@ impl LeaseClient {
         let interval = opts
             .renew_interval
             .or(self.options.renew_interval)
-            .unwrap_or(duration * 2 / 3);
-        if interval < MIN_RENEW_INTERVAL || interval >= duration {
+            .unwrap_or_else(|| timing::default_renew_interval(duration));
+        if let Err(refusal) = timing::check_renew_interval(duration, interval) {
             return Err(LeaseError::InvalidArgument(format!(
-                "renew interval {:.3}s must be at least 0.005 s and below the lease duration {:.3}s (two thirds of it is usual), so that a failed renewal can be retried before the lease expires",
-                interval.as_secs_f64(),
-                duration.as_secs_f64()
+                "renew interval {} is refused for a lease of {}: {}; renew about every {} for \
+                 this duration (the default: two thirds of it, at most the limit), or make the \
+                 lease longer",
+                seconds(interval),
+                seconds(duration),
+                refusal.limit(seconds),
+                seconds(timing::default_renew_interval(duration)),
             )));
         }
         Ok((duration, Some(interval)))
@@ -527,7 +536,8 @@ fn closed_error() -> LeaseError {
 }
 
 /// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a
-/// password, which only the configuration loader produces).
+/// password, which only the configuration loader produces). A store this build was compiled
+/// without (its Cargo feature off) is a `Config` error naming the feature.
 async fn open_store(
     target: &StoreTarget,
     options: &ClientOptions,
@@ -536,9 +546,11 @@ async fn open_store(
     crate::store::validate_key_prefix(&options.key_prefix)?;
     match target {
         // The wait for another process's lock on the file is what can take long there.
+        #[cfg(feature = "sqlite")]
         StoreTarget::Sqlite { path } => Ok(Arc::new(
             SqliteStore::open_async_with_timeout(path, options.operation_timeout).await?,
         )),
+        #[cfg(feature = "postgres")]
         StoreTarget::Postgres(target) => Ok(Arc::new(
             PostgresStore::connect(PostgresOptions {
                 target: target.clone(),
@@ -549,6 +561,7 @@ async fn open_store(
             })
             .await?,
         )),
+        #[cfg(feature = "etcd")]
         StoreTarget::Etcd(target) => Ok(Arc::new(
             EtcdStore::connect(EtcdOptions {
                 target: target.clone(),
@@ -559,31 +572,92 @@ async fn open_store(
             })
             .await?,
         )),
-        StoreTarget::Redis(target) => {
-            // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
-            let credentials = if entra && target.entra_id {
-                let c = EntraCredentials::from_process_env();
-                c.ready().await?;
-                Some(c)
-            } else {
-                None
-            };
-            let connected = RedisStore::connect(RedisOptions {
-                urls: target.node_urls(),
-                key_prefix: options.key_prefix.clone(),
-                connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
-                response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
-                ca_file: options.ca_file.clone(),
-                credentials: credentials.clone(),
-            })
-            .await;
-            match (connected, &credentials) {
-                (Ok(store), _) => Ok(Arc::new(store)),
-                (Err(e), Some(c)) => Err(c.explain(e)),
-                (Err(e), None) => Err(e),
-            }
-        }
+        #[cfg(feature = "redis")]
+        StoreTarget::Redis(target) => open_redis(target, options, entra).await,
+        #[cfg(not(all(
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "etcd",
+            feature = "redis"
+        )))]
+        _ => Err(missing_store(target, entra)),
     }
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(
+    target: &crate::config::RedisTarget,
+    options: &ClientOptions,
+    entra: bool,
+) -> Result<Arc<dyn LeaseStore>> {
+    // Endpoint without a password: Microsoft Entra ID (see store::redis::entra).
+    let entra = entra && target.entra_id;
+    #[cfg(feature = "entra-id")]
+    let credentials = if entra {
+        let c = EntraCredentials::from_process_env();
+        c.ready().await?;
+        Some(c)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "entra-id"))]
+    let credentials = if entra {
+        return Err(missing_feature(
+            "Microsoft Entra ID sign-in (an Endpoint without a password)",
+            "entra-id",
+        ));
+    } else {
+        None
+    };
+    let connected = RedisStore::connect(RedisOptions {
+        urls: target.node_urls(),
+        key_prefix: options.key_prefix.clone(),
+        connect_timeout: target.connect_timeout.unwrap_or(options.connect_timeout),
+        response_timeout: target.sync_timeout.unwrap_or(options.operation_timeout),
+        ca_file: options.ca_file.clone(),
+        credentials: credentials.clone(),
+    })
+    .await;
+    match (connected, &credentials) {
+        (Ok(store), _) => Ok(Arc::new(store)),
+        #[cfg(feature = "entra-id")]
+        (Err(e), Some(c)) => Err(c.explain(e)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// The error for a store this build lacks: which store, and the Cargo feature that brings it.
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis"
+)))]
+fn missing_store(target: &StoreTarget, entra: bool) -> LeaseError {
+    let (what, feature) = match target {
+        StoreTarget::Sqlite { .. } => ("the SQLite store (sqlite://)", "sqlite"),
+        StoreTarget::Postgres(_) => ("the PostgreSQL store (postgresql://)", "postgres"),
+        StoreTarget::Etcd(_) => ("the etcd store (etcd://)", "etcd"),
+        StoreTarget::Redis(r) if entra && r.entra_id => (
+            "Microsoft Entra ID sign-in to Redis (an Endpoint without a password)",
+            "entra-id",
+        ),
+        StoreTarget::Redis(_) => ("the Redis store (redis://, rediss://, valkey://)", "redis"),
+    };
+    missing_feature(what, feature)
+}
+
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "etcd",
+    feature = "entra-id"
+)))]
+fn missing_feature(what: &str, feature: &str) -> LeaseError {
+    LeaseError::Config(format!(
+        "this build of distributed-leasing has no {what}: build it with the Cargo feature \
+         \"{feature}\" (features = [\"{feature}\"], on by default), or use a store it has"
+    ))
 }
 
 /// A fresh lease id: a UUID v4 from the OS's random source (getrandom), explicitly, so that no

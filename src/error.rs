@@ -4,6 +4,7 @@
 //! from the Redis driver are reduced to their kind and server code before they get here
 //! (see `store::redis::map_error`).
 
+use std::convert::Infallible;
 use std::fmt;
 
 use crate::info::LeaseInfo;
@@ -197,11 +198,8 @@ fn describe_holder(holder: Option<&LeaseInfo>) -> String {
     if h.orphan {
         return "held by nobody (an orphan of the .NET origin: its metadata without a lease, which the next acquire takes over)".to_owned();
     }
-    let who = match (h.metadata.get("instanceId"), h.metadata.get("region")) {
-        (Some(i), Some(r)) => format!("{} ({})", shown(i), shown(r)),
-        (Some(i), None) => shown(i).into_owned(),
-        _ => format!("lease id {}", shown(&h.lease_id)),
-    };
+    let Ok(label) = h.holder_label(|s| Ok::<_, Infallible>(shown(s).into_owned()));
+    let who = label.unwrap_or_else(|| format!("lease id {}", shown(&h.lease_id)));
     match h.ttl {
         Some(ttl) => format!("held by {who} for up to {:.1}s more", ttl.as_secs_f64()),
         None => format!("held by {who}"),

@@ -33,6 +33,34 @@ pub struct LeaseInfo {
     pub orphan: bool,
 }
 
+impl LeaseInfo {
+    /// Who holds the lease, for people: the `instanceId` of its metadata, with its `region` in
+    /// brackets when there is one (`us-east-1 (us-east)`), the keys the .NET sample writes; `None`
+    /// when the metadata has no `instanceId`. Each part goes through `escape` first, so a caller
+    /// can show someone else's text safely in its own way (the error messages quote it Rust's
+    /// way, the `leasing` command Python's; `Ok` leaves it as is). The one place the label is
+    /// made: error messages, the command and the examples all call it (Python:
+    /// `LeaseInfo.holder_label(escape=None)`), each with its own words for `None`.
+    ///
+    /// # Errors
+    /// The first error of `escape`.
+    pub fn holder_label<E>(
+        &self,
+        mut escape: impl FnMut(&str) -> Result<String, E>,
+    ) -> Result<Option<String>, E> {
+        let Some(instance) = self.metadata.get("instanceId").filter(|i| !i.is_empty()) else {
+            return Ok(None);
+        };
+        let instance = escape(instance)?;
+        Ok(Some(
+            match self.metadata.get("region").filter(|r| !r.is_empty()) {
+                Some(region) => format!("{instance} ({})", escape(region)?),
+                None => instance,
+            },
+        ))
+    }
+}
+
 /// Formats a time as the sample's hash does: `2025-12-25T21:00:00.000Z`.
 #[must_use]
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
@@ -51,6 +79,47 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use std::convert::Infallible;
+
+    fn with_metadata(pairs: &[(&str, &str)]) -> LeaseInfo {
+        LeaseInfo {
+            name: "job".into(),
+            lease_id: "id".into(),
+            acquired_at: None,
+            fencing_token: Some(1),
+            metadata: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ttl: None,
+            orphan: false,
+        }
+    }
+
+    #[test]
+    fn the_holder_label_is_instance_and_region() {
+        let plain = |s: &str| Ok::<_, Infallible>(s.to_owned());
+        let label = |pairs: &[(&str, &str)]| {
+            let Ok(l) = with_metadata(pairs).holder_label(plain);
+            l
+        };
+        assert_eq!(
+            label(&[("instanceId", "us-east-1"), ("region", "us-east")]).as_deref(),
+            Some("us-east-1 (us-east)")
+        );
+        assert_eq!(label(&[("instanceId", "w")]).as_deref(), Some("w"));
+        assert_eq!(
+            label(&[("instanceId", "w"), ("region", "")]).as_deref(),
+            Some("w")
+        );
+        assert_eq!(label(&[("region", "us-east")]), None);
+        assert_eq!(label(&[("instanceId", "")]), None);
+        let quoted = with_metadata(&[("instanceId", "a\nb"), ("region", "r")])
+            .holder_label(|s| Ok::<_, Infallible>(format!("<{s}>")));
+        assert_eq!(quoted, Ok(Some("<a\nb> (<r>)".to_owned())));
+        let failed = with_metadata(&[("instanceId", "a")]).holder_label(|_| Err("no"));
+        assert_eq!(failed, Err("no"));
+    }
 
     #[test]
     fn timestamp_has_the_samples_form() {

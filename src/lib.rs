@@ -7,8 +7,8 @@
 //!
 //! The core is plain Rust on tokio and usable without Python: [`LeaseClient`] over a
 //! [`store::LeaseStore`] (Redis, Redis Cluster, PostgreSQL or etcd for many machines, SQLite
-//! for one). The Python module lives under
-//! `src/python/` behind the `python` feature and is the only place that touches PyO3.
+//! for one). The Python module lives under `src/python/` behind the `python` feature and is the
+//! only place that touches PyO3.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), distributed_leasing::LeaseError> {
@@ -19,22 +19,38 @@
 //! lease.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Cargo features: one per store, all on by default (`redis`, `sqlite`, `postgres`, `etcd`, and
+//! `entra-id` for Microsoft Entra ID sign-in to Redis); `python` builds the extension module.
+//! Opening a store whose feature is off is a [`LeaseError::Config`] naming the feature.
+//!
+//! The API is what this page lists. Hidden modules (`client`, `lease`, `renewal`, `clock`, `wait`,
+//! `secret`) are public only for the crate's own tests and bindings: use the names re-exported
+//! here instead, and expect their other contents to change.
 
 mod acquiring;
-pub mod backoff;
+mod backoff;
+#[doc(hidden)]
 pub mod client;
+#[doc(hidden)]
 pub mod clock;
 pub mod config;
 pub mod election;
 pub mod error;
 mod holding;
 pub mod info;
+#[doc(hidden)]
 pub mod lease;
 pub mod metrics;
+#[doc(hidden)]
 pub mod renewal;
+#[doc(hidden)]
 pub mod secret;
 pub mod store;
+#[cfg(feature = "network")]
 mod task_slot;
+pub mod timing;
+#[doc(hidden)]
 pub mod wait;
 
 #[cfg(feature = "python")]
@@ -44,5 +60,5 @@ pub use backoff::Backoff;
 pub use client::{ClientOptions, LeaseClient, LeaseOptions, TryAcquire};
 pub use error::{BackendErrorKind, LeaseError, LostReason, Result};
 pub use info::LeaseInfo;
-pub use lease::{Lease, LeaseEvent, LeaseEvents};
+pub use lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 pub use secret::Secret;

@@ -22,8 +22,8 @@
 //!   holder's TTL (known from the refused attempt) runs out, plus jitter so that a hundred
 //!   waiters do not all retry in the same millisecond. Where the feed is not known to cover every
 //!   release (SQLite across processes, a dropped pub/sub connection, a server without pub/sub
-//!   permission), the waiter also polls on its [`Backoff`] schedule, never more often than every
-//!   [`MIN_POLL`].
+//!   permission), the waiter also polls on its [`crate::Backoff`] schedule, never more often than
+//!   every [`crate::Backoff::MIN_POLL`].
 //! - No fairness is promised: whoever's attempt reaches the store first after a release wins.
 //!
 //! The board is a change feed per name: besides waiters (one woken per release), it has
@@ -34,7 +34,9 @@
 //! re-read the store when the feed is not live.
 
 use std::collections::HashMap;
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 use std::future::Future;
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -42,7 +44,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
-pub use crate::backoff::{Backoff, MIN_POLL};
+#[cfg(any(feature = "postgres", feature = "etcd"))]
+use crate::backoff::Backoff;
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 use crate::task_slot::TaskSlot;
 
 /// How long after the refusal a waiter retries a holder that does not release: the holder's
@@ -274,6 +278,7 @@ impl ReleaseBoard {
 
     /// Forgets the entries among `keys` that nobody waits for (a subscriber, told of them by
     /// `on_change`, has stopped listening for them) and returns the keys that have waiters.
+    #[cfg(any(feature = "postgres", feature = "etcd"))]
     pub(crate) fn tidy(&self, keys: impl IntoIterator<Item = String>) -> Vec<String> {
         for key in keys {
             self.remove_if_unused(&key);
@@ -282,6 +287,7 @@ impl ReleaseBoard {
     }
 
     /// [`ReleaseBoard::set_live`] for each of `keys`.
+    #[cfg(any(feature = "postgres", feature = "etcd"))]
     pub(crate) fn set_all_live(&self, keys: &[String]) {
         for key in keys {
             self.set_live(key);
@@ -320,11 +326,13 @@ impl ReleaseBoard {
 }
 
 /// The task that feeds a [`FedBoard`], not yet started.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 type Supervisor = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A store's [`ReleaseBoard`] and the supervisor task that feeds it (a watch stream, a listening
 /// connection). The task starts when the board is first asked for, so a store nobody waits on
 /// never opens one; [`FedBoard::close`] ends it for good.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 pub(crate) struct FedBoard {
     board: Arc<ReleaseBoard>,
     /// The supervisor until it is started (or the board closed first).
@@ -332,6 +340,7 @@ pub(crate) struct FedBoard {
     task: TaskSlot,
 }
 
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 impl FedBoard {
     /// `board`, to be fed by `supervisor` once the board is first used.
     pub(crate) fn new(
@@ -369,6 +378,7 @@ impl FedBoard {
 
 /// When the supervisor of a [`FedBoard`] may try again to open its stream or connection after
 /// failures in a row (250 ms doubling to 5 s), and whether it has said so yet.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 #[derive(Debug, Default)]
 pub(crate) struct Reconnect {
     at: Option<tokio::time::Instant>,
@@ -378,6 +388,7 @@ pub(crate) struct Reconnect {
     warned: bool,
 }
 
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 impl Reconnect {
     const SCHEDULE: Backoff = Backoff::doubling(Duration::from_millis(250), Duration::from_secs(5));
 
@@ -597,6 +608,7 @@ impl Drop for ChangeWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::Backoff;
 
     #[test]
     fn exponential_grows_to_its_cap_and_never_below_min() {
@@ -613,10 +625,10 @@ mod tests {
     fn no_schedule_polls_faster_than_every_100_ms() {
         assert_eq!(
             Backoff::fixed(Duration::from_millis(1)).poll_delay(0),
-            MIN_POLL
+            Backoff::MIN_POLL
         );
         let b = Backoff::exponential(Duration::ZERO, Duration::from_millis(50));
-        assert!((0..20).all(|p| b.poll_delay(p) == MIN_POLL));
+        assert!((0..20).all(|p| b.poll_delay(p) == Backoff::MIN_POLL));
     }
 
     #[test]
@@ -639,6 +651,7 @@ mod tests {
         );
     }
 
+    #[cfg(any(feature = "postgres", feature = "etcd"))]
     #[tokio::test(start_paused = true)]
     async fn reconnect_waits_longer_after_each_failure_and_warns_once_until_it_works() {
         let mut r = Reconnect::default();

@@ -291,7 +291,7 @@ async fn renewal_retries_back_off() {
 #[tokio::test(start_paused = true)]
 async fn will_retry_false_is_the_last_attempt_before_the_deadline() {
     let store = FaultStore::new();
-    let c = client(&store, ms(1000), Some(ms(950)));
+    let c = client(&store, ms(1000), Some(ms(500)));
     let t0 = Instant::now();
     let lease = take(&c, "last-try").await;
     let events = lease.events();
@@ -308,8 +308,8 @@ async fn will_retry_false_is_the_last_attempt_before_the_deadline() {
         )
         .await
         .unwrap();
-    // The first renewal of "last-try" fails at 965 ms: its retry (25-50 ms later) would fall
-    // after the deadline (987 ms), so the failure says will_retry false.
+    // The first renewal of "last-try" (sent at 500 ms) fails at 965 ms: its retry (25-50 ms
+    // later) would fall after the deadline (987 ms), so the failure says will_retry false.
     store.push_for(
         Op::Renew,
         "last-try",

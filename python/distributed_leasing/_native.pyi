@@ -68,6 +68,10 @@ class LeaseInfo:
         lease and without a TTL (its key expired before it wrote them). Nobody holds it
         (``lease_id`` is empty; ``metadata`` says who left it); the next acquire takes it over,
         and ``force_release`` deletes it. False for every lease."""
+    def holder_label(self, escape: Callable[[str], str] | None = None) -> str | None:
+        """Who holds it, for people: the ``instanceId`` of its metadata, with its ``region`` in
+        brackets when there is one (``"us-east-1 (us-east)"``); None without an instanceId.
+        ``escape`` is applied to each part (``repr``, to show someone else's text safely)."""
     def __eq__(self, other: object, /) -> bool: ...
 
 @final

@@ -28,7 +28,8 @@ class LeaseOptions(TypedDict, total=False):
     duration: float | None
     """Seconds the lease lasts unless renewed (default: the client's, 30 s)."""
     renew_interval: float | None
-    """Seconds between background renewals (default: two thirds of the duration)."""
+    """Seconds between background renewals (default: two thirds of the duration, half of it under
+    3 s; at most the duration minus max(10 %, min(1 s, half)), as ``AutoRenewInterval``)."""
     auto_renew: bool | None
     """Whether Rust renews the lease in the background (default: the client's, True)."""
     metadata: Mapping[str, str] | None
@@ -58,7 +59,8 @@ class ClientOptions(TypedDict, total=False):
     duration: float | None
     """Default lease duration in seconds (30)."""
     renew_interval: float | None
-    """Default renewal interval in seconds (two thirds of the duration)."""
+    """Default renewal interval in seconds (two thirds of the duration, half of it under 3 s; at
+    most the duration minus max(10 %, min(1 s, half)), as ``AutoRenewInterval``)."""
     auto_renew: bool | None
     """Whether leases are renewed in the background by default (True)."""
     key_prefix: str | None

@@ -61,14 +61,6 @@ def _safe(text: str) -> str:
     return repr(text)
 
 
-def _holder_raw(info: LeaseInfo) -> str | None:
-    instance = info.metadata.get("instanceId")
-    region = info.metadata.get("region")
-    if not instance:
-        return None
-    return f"{instance} ({region})" if region else instance
-
-
 def _holder(info: LeaseInfo) -> str:
     """The holder for people: its instanceId (and region), escaped (see ``_safe``); for an
     orphan, whoever left it."""
@@ -85,11 +77,7 @@ def _shown(info: LeaseInfo) -> str:
 
 
 def _left_by(info: LeaseInfo) -> str:
-    instance = info.metadata.get("instanceId")
-    region = info.metadata.get("region")
-    if not instance:
-        return "unknown (no instanceId in its metadata)"
-    return f"{_safe(instance)} ({_safe(region)})" if region else _safe(instance)
+    return info.holder_label(_safe) or "unknown (no instanceId in its metadata)"
 
 
 def _time(t: datetime | None) -> str:
@@ -109,7 +97,7 @@ def _fencing(token: int | None) -> str:
 def _as_json(info: LeaseInfo) -> dict[str, Any]:
     return {
         "name": info.name,
-        "holder": None if info.orphan else _holder_raw(info),
+        "holder": None if info.orphan else info.holder_label(),
         "orphan": info.orphan,
         "lease_id": info.lease_id,
         "acquired_at": None if info.acquired_at is None else _time(info.acquired_at),
@@ -147,7 +135,7 @@ def _print_table(infos: Sequence[LeaseInfo]) -> None:
     rows = [
         (
             _safe(i.name),
-            "orphan" if i.orphan else _holder(i) if i.metadata.get("instanceId") else "-",
+            "orphan" if i.orphan else i.holder_label(_safe) or "-",
             "-" if i.orphan else _safe(i.lease_id[:8]),
             "-" if i.fencing_token is None else str(i.fencing_token),
             _ttl(i.ttl),

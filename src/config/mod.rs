@@ -21,10 +21,12 @@
 //! - `DefaultLeaseDuration` and `AutoRenewInterval`: TimeSpan strings or numbers of **seconds**.
 //!   `ConnectTimeout` and `SyncTimeout`: numbers of **milliseconds** (as in the sample, `5000`), or
 //!   TimeSpan strings (`00:00:05`).
-//! - Renewal room: with auto-renew on, `AutoRenewInterval` must be at most
-//!   `DefaultLeaseDuration − max(10 % of it, min(1 s, half of it))` ([`max_renew_interval`]), so at
-//!   least one retry fits before the lease expires. With auto-renew off, a violation is a warning
-//!   (the .NET library skips that check too; a per-lease `auto_renew=True` re-checks it).
+//! - Lease timing: the API's rule ([`crate::timing`]). `DefaultLeaseDuration` lasts 10 ms to a
+//!   year; with auto-renew on, `AutoRenewInterval` must be at least 5 ms and at most
+//!   `DefaultLeaseDuration − max(10 % of it, min(1 s, half of it))`
+//!   ([`crate::timing::max_renew_interval`]), so at least one retry fits before the lease
+//!   expires. With auto-renew off, a bad interval is a warning (the .NET library skips that check
+//!   too; a per-lease `auto_renew=True` re-checks it).
 //! - `ConnectionString` wins over `Endpoint` when both are set in files/environment (warned); a
 //!   connection string or endpoint given in [`Overrides`] wins over both from lower layers.
 //! - `UseSsl` and `Port` apply to `Endpoint` only; a connection string carries its own.
@@ -57,6 +59,7 @@ pub use timespan::{format_timespan, parse_duration};
 
 use crate::error::LeaseError;
 use crate::secret::Secret;
+use crate::timing;
 use json::Json;
 
 /// The configuration section all keys live in.
@@ -159,16 +162,6 @@ pub struct Overrides {
     pub sync_timeout: Option<Duration>,
     /// `CaFile`.
     pub ca_file: Option<PathBuf>,
-}
-
-/// The longest renewal interval that still leaves room for a retry before a lease of `duration`
-/// expires: `duration − max(10 % of duration, min(1 s, duration / 2))`.
-///
-/// 30 s → 27 s, 60 s → 54 s, 5 s → 4 s, 1 s → 500 ms.
-#[must_use]
-pub fn max_renew_interval(duration: Duration) -> Duration {
-    let room = (duration / 10).max(Duration::from_secs(1).min(duration / 2));
-    duration.saturating_sub(room)
 }
 
 /// Loads the configuration from `dir` and the given environment, without overrides.
@@ -1136,24 +1129,37 @@ impl Layers {
         }
     }
 
+    /// `DefaultLeaseDuration` and `AutoRenewInterval` against the one rule of a lease's timing,
+    /// the API's too ([`crate::timing`]).
     fn check_renewal(&mut self, duration: Duration, interval: Duration, auto_renew: bool) {
-        let max = max_renew_interval(duration);
-        if interval <= max {
+        let ts = |d: Duration| format_timespan(d);
+        let duration_shown = format!(
+            "{SECTION}:DefaultLeaseDuration = {} (from {})",
+            self.shown(Field::DefaultLeaseDuration, || format!(
+                "\"{}\"",
+                ts(duration)
+            )),
+            self.origin(Field::DefaultLeaseDuration),
+        );
+        if let Err(refusal) = timing::check_duration(duration) {
+            self.problems.push(format!(
+                "{duration_shown} is out of range: {}. Fix: give a duration in that range, \
+                 \"00:00:30\" is usual",
+                refusal.limit(ts)
+            ));
             return;
         }
-        let suggested = duration * 2 / 3;
+        let Err(refusal) = timing::check_renew_interval(duration, interval) else {
+            return;
+        };
         let issue = format!(
-            "{SECTION}:AutoRenewInterval = {} (from {}) leaves no room for a retry before a lease of \
-             {SECTION}:DefaultLeaseDuration = {} (from {}) expires: the interval must be at most {} \
-             (the duration minus 10 %, and minus at least 1 s or half of it). Fix: set \
-             AutoRenewInterval to about two thirds of the duration ({} for this duration), or make \
-             DefaultLeaseDuration longer",
-            self.shown(Field::AutoRenewInterval, || format!("\"{}\"", format_timespan(interval))),
+            "{SECTION}:AutoRenewInterval = {} (from {}) is refused for a lease of {duration_shown}: \
+             {}. Fix: set AutoRenewInterval to about two thirds of the duration ({} for this \
+             duration), or make DefaultLeaseDuration longer",
+            self.shown(Field::AutoRenewInterval, || format!("\"{}\"", ts(interval))),
             self.origin(Field::AutoRenewInterval),
-            self.shown(Field::DefaultLeaseDuration, || format!("\"{}\"", format_timespan(duration))),
-            self.origin(Field::DefaultLeaseDuration),
-            format_timespan(max),
-            format_timespan(suggested),
+            refusal.limit(ts),
+            ts(timing::default_renew_interval(duration)),
         );
         if auto_renew {
             self.problems.push(issue);

@@ -594,6 +594,7 @@ fn port_out_of_range_is_refused() {
 
 #[test]
 fn renew_interval_must_leave_room_for_retries() {
+    use crate::timing::max_renew_interval;
     assert_eq!(
         max_renew_interval(Duration::from_secs(30)),
         Duration::from_secs(27)

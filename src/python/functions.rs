@@ -46,15 +46,20 @@ fn not_seconds(param: &str, value: f64) -> PyErr {
 
 /// `os.register_at_fork(before=...)`: waits, with the GIL released (a call in progress may
 /// need it) and at most [`crate::store::sqlite::FORK_WAIT_LIMIT`], until no SQLite call of this
-/// process is in progress, and holds new ones back until the fork is over.
+/// process is in progress, and holds new ones back until the fork is over. (These three do
+/// nothing in a build without the `sqlite` feature.)
 #[pyfunction]
 pub(crate) fn _before_fork(py: Python<'_>) {
+    #[cfg(feature = "sqlite")]
     py.detach(crate::store::sqlite::before_fork);
+    #[cfg(not(feature = "sqlite"))]
+    let _ = py;
 }
 
 /// `os.register_at_fork(after_in_parent=...)`: SQLite calls go on.
 #[pyfunction]
 pub(crate) fn _after_fork_in_parent() {
+    #[cfg(feature = "sqlite")]
     crate::store::sqlite::after_fork_in_parent();
 }
 
@@ -62,5 +67,6 @@ pub(crate) fn _after_fork_in_parent() {
 /// parent (the child's copies only), then SQLite calls go on.
 #[pyfunction]
 pub(crate) fn _after_fork_in_child() {
+    #[cfg(feature = "sqlite")]
     crate::store::sqlite::after_fork_in_child();
 }

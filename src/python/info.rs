@@ -52,6 +52,15 @@ impl PyLeaseInfo {
     fn orphan(&self) -> bool {
         self.info.orphan
     }
+    /// The holder for people (`us-east-1 (us-east)`), each part through `escape` when given;
+    /// None without an instanceId. See `LeaseInfo::holder_label` in the core.
+    #[pyo3(signature = (escape=None))]
+    fn holder_label(&self, escape: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+        self.info.holder_label(|part| match escape {
+            Some(f) => f.call1((part,))?.extract::<String>(),
+            None => Ok(part.to_owned()),
+        })
+    }
     fn __repr__(&self) -> String {
         format!(
             "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={}{})",

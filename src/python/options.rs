@@ -12,8 +12,8 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use crate::backoff::Backoff;
 use crate::client::{ClientOptions, LeaseOptions};
-use crate::wait::Backoff;
 
 /// A backoff from Python: `(min, max, max_attempts)` in seconds, as `distributed_leasing.Backoff`
 /// passes it; `min == max` is a fixed delay.

@@ -18,10 +18,20 @@ use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(any(feature = "postgres", feature = "etcd"))]
 pub(crate) mod feed;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
 pub mod redis;
+/// Without the Redis store, only its TLS helpers (`redis/tls.rs`), which PostgreSQL and etcd share.
+#[cfg(all(feature = "network", not(feature = "redis")))]
+pub(crate) mod redis {
+    pub mod tls;
+}
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 /// Longest lease name accepted (bytes). Long enough for paths and URLs, short enough to keep
@@ -106,6 +116,7 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// This store as a Redis store, for callers that can drive a connection of their own to it
     /// (see [`redis::inline`]); `None` for every other store.
+    #[cfg(feature = "redis")]
     fn as_redis(&self) -> Option<&redis::RedisStore> {
         None
     }
@@ -204,10 +215,12 @@ pub trait LeaseStore: Send + Sync + Debug {
     }
 }
 
+#[cfg(feature = "network")]
 pub(crate) use crate::task_slot::TaskSlot;
 
 /// The results of a batch renewal that failed as a whole (a bad name, the store down): the same
 /// error for every item.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "etcd"))]
 pub(crate) fn failed_batch(
     items: usize,
     e: &crate::error::LeaseError,

@@ -514,6 +514,13 @@ pub async fn invalid_durations_are_refused(h: &Harness) {
             renew_interval: Some(Duration::from_nanos(1)),
             ..LeaseOptions::default()
         },
+        // Below the duration but leaving no room for a retry (at most 9 s of 10 s): the rule the
+        // configuration applies to AutoRenewInterval too (crate::timing).
+        LeaseOptions {
+            duration: Some(Duration::from_secs(10)),
+            renew_interval: Some(Duration::from_millis(9_500)),
+            ..LeaseOptions::default()
+        },
     ] {
         assert!(
             matches!(

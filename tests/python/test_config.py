@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import distributed_leasing as dl
@@ -160,3 +161,104 @@ def test_sqlite_url_in_config(tmp_path: Path) -> None:
     with client.lease("embedded") as lease:
         assert lease.fencing_token == 1
     assert db.exists()
+
+
+# One rule for a lease's timing (issue 23): what the API refuses, the configuration refuses, and
+# the other way round. (duration, renew interval, accepted?). Until then the API took any interval
+# below the duration (29.5 s of 30 s) where appsettings.json wanted room for a retry.
+TIMING_PAIRS = [
+    (30.0, 20.0, True),
+    (30.0, 27.0, True),  # the longest for 30 s: 30 - max(10 %, min(1 s, half))
+    (30.0, 27.5, False),
+    (30.0, 29.5, False),
+    (5.0, 4.0, True),
+    (5.0, 4.5, False),
+    (1.0, 0.5, True),  # under 3 s the room is half the duration
+    (1.0, 0.9, False),
+    (10.0, 0.005, True),  # the floor
+    (10.0, 0.004, False),
+    (0.01, 0.005, True),  # the shortest lease
+    (0.005, 0.001, False),
+    (400 * 86400.0, 3600.0, False),  # longer than a year
+]
+
+
+@pytest.mark.parametrize(("duration", "interval", "accepted"), TIMING_PAIRS)
+def test_api_and_configuration_apply_one_renew_interval_rule(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    duration: float,
+    interval: float,
+    accepted: bool,
+) -> None:
+    for k in list(os.environ):
+        if k.lower().startswith("redisleasing"):
+            monkeypatch.delenv(k)
+    url = f"sqlite:///{tmp_path / 'leases.db'}"
+    # The API: the lease's own arguments, and the client's defaults.
+    api_refusals = []
+    with (
+        dl.LeaseClient.connect_sync(url) as client,
+        dl.LeaseClient.connect_sync(url, duration=duration, renew_interval=interval) as defaults,
+    ):
+        for i, call in enumerate(
+            [
+                lambda n: client.try_acquire_sync(n, duration=duration, renew_interval=interval),
+                lambda n: defaults.try_acquire_sync(n),
+            ]
+        ):
+            try:
+                lease = call(f"timing-{i}")
+            except ValueError as e:
+                api_refusals.append(str(e))
+            else:
+                assert lease is not None
+                assert lease.duration == duration
+                lease.release_sync()
+    # The configuration: DefaultLeaseDuration and AutoRenewInterval in appsettings.json.
+    (tmp_path / "appsettings.json").write_text(
+        json.dumps(
+            {
+                "RedisLeasing": {
+                    "ConnectionString": url,
+                    "DefaultLeaseDuration": duration,
+                    "AutoRenewInterval": interval,
+                }
+            }
+        )
+    )
+    try:
+        with dl.LeaseClient.from_config(tmp_path):
+            config_refusal = None
+    except dl.ConfigError as e:
+        config_refusal = str(e)
+    if accepted:
+        assert api_refusals == [] and config_refusal is None, (api_refusals, config_refusal)
+        return
+    assert len(api_refusals) == 2 and config_refusal is not None, (api_refusals, config_refusal)
+    # Each refusal names the value, the limit and what to do, in its own words.
+    bad_duration = not 0.01 <= duration <= 365 * 86400
+    for text in api_refusals:
+        if bad_duration:
+            assert "lease duration" in text and "one year" in text and "give a" in text, text
+        else:
+            assert f"renew interval {interval:g} s" in text, text
+            assert ("at most" in text or "at least 0.005 s" in text) and "renew about" in text
+    if bad_duration:
+        assert "DefaultLeaseDuration" in config_refusal and "one year" in config_refusal
+    else:
+        assert "AutoRenewInterval" in config_refusal and "appsettings.json" in config_refusal
+        assert "at most" in config_refusal or "at least 00:00:00.005" in config_refusal
+    assert "Fix:" in config_refusal, config_refusal
+
+
+def test_a_short_lease_without_an_interval_renews_within_the_rule(tmp_path: Path) -> None:
+    # The default interval is two thirds of the duration, or at most what the rule allows
+    # (half of a lease under 3 s): a 1 s lease without renew_interval is accepted and renews.
+    with dl.LeaseClient.connect_sync(f"sqlite:///{tmp_path / 'leases.db'}") as client:
+        lease = client.acquire_sync("short", duration=1.0)
+        try:
+            time.sleep(1.3)
+            assert lease.renewals >= 2 and not lease.is_lost, lease.renewals
+        finally:
+            lease.release_sync()

@@ -33,12 +33,20 @@ use crate::store::{
 };
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
+#[doc(hidden)]
 pub mod acl;
+#[cfg(feature = "entra-id")]
 pub mod entra;
+#[cfg(not(feature = "entra-id"))]
+#[path = "entra_off.rs"]
+pub mod entra;
+#[doc(hidden)]
 pub mod inline;
+#[doc(hidden)]
 pub mod keys;
 pub(crate) mod notify;
 mod shared;
+#[doc(hidden)]
 pub mod tls;
 
 use keys::{info_from_hash, Keys, META_PREFIX};
