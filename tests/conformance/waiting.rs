@@ -294,9 +294,13 @@ pub async fn cancelled_waiter_leaves_nothing_behind(h: &Harness) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.release().await.unwrap();
     quitter.abort();
+    // A quitter that won before its abort finished with the lease: its task's output (kept
+    // until the handle is read or dropped) is dropped here, which releases it and wakes the
+    // keen one. (Kept unread, it held the lease for its whole duration: on the in-memory
+    // store the quitter's attempt can win between the release and the abort.)
+    drop(quitter.await);
     let t = Instant::now();
-    // If the quitter won before its abort, its lease was dropped, which releases it and wakes
-    // the keen one: only a swallowed wake-up makes this wait for a minute.
+    // Only a swallowed wake-up makes this wait for a minute.
     let l = tokio::time::timeout(Duration::from_secs(30), keen)
         .await
         .expect("the remaining waiter finishes")
