@@ -27,6 +27,7 @@ use crate::info::LeaseInfo;
 use crate::lease::{Lease, Shared, State};
 use crate::metrics;
 use crate::renewal;
+use crate::store::common::closed_error;
 use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::redis::entra::EntraCredentials;
@@ -629,10 +630,6 @@ impl LeaseClient {
         }
         Ok(())
     }
-}
-
-fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 /// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a

@@ -18,6 +18,7 @@ use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
 use crate::wait::ReleaseWatch;
 
+pub(crate) mod common;
 pub mod etcd;
 pub mod postgres;
 pub mod redis;

@@ -74,6 +74,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::common;
 use super::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
     ReleaseOutcome, RenewItem, RenewOutcome, TaskSlot,
@@ -309,12 +310,6 @@ pub(crate) fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// The etcd TTL of a lease duration: whole seconds, rounded up, at least 1.
-fn ttl_secs(d: Duration) -> i64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
 impl EtcdStore {
     /// Prepares the client and checks that a member answers (authenticating, when the URL
     /// has a user).
@@ -351,7 +346,7 @@ impl EtcdStore {
 
     fn inner(&self) -> Result<&Inner> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(http::closed_error());
+            return Err(common::closed_error());
         }
         Ok(&self.inner)
     }
@@ -622,7 +617,7 @@ impl Inner {
         if h.revoking {
             return Some(Ok(RenewOutcome::Lost(LostReason::Missing)));
         }
-        (ttl_secs(item.duration) > h.granted).then(|| {
+        (common::secs_ceil_i64(item.duration) > h.granted).then(|| {
             Err(LeaseError::InvalidArgument(format!(
                 "etcd cannot lengthen a lease's TTL: lease {:?} was taken for {}s, and a renewal asked for {:?}; renew with the duration it was acquired with",
                 item.name, h.granted, item.duration
@@ -940,7 +935,7 @@ impl LeaseStore for EtcdStore {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })?;
         let key = inner.key(req.name);
-        let ttl = ttl_secs(req.duration);
+        let ttl = common::secs_ceil_i64(req.duration);
         let t_sent = Instant::now();
         // A spare etcd lease: kept alive and used at once (see the module docs).
         if let Some(spare) = inner.take_spare(ttl, t_sent) {
@@ -1170,15 +1165,6 @@ impl LeaseStore for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_round_up_to_whole_seconds() {
-        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
-        assert_eq!(ttl_secs(Duration::from_millis(200)), 1);
-        assert_eq!(ttl_secs(Duration::from_secs(1)), 1);
-        assert_eq!(ttl_secs(Duration::from_millis(1_001)), 2);
-        assert_eq!(ttl_secs(Duration::from_secs(30)), 30);
-    }
 
     #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {

@@ -60,6 +60,7 @@ use async_trait::async_trait;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, Statement};
 
+use super::common::{self, closed_error, error_chain};
 use super::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
     ReleaseOutcome, RenewItem, RenewOutcome, TaskSlot,
@@ -391,7 +392,10 @@ impl PostgresStore {
     async fn renew_all(&self, items: &[RenewItem<'_>]) -> Result<Vec<RenewOutcome>> {
         let names: Vec<&str> = items.iter().map(|i| i.name).collect();
         let ids: Vec<&str> = items.iter().map(|i| i.lease_id).collect();
-        let ms: Vec<i64> = items.iter().map(|i| duration_ms(i.duration)).collect();
+        let ms: Vec<i64> = items
+            .iter()
+            .map(|i| common::millis_i64(i.duration))
+            .collect();
         let prefix = self.inner.prefix.as_str();
         let rows = self
             .call(|c, _| {
@@ -472,14 +476,6 @@ fn dropped(e: &tokio_postgres::Error, conn: &Conn) -> bool {
         }
         None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
-}
-
-fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Endpoint {
@@ -718,21 +714,6 @@ impl Endpoint {
     }
 }
 
-/// An error with its causes, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// The rustls connector of an `sslmode`: certificates verified for `verify-full` only, as libpq
 /// does (`prefer` and `require` encrypt without checking who the server is).
 fn tls_connector(
@@ -740,9 +721,9 @@ fn tls_connector(
     ca_file: Option<&std::path::Path>,
     addr: &str,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    super::redis::tls::ensure_crypto_provider();
+    common::ensure_crypto_provider();
     let config = if mode == PgSslMode::VerifyFull {
-        let roots = super::redis::tls::root_store(ca_file).map_err(|e| {
+        let roots = common::root_store(ca_file).map_err(|e| {
             LeaseError::backend(
                 BackendErrorKind::Other,
                 format!("TLS to PostgreSQL at {addr}: {e}"),
@@ -884,7 +865,7 @@ impl LeaseStore for PostgresStore {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })?;
         let acquired_at = format_timestamp(req.acquired_at);
-        let ms = duration_ms(req.duration);
+        let ms = common::millis_i64(req.duration);
         let prefix = self.inner.prefix.as_str();
         // Once a send may have reached the server (its connection dropped), every later one
         // carries the retry flag: a run whose snapshot missed that first send's row must not be

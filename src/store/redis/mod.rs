@@ -27,6 +27,7 @@ use redis::{RedisError, Script, ScriptInvocation, Value};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::secret::Secret;
+use crate::store::common::{self, closed_error};
 use crate::store::{
     AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
     RenewOutcome,
@@ -39,7 +40,6 @@ pub mod inline;
 pub mod keys;
 pub(crate) mod notify;
 mod shared;
-pub mod tls;
 
 use keys::{info_from_hash, Keys, META_PREFIX};
 use notify::{Connector, Notifier, PushConn};
@@ -136,7 +136,7 @@ impl RedisStore {
                 "no Redis URL given: pass redis://host:port or rediss://host:port".into(),
             )
         })?;
-        tls::ensure_crypto_provider();
+        common::ensure_crypto_provider();
         let client = open_client(first, options.ca_file.as_ref())?;
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
@@ -316,10 +316,6 @@ impl RedisStore {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 fn open_client(url: &Secret, ca_file: Option<&PathBuf>) -> Result<redis::Client> {
@@ -1037,8 +1033,9 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
     Ok(info_from_hash(name, pttl, fields))
 }
 
+/// The PEXPIRE time of a lease duration: whole milliseconds, at least 1.
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    common::millis(d).max(1)
 }
 
 #[cfg(test)]

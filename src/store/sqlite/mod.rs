@@ -44,6 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::common;
 use super::{
     validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
     ReleaseOutcome, RenewItem, RenewOutcome,
@@ -457,7 +458,7 @@ impl LeaseStore for SqliteStore {
         validate_metadata(req.metadata)?;
         let name = req.name.to_owned();
         let lease_id = req.lease_id.to_owned();
-        let duration_ms = duration_ms(req.duration);
+        let duration_ms = common::millis_ceil_i64(req.duration);
         let acquired_at = format_timestamp(req.acquired_at);
         let metadata = serde_json::to_string(req.metadata).map_err(|e| {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
@@ -512,7 +513,11 @@ impl LeaseStore for SqliteStore {
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
         validate_name(name)?;
-        let items = vec![(name.to_owned(), lease_id.to_owned(), duration_ms(duration))];
+        let items = vec![(
+            name.to_owned(),
+            lease_id.to_owned(),
+            common::millis_ceil_i64(duration),
+        )];
         let mut outcomes = self.renew_all(items).await?;
         Ok(outcomes
             .pop()
@@ -531,7 +536,7 @@ impl LeaseStore for SqliteStore {
                 Ok((
                     i.name.to_owned(),
                     i.lease_id.to_owned(),
-                    duration_ms(i.duration),
+                    common::millis_ceil_i64(i.duration),
                 ))
             })
             .collect::<Result<Vec<_>>>();
@@ -973,11 +978,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Whole milliseconds, rounded up so that a non-zero duration never stores an expired lease.
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
