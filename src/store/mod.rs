@@ -121,23 +121,28 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Backend failures; `WrongType` if the stored record is not a lease.
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome>;
 
-    /// Extends the lease to `duration` from now if `lease_id` still holds it.
+    /// Extends the lease to `duration` from now if `lease_id` still holds it. The default is a
+    /// batch of one ([`Self::renew_many`]); a store whose single renewal is cheaper than a
+    /// batch overrides it (Redis: one script).
     ///
     /// # Errors
     /// Backend failures.
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome>;
-
-    /// Renews many leases at once, one result per item in order. The default sends the
-    /// renewals concurrently (pipelined on a multiplexed connection); a store that can do a
-    /// batch in one atomic step per item and fewer round trips overrides it.
-    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        futures_util::future::join_all(
-            items
-                .iter()
-                .map(|i| self.renew(i.name, i.lease_id, i.duration)),
-        )
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
+        self.renew_many(&[RenewItem {
+            name,
+            lease_id,
+            duration,
+        }])
         .await
+        .pop()
+        .unwrap_or(Ok(RenewOutcome::Lost(LostReason::Missing)))
     }
+
+    /// Renews many leases at once, one result per item in order: each lease is extended to
+    /// its `duration` from now if its lease id still holds it. A store that can renew a batch
+    /// in fewer round trips does so (and says so in [`Self::renews_in_one_request`]); one that
+    /// cannot sends the renewals concurrently ([`renew_each`]).
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>>;
 
     /// Whether [`Self::renew_many`] renews a whole batch in one request (so its results
     /// arrive together anyway); otherwise the renewal scheduler sends renewals one by one and
@@ -194,16 +199,32 @@ pub trait LeaseStore: Send + Sync + Debug {
 
 pub(crate) use crate::task_slot::TaskSlot;
 
-/// The results of a batch renewal that failed as a whole (a bad name, the store down): the same
-/// error for every item.
-pub(crate) fn failed_batch(
-    items: usize,
-    e: &crate::error::LeaseError,
+/// [`LeaseStore::renew_many`] for a store whose renewals cannot share a request (a Redis
+/// Cluster's keys live in different slots): every item renewed on its own, all at once
+/// (pipelined on a multiplexed connection).
+pub async fn renew_each<S: LeaseStore + ?Sized>(
+    store: &S,
+    items: &[RenewItem<'_>],
 ) -> Vec<Result<RenewOutcome>> {
+    futures_util::future::join_all(
+        items
+            .iter()
+            .map(|i| store.renew(i.name, i.lease_id, i.duration)),
+    )
+    .await
+}
+
+/// The results of a batch renewal that failed as a whole (the store down): the same error for
+/// every item. A batch of one gets the error itself, so that [`LeaseStore::renew`] (a batch of
+/// one) fails exactly as the store did.
+pub(crate) fn failed_batch(items: usize, e: crate::error::LeaseError) -> Vec<Result<RenewOutcome>> {
     use crate::error::{BackendErrorKind, LeaseError};
+    if items == 1 {
+        return vec![Err(e)];
+    }
     (0..items)
         .map(|_| {
-            Err(match e {
+            Err(match &e {
                 LeaseError::InvalidArgument(m) => LeaseError::InvalidArgument(m.clone()),
                 LeaseError::Backend { kind, message } => {
                     LeaseError::backend(*kind, message.clone())

@@ -983,19 +983,6 @@ impl LeaseStore for EtcdStore {
         }
     }
 
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
-        validate_name(name)?;
-        let item = RenewItem {
-            name,
-            lease_id,
-            duration,
-        };
-        let mut outcomes = self.renew_all(&[item]).await?;
-        outcomes
-            .pop()
-            .unwrap_or(Ok(RenewOutcome::Lost(LostReason::Missing)))
-    }
-
     fn renews_in_one_request(&self) -> bool {
         true
     }
@@ -1004,7 +991,7 @@ impl LeaseStore for EtcdStore {
         let checked = items.iter().try_for_each(|i| validate_name(i.name));
         match async { checked.map(|()| self.renew_all(items))?.await }.await {
             Ok(outcomes) => outcomes,
-            Err(e) => super::failed_batch(items.len(), &e),
+            Err(e) => super::failed_batch(items.len(), e),
         }
     }
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {

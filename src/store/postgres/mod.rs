@@ -916,19 +916,6 @@ impl LeaseStore for PostgresStore {
         Err(inconsistent(&self.inner.endpoint.addr, "lease"))
     }
 
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
-        validate_name(name)?;
-        let item = RenewItem {
-            name,
-            lease_id,
-            duration,
-        };
-        let mut outcomes = self.renew_all(&[item]).await?;
-        Ok(outcomes
-            .pop()
-            .unwrap_or(RenewOutcome::Lost(LostReason::Missing)))
-    }
-
     fn renews_in_one_request(&self) -> bool {
         true
     }
@@ -937,7 +924,7 @@ impl LeaseStore for PostgresStore {
         let checked = items.iter().try_for_each(|i| validate_name(i.name));
         match async { checked.map(|()| self.renew_all(items))?.await }.await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) => super::failed_batch(items.len(), &e),
+            Err(e) => super::failed_batch(items.len(), e),
         }
     }
 

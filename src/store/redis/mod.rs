@@ -805,6 +805,8 @@ impl LeaseStore for RedisStore {
         }
     }
 
+    /// One renew.lua: cheaper than a batch of one (renew_many.lua), and a cluster's
+    /// [`Self::renew_many`] is made of these.
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
         let key = self.keys.lease(name);
         let mut inv = RENEW.key(&key);
@@ -823,12 +825,7 @@ impl LeaseStore for RedisStore {
         // (the leases' keys live in different slots).
         const CHUNK: usize = 256;
         if matches!(self.conn, Conn::Cluster(_)) {
-            return futures_util::future::join_all(
-                items
-                    .iter()
-                    .map(|i| self.renew(i.name, i.lease_id, i.duration)),
-            )
-            .await;
+            return crate::store::renew_each(self, items).await;
         }
         let chunks = items.chunks(CHUNK).map(|chunk| async move {
             let keys: Vec<String> = chunk.iter().map(|i| self.keys.lease(i.name)).collect();

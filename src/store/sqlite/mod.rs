@@ -511,19 +511,6 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
-        validate_name(name)?;
-        let items = vec![(
-            name.to_owned(),
-            lease_id.to_owned(),
-            common::millis_ceil_i64(duration),
-        )];
-        let mut outcomes = self.renew_all(items).await?;
-        Ok(outcomes
-            .pop()
-            .unwrap_or(RenewOutcome::Lost(LostReason::Missing)))
-    }
-
     fn renews_in_one_request(&self) -> bool {
         true
     }
@@ -542,7 +529,7 @@ impl LeaseStore for SqliteStore {
             .collect::<Result<Vec<_>>>();
         match async { self.renew_all(owned?).await }.await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) => super::failed_batch(items.len(), &e),
+            Err(e) => super::failed_batch(items.len(), e),
         }
     }
 
