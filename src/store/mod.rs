@@ -7,6 +7,7 @@
 //! wait modules. What a store does know is how to tell this process's waiters that a lease was
 //! released ([`LeaseStore::watch_releases`]).
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
@@ -98,17 +99,15 @@ pub struct RenewItem<'a> {
 }
 
 /// A backend that keeps leases. Every method is one atomic operation on the store.
+///
+/// A caller that can use more than this trait of a particular store asks for that store by
+/// its type (`Any`: `&dyn LeaseStore` converts to `&dyn Any`), as the Python bindings ask
+/// [`redis::RedisStore::of`] whether they may drive a connection of their own.
 #[async_trait]
-pub trait LeaseStore: Send + Sync + Debug {
+pub trait LeaseStore: Any + Send + Sync + Debug {
     /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`, `postgres`,
     /// `etcd`.
     fn kind(&self) -> &'static str;
-
-    /// This store as a Redis store, for callers that can drive a connection of their own to it
-    /// (see [`redis::inline`]); `None` for every other store.
-    fn as_redis(&self) -> Option<&redis::RedisStore> {
-        None
-    }
 
     /// Takes the lease if nobody holds it; otherwise returns the holder.
     ///

@@ -187,6 +187,14 @@ impl RedisStore {
         })
     }
 
+    /// The Redis store behind `store`, if it is one (a caller-driven twin included): what a
+    /// caller asks before it drives connections of its own to the server (see [`inline`]).
+    #[must_use]
+    pub fn of(store: &dyn LeaseStore) -> Option<&RedisStore> {
+        let any: &dyn std::any::Any = store;
+        any.downcast_ref()
+    }
+
     /// The key names this store uses.
     #[must_use]
     pub fn keys(&self) -> &Keys {
@@ -730,10 +738,6 @@ fn unexpected(what: &str, addr: &str) -> LeaseError {
 
 #[async_trait]
 impl LeaseStore for RedisStore {
-    fn as_redis(&self) -> Option<&RedisStore> {
-        Some(self)
-    }
-
     fn kind(&self) -> &'static str {
         match self.conn {
             Conn::Single(_) | Conn::Inline { .. } => "redis",
