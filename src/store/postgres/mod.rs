@@ -158,7 +158,7 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Closes the statement connection and the listening one ([`LeaseStore::close`]).
+    /// Closes the statement connection and the listening one ([`crate::store::LeaseStore::close`]).
     async fn close_connections(&self) {
         let conn = {
             let mut slot = self.inner.conn.lock().await;

@@ -380,7 +380,7 @@ impl SqliteStore {
         .map_err(|e| join_error(&e))?
     }
 
-    /// Closes the connection ([`LeaseStore::close`]).
+    /// Closes the connection ([`crate::store::LeaseStore::close`]).
     async fn close_connection(&self) {
         // Closing the connection checkpoints the WAL (disk writes): on the blocking pool. Other
         // clones of this store share the connection and fail as closed from now on.
