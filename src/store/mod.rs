@@ -100,6 +100,14 @@ pub struct RenewItem<'a> {
 
 /// A backend that keeps leases. Every method is one atomic operation on the store.
 ///
+/// **Callers pass validated input**: every name (of a lease, and in a [`RenewItem`]) passes
+/// [`validate_name`] and every metadata [`validate_metadata`]. A store does not check them
+/// again. [`crate::LeaseClient`] is that edge: it checks each name and metadata it is given
+/// before any store sees them, and the renewals and releases of a [`crate::Lease`] reuse the
+/// name of its acquire. Code that calls a store directly must check first: on Redis, a name
+/// ending in `:fence` would address another name's fencing counter (two holders), and a
+/// metadata map past the limits fails inside the acquire script instead of being refused.
+///
 /// A caller that can use more than this trait of a particular store asks for that store by
 /// its type (`Any`: `&dyn LeaseStore` converts to `&dyn Any`), as the Python bindings ask
 /// [`redis::RedisStore::of`] whether they may drive a connection of their own.
@@ -297,7 +305,7 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Checks metadata: at most [`MAX_METADATA_ENTRIES`] entries and [`MAX_METADATA_BYTES`] bytes
 /// of keys and values; keys not empty and without control characters (values may be anything).
-/// Every acquire path of every store enforces this.
+/// [`crate::LeaseClient`] checks the metadata of every acquire with it (see [`LeaseStore`]).
 ///
 /// # Errors
 /// `InvalidArgument` naming the limit or the key.

@@ -18,8 +18,8 @@ use super::{prefix_end, EtcdStore, Held, Inner, Kv, RangeResponse, Spare, TxnRes
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, failed_batch, validate_metadata, validate_name, AcquireOutcome, AcquireRequest,
-    ForceReleased, LeaseStore, ReleaseOutcome, RenewItem, RenewOutcome,
+    common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::wait::{ReleaseBoard, ReleaseWatch};
 
@@ -326,8 +326,6 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        validate_name(req.name)?;
-        validate_metadata(req.metadata)?;
         let inner = self.inner()?;
         let value = serde_json::to_vec(&RecordOut {
             lease_id: req.lease_id,
@@ -391,14 +389,13 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        let checked = items.iter().try_for_each(|i| validate_name(i.name));
-        match async { checked.map(|()| self.renew_all(items))?.await }.await {
+        match self.renew_all(items).await {
             Ok(outcomes) => outcomes,
             Err(e) => failed_batch(items.len(), e),
         }
     }
+
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
-        validate_name(name)?;
         let inner = self.inner()?;
         let key = inner.key(name);
         let (etcd_lease, token, held) = match inner.held(name, lease_id) {
@@ -453,7 +450,6 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        validate_name(name)?;
         let inner = self.inner()?;
         match inner.range_key(&inner.key(name)).await? {
             None => Ok(None),
@@ -501,7 +497,6 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
-        validate_name(name)?;
         let inner = self.inner()?;
         let key = inner.key(name);
         for _ in 0..ATTEMPTS {

@@ -13,8 +13,8 @@ use super::PostgresStore;
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, failed_batch, validate_metadata, validate_name, AcquireOutcome, AcquireRequest,
-    ForceReleased, LeaseStore, ReleaseOutcome, RenewItem, RenewOutcome,
+    common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::wait::ReleaseWatch;
 
@@ -300,8 +300,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        validate_name(req.name)?;
-        validate_metadata(req.metadata)?;
         if req
             .metadata
             .iter()
@@ -372,15 +370,13 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        let checked = items.iter().try_for_each(|i| validate_name(i.name));
-        match async { checked.map(|()| self.renew_all(items))?.await }.await {
+        match self.renew_all(items).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => failed_batch(items.len(), e),
         }
     }
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
-        validate_name(name)?;
         let prefix = self.inner.prefix.as_str();
         let row = self
             .call(|c, retry| async move {
@@ -399,7 +395,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        validate_name(name)?;
         let prefix = self.inner.prefix.as_str();
         let row = self
             .call(|c, _| async move { c.client.query_opt(&c.inspect, &[&prefix, &name]).await })
@@ -429,7 +424,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
-        validate_name(name)?;
         let prefix = self.inner.prefix.as_str();
         for _ in 0..ATTEMPTS {
             let row = self

@@ -53,8 +53,6 @@ impl LeaseStore for RedisStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        // Also for callers of the bare store: the script unpacks the metadata onto Lua's stack.
-        crate::store::validate_metadata(req.metadata)?;
         let args = Arc::new(AcquireArgs {
             key: self.keys.lease(req.name),
             fence: self.keys.fence(req.name),

@@ -13,8 +13,8 @@ use super::{now_ms, Failure, SqliteStore};
 use crate::error::{LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased,
-    LeaseStore, ReleaseOutcome, RenewItem, RenewOutcome,
+    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
+    RenewOutcome,
 };
 use crate::wait::ReleaseWatch;
 
@@ -67,8 +67,6 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        validate_name(req.name)?;
-        validate_metadata(req.metadata)?;
         let name = req.name.to_owned();
         let lease_id = req.lease_id.to_owned();
         let duration_ms = common::millis_ceil_i64(req.duration);
@@ -132,22 +130,20 @@ impl LeaseStore for SqliteStore {
         let owned = items
             .iter()
             .map(|i| {
-                validate_name(i.name)?;
-                Ok((
+                (
                     i.name.to_owned(),
                     i.lease_id.to_owned(),
                     common::millis_ceil_i64(i.duration),
-                ))
+                )
             })
-            .collect::<Result<Vec<_>>>();
-        match async { self.renew_all(owned?).await }.await {
+            .collect();
+        match self.renew_all(owned).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => crate::store::failed_batch(items.len(), e),
         }
     }
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
-        validate_name(name)?;
         let notified = name.to_owned();
         let name = name.to_owned();
         let lease_id = lease_id.to_owned();
@@ -190,7 +186,6 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        validate_name(name)?;
         let name = name.to_owned();
         // One statement reads one consistent snapshot: no transaction needed.
         self.run(move |conn| {
@@ -235,7 +230,6 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
-        validate_name(name)?;
         let notified = name.to_owned();
         let name = name.to_owned();
         let lease_id = lease_id.map(str::to_owned);
