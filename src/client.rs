@@ -30,6 +30,7 @@ use crate::info::LeaseInfo;
 use crate::lease::Lease;
 use crate::metrics;
 use crate::renewal;
+use crate::store::common::closed_error;
 #[cfg(feature = "etcd")]
 use crate::store::etcd::{EtcdOptions, EtcdStore};
 #[cfg(feature = "postgres")]
@@ -529,10 +530,6 @@ impl LeaseClient {
         }
         Ok(())
     }
-}
-
-fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 /// Opens the store `target` names. `entra` allows Microsoft Entra ID (an `Endpoint` without a

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use crate::error::LeaseError as CoreError;
+use crate::store::redis::RedisStore;
 use crate::LeaseClient;
 
 use super::bridge::{abortable_future_into_py, block_on, future_into_py};
@@ -66,9 +67,7 @@ pub(crate) struct Executor {
 
 impl Executor {
     pub(crate) fn new(client: LeaseClient) -> Self {
-        let twins = client
-            .store()
-            .as_redis()
+        let twins = RedisStore::of(&**client.store())
             .is_some_and(|r| r.supports_inline())
             .then(Twins::new);
         Self { client, twins }

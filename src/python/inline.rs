@@ -41,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
 
 use crate::error::LeaseError as CoreError;
+use crate::store::redis::RedisStore;
 use crate::store::LeaseStore;
 use crate::LeaseClient;
 
@@ -476,7 +477,9 @@ pub(crate) fn ready(
     let twin = &twin.get().core;
     let mut state = lock(&twin.state);
     match &*state {
-        State::Ready { client, store, .. } if !store.as_redis().is_some_and(|r| r.is_broken()) => {
+        State::Ready { client, store, .. }
+            if !RedisStore::of(&**store).is_some_and(|r| r.is_broken()) =>
+        {
             return Ok(Some(Ready {
                 client: client.clone(),
                 inbox: Arc::clone(&twin.inbox),
@@ -505,7 +508,7 @@ pub(crate) fn ready(
 /// Opens the twin: tokio connects the socket, then the loop thread runs the handshake and,
 /// for as long as the connection lives, its driver.
 fn open(event_loop: &Bound<'_, PyAny>, twin: &LoopTwin, client: &LeaseClient) -> PyResult<()> {
-    let Some(redis) = client.store().as_redis() else {
+    let Some(redis) = RedisStore::of(&**client.store()) else {
         *lock(&twin.state) = State::Closed { retry_at: None };
         return Ok(());
     };

@@ -32,6 +32,7 @@ use tokio::runtime::Runtime;
 
 use crate::error::LeaseError as CoreError;
 use crate::store::redis::inline::Driver;
+use crate::store::redis::RedisStore;
 use crate::store::LeaseStore;
 use crate::LeaseClient;
 
@@ -71,7 +72,7 @@ impl ThreadTwin {
     /// Whether the twin can take another call: open, its connection alive and never failed.
     fn usable(&self) -> bool {
         self.lock().as_ref().is_some_and(|l| {
-            l.driver.is_some() && !l.store.as_redis().is_some_and(|r| r.is_broken())
+            l.driver.is_some() && !RedisStore::of(&*l.store).is_some_and(|r| r.is_broken())
         })
     }
 }
@@ -148,7 +149,7 @@ pub(crate) fn ready(py: Python<'_>, twins: &Arc<Twins>, client: &LeaseClient) ->
     if let Some(found) = found {
         return found;
     }
-    let redis = client.store().as_redis()?.clone();
+    let redis = RedisStore::of(&**client.store())?.clone();
     py.detach(|| {
         TWINS.with_borrow_mut(|t| {
             // After fork() the parent's runtime and sockets are shared with it: start afresh

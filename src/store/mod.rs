@@ -7,6 +7,7 @@
 //! wait modules. What a store does know is how to tell this process's waiters that a lease was
 //! released ([`LeaseStore::watch_releases`]).
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::error::{LostReason, Result};
 use crate::info::LeaseInfo;
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
+pub(crate) mod common;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(any(feature = "postgres", feature = "etcd"))]
@@ -26,11 +28,6 @@ pub(crate) mod feed;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
-/// Without the Redis store, only its TLS helpers (`redis/tls.rs`), which PostgreSQL and etcd share.
-#[cfg(all(feature = "network", not(feature = "redis")))]
-pub(crate) mod redis {
-    pub mod tls;
-}
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -108,18 +105,23 @@ pub struct RenewItem<'a> {
 }
 
 /// A backend that keeps leases. Every method is one atomic operation on the store.
+///
+/// **Callers pass validated input**: every name (of a lease, and in a [`RenewItem`]) passes
+/// [`validate_name`] and every metadata [`validate_metadata`]. A store does not check them
+/// again. [`crate::LeaseClient`] is that edge: it checks each name and metadata it is given
+/// before any store sees them, and the renewals and releases of a [`crate::Lease`] reuse the
+/// name of its acquire. Code that calls a store directly must check first: on Redis, a name
+/// ending in `:fence` would address another name's fencing counter (two holders), and a
+/// metadata map past the limits fails inside the acquire script instead of being refused.
+///
+/// A caller that can use more than this trait of a particular store asks for that store by
+/// its type (`Any`: `&dyn LeaseStore` converts to `&dyn Any`), as the Python bindings ask
+/// [`redis::RedisStore::of`] whether they may drive a connection of their own.
 #[async_trait]
-pub trait LeaseStore: Send + Sync + Debug {
+pub trait LeaseStore: Any + Send + Sync + Debug {
     /// A short name for messages and banners: `redis`, `redis-cluster`, `sqlite`, `postgres`,
     /// `etcd`.
     fn kind(&self) -> &'static str;
-
-    /// This store as a Redis store, for callers that can drive a connection of their own to it
-    /// (see [`redis::inline`]); `None` for every other store.
-    #[cfg(feature = "redis")]
-    fn as_redis(&self) -> Option<&redis::RedisStore> {
-        None
-    }
 
     /// Takes the lease if nobody holds it; otherwise returns the holder.
     ///
@@ -132,23 +134,28 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Backend failures; `WrongType` if the stored record is not a lease.
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome>;
 
-    /// Extends the lease to `duration` from now if `lease_id` still holds it.
+    /// Extends the lease to `duration` from now if `lease_id` still holds it. The default is a
+    /// batch of one ([`Self::renew_many`]); a store whose single renewal is cheaper than a
+    /// batch overrides it (Redis: one script).
     ///
     /// # Errors
     /// Backend failures.
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome>;
-
-    /// Renews many leases at once, one result per item in order. The default sends the
-    /// renewals concurrently (pipelined on a multiplexed connection); a store that can do a
-    /// batch in one atomic step per item and fewer round trips overrides it.
-    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        futures_util::future::join_all(
-            items
-                .iter()
-                .map(|i| self.renew(i.name, i.lease_id, i.duration)),
-        )
+    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
+        self.renew_many(&[RenewItem {
+            name,
+            lease_id,
+            duration,
+        }])
         .await
+        .pop()
+        .unwrap_or(Ok(RenewOutcome::Lost(LostReason::Missing)))
     }
+
+    /// Renews many leases at once, one result per item in order: each lease is extended to
+    /// its `duration` from now if its lease id still holds it. A store that can renew a batch
+    /// in fewer round trips does so (and says so in [`Self::renews_in_one_request`]); one that
+    /// cannot sends the renewals concurrently ([`renew_each`]).
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>>;
 
     /// Whether [`Self::renew_many`] renews a whole batch in one request (so its results
     /// arrive together anyway); otherwise the renewal scheduler sends renewals one by one and
@@ -218,17 +225,33 @@ pub trait LeaseStore: Send + Sync + Debug {
 #[cfg(feature = "network")]
 pub(crate) use crate::task_slot::TaskSlot;
 
-/// The results of a batch renewal that failed as a whole (a bad name, the store down): the same
-/// error for every item.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "etcd"))]
-pub(crate) fn failed_batch(
-    items: usize,
-    e: &crate::error::LeaseError,
+/// [`LeaseStore::renew_many`] for a store whose renewals cannot share a request (a Redis
+/// Cluster's keys live in different slots): every item renewed on its own, all at once
+/// (pipelined on a multiplexed connection).
+pub async fn renew_each<S: LeaseStore + ?Sized>(
+    store: &S,
+    items: &[RenewItem<'_>],
 ) -> Vec<Result<RenewOutcome>> {
+    futures_util::future::join_all(
+        items
+            .iter()
+            .map(|i| store.renew(i.name, i.lease_id, i.duration)),
+    )
+    .await
+}
+
+/// The results of a batch renewal that failed as a whole (the store down): the same error for
+/// every item. A batch of one gets the error itself, so that [`LeaseStore::renew`] (a batch of
+/// one) fails exactly as the store did.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "etcd"))]
+pub(crate) fn failed_batch(items: usize, e: crate::error::LeaseError) -> Vec<Result<RenewOutcome>> {
     use crate::error::{BackendErrorKind, LeaseError};
+    if items == 1 {
+        return vec![Err(e)];
+    }
     (0..items)
         .map(|_| {
-            Err(match e {
+            Err(match &e {
                 LeaseError::InvalidArgument(m) => LeaseError::InvalidArgument(m.clone()),
                 LeaseError::Backend { kind, message } => {
                     LeaseError::backend(*kind, message.clone())
@@ -302,7 +325,7 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Checks metadata: at most [`MAX_METADATA_ENTRIES`] entries and [`MAX_METADATA_BYTES`] bytes
 /// of keys and values; keys not empty and without control characters (values may be anything).
-/// Every acquire path of every store enforces this.
+/// [`crate::LeaseClient`] checks the metadata of every acquire with it (see [`LeaseStore`]).
 ///
 /// # Errors
 /// `InvalidArgument` naming the limit or the key.

@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 use distributed_leasing::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use distributed_leasing::info::LeaseInfo;
 use distributed_leasing::store::{
-    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
-    RenewOutcome,
+    renew_each, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
+    RenewItem, RenewOutcome,
 };
 use distributed_leasing::wait::{ReleaseBoard, ReleaseWatch};
 use tokio::time::Instant;
@@ -283,6 +283,10 @@ impl LeaseStore for MemStore {
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
         Ok(MemStore::renew(self, name, lease_id, duration))
+    }
+
+    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
+        renew_each(self, items).await
     }
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
@@ -564,12 +568,7 @@ impl LeaseStore for FaultStore {
     }
 
     async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        futures_util::future::join_all(
-            items
-                .iter()
-                .map(|i| self.renew(i.name, i.lease_id, i.duration)),
-        )
-        .await
+        renew_each(self, items).await
     }
 
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {

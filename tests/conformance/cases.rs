@@ -132,6 +132,20 @@ pub async fn unusual_names_work_and_bad_names_are_refused(h: &Harness) {
             Err(LeaseError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
             other => panic!("{bad:?} should be refused, got {other:?}"),
         }
+        // Every operation that takes a name checks it before the store sees it (stores do not
+        // check again).
+        match c.try_acquire(&bad, &LeaseOptions::default()).await {
+            Err(LeaseError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{bad:?} should be refused by try_acquire, got {other:?}"),
+        }
+        match c.inspect(&bad).await {
+            Err(LeaseError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{bad:?} should be refused by inspect, got {other:?}"),
+        }
+        match c.force_release_if(&bad, None).await {
+            Err(LeaseError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{bad:?} should be refused by force_release, got {other:?}"),
+        }
     }
 }
 

@@ -70,7 +70,9 @@ impl Harness {
         }
         // Every operation of this client goes over a twin of the store, on a connection of
         // its own (driven here by a task of the test's runtime).
-        let redis = client.store().as_redis().expect("a Redis store").clone();
+        let redis = distributed_leasing::store::redis::RedisStore::of(&**client.store())
+            .expect("a Redis store")
+            .clone();
         assert!(redis.supports_inline());
         let sock = redis.open_inline_socket().await.expect("inline socket");
         let stream = tokio::net::TcpStream::from_std(sock).expect("tokio stream");

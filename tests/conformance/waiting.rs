@@ -463,6 +463,12 @@ impl distributed_leasing::store::LeaseStore for CountingStore {
     ) -> distributed_leasing::Result<distributed_leasing::store::RenewOutcome> {
         self.inner.renew(name, lease_id, duration).await
     }
+    async fn renew_many(
+        &self,
+        items: &[distributed_leasing::store::RenewItem<'_>],
+    ) -> Vec<distributed_leasing::Result<distributed_leasing::store::RenewOutcome>> {
+        distributed_leasing::store::renew_each(self, items).await
+    }
     async fn release(
         &self,
         name: &str,

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::config::EtcdTarget;
 use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::secret::Secret;
+use crate::store::common::{self, closed_error, error_chain};
 
 /// An error answer of the gateway: `{"error": ..., "message": ..., "code": <gRPC code>}`.
 #[derive(Debug, Deserialize, Default)]
@@ -117,7 +118,7 @@ impl Transport {
             target.hosts()
         );
         // reqwest (rustls without a provider) needs one even for plain HTTP.
-        crate::store::redis::tls::ensure_crypto_provider();
+        common::ensure_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
@@ -125,7 +126,7 @@ impl Transport {
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60));
         if target.tls {
-            let roots = crate::store::redis::tls::root_store(ca_file).map_err(|e| {
+            let roots = common::root_store(ca_file).map_err(|e| {
                 LeaseError::backend(BackendErrorKind::Other, format!("TLS to {display}: {e}"))
             })?;
             let config = rustls::ClientConfig::builder()
@@ -534,23 +535,4 @@ impl JsonBody for reqwest::RequestBuilder {
     fn json_body(self, body: &serde_json::Value) -> Self {
         self.body(serde_json::to_vec(body).unwrap_or_default())
     }
-}
-
-pub(crate) fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
-}
-
-/// An error with its causes, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -331,7 +331,7 @@ impl CredentialChain {
     /// environment themselves; `var` decides only which of them are used.
     #[must_use]
     pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Self {
-        super::tls::ensure_crypto_provider();
+        crate::store::common::ensure_crypto_provider();
         let get = |n: &str| var(n).unwrap_or_default();
         let steps = plan(var)
             .into_iter()

@@ -63,7 +63,7 @@ impl Tls {
     /// `None` (no caller-driven connection: the store's own is used) when the trust cannot be
     /// built; the store's own connection reports why.
     fn new(host: &str, ca_file: Option<&Path>) -> Option<Self> {
-        let roots = super::tls::root_store(ca_file).ok()?;
+        let roots = crate::store::common::root_store(ca_file).ok()?;
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();

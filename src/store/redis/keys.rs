@@ -4,6 +4,7 @@
 //! and `<prefix><name>:fence`. On a cluster the name is wrapped in a hash tag
 //! (`lease:{critical-section-lock}`) so the lease and its counter live in one slot and each
 //! script touches one slot. Names ending in `:fence` are refused by `store::validate_name`
+//! (which `LeaseClient` applies before any name reaches a store: see `store::LeaseStore`)
 //! because their key would collide with another name's counter.
 
 use std::collections::BTreeMap;

@@ -1,12 +1,12 @@
 //! The Redis store: leases as hashes with a TTL, one Lua script per operation.
 //!
 //! Owns the connection (a reconnecting multiplexed connection to one server, see [`shared`],
-//! or the `redis` crate's cluster client when the server says it is a cluster node), the
-//! scripts (sent with EVALSHA and reloaded on NOSCRIPT by `redis::Script`) and the mapping of
-//! Redis errors to [`LeaseError`]s without secrets. Every operation is one script, so one round
-//! trip and atomic on the server; every operation is idempotent, so one retry after a dropped
-//! connection is safe, and it is sent on a fresh connection. [`RedisStore::close`] closes every
-//! connection the store opened.
+//! or the `redis` crate's cluster client when the server says it is a cluster node) and the
+//! mapping of Redis errors to [`LeaseError`]s without secrets; the scripts (sent with EVALSHA
+//! and reloaded on NOSCRIPT by `redis::Script`) and the lease operations on them live in
+//! [`lease`]. Every operation is one script, so one round trip and atomic on the server; every
+//! operation is idempotent, so one retry after a dropped connection is safe, and it is sent on
+//! a fresh connection. [`RedisStore::close`] closes every connection the store opened.
 //!
 //! Release and force release announce themselves on `<lease key>:released` (PUBLISH, or sharded
 //! SPUBLISH on a cluster); waiters of this process listen through one shared connection
@@ -14,24 +14,19 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script, ScriptInvocation, Value};
+use redis::{RedisError, ScriptInvocation, Value};
 
-use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
-use crate::info::{format_timestamp, LeaseInfo};
+use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::secret::Secret;
-use crate::store::{
-    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
-    RenewOutcome,
-};
-use crate::wait::{ChangeWatch, ReleaseWatch};
+use crate::store::common::{self, closed_error};
+use crate::store::LeaseStore;
 
 #[doc(hidden)]
 pub mod acl;
@@ -44,23 +39,13 @@ pub mod entra;
 pub mod inline;
 #[doc(hidden)]
 pub mod keys;
+mod lease;
 pub(crate) mod notify;
 mod shared;
-#[doc(hidden)]
-pub mod tls;
 
-use keys::{info_from_hash, Keys, META_PREFIX};
+use keys::Keys;
 use notify::{Connector, Notifier, PushConn};
 use shared::{breaks_connection, retryable, Call, Failure, SharedConn};
-
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
-static RENEW_MANY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/renew_many.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
-static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
-static FORCE_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/force_release.lua")));
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -144,7 +129,7 @@ impl RedisStore {
                 "no Redis URL given: pass redis://host:port or rediss://host:port".into(),
             )
         })?;
-        tls::ensure_crypto_provider();
+        common::ensure_crypto_provider();
         let client = open_client(first, options.ca_file.as_ref())?;
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
@@ -193,6 +178,14 @@ impl RedisStore {
             addr,
             inline,
         })
+    }
+
+    /// The Redis store behind `store`, if it is one (a caller-driven twin included): what a
+    /// caller asks before it drives connections of its own to the server (see [`inline`]).
+    #[must_use]
+    pub fn of(store: &dyn LeaseStore) -> Option<&RedisStore> {
+        let any: &dyn std::any::Any = store;
+        any.downcast_ref()
     }
 
     /// The key names this store uses.
@@ -324,10 +317,6 @@ impl RedisStore {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn closed_error() -> LeaseError {
-    LeaseError::Config("this lease client is closed; create a new one".into())
 }
 
 fn open_client(url: &Secret, ca_file: Option<&PathBuf>) -> Result<redis::Client> {
@@ -724,333 +713,6 @@ impl KindDescription for RedisError {
             _ => "error",
         }
     }
-}
-
-fn int(v: Option<&Value>) -> Option<i64> {
-    match v? {
-        Value::Int(i) => Some(*i),
-        other => keys::as_string(other)?.parse().ok(),
-    }
-}
-
-fn unexpected(what: &str, addr: &str) -> LeaseError {
-    LeaseError::backend(
-        BackendErrorKind::Other,
-        format!("Redis at {addr} gave an unexpected reply to {what}: is it a Redis-compatible server of version 6 or later?"),
-    )
-}
-
-#[async_trait]
-impl LeaseStore for RedisStore {
-    fn as_redis(&self) -> Option<&RedisStore> {
-        Some(self)
-    }
-
-    fn kind(&self) -> &'static str {
-        match self.conn {
-            Conn::Single(_) | Conn::Inline { .. } => "redis",
-            Conn::Cluster(_) => "redis-cluster",
-        }
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        // Also for callers of the bare store: the script unpacks the metadata onto Lua's stack.
-        crate::store::validate_metadata(req.metadata)?;
-        let args = Arc::new(AcquireArgs {
-            key: self.keys.lease(req.name),
-            fence: self.keys.fence(req.name),
-            lease_id: req.lease_id.to_owned(),
-            millis: millis(req.duration),
-            acquired_at: format_timestamp(req.acquired_at),
-            meta: req
-                .metadata
-                .iter()
-                .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
-                .collect(),
-        });
-        let for_retry = Arc::clone(&args);
-        let call = Call {
-            first: args.invocation(false),
-            // Built only if the connection drops and the call is retried.
-            retry: Some(Box::new(move || for_retry.invocation(true))),
-        };
-        let key = &args.key;
-        // Granted: the bare fencing token (>= 1); refused: {0, pttl, fields}.
-        let items = match self.invoke_call(call, key).await? {
-            Value::Int(token) if token >= 1 => {
-                return Ok(AcquireOutcome::Acquired {
-                    fencing_token: token.unsigned_abs(),
-                })
-            }
-            Value::Array(items) => items,
-            _ => return Err(unexpected("acquire", &self.addr)),
-        };
-        match int(items.first()) {
-            Some(0) => {
-                let pttl = int(items.get(1)).unwrap_or(-1);
-                let fields = match items.get(2) {
-                    Some(Value::Array(f)) => f.as_slice(),
-                    _ => &[],
-                };
-                Ok(AcquireOutcome::Held(lease_info(
-                    req.name, pttl, fields, key,
-                )?))
-            }
-            // Granted over an orphan of the .NET origin: {token, its fields}.
-            Some(token) if token >= 1 => {
-                let fields = match items.get(1) {
-                    Some(Value::Array(f)) => f.as_slice(),
-                    _ => &[],
-                };
-                let orphan = info_from_hash(req.name, -1, fields);
-                tracing::warn!(
-                    lease = req.name,
-                    "lease '{}' was acquired over an orphan at Redis key '{key}': a hash of metadata only (meta_* fields, no TTL) that the .NET origin leaves when its key expired before it wrote its metadata; nobody held it; its metadata was {:?}",
-                    req.name,
-                    orphan.metadata
-                );
-                Ok(AcquireOutcome::Acquired {
-                    fencing_token: token.unsigned_abs(),
-                })
-            }
-            _ => Err(unexpected("acquire", &self.addr)),
-        }
-    }
-
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
-        let key = self.keys.lease(name);
-        let mut inv = RENEW.key(&key);
-        inv.arg(lease_id).arg(millis(duration));
-        self.renewal(int(Some(&self.invoke(inv, &key).await?)), &key)
-    }
-
-    fn renews_in_one_request(&self) -> bool {
-        // One script per chunk on a standalone server; a cluster's leases live in different
-        // slots, so there each renewal is its own request.
-        !matches!(self.conn, Conn::Cluster(_))
-    }
-
-    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        // One script per chunk on a standalone server; a cluster pipelines single renewals
-        // (the leases' keys live in different slots).
-        const CHUNK: usize = 256;
-        if matches!(self.conn, Conn::Cluster(_)) {
-            return futures_util::future::join_all(
-                items
-                    .iter()
-                    .map(|i| self.renew(i.name, i.lease_id, i.duration)),
-            )
-            .await;
-        }
-        let chunks = items.chunks(CHUNK).map(|chunk| async move {
-            let keys: Vec<String> = chunk.iter().map(|i| self.keys.lease(i.name)).collect();
-            let mut inv = RENEW_MANY.prepare_invoke();
-            for (item, key) in chunk.iter().zip(&keys) {
-                inv.key(key).arg(item.lease_id).arg(millis(item.duration));
-            }
-            match self.invoke(inv, &keys[0]).await {
-                Ok(Value::Array(codes)) if codes.len() == chunk.len() => codes
-                    .iter()
-                    .zip(&keys)
-                    .map(|(code, key)| self.renewal(int(Some(code)), key))
-                    .collect::<Vec<_>>(),
-                Ok(_) => chunk
-                    .iter()
-                    .map(|_| Err(unexpected("renew", &self.addr)))
-                    .collect(),
-                Err(e) => {
-                    let message = e.to_string();
-                    let kind = match &e {
-                        LeaseError::Backend { kind, .. } => *kind,
-                        _ => BackendErrorKind::Other,
-                    };
-                    chunk
-                        .iter()
-                        .map(|_| Err(LeaseError::backend(kind, message.clone())))
-                        .collect()
-                }
-            }
-        });
-        futures_util::future::join_all(chunks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
-        let key = self.keys.lease(name);
-        let mut inv = RELEASE.key(&key);
-        inv.arg(lease_id);
-        if matches!(self.conn, Conn::Cluster(_)) {
-            // SPUBLISH; the script derives the channel from the key (`keys.released`).
-            inv.arg("S");
-        }
-        match int(Some(&self.invoke(inv, &key).await?)) {
-            Some(1) => Ok(ReleaseOutcome::Released),
-            Some(0) => Ok(ReleaseOutcome::Lost(LostReason::Missing)),
-            Some(-1) => Ok(ReleaseOutcome::Lost(LostReason::HeldByOther)),
-            _ => Err(unexpected("release", &self.addr)),
-        }
-    }
-
-    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        let key = self.keys.lease(name);
-        match self.invoke(INSPECT.key(&key), &key).await? {
-            Value::Nil => Ok(None),
-            Value::Array(items) => {
-                let pttl = int(items.first()).unwrap_or(-1);
-                let fields = match items.get(1) {
-                    Some(Value::Array(f)) => f.as_slice(),
-                    _ => &[],
-                };
-                Ok(Some(lease_info(name, pttl, fields, &key)?))
-            }
-            _ => Err(unexpected("inspect", &self.addr)),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
-        let mut out = Vec::new();
-        for key in self.scan_keys(&self.keys.scan_pattern(prefix)).await? {
-            let Some(name) = self.keys.name_of(&key) else {
-                continue;
-            };
-            match self.inspect(&name).await {
-                Ok(Some(info)) => out.push(info),
-                // Other data under the prefix is not a lease: skip it rather than fail the list.
-                Ok(None)
-                | Err(LeaseError::Backend {
-                    kind: BackendErrorKind::WrongType,
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-
-    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
-        let key = self.keys.lease(name);
-        let mut inv = FORCE_RELEASE.key(&key);
-        inv.arg(self.keys.released(name))
-            .arg(self.publish_command())
-            .arg(lease_id.unwrap_or(""))
-            // Shown, even if empty: an orphan's lease id.
-            .arg(if lease_id.is_some() { "1" } else { "" });
-        let reply = self.invoke(inv, &key).await?;
-        let Value::Array(items) = reply else {
-            return Err(unexpected("force release", &self.addr));
-        };
-        match int(items.first()) {
-            Some(1) => Ok(ForceReleased::Released),
-            Some(0) => Ok(ForceReleased::Absent),
-            Some(-1) => {
-                let pttl = int(items.get(1)).unwrap_or(-1);
-                let fields = match items.get(2) {
-                    Some(Value::Array(f)) => f.as_slice(),
-                    _ => &[],
-                };
-                Ok(ForceReleased::HeldByOther(lease_info(
-                    name, pttl, fields, &key,
-                )?))
-            }
-            _ => Err(unexpected("force release", &self.addr)),
-        }
-    }
-
-    fn watch_releases(&self, name: &str) -> ReleaseWatch {
-        self.notifier.board().join(&self.keys.released(name))
-    }
-
-    fn watch_changes(&self, name: &str) -> ChangeWatch {
-        self.notifier.board().observe(&self.keys.released(name))
-    }
-
-    async fn close(&self) {
-        RedisStore::close(self).await;
-    }
-}
-
-impl RedisStore {
-    /// The outcome of a renewal script's answer for `key` (renew.lua, or one of renew_many.lua).
-    /// A key that other data was written over (a hash without a leaseId: 0; another type: -2)
-    /// is a lease that is gone, at once: retrying cannot bring it back.
-    fn renewal(&self, code: Option<i64>, key: &str) -> Result<RenewOutcome> {
-        match code {
-            Some(1) => Ok(RenewOutcome::Renewed),
-            Some(0) => Ok(RenewOutcome::Lost(LostReason::Missing)),
-            Some(-1) => Ok(RenewOutcome::Lost(LostReason::HeldByOther)),
-            Some(-2) => {
-                tracing::warn!(
-                    "Redis key '{key}' of a held lease now holds something other than a lease (WRONGTYPE): the lease is lost (missing); the key was left untouched"
-                );
-                Ok(RenewOutcome::Lost(LostReason::Missing))
-            }
-            _ => Err(unexpected("renew", &self.addr)),
-        }
-    }
-
-    /// Sharded pub/sub on a cluster (the message stays in the lease's shard), plain elsewhere.
-    fn publish_command(&self) -> &'static str {
-        match self.conn {
-            Conn::Single(_) | Conn::Inline { .. } => "PUBLISH",
-            Conn::Cluster(_) => "SPUBLISH",
-        }
-    }
-}
-
-/// The arguments of one acquire, owned, so that the retry's invocation can be built later.
-struct AcquireArgs {
-    key: String,
-    fence: String,
-    lease_id: String,
-    millis: u64,
-    acquired_at: String,
-    /// `(meta_<key>, value)`
-    meta: Vec<(String, String)>,
-}
-
-impl AcquireArgs {
-    /// The acquire script's invocation; `retry` sets its retry flag (ARGV[4]).
-    fn invocation(&self, retry: bool) -> ScriptInvocation<'static> {
-        let mut inv = ACQUIRE.key(&self.key);
-        inv.key(&self.fence)
-            .arg(&self.lease_id)
-            .arg(self.millis)
-            .arg(&self.acquired_at)
-            .arg(if retry { "1" } else { "0" });
-        for (k, v) in &self.meta {
-            inv.arg(k).arg(v);
-        }
-        inv
-    }
-}
-
-/// A lease read from its hash, an orphan of the .NET origin (see [`keys::is_orphan`]), or
-/// `WrongType` if the hash lacks the lease fields (someone else's data under the prefix: never
-/// treated as a lease, never deleted).
-fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
-    let has = |field: &str| {
-        fields
-            .chunks(2)
-            .any(|kv| keys::as_string(&kv[0]).as_deref() == Some(field))
-    };
-    if !has("leaseId") || !has("acquiredAt") {
-        if keys::is_orphan(pttl, fields) {
-            return Ok(LeaseInfo {
-                orphan: true,
-                ..info_from_hash(name, pttl, fields)
-            });
-        }
-        return Err(not_a_lease(key));
-    }
-    Ok(info_from_hash(name, pttl, fields))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]

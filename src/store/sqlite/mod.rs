@@ -3,6 +3,10 @@
 //! [`SqliteStore`] gives the same semantics as the Redis store (DESIGN.md §3, §7) without a
 //! server: one row per held lease, one fencing counter per name ever used.
 //!
+//! This module owns the file and its connection (opening, following a replaced file, the
+//! blocking pool, fork, closing) and the mapping of SQLite errors; the lease operations live in
+//! [`lease`], the tables and their version in [`schema`].
+//!
 //! Invariants:
 //! - Every write is one `BEGIN IMMEDIATE` transaction. The write lock is taken before anything is
 //!   read, so two acquirers (threads or processes) can never both see a lease free; the others
@@ -35,24 +39,20 @@
 //! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 //! schema version; a file of another application or of a newer schema is refused, never altered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::{
-    validate_metadata, validate_name, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ReleaseOutcome, RenewItem, RenewOutcome,
-};
-use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
-use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
-use crate::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
+use crate::error::{BackendErrorKind, LeaseError, Result};
+use crate::wait::ReleaseBoard;
 
 mod fork;
+mod lease;
+mod schema;
 
 pub use fork::{after_fork_in_child, after_fork_in_parent, before_fork, FORK_WAIT_LIMIT};
 
@@ -109,34 +109,6 @@ fn board_for(path: &Path) -> Arc<ReleaseBoard> {
 /// passes its `operation_timeout`). Lease transactions last microseconds, so 5 s only runs out
 /// if something is wrong.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The schema this version writes and understands (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
-
-/// `PRAGMA application_id` of our files: "DLse" in ASCII, so `file(1)` and people can tell a
-/// leases database from other SQLite files.
-const APPLICATION_ID: i64 = 0x444C_7365;
-
-const SCHEMA_V1: &str = "
-    CREATE TABLE leases (
-        name          TEXT    PRIMARY KEY NOT NULL,
-        lease_id      TEXT    NOT NULL,
-        acquired_at   TEXT    NOT NULL,  -- 2025-12-25T21:00:00.000Z, holder's clock, for people
-        fencing_token INTEGER NOT NULL,
-        metadata      TEXT    NOT NULL,  -- JSON object of strings
-        expires_at    INTEGER NOT NULL   -- ms since the Unix epoch, this machine's wall clock
-    );
-    -- Lets an acquire purge expired rows without scanning the table.
-    CREATE INDEX leases_expires_at ON leases (expires_at);
-    -- One row per name ever acquired, never deleted: tokens only grow.
-    CREATE TABLE fences (
-        name       TEXT    PRIMARY KEY NOT NULL,
-        last_token INTEGER NOT NULL
-    );
-";
-
-const SELECT_LEASE: &str =
-    "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at FROM leases WHERE name = ?1";
 
 /// Leases in a SQLite database file, shared safely by the processes of one machine.
 ///
@@ -375,43 +347,6 @@ impl SqliteStore {
         self.run_or(op, None).await
     }
 
-    /// Renews each `(name, lease id, duration ms)` owned by its lease id, all in one write
-    /// transaction (one commit and one fsync for a whole batch of the renewal scheduler).
-    async fn renew_all(&self, items: Vec<(String, String, i64)>) -> Result<Vec<RenewOutcome>> {
-        let gone = vec![RenewOutcome::Lost(LostReason::Missing); items.len()];
-        self.run_or(
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = now_ms();
-                let mut outcomes = Vec::with_capacity(items.len());
-                for (name, lease_id, duration_ms) in &items {
-                    let current: Option<(String, i64)> = tx
-                        .prepare_cached("SELECT lease_id, expires_at FROM leases WHERE name = ?1")?
-                        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    outcomes.push(match current {
-                        None => RenewOutcome::Lost(LostReason::Missing),
-                        Some((_, expires_at)) if expires_at <= now => {
-                            RenewOutcome::Lost(LostReason::Missing)
-                        }
-                        Some((holder, _)) if holder != *lease_id => {
-                            RenewOutcome::Lost(LostReason::HeldByOther)
-                        }
-                        Some(_) => {
-                            tx.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
-                                .execute(params![name, now.saturating_add(*duration_ms)])?;
-                            RenewOutcome::Renewed
-                        }
-                    });
-                }
-                tx.commit()?;
-                Ok(outcomes)
-            },
-            Some(gone),
-        )
-        .await
-    }
-
     /// [`Self::run`], answering `gone` instead of running `op` when the database file was
     /// deleted under us (see [`Inner::follow_path`]).
     async fn run_or<T, F>(&self, op: F, gone: Option<T>) -> Result<T>
@@ -444,238 +379,9 @@ impl SqliteStore {
         .await
         .map_err(|e| join_error(&e))?
     }
-}
 
-#[async_trait]
-impl LeaseStore for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        validate_name(req.name)?;
-        validate_metadata(req.metadata)?;
-        let name = req.name.to_owned();
-        let lease_id = req.lease_id.to_owned();
-        let duration_ms = duration_ms(req.duration);
-        let acquired_at = format_timestamp(req.acquired_at);
-        let metadata = serde_json::to_string(req.metadata).map_err(|e| {
-            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
-        })?;
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Read the clock only once the write lock is ours: the wait for it may be long.
-            let now = now_ms();
-            tx.prepare_cached("DELETE FROM leases WHERE expires_at <= ?1")?
-                .execute([now])?;
-            let held = tx
-                .prepare_cached(SELECT_LEASE)?
-                .query_row([&name], StoredLease::from_row)
-                .optional()?;
-            // A live row is a holder, even one presenting our lease id: lease ids are unique
-            // per acquisition, and a request to this store is never retried, so a matching id
-            // can only be another process's (a forked child with a copied generator, say).
-            let outcome = match held {
-                Some(held) => AcquireOutcome::Held(held.into_info(name.clone(), now)?),
-                None => {
-                    let token: i64 = tx
-                        .prepare_cached(
-                            "INSERT INTO fences (name, last_token) VALUES (?1, 1)
-                             ON CONFLICT (name) DO UPDATE SET last_token = last_token + 1
-                             RETURNING last_token",
-                        )?
-                        .query_row([&name], |r| r.get(0))?;
-                    let fencing_token = u64::try_from(token).map_err(|_| {
-                        Failure::bad_record(&name, "its fencing counter is negative")
-                    })?;
-                    tx.prepare_cached(
-                        "INSERT INTO leases
-                             (name, lease_id, acquired_at, fencing_token, metadata, expires_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        name,
-                        lease_id,
-                        acquired_at,
-                        token,
-                        metadata,
-                        now.saturating_add(duration_ms)
-                    ])?;
-                    AcquireOutcome::Acquired { fencing_token }
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
-    }
-
-    async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
-        validate_name(name)?;
-        let items = vec![(name.to_owned(), lease_id.to_owned(), duration_ms(duration))];
-        let mut outcomes = self.renew_all(items).await?;
-        Ok(outcomes
-            .pop()
-            .unwrap_or(RenewOutcome::Lost(LostReason::Missing)))
-    }
-
-    fn renews_in_one_request(&self) -> bool {
-        true
-    }
-
-    async fn renew_many(&self, items: &[RenewItem<'_>]) -> Vec<Result<RenewOutcome>> {
-        let owned = items
-            .iter()
-            .map(|i| {
-                validate_name(i.name)?;
-                Ok((
-                    i.name.to_owned(),
-                    i.lease_id.to_owned(),
-                    duration_ms(i.duration),
-                ))
-            })
-            .collect::<Result<Vec<_>>>();
-        match async { self.renew_all(owned?).await }.await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) => super::failed_batch(items.len(), &e),
-        }
-    }
-
-    async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome> {
-        validate_name(name)?;
-        let notified = name.to_owned();
-        let name = name.to_owned();
-        let lease_id = lease_id.to_owned();
-        let outcome = self
-            .run_or(
-                move |conn| {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let now = now_ms();
-                    // Our own expired row goes too (it is absent in all but storage), but only a
-                    // live one counts as released.
-                    let expires_at: Option<i64> = tx
-                    .prepare_cached(
-                        "DELETE FROM leases WHERE name = ?1 AND lease_id = ?2 RETURNING expires_at",
-                    )?
-                    .query_row([&name, &lease_id], |r| r.get(0))
-                    .optional()?;
-                    let outcome = if expires_at.is_some_and(|e| e > now) {
-                        ReleaseOutcome::Released
-                    } else {
-                        let other: Option<i64> = tx
-                            .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
-                            .query_row([&name], |r| r.get(0))
-                            .optional()?;
-                        if other.is_some_and(|e| e > now) {
-                            ReleaseOutcome::Lost(LostReason::HeldByOther)
-                        } else {
-                            ReleaseOutcome::Lost(LostReason::Missing)
-                        }
-                    };
-                    tx.commit()?;
-                    Ok(outcome)
-                },
-                Some(ReleaseOutcome::Lost(LostReason::Missing)),
-            )
-            .await?;
-        if outcome == ReleaseOutcome::Released {
-            self.inner.board.notify(&notified);
-        }
-        Ok(outcome)
-    }
-
-    async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        validate_name(name)?;
-        let name = name.to_owned();
-        // One statement reads one consistent snapshot: no transaction needed.
-        self.run(move |conn| {
-            let now = now_ms();
-            let held = conn
-                .prepare_cached(SELECT_LEASE)?
-                .query_row([&name], StoredLease::from_row)
-                .optional()?;
-            match held {
-                Some(held) if held.expires_at > now => Ok(Some(held.into_info(name, now)?)),
-                _ => Ok(None),
-            }
-        })
-        .await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
-        let prefix = prefix.to_owned();
-        // substr() counts characters, not bytes, on text.
-        let prefix_chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
-        self.run(move |conn| {
-            let now = now_ms();
-            // Not LIKE: it treats `%` and `_` in names as wildcards and ignores ASCII case.
-            // `name >= prefix` lets the primary key index skip every name sorting before it.
-            let mut stmt = conn.prepare_cached(
-                "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at, name
-                 FROM leases
-                 WHERE name >= ?1 AND substr(name, 1, ?2) = ?1 AND expires_at > ?3
-                 ORDER BY name",
-            )?;
-            let rows = stmt.query_map(params![prefix, prefix_chars, now], |r| {
-                Ok((r.get::<_, String>(5)?, StoredLease::from_row(r)?))
-            })?;
-            let mut leases = Vec::new();
-            for row in rows {
-                let (name, held) = row?;
-                leases.push(held.into_info(name, now)?);
-            }
-            Ok(leases)
-        })
-        .await
-    }
-
-    async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
-        validate_name(name)?;
-        let notified = name.to_owned();
-        let name = name.to_owned();
-        let lease_id = lease_id.map(str::to_owned);
-        let outcome = self
-            .run(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = now_ms();
-                let held = tx
-                    .prepare_cached(SELECT_LEASE)?
-                    .query_row([&name], StoredLease::from_row)
-                    .optional()?
-                    .filter(|h| h.expires_at > now);
-                let outcome = match held {
-                    None => ForceReleased::Absent,
-                    // A compare-and-delete: not the holder the administrator was shown.
-                    Some(h) if lease_id.as_ref().is_some_and(|id| *id != h.lease_id) => {
-                        ForceReleased::HeldByOther(h.into_info(name.clone(), now)?)
-                    }
-                    Some(_) => ForceReleased::Released,
-                };
-                // The fence row stays: the next holder's token must still be greater. An
-                // expired row goes in any case (it is absent in all but storage).
-                if !matches!(outcome, ForceReleased::HeldByOther(_)) {
-                    tx.prepare_cached("DELETE FROM leases WHERE name = ?1")?
-                        .execute([&name])?;
-                }
-                tx.commit()?;
-                Ok(outcome)
-            })
-            .await?;
-        if outcome == ForceReleased::Released {
-            self.inner.board.notify(&notified);
-        }
-        Ok(outcome)
-    }
-
-    fn watch_releases(&self, name: &str) -> ReleaseWatch {
-        self.inner.board.join(name)
-    }
-
-    fn watch_changes(&self, name: &str) -> ChangeWatch {
-        self.inner.board.observe(name)
-    }
-
-    async fn close(&self) {
+    /// Closes the connection ([`crate::store::LeaseStore::close`]).
+    async fn close_connection(&self) {
         // Closing the connection checkpoints the WAL (disk writes): on the blocking pool. Other
         // clones of this store share the connection and fail as closed from now on.
         let inner = Arc::clone(&self.inner);
@@ -723,7 +429,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Fa
     // Retrying with a little jitter, within the busy timeout, resolves it.
     let started = std::time::Instant::now();
     loop {
-        match set_up(&mut conn, path) {
+        match schema::set_up(&mut conn, path) {
             Err(Failure::Sql(e))
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
                     && started.elapsed() < busy_timeout =>
@@ -734,102 +440,6 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Fa
             Err(e) => return Err(e),
             Ok(()) => return Ok(conn),
         }
-    }
-}
-
-/// Switches to WAL and checks or creates the schema.
-fn set_up(conn: &mut Connection, path: &Path) -> Result<(), Failure> {
-    // WAL: readers (inspect, list) never wait for a writer, and a commit is one append. The mode
-    // is stored in the file, so this is a no-op after the first open. It is also the first read
-    // of the file, so a file that is not a database fails here.
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(
-            path = %path.display(),
-            journal_mode = %mode,
-            "SQLite lease database could not switch to WAL mode; it still works, but readers wait for writers"
-        );
-    }
-    // FULL: a committed fencing token must survive a power cut, or it could be handed out twice.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-
-    // Check and create in one write transaction, so two processes opening a new file at once
-    // cannot both create the schema.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if app_id != 0 && app_id != APPLICATION_ID {
-        return Err(Failure::Schema(format!(
-            "belongs to another application (application_id {app_id:#x}); use a separate file for leases"
-        )));
-    }
-    if version > SCHEMA_VERSION {
-        return Err(Failure::Schema(format!(
-            "has schema version {version}, newer than this version of distributed-leasing understands ({SCHEMA_VERSION}); upgrade distributed-leasing in this program, or use another file"
-        )));
-    }
-    if version == 0 {
-        let objects: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
-        if objects > 0 {
-            return Err(Failure::Schema(
-                "is a SQLite database with tables of another application; use a separate file for leases"
-                    .to_owned(),
-            ));
-        }
-        tx.execute_batch(SCHEMA_V1)?;
-        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    } else if version != SCHEMA_VERSION {
-        return Err(Failure::Schema(format!(
-            "has unknown schema version {version}; use another file"
-        )));
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// A lease row as stored.
-struct StoredLease {
-    lease_id: String,
-    acquired_at: String,
-    /// `None` if the stored value is negative (never written by us).
-    fencing_token: Option<u64>,
-    metadata: String,
-    expires_at: i64,
-}
-
-impl StoredLease {
-    /// Reads columns 0..=4 in the order of [`SELECT_LEASE`].
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            lease_id: row.get(0)?,
-            acquired_at: row.get(1)?,
-            fencing_token: row
-                .get::<_, Option<i64>>(2)?
-                .and_then(|t| u64::try_from(t).ok()),
-            metadata: row.get(3)?,
-            expires_at: row.get(4)?,
-        })
-    }
-
-    fn into_info(self, name: String, now: i64) -> Result<LeaseInfo, Failure> {
-        let metadata: BTreeMap<String, String> =
-            serde_json::from_str(&self.metadata).map_err(|e| {
-                Failure::bad_record(
-                    &name,
-                    &format!("its metadata is not a JSON object of strings ({e})"),
-                )
-            })?;
-        let left = u64::try_from(self.expires_at.saturating_sub(now)).unwrap_or(0);
-        Ok(LeaseInfo {
-            name,
-            lease_id: self.lease_id,
-            acquired_at: parse_timestamp(&self.acquired_at),
-            fencing_token: self.fencing_token,
-            metadata,
-            ttl: Some(Duration::from_millis(left)),
-            orphan: false,
-        })
     }
 }
 
@@ -979,15 +589,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Whole milliseconds, rounded up so that a non-zero duration never stores an expired lease.
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
+
     use chrono::Utc;
+    use rusqlite::TransactionBehavior;
+
+    use super::schema::SCHEMA_VERSION;
+    use super::*;
+    use crate::error::LostReason;
+    use crate::info::LeaseInfo;
+    use crate::store::{
+        AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewOutcome,
+    };
 
     /// A fresh database path in the temp directory, removed (with its WAL files) on drop.
     struct TempDb(PathBuf);
@@ -1354,7 +969,6 @@ mod tests {
                 ReleaseOutcome::Released
             );
         }
-        assert!(store.inspect(&"x".repeat(1025)).await.is_err());
     }
 
     #[tokio::test]
