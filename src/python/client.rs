@@ -1,18 +1,19 @@
 //! `_Client`, the native client as a Python class (the public `LeaseClient` of
 //! `python/distributed_leasing/_client.py` wraps it): connecting, the client's operations
-//! (acquire, inspect, list, forced release, close) in their awaitable and blocking forms, and
-//! the answers those give Python.
+//! (acquire, inspect, list, forced release, close), each declared once for its awaitable and
+//! blocking forms, and the answers those give Python.
 
 use pyo3::prelude::*;
 
 use crate::client::{LeaseClient, TryAcquire};
 use crate::store::ForceReleased;
 
-use super::bridge::{block_on, future_into_py};
+use super::bridge::block_on;
 use super::executor::{Executor, Op};
 use super::info::PyLeaseInfo;
 use super::lease::PyLease;
 use super::options::{PyClientOptions, PyOptions};
+use super::pairs::{on, on_runtime, pymethods_with_pairs};
 use super::runtime;
 
 /// The native client; `distributed_leasing.LeaseClient` wraps it.
@@ -67,181 +68,99 @@ fn acquire_op(options: &PyOptions) -> Op {
     }
 }
 
-#[pymethods]
-impl PyClient {
-    #[staticmethod]
-    fn connect<'py>(
-        py: Python<'py>,
-        url: String,
-        options: &PyClientOptions,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let opts = options.options.clone();
-        future_into_py(py, async move {
-            Ok(PyClient::new(LeaseClient::connect(&url, opts).await?))
-        })
-    }
+pymethods_with_pairs! {
+    impl PyClient {
+        /// Loads the configuration of `dir` and the environment, and connects; returns the
+        /// client and the configuration's warnings.
+        #[staticmethod]
+        fn from_config_sync(
+            py: Python<'_>,
+            dir: std::path::PathBuf,
+        ) -> PyResult<(PyClient, Vec<String>)> {
+            block_on(py, async move {
+                let settings = crate::config::load_from_process_env(&dir)?;
+                let inner = LeaseClient::from_settings(&settings, &dir).await?;
+                Ok((PyClient::new(inner), settings.warnings))
+            })
+        }
 
-    #[staticmethod]
-    fn connect_sync(py: Python<'_>, url: String, options: &PyClientOptions) -> PyResult<PyClient> {
-        let opts = options.options.clone();
-        block_on(py, async move {
-            Ok(PyClient::new(LeaseClient::connect(&url, opts).await?))
-        })
-    }
+        /// The store kind: `redis`, `redis-cluster`, `postgres`, `etcd` or `sqlite`.
+        #[getter]
+        fn kind(&self) -> &'static str {
+            self.client().store().kind()
+        }
 
-    /// Loads the configuration of `dir` and the environment, and connects; returns the client
-    /// and the configuration's warnings.
-    #[staticmethod]
-    fn from_config_sync(
-        py: Python<'_>,
-        dir: std::path::PathBuf,
-    ) -> PyResult<(PyClient, Vec<String>)> {
-        block_on(py, async move {
-            let settings = crate::config::load_from_process_env(&dir)?;
-            let inner = LeaseClient::from_settings(&settings, &dir).await?;
-            Ok((PyClient::new(inner), settings.warnings))
-        })
-    }
+        #[getter]
+        fn key_prefix(&self) -> &str {
+            &self.client().options().key_prefix
+        }
 
-    /// The store kind: `redis`, `redis-cluster`, `postgres`, `etcd` or `sqlite`.
-    #[getter]
-    fn kind(&self) -> &'static str {
-        self.client().store().kind()
+        fn __repr__(&self) -> String {
+            format!("LeaseClient(store={:?})", self.client().store().kind())
+        }
     }
+    pairs {
+        #[staticmethod]
+        fn connect / connect_sync(url: String, options: &PyClientOptions) -> PyClient {
+            let opts = options.options.clone();
+            on_runtime(async move {
+                Ok(PyClient::new(LeaseClient::connect(&url, opts).await?))
+            })
+        }
 
-    #[getter]
-    fn key_prefix(&self) -> &str {
-        &self.client().options().key_prefix
-    }
+        fn try_acquire / try_acquire_sync(&self, name: String, options: &PyOptions) -> TryOut {
+            runtime::check_pid(self.pid)?;
+            let (opts, exec) = (options.options.clone(), self.exec.clone());
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(try_out(c.try_acquire(&name, &opts).await?, exec))
+            })
+        }
 
-    fn try_acquire<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        options: &PyOptions,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        let (opts, exec) = (options.options.clone(), self.exec.clone());
-        self.exec.spawn(py, Op::Request, |c| async move {
-            Ok(try_out(c.try_acquire(&name, &opts).await?, exec))
-        })
-    }
+        fn acquire / acquire_sync(&self, name: String, options: &PyOptions) -> PyLease {
+            runtime::check_pid(self.pid)?;
+            let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
+            on(&self.exec, acquire_op(options), move |c| async move {
+                Ok(PyLease::new(c.acquire(&name, &opts, wait).await?, exec))
+            })
+        }
 
-    fn try_acquire_sync(
-        &self,
-        py: Python<'_>,
-        name: String,
-        options: &PyOptions,
-    ) -> PyResult<TryOut> {
-        runtime::check_pid(self.pid)?;
-        let (opts, exec) = (options.options.clone(), self.exec.clone());
-        self.exec.block(py, Op::Request, |c| async move {
-            Ok(try_out(c.try_acquire(&name, &opts).await?, exec))
-        })
-    }
+        fn inspect / inspect_sync(&self, name: String) -> Option<PyLeaseInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(c.inspect(&name).await?.map(PyLeaseInfo::from))
+            })
+        }
 
-    fn acquire<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        options: &PyOptions,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
-        self.exec.spawn(py, acquire_op(options), |c| async move {
-            Ok(PyLease::new(c.acquire(&name, &opts, wait).await?, exec))
-        })
-    }
+        #[pyo3(signature = (prefix=String::new()))]
+        fn list / list_sync(&self, prefix: String) -> Vec<PyLeaseInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move { listed(&c, &prefix).await })
+        }
 
-    fn acquire_sync(&self, py: Python<'_>, name: String, options: &PyOptions) -> PyResult<PyLease> {
-        runtime::check_pid(self.pid)?;
-        let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
-        self.exec.block(py, acquire_op(options), |c| async move {
-            Ok(PyLease::new(c.acquire(&name, &opts, wait).await?, exec))
-        })
-    }
+        #[pyo3(signature = (name, *, lease_id=None))]
+        fn force_release / force_release_sync(
+            &self,
+            name: String,
+            lease_id: Option<String>,
+        ) -> bool {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                forced(&c, &name, lease_id.as_deref()).await
+            })
+        }
 
-    fn inspect<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.spawn(py, Op::Request, |c| async move {
-            Ok(c.inspect(&name).await?.map(PyLeaseInfo::from))
-        })
-    }
-    fn inspect_sync(&self, py: Python<'_>, name: String) -> PyResult<Option<PyLeaseInfo>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.block(py, Op::Request, |c| async move {
-            Ok(c.inspect(&name).await?.map(PyLeaseInfo::from))
-        })
-    }
-
-    #[pyo3(signature = (prefix=String::new()))]
-    fn list<'py>(&self, py: Python<'py>, prefix: String) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.spawn(
-            py,
-            Op::Request,
-            |c| async move { listed(&c, &prefix).await },
-        )
-    }
-    #[pyo3(signature = (prefix=String::new()))]
-    fn list_sync(&self, py: Python<'_>, prefix: String) -> PyResult<Vec<PyLeaseInfo>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.block(
-            py,
-            Op::Request,
-            |c| async move { listed(&c, &prefix).await },
-        )
-    }
-
-    #[pyo3(signature = (name, *, lease_id=None))]
-    fn force_release<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        lease_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.spawn(py, Op::Request, |c| async move {
-            forced(&c, &name, lease_id.as_deref()).await
-        })
-    }
-    #[pyo3(signature = (name, *, lease_id=None))]
-    fn force_release_sync(
-        &self,
-        py: Python<'_>,
-        name: String,
-        lease_id: Option<String>,
-    ) -> PyResult<bool> {
-        runtime::check_pid(self.pid)?;
-        self.exec.block(py, Op::Request, |c| async move {
-            forced(&c, &name, lease_id.as_deref()).await
-        })
-    }
-
-    /// Stops renewing this client's leases and releases them (their handles end as lost,
-    /// `client_closed`), then closes every connection the client opened; afterwards no lease
-    /// can be taken through it.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_pid(self.pid)?;
-        self.exec.close_own_connections();
-        let client = self.client().clone();
-        future_into_py(py, async move {
-            client.close().await;
-            Ok(())
-        })
-    }
-    fn close_sync(&self, py: Python<'_>) -> PyResult<()> {
-        runtime::check_pid(self.pid)?;
-        self.exec.close_own_connections();
-        let client = self.client().clone();
-        block_on(py, async move {
-            client.close().await;
-            Ok(())
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!("LeaseClient(store={:?})", self.client().store().kind())
+        /// Stops renewing this client's leases and releases them (their handles end as lost,
+        /// `client_closed`), then closes every connection the client opened; afterwards no
+        /// lease can be taken through it.
+        fn close / close_sync(&self) -> () {
+            runtime::check_pid(self.pid)?;
+            self.exec.close_own_connections();
+            let client = self.client().clone();
+            on_runtime(async move {
+                client.close().await;
+                Ok(())
+            })
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client. The Python classes are one
 //! module each: `client` (`_Client`), `lease` (`Lease`), `events` (`LeaseEvent`, `LeaseEvents`)
-//! and `info` (`LeaseInfo`). `options` holds the checked options every entry point takes,
+//! and `info` (`LeaseInfo`); `pairs` declares each of their operations once, for its awaitable
+//! and its blocking form. `options` holds the checked options every entry point takes,
 //! `functions` the module functions that are one call into the core (checks, configuration,
 //! fork hooks), `errors` the exception hierarchy, and `logging` forwards the core's `tracing`
 //! events to Python's `logging`. The public API is `python/distributed_leasing`.
@@ -21,6 +22,7 @@ mod inline;
 mod lease;
 mod logging;
 mod options;
+mod pairs;
 mod runtime;
 mod thread_twin;
 mod twins;
