@@ -40,24 +40,15 @@ impl PyLeaseEvent {
     }
     #[getter]
     fn attempt(&self) -> Option<u32> {
-        match self.event {
-            LeaseEvent::RenewalFailed { attempt, .. } => Some(attempt),
-            _ => None,
-        }
+        self.failure().map(|(attempt, _, _)| attempt)
     }
     #[getter]
     fn error(&self) -> Option<&str> {
-        match &self.event {
-            LeaseEvent::RenewalFailed { error, .. } => Some(error),
-            _ => None,
-        }
+        self.failure().map(|(_, error, _)| error)
     }
     #[getter]
     fn will_retry(&self) -> Option<bool> {
-        match self.event {
-            LeaseEvent::RenewalFailed { will_retry, .. } => Some(will_retry),
-            _ => None,
-        }
+        self.failure().map(|(_, _, will_retry)| will_retry)
     }
     #[getter]
     fn reason(&self) -> Option<&'static str> {
@@ -83,6 +74,20 @@ impl PyLeaseEvent {
                 format!("LeaseEvent(kind='lost', reason={:?})", reason.as_str())
             }
             LeaseEvent::Released => "LeaseEvent(kind='released')".to_owned(),
+        }
+    }
+}
+
+impl PyLeaseEvent {
+    /// A `renewal_failed` event's `attempt`, `error` and `will_retry`.
+    fn failure(&self) -> Option<(u32, &str, bool)> {
+        match &self.event {
+            LeaseEvent::RenewalFailed {
+                attempt,
+                error,
+                will_retry,
+            } => Some((*attempt, error, *will_retry)),
+            _ => None,
         }
     }
 }
