@@ -1,6 +1,7 @@
 //! Module functions that are one call into the core: checks Python code asks Rust for instead of
-//! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`), and the
-//! `os.register_at_fork` hooks of the SQLite store (registered by the module's init).
+//! restating them (the `Backoff` dataclass of `python/distributed_leasing/_backoff.py`), whether
+//! a configuration exists (`is_configured`), and the `os.register_at_fork` hooks of the SQLite
+//! store (registered by the module's init).
 
 use std::time::Duration;
 
@@ -69,4 +70,13 @@ pub(crate) fn _after_fork_in_parent() {
 pub(crate) fn _after_fork_in_child() {
     #[cfg(feature = "sqlite")]
     crate::store::sqlite::after_fork_in_child();
+}
+
+/// Whether `dir` and the environment configure a store; raises `ConfigError` when a
+/// configuration exists but is invalid.
+#[pyfunction]
+pub(crate) fn is_configured(py: Python<'_>, dir: std::path::PathBuf) -> PyResult<bool> {
+    crate::config::load_from_process_env(&dir)
+        .map(|s| s.is_configured())
+        .map_err(|e| to_py(py, e))
 }

@@ -3,21 +3,26 @@
 //! `runtime` owns the tokio runtime and the shutdown/fork rules, `bridge` turns Rust futures
 //! into asyncio futures or blocking calls, `executor` decides where each operation runs,
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
-//! `twins` the record of them that closes them with the client, `classes` holds the Python
-//! classes, `options` the checked options every entry point takes, `functions` the module
-//! functions that are one call into the core (checks, fork hooks), `errors` the exception
-//! hierarchy, `logging` forwards the core's `tracing` events to Python's `logging`. The public
-//! API is `python/distributed_leasing`.
+//! `twins` the record of them that closes them with the client. The Python classes are one
+//! module each: `client` (`_Client`), `lease` (`Lease`), `events` (`LeaseEvent`, `LeaseEvents`)
+//! and `info` (`LeaseInfo`); `pairs` declares each of their operations once, for its awaitable
+//! and its blocking form. `options` holds the checked options every entry point takes,
+//! `functions` the module functions that are one call into the core (checks, configuration,
+//! fork hooks), `errors` the exception hierarchy, and `logging` forwards the core's `tracing`
+//! events to Python's `logging`. The public API is `python/distributed_leasing`.
 
 mod bridge;
-mod classes;
+mod client;
 mod errors;
+mod events;
 mod executor;
 mod functions;
 mod info;
 mod inline;
+mod lease;
 mod logging;
 mod options;
+mod pairs;
 mod runtime;
 mod thread_twin;
 mod twins;
@@ -33,11 +38,11 @@ fn metrics() -> std::collections::BTreeMap<&'static str, i64> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add_class::<classes::PyClient>()?;
-    m.add_class::<classes::PyLease>()?;
+    m.add_class::<client::PyClient>()?;
+    m.add_class::<lease::PyLease>()?;
     m.add_class::<info::PyLeaseInfo>()?;
-    m.add_class::<classes::PyLeaseEvent>()?;
-    m.add_class::<classes::PyLeaseEvents>()?;
+    m.add_class::<events::PyLeaseEvent>()?;
+    m.add_class::<events::PyLeaseEvents>()?;
     m.add_class::<options::PyOptions>()?;
     m.add_class::<options::PyClientOptions>()?;
     m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
@@ -49,7 +54,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
     m.add("BackendError", py.get_type::<errors::BackendError>())?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
-    m.add_function(wrap_pyfunction!(classes::is_configured, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::is_configured, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_check_backoff, m)?)?;

@@ -1,0 +1,193 @@
+//! `_Client`, the native client as a Python class (the public `LeaseClient` of
+//! `python/distributed_leasing/_client.py` wraps it): connecting, the client's operations
+//! (acquire, inspect, list, forced release, close), each declared once for its awaitable and
+//! blocking forms, and the answers those give Python.
+
+use pyo3::prelude::*;
+
+use crate::client::{LeaseClient, TryAcquire};
+use crate::store::ForceReleased;
+
+use super::bridge::block_on;
+use super::executor::{Executor, Op};
+use super::info::PyLeaseInfo;
+use super::lease::PyLease;
+use super::options::{PyClientOptions, PyOptions};
+use super::pairs::{on, on_runtime, pymethods_with_pairs};
+use super::runtime;
+
+/// The native client; `distributed_leasing.LeaseClient` wraps it.
+#[pyclass(name = "_Client", module = "distributed_leasing._native", frozen)]
+pub(crate) struct PyClient {
+    exec: Executor,
+    pid: u32,
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        // A dropped client closes the connections its loops and threads drive for it (the
+        // shared ones close when the last lease and clone of the client are gone). Never in a
+        // forked child: those sockets, files and pollers are the parent's, so nothing of the
+        // client is dropped there (leaked, as the parent's runtime is).
+        if self.pid == runtime::pid() {
+            self.exec.close_own_connections();
+        } else {
+            std::mem::forget(self.exec.clone());
+        }
+    }
+}
+
+impl PyClient {
+    fn new(inner: LeaseClient) -> Self {
+        Self {
+            exec: Executor::new(inner),
+            pid: runtime::pid(),
+        }
+    }
+
+    fn client(&self) -> &LeaseClient {
+        self.exec.client()
+    }
+}
+
+type TryOut = (Option<PyLease>, Option<PyLeaseInfo>);
+
+fn try_out(r: TryAcquire, exec: Executor) -> TryOut {
+    match r {
+        TryAcquire::Acquired(l) => (Some(PyLease::new(l, exec)), None),
+        TryAcquire::Held(h) => (None, Some(h.into())),
+    }
+}
+
+/// Where an acquire with `options` runs: one attempt is one request, a wait may be long.
+fn acquire_op(options: &PyOptions) -> Op {
+    if options.one_attempt() {
+        Op::Request
+    } else {
+        Op::Wait
+    }
+}
+
+pymethods_with_pairs! {
+    impl PyClient {
+        /// Loads the configuration of `dir` and the environment, and connects; returns the
+        /// client and the configuration's warnings.
+        #[staticmethod]
+        fn from_config_sync(
+            py: Python<'_>,
+            dir: std::path::PathBuf,
+        ) -> PyResult<(PyClient, Vec<String>)> {
+            block_on(py, async move {
+                let settings = crate::config::load_from_process_env(&dir)?;
+                let inner = LeaseClient::from_settings(&settings, &dir).await?;
+                Ok((PyClient::new(inner), settings.warnings))
+            })
+        }
+
+        /// The store kind: `redis`, `redis-cluster`, `postgres`, `etcd` or `sqlite`.
+        #[getter]
+        fn kind(&self) -> &'static str {
+            self.client().store().kind()
+        }
+
+        #[getter]
+        fn key_prefix(&self) -> &str {
+            &self.client().options().key_prefix
+        }
+
+        fn __repr__(&self) -> String {
+            format!("LeaseClient(store={:?})", self.client().store().kind())
+        }
+    }
+    pairs {
+        #[staticmethod]
+        fn connect / connect_sync(url: String, options: &PyClientOptions) -> PyClient {
+            let opts = options.options.clone();
+            on_runtime(async move {
+                Ok(PyClient::new(LeaseClient::connect(&url, opts).await?))
+            })
+        }
+
+        fn try_acquire / try_acquire_sync(&self, name: String, options: &PyOptions) -> TryOut {
+            runtime::check_pid(self.pid)?;
+            let (opts, exec) = (options.options.clone(), self.exec.clone());
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(try_out(c.try_acquire(&name, &opts).await?, exec))
+            })
+        }
+
+        fn acquire / acquire_sync(&self, name: String, options: &PyOptions) -> PyLease {
+            runtime::check_pid(self.pid)?;
+            let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
+            on(&self.exec, acquire_op(options), move |c| async move {
+                Ok(PyLease::new(c.acquire(&name, &opts, wait).await?, exec))
+            })
+        }
+
+        fn inspect / inspect_sync(&self, name: String) -> Option<PyLeaseInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(c.inspect(&name).await?.map(PyLeaseInfo::from))
+            })
+        }
+
+        #[pyo3(signature = (prefix=String::new()))]
+        fn list / list_sync(&self, prefix: String) -> Vec<PyLeaseInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move { listed(&c, &prefix).await })
+        }
+
+        #[pyo3(signature = (name, *, lease_id=None))]
+        fn force_release / force_release_sync(
+            &self,
+            name: String,
+            lease_id: Option<String>,
+        ) -> bool {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                forced(&c, &name, lease_id.as_deref()).await
+            })
+        }
+
+        /// Stops renewing this client's leases and releases them (their handles end as lost,
+        /// `client_closed`), then closes every connection the client opened; afterwards no
+        /// lease can be taken through it.
+        fn close / close_sync(&self) -> () {
+            runtime::check_pid(self.pid)?;
+            self.exec.close_own_connections();
+            let client = self.client().clone();
+            on_runtime(async move {
+                client.close().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn listed(client: &LeaseClient, prefix: &str) -> crate::error::Result<Vec<PyLeaseInfo>> {
+    Ok(client
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(PyLeaseInfo::from)
+        .collect())
+}
+
+/// A forced release, answered for Python: whether a lease was deleted; a lease that changed
+/// hands since its lease id was shown is `LeaseUnavailable` naming both holders (nothing
+/// deleted).
+async fn forced(
+    client: &LeaseClient,
+    name: &str,
+    shown: Option<&str>,
+) -> crate::error::Result<bool> {
+    match client.force_release_if(name, shown).await? {
+        ForceReleased::Released => Ok(true),
+        ForceReleased::Absent => Ok(false),
+        ForceReleased::HeldByOther(holder) => Err(crate::error::LeaseError::ChangedHands {
+            name: name.to_owned(),
+            shown: shown.unwrap_or("?").to_owned(),
+            holder: Box::new(holder),
+        }),
+    }
+}
