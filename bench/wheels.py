@@ -13,7 +13,7 @@ CPU 1 (`split`: the client's own CPU per cycle, from its process time, all threa
 
 Scenarios (one lease name per process; auto-renew on, the default):
 - `async`: one task, `await client.acquire(name)` + `await lease.release()`, `same` and `split`
-- `with`: one task, `async with client.lease(name)`, `split` (client CPU)
+- `with`: one task, `async with client.lease(name)`, `same` and `split`
 - `try`: one task, `await client.try_acquire(name)` + `await lease.release()`, `split`
 - `sync`: one thread, `acquire_sync` + `release_sync`, `same` and `split`
 - `tasks64`: 64 asyncio tasks on one client, own names, `split` (client CPU per cycle)
@@ -146,9 +146,12 @@ def _child_sync(url: str, seconds: float) -> dict[str, float]:
     client = dl.LeaseClient.connect_sync(url)
     name = f"w-{uuid.uuid4()}"
 
+    # Older builds (a865b03) spelled the blocking release `release_blocking`.
+    blocking = "release_sync" if hasattr(dl.Lease, "release_sync") else "release_blocking"
+
     def cycle() -> None:
         lease = client.acquire_sync(name)
-        lease.release_sync()
+        getattr(lease, blocking)()
 
     out = _measure_sync(cycle, seconds)
     client.close_sync()
@@ -213,7 +216,7 @@ def run_child(python: str, scenario: str, port: int, seconds: float) -> dict[str
 # (scenario, placement, what to report)
 PLAN: dict[str, list[tuple[str, str, str]]] = {
     "async": [("async", "same", "rate"), ("async", "split", "cpu_us")],
-    "with": [("with", "split", "cpu_us")],
+    "with": [("with", "same", "rate"), ("with", "split", "cpu_us")],
     "try": [("try", "split", "cpu_us")],
     "sync": [("sync", "same", "rate"), ("sync", "split", "cpu_us")],
     "tasks64": [("tasks64", "split", "cpu_us")],
