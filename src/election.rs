@@ -221,8 +221,10 @@ impl Observer {
             watch.settled(SUBSCRIBE_LIMIT).await;
             self.watch = Some(watch);
         }
+        // After a failed read, the next read comes after its poll delay, not after a reason.
+        let mut retry = false;
         loop {
-            if self.started {
+            if self.started && !std::mem::take(&mut retry) {
                 self.wait_for_a_reason().await;
             }
             let read = match self.election.client.inspect(&self.election.name).await {
@@ -232,6 +234,7 @@ impl Observer {
                     // Re-read on the poll schedule until it works.
                     self.polls = self.polls.saturating_add(1);
                     tokio::time::sleep(self.backoff.poll_delay(self.polls)).await;
+                    retry = true;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -270,9 +273,12 @@ impl Observer {
             return;
         };
         let leader = self.last.as_ref();
+        // Never sooner than a poll: a store that counts its time left in whole seconds (etcd)
+        // shows a leader with 0 s left for up to a second, and re-reading it every millisecond
+        // would hammer the store.
         let expiry = leader
             .and_then(|l| l.expires_in)
-            .map(|ttl| self.read_at + ttl + Duration::from_millis(1));
+            .map(|ttl| self.read_at + (ttl + Duration::from_millis(1)).max(Backoff::MIN_POLL));
         // No leader and a feed that does not carry acquisitions: a new leader is only seen by
         // reading, so poll; the same while the feed is not live.
         let blind = watch.feed() != Feed::Live || (leader.is_none() && !watch.acquisitions());

@@ -1052,3 +1052,38 @@ async fn a_waiting_acquire_is_woken_by_the_release() {
     assert_eq!(lease.fencing_token(), 2);
     assert_eq!(store.calls(Op::Acquire), 1 + 3);
 }
+
+/// An observer whose read of the store fails re-reads on the poll schedule and resumes: it does
+/// not wait for the next change or the old leader's expiry (30 s here) before it tries again.
+#[tokio::test(start_paused = true)]
+async fn an_observer_rereads_soon_after_a_failed_read() {
+    use distributed_leasing::election::Election;
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), None);
+    let e = Election::new(c.clone(), "observed", Some("a")).unwrap();
+    let term = e
+        .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let mut o = e.observe();
+    let first = within(ms(500), o.next()).await.unwrap().expect("a leader");
+    assert_eq!(first.term, Some(term.fencing_token()));
+    // The next two reads fail; the release is notified on the (live) change feed.
+    store.push(Op::Inspect, Fault::error(BackendErrorKind::Unreachable));
+    store.push(Op::Inspect, Fault::error(BackendErrorKind::Unreachable));
+    let before = store.calls(Op::Inspect);
+    let t = Instant::now();
+    assert!(term.release().await.unwrap());
+    let next = within(Duration::from_secs(60), o.next()).await.unwrap();
+    assert_eq!(next, None, "no leader after the release");
+    assert_eq!(
+        store.calls(Op::Inspect) - before,
+        3,
+        "two failed reads, then one that worked"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "re-read after {:?}: it waited for a reason instead of retrying",
+        t.elapsed()
+    );
+}

@@ -30,7 +30,7 @@ use distributed_leasing::store::{
     renew_each, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
     RenewItem, RenewOutcome,
 };
-use distributed_leasing::wait::{ReleaseBoard, ReleaseWatch};
+use distributed_leasing::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
 use tokio::time::Instant;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,6 +263,18 @@ impl MemStore {
             None => ReleaseWatch::none(),
         }
     }
+
+    /// An observer of `name`'s changes (releases only: acquisitions are not reported).
+    fn observe(&self, name: &str) -> ChangeWatch {
+        match &self.board {
+            Some(board) => {
+                let watch = board.observe(name);
+                board.set_live(name);
+                watch
+            }
+            None => ChangeWatch::none(),
+        }
+    }
 }
 
 #[async_trait]
@@ -307,6 +319,10 @@ impl LeaseStore for MemStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.watch(name)
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.observe(name)
     }
 }
 
@@ -598,5 +614,9 @@ impl LeaseStore for FaultStore {
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.mem.watch(name)
+    }
+
+    fn watch_changes(&self, name: &str) -> ChangeWatch {
+        self.mem.observe(name)
     }
 }
