@@ -38,6 +38,7 @@ async fn orphan(h: &Harness, name: &str, ttl: Duration) {
             duration: ttl,
             acquired_at: chrono::Utc::now(),
             metadata: &meta,
+            announce: false,
         })
         .await
         .unwrap();

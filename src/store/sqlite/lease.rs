@@ -1,5 +1,5 @@
 //! The SQLite store's lease operations: [`LeaseStore`] for [`SqliteStore`] (acquire, renew,
-//! release, inspect, list, forced release), each write one `BEGIN IMMEDIATE` transaction on the
+//! proclaim, release, inspect, list, forced release), each write one `BEGIN IMMEDIATE` transaction on the
 //! `leases` and `fences` tables, and the lease row as stored ([`StoredLease`]). The rules they
 //! keep are the store's (see [`super`]).
 
@@ -13,10 +13,10 @@ use super::{now_ms, Failure, SqliteStore};
 use crate::error::{LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
-    RenewOutcome,
+    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
-use crate::wait::{ChangeWatch, ReleaseWatch};
+use crate::wait::{Change, ChangeWatch, ReleaseWatch};
 
 pub(super) const SELECT_LEASE: &str =
     "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at FROM leases WHERE name = ?1";
@@ -74,7 +74,7 @@ impl LeaseStore for SqliteStore {
         let metadata = serde_json::to_string(req.metadata).map_err(|e| {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })?;
-        self.run(move |conn| {
+        let outcome = self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Read the clock only once the write lock is ours: the wait for it may be long.
             let now = now_ms();
@@ -119,7 +119,12 @@ impl LeaseStore for SqliteStore {
             tx.commit()?;
             Ok(outcome)
         })
-        .await
+        .await?;
+        if req.announce && matches!(outcome, AcquireOutcome::Acquired { .. }) {
+            // This process's observers only: other processes' observers poll.
+            self.inner.board.changed(req.name, Change::Acquired);
+        }
+        Ok(outcome)
     }
 
     fn renews_in_one_request(&self) -> bool {
@@ -181,6 +186,55 @@ impl LeaseStore for SqliteStore {
             .await?;
         if outcome == ReleaseOutcome::Released {
             self.inner.board.notify(&notified);
+        }
+        Ok(outcome)
+    }
+
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let notified = name.to_owned();
+        let name = name.to_owned();
+        let lease_id = lease_id.to_owned();
+        let metadata = serde_json::to_string(metadata).map_err(|e| {
+            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
+        })?;
+        let outcome = self
+            .run_or(
+                move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE leases SET metadata = ?3
+                         WHERE name = ?1 AND lease_id = ?2 AND expires_at > ?4",
+                    )?
+                    .execute(params![name, lease_id, metadata, now])?;
+                let outcome = if changed == 1 {
+                    ProclaimOutcome::Proclaimed
+                } else {
+                    let other: Option<i64> = tx
+                        .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
+                        .query_row([&name], |r| r.get(0))
+                        .optional()?;
+                    if other.is_some_and(|e| e > now) {
+                        ProclaimOutcome::Lost(LostReason::HeldByOther)
+                    } else {
+                        ProclaimOutcome::Lost(LostReason::Missing)
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+                },
+                // The database file was deleted under us: the lease is gone.
+                Some(ProclaimOutcome::Lost(LostReason::Missing)),
+            )
+            .await?;
+        if outcome == ProclaimOutcome::Proclaimed {
+            self.inner.board.changed(&notified, Change::Acquired);
         }
         Ok(outcome)
     }
