@@ -459,10 +459,7 @@ impl Holding {
             // Released (or being let go): not ours to proclaim with.
             return Err(self.ended_error(reason_of(end)));
         }
-        match store
-            .proclaim(&self.name, &self.lease_id, metadata)
-            .await?
-        {
+        match store.proclaim(&self.name, &self.lease_id, metadata).await? {
             ProclaimOutcome::Proclaimed => {
                 tracing::debug!(lease = %self.name, fencing_token = self.fencing_token, outcome = "proclaimed", "lease metadata proclaimed");
                 Ok(())

@@ -25,8 +25,7 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 static RENEW_MANY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/renew_many.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
-static PROCLAIM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/proclaim.lua")));
+static PROCLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/proclaim.lua")));
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
 static FORCE_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/force_release.lua")));

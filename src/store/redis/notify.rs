@@ -127,8 +127,8 @@ impl AsyncPushSender for Pushes {
                             crate::metrics::RELEASE_NOTIFICATIONS.add(1);
                             board.notify(&ch);
                         }
-                        change => {
-                            board.changed(&ch, change);
+                        Change::Acquired => {
+                            board.changed(&ch, Change::Acquired);
                         }
                     }
                 }
