@@ -1087,3 +1087,116 @@ async fn an_observer_rereads_soon_after_a_failed_read() {
         t.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_proclaim_past_the_deadline_by_its_own_clock_is_refused_without_a_write() {
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(10), None);
+    let lease = take(&c, "proclaim-late").await;
+    let events = lease.events();
+    // Its own deadline (duration less the drift allowance) passes before the store's expiry:
+    // the store would still take the write, but the holder may no longer rely on the lease.
+    sleep_until(Instant::now() + Duration::from_secs(10) - ms(1)).await;
+    assert!(
+        store.mem().holder("proclaim-late").is_some(),
+        "the store still has it"
+    );
+    let meta = one("k", "v");
+    let r = lease.proclaim(&meta).await;
+    assert!(
+        matches!(r, Err(LeaseError::Lost { reason: LostReason::Expired, .. })),
+        "{r:?}"
+    );
+    assert_eq!(store.calls(Op::Proclaim), 0, "no write was sent");
+    assert!(
+        store.mem().holder("proclaim-late").unwrap().metadata.is_empty(),
+        "the stored metadata is unchanged"
+    );
+    assert_eq!(drain_now(events), [lost(LostReason::Expired)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proclaim_the_store_refuses_ends_the_lease_once_with_one_loss_event() {
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), Some(Duration::from_secs(10)));
+    let lease = take(&c, "proclaim-gone").await;
+    let events = lease.events();
+    let meta = one("k", "v");
+    lease.proclaim(&meta).await.unwrap();
+    assert_eq!(store.mem().holder("proclaim-gone").unwrap().metadata, meta);
+    // An administrator takes it away, and another holder takes it: the store refuses.
+    store.mem().force_release("proclaim-gone", None);
+    let _other = store.mem().take_as("proclaim-gone", "other", Duration::from_secs(30));
+    let r = lease.proclaim(&one("k", "w")).await;
+    assert!(
+        matches!(r, Err(LeaseError::Lost { reason: LostReason::HeldByOther, .. })),
+        "{r:?}"
+    );
+    assert_eq!(lease.end(), Some(LeaseEnd::Lost(LostReason::HeldByOther)));
+    // Refused again by its own state, without a write; the loss is not reported twice.
+    let again = lease.proclaim(&meta).await;
+    assert!(matches!(again, Err(LeaseError::Lost { .. })), "{again:?}");
+    assert_eq!(store.calls(Op::Proclaim), 2, "one that worked, one refused by the store");
+    assert_eq!(
+        store.mem().holder("proclaim-gone").unwrap().metadata["instanceId"],
+        "other",
+        "the successor's record is untouched"
+    );
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.calls(Op::Renew), 0, "no renewal after the loss");
+    assert_eq!(drain(events).await, [lost(LostReason::HeldByOther)]);
+}
+
+/// A one-entry metadata map.
+fn one(k: &str, v: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(k.to_owned(), v.to_owned())])
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
+    use distributed_leasing::election::Election;
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), None);
+    let e = Election::new(c.clone(), "announced", Some("a")).unwrap();
+    let mut o = e.observe();
+    assert_eq!(within(ms(500), o.next()).await.unwrap(), None);
+    let reads = store.calls(Op::Inspect);
+    // Well within the slow poll for unannounced holders: only the feed can tell it.
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.calls(Op::Inspect), reads, "no polls while nobody leads");
+    let t = Instant::now();
+    let term = e
+        .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let leader = within(Duration::from_secs(60), o.next())
+        .await
+        .unwrap()
+        .expect("a leader");
+    assert_eq!(leader.term, Some(term.fencing_token()));
+    assert_eq!(t.elapsed(), Duration::ZERO, "seen at once, not at a poll");
+    assert_eq!(store.calls(Op::Inspect), reads + 1, "one read, prompted by the feed");
+    // A proclaim: the same term with the new metadata, seen at once.
+    e.proclaim(&term, &one("endpoint", "10.0.0.1:80"))
+        .await
+        .unwrap();
+    let proclaimed = within(ms(1), o.next()).await.unwrap().expect("a leader");
+    assert_eq!(proclaimed.term, leader.term);
+    assert_eq!(proclaimed.identity.as_deref(), Some("a"));
+    assert_eq!(proclaimed.metadata, one("endpoint", "10.0.0.1:80"));
+    // A plain (unannounced) holder after a release is still seen, by the slow poll.
+    assert!(term.release().await.unwrap());
+    assert_eq!(within(ms(1), o.next()).await.unwrap(), None);
+    let _plain = take(&c, "announced").await;
+    let t = Instant::now();
+    let plain = within(Duration::from_secs(60), o.next())
+        .await
+        .unwrap()
+        .expect("the plain holder");
+    assert_eq!(plain.identity, None);
+    assert_eq!(
+        t.elapsed(),
+        distributed_leasing::election::UNANNOUNCED_POLL,
+        "found by the slow poll"
+    );
+}
