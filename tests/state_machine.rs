@@ -1154,8 +1154,14 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
     let store = FaultStore::new();
     let c = client(&store, Duration::from_secs(30), None);
     let e = Election::new(c.clone(), "announced", Some("a")).unwrap();
-    let mut o = e.observe();
-    assert_eq!(within(ms(500), o.next()).await.unwrap(), None);
+    // Driven all along by a task of its own, as a real observer is: it may poll meanwhile.
+    let mut observer = e.observe();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while tx.send(observer.next().await.unwrap()).is_ok() {}
+    });
+    let mut o = Seen(&mut seen);
+    assert_eq!(within(ms(500), o.next()).await, None);
     let reads = store.calls(Op::Inspect);
     // Well within the slow poll for unannounced holders: only the feed can tell it.
     sleep(Duration::from_secs(2)).await;
@@ -1167,7 +1173,6 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
         .unwrap();
     let leader = within(Duration::from_secs(60), o.next())
         .await
-        .unwrap()
         .expect("a leader");
     assert_eq!(leader.term, Some(term.fencing_token()));
     assert_eq!(t.elapsed(), Duration::ZERO, "seen at once, not at a poll");
@@ -1176,18 +1181,17 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
     e.proclaim(&term, &one("endpoint", "10.0.0.1:80"))
         .await
         .unwrap();
-    let proclaimed = within(ms(1), o.next()).await.unwrap().expect("a leader");
+    let proclaimed = within(ms(1), o.next()).await.expect("a leader");
     assert_eq!(proclaimed.term, leader.term);
     assert_eq!(proclaimed.identity.as_deref(), Some("a"));
     assert_eq!(proclaimed.metadata, one("endpoint", "10.0.0.1:80"));
     // A plain (unannounced) holder after a release is still seen, by the slow poll.
     assert!(term.release().await.unwrap());
-    assert_eq!(within(ms(1), o.next()).await.unwrap(), None);
+    assert_eq!(within(ms(1), o.next()).await, None);
     let _plain = take(&c, "announced").await;
     let t = Instant::now();
     let plain = within(Duration::from_secs(60), o.next())
         .await
-        .unwrap()
         .expect("the plain holder");
     assert_eq!(plain.identity, None);
     assert_eq!(
@@ -1195,4 +1199,14 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
         distributed_leasing::election::UNANNOUNCED_POLL,
         "found by the slow poll"
     );
+    driver.abort();
+}
+
+/// The values an observer driven by a task of its own sent.
+struct Seen<'a>(&'a mut tokio::sync::mpsc::UnboundedReceiver<Option<distributed_leasing::election::LeaderInfo>>);
+
+impl Seen<'_> {
+    async fn next(&mut self) -> Option<distributed_leasing::election::LeaderInfo> {
+        self.0.recv().await.expect("the observer runs")
+    }
 }

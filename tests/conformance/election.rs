@@ -209,6 +209,16 @@ pub async fn bad_identities_are_refused(h: &Harness) {
     assert!(Election::new(c, "", None).is_err(), "a bad name is refused");
 }
 
+/// The next value an observer driven by a task of its own sent.
+async fn recv(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Option<LeaderInfo>>,
+) -> Option<LeaderInfo> {
+    tokio::time::timeout(SEEN_WITHIN, seen.recv())
+        .await
+        .expect("the observer saw the change in time")
+        .expect("the observer runs")
+}
+
 fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     with_meta(pairs).metadata
 }
@@ -375,8 +385,13 @@ pub async fn an_observer_sees_a_new_leader_from_the_feed(h: &Harness) {
     let name = unique("elect-announced");
     let watcher = Election::new(c, &name, Some("watcher")).unwrap();
     let candidate = Election::new(plain.clone(), &name, Some("candidate")).unwrap();
+    // Driven all along by a task of its own, as a real observer is: it may poll meanwhile.
     let mut o = watcher.observe();
-    assert_eq!(next(&mut o).await, None);
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while tx.send(o.next().await.expect("the observer reads")).is_ok() {}
+    });
+    assert_eq!(recv(&mut seen).await, None);
     let (announced, live) = {
         let w = plain.store().watch_changes(&name);
         (w.announced(), w.feed() == Feed::Live)
@@ -386,8 +401,9 @@ pub async fn an_observer_sees_a_new_leader_from_the_feed(h: &Harness) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let t = Instant::now();
     let term = candidate.campaign(&LeaseOptions::default(), NOW).await.unwrap();
-    let leader = next(&mut o).await.expect("the new leader");
+    let leader = recv(&mut seen).await.expect("the new leader");
     let seen_after = t.elapsed();
+    driver.abort();
     assert_eq!(leader.term, Some(term.fencing_token()));
     assert_eq!(leader.identity.as_deref(), Some("candidate"));
     let polls = counting.inspects() - reads;
