@@ -1104,7 +1104,13 @@ async fn a_proclaim_past_the_deadline_by_its_own_clock_is_refused_without_a_writ
     std::thread::sleep(ms(600));
     let r = lease.proclaim(&one("k", "v")).await;
     assert!(
-        matches!(r, Err(LeaseError::Lost { reason: LostReason::Expired, .. })),
+        matches!(
+            r,
+            Err(LeaseError::Lost {
+                reason: LostReason::Expired,
+                ..
+            })
+        ),
         "{r:?}"
     );
     assert_eq!(store.calls(Op::Proclaim), 0, "no write was sent");
@@ -1114,7 +1120,11 @@ async fn a_proclaim_past_the_deadline_by_its_own_clock_is_refused_without_a_writ
 #[tokio::test(start_paused = true)]
 async fn a_proclaim_the_store_refuses_ends_the_lease_once_with_one_loss_event() {
     let store = FaultStore::new();
-    let c = client(&store, Duration::from_secs(30), Some(Duration::from_secs(10)));
+    let c = client(
+        &store,
+        Duration::from_secs(30),
+        Some(Duration::from_secs(10)),
+    );
     let lease = take(&c, "proclaim-gone").await;
     let events = lease.events();
     let meta = one("k", "v");
@@ -1122,17 +1132,29 @@ async fn a_proclaim_the_store_refuses_ends_the_lease_once_with_one_loss_event() 
     assert_eq!(store.mem().holder("proclaim-gone").unwrap().metadata, meta);
     // An administrator takes it away, and another holder takes it: the store refuses.
     store.mem().force_release("proclaim-gone", None);
-    let _other = store.mem().take_as("proclaim-gone", "other", Duration::from_secs(30));
+    let _other = store
+        .mem()
+        .take_as("proclaim-gone", "other", Duration::from_secs(30));
     let r = lease.proclaim(&one("k", "w")).await;
     assert!(
-        matches!(r, Err(LeaseError::Lost { reason: LostReason::HeldByOther, .. })),
+        matches!(
+            r,
+            Err(LeaseError::Lost {
+                reason: LostReason::HeldByOther,
+                ..
+            })
+        ),
         "{r:?}"
     );
     assert_eq!(lease.end(), Some(LeaseEnd::Lost(LostReason::HeldByOther)));
     // Refused again by its own state, without a write; the loss is not reported twice.
     let again = lease.proclaim(&meta).await;
     assert!(matches!(again, Err(LeaseError::Lost { .. })), "{again:?}");
-    assert_eq!(store.calls(Op::Proclaim), 2, "one that worked, one refused by the store");
+    assert_eq!(
+        store.calls(Op::Proclaim),
+        2,
+        "one that worked, one refused by the store"
+    );
     assert_eq!(
         store.mem().holder("proclaim-gone").unwrap().metadata["instanceId"],
         "other",
@@ -1157,15 +1179,18 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
     // Driven all along by a task of its own, as a real observer is: it may poll meanwhile.
     let mut observer = e.observe();
     let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        while tx.send(observer.next().await.unwrap()).is_ok() {}
-    });
+    let driver =
+        tokio::spawn(async move { while tx.send(observer.next().await.unwrap()).is_ok() {} });
     let mut o = Seen(&mut seen);
     assert_eq!(within(ms(500), o.next()).await, None);
     let reads = store.calls(Op::Inspect);
     // Well within the slow poll for unannounced holders: only the feed can tell it.
     sleep(Duration::from_secs(2)).await;
-    assert_eq!(store.calls(Op::Inspect), reads, "no polls while nobody leads");
+    assert_eq!(
+        store.calls(Op::Inspect),
+        reads,
+        "no polls while nobody leads"
+    );
     let t = Instant::now();
     let term = e
         .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
@@ -1176,7 +1201,11 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
         .expect("a leader");
     assert_eq!(leader.term, Some(term.fencing_token()));
     assert_eq!(t.elapsed(), Duration::ZERO, "seen at once, not at a poll");
-    assert_eq!(store.calls(Op::Inspect), reads + 1, "one read, prompted by the feed");
+    assert_eq!(
+        store.calls(Op::Inspect),
+        reads + 1,
+        "one read, prompted by the feed"
+    );
     // A proclaim: the same term with the new metadata, seen at once.
     e.proclaim(&term, &one("endpoint", "10.0.0.1:80"))
         .await
@@ -1203,7 +1232,9 @@ async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
 }
 
 /// The values an observer driven by a task of its own sent.
-struct Seen<'a>(&'a mut tokio::sync::mpsc::UnboundedReceiver<Option<distributed_leasing::election::LeaderInfo>>);
+struct Seen<'a>(
+    &'a mut tokio::sync::mpsc::UnboundedReceiver<Option<distributed_leasing::election::LeaderInfo>>,
+);
 
 impl Seen<'_> {
     async fn next(&mut self) -> Option<distributed_leasing::election::LeaderInfo> {

@@ -260,7 +260,10 @@ pub async fn proclaim_replaces_the_metadata_and_keeps_identity_and_term(h: &Harn
         let r = e.proclaim(&term, &bad).await;
         assert!(matches!(r, Err(LeaseError::InvalidArgument(_))), "{r:?}");
     }
-    assert_eq!(c.inspect(&name).await.unwrap().unwrap().metadata, bare.metadata);
+    assert_eq!(
+        c.inspect(&name).await.unwrap().unwrap().metadata,
+        bare.metadata
+    );
     assert!(!term.is_lost());
     assert!(term.release().await.unwrap(), "resign after proclaiming");
     assert_eq!(e.leader().await.unwrap(), None);
@@ -277,11 +280,19 @@ pub async fn proclaim_does_not_extend_the_expiry(h: &Harness) {
     };
     let term = e.campaign(&opts, NOW).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let before = e.leader().await.unwrap().unwrap().expires_in.expect("a ttl");
+    let before = e
+        .leader()
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .expect("a ttl");
     e.proclaim(&term, &meta(&[("step", "2")])).await.unwrap();
     let after = e.leader().await.unwrap().unwrap();
     assert_eq!(after.metadata, meta(&[("step", "2")]));
-    let after = after.expires_in.expect("still a ttl: the proclaim kept the expiry");
+    let after = after
+        .expires_in
+        .expect("still a ttl: the proclaim kept the expiry");
     // Extended, it would show about 8 s again; kept, about 5.5 s (etcd counts whole seconds).
     assert!(
         after <= before + Duration::from_secs(1) && after <= Duration::from_millis(6600),
@@ -328,7 +339,10 @@ pub async fn proclaim_and_resign_by_a_non_leader_are_refused(h: &Harness) {
     c.force_release(&name).await.unwrap();
     let r = b.proclaim(&tb, &meta(&[("v", "b2")])).await;
     assert!(matches!(r, Err(LeaseError::Lost { .. })), "{r:?}");
-    assert!(matches!(tb.release().await, Ok(false) | Err(LeaseError::Lost { .. })));
+    assert!(matches!(
+        tb.release().await,
+        Ok(false) | Err(LeaseError::Lost { .. })
+    ));
     assert_eq!(b.leader().await.unwrap(), None, "no record was made");
 
     // After expiry: the handle refuses by its own clock; the store refuses a late write too.
@@ -347,18 +361,22 @@ pub async fn proclaim_and_resign_by_a_non_leader_are_refused(h: &Harness) {
         store.proclaim(&name, tc.lease_id(), &late).await.unwrap(),
         ProclaimOutcome::Lost(LostReason::Missing)
     ));
-    assert!(matches!(tc.release().await, Ok(false) | Err(LeaseError::Lost { .. })));
-    assert_eq!(a.leader().await.unwrap(), None, "the expired term stays gone");
+    assert!(matches!(
+        tc.release().await,
+        Ok(false) | Err(LeaseError::Lost { .. })
+    ));
+    assert_eq!(
+        a.leader().await.unwrap(),
+        None,
+        "the expired term stays gone"
+    );
 }
 
 pub async fn an_observer_sees_a_proclaim_once(h: &Harness) {
     let c = h.client().await;
     let name = unique("elect-observe-proclaim");
     let e = Election::new(c.clone(), &name, Some("leader")).unwrap();
-    let term = e
-        .campaign(&with_meta(&[("step", "1")]), NOW)
-        .await
-        .unwrap();
+    let term = e.campaign(&with_meta(&[("step", "1")]), NOW).await.unwrap();
     let mut o = e.observe();
     let first = next(&mut o).await.expect("a leader");
     assert_eq!(first.metadata, meta(&[("step", "1")]));
@@ -400,7 +418,10 @@ pub async fn an_observer_sees_a_new_leader_from_the_feed(h: &Harness) {
     // Nobody leads for a while: a feed that carries announced acquisitions needs no reads.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let t = Instant::now();
-    let term = candidate.campaign(&LeaseOptions::default(), NOW).await.unwrap();
+    let term = candidate
+        .campaign(&LeaseOptions::default(), NOW)
+        .await
+        .unwrap();
     let leader = recv(&mut seen).await.expect("the new leader");
     let seen_after = t.elapsed();
     driver.abort();
