@@ -267,26 +267,29 @@ async def test_a_cancelled_campaign_leaves_nothing_behind(
     await follower.close()
 
 
-async def test_resign_by_a_candidate_no_longer_leading_raises_lease_lost(
+def test_resign_by_a_candidate_no_longer_leading_raises_lease_lost(
     store: StoreUnderTest, unique_name: str
 ) -> None:
-    admin = await dl.LeaseClient.connect(store.url)
+    # Synchronous: an async body would be cancelled by the loss the refused resign finds.
+    admin = dl.LeaseClient.connect_sync(store.url)
     old = dl.Election(unique_name, url=store.url, identity="old")
     new = dl.Election(unique_name, url=store.url, identity="new")
     # The campaign's exit reports the loss as well (the body ended without being told).
-    with pytest.raises(dl.LeaseLost):
-        async with old.campaign() as old_term:
-            assert await admin.force_release(unique_name)
-            async with new.campaign(wait=LIMIT) as new_term:
-                with pytest.raises(dl.LeaseLost, match="not the leader"):
-                    await old_term.resign()
-                leader = await new.leader()
+    with pytest.raises(dl.LeaseLost, match="lost while its body ran"):
+        with old.campaign() as old_term:
+            assert admin.force_release_sync(unique_name)
+            with new.campaign(wait=LIMIT) as new_term:
+                with pytest.raises(dl.LeaseLost, match="not the leader") as refused:
+                    old_term.resign_sync()
+                assert refused.value.name == unique_name
+                leader = new.leader_sync()
                 assert leader is not None
                 assert (leader.identity, leader.lease_id) == ("new", new_term.lease_id)
                 assert new_term.token > old_term.token
-    await admin.close()
-    await old.close()
-    await new.close()
+                assert old_term.is_lost and not new_term.is_lost
+    admin.close_sync()
+    old.close_sync()
+    new.close_sync()
 
 
 async def test_run_returns_the_result_of_an_async_fn_and_resigns(
