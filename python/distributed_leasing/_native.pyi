@@ -205,6 +205,7 @@ class _Options:
         auto_renew: bool | None = None,
         metadata: dict[str, str] | None = None,
         backoff: _BackoffArg | None = None,
+        announce: bool = False,
     ) -> _Options: ...
 
 @final

@@ -108,7 +108,7 @@ pub(crate) struct PyOptions {
 #[pymethods]
 impl PyOptions {
     #[new]
-    #[pyo3(signature = (*, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
+    #[pyo3(signature = (*, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None, announce=false))]
     fn new(
         wait: Option<Secs>,
         duration: Option<Secs>,
@@ -116,6 +116,7 @@ impl PyOptions {
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'_, PyDict>>,
         backoff: Option<BackoffArg>,
+        announce: bool,
     ) -> PyResult<Self> {
         Ok(Self {
             wait: opt_seconds("wait", wait)?,
@@ -125,6 +126,7 @@ impl PyOptions {
                 auto_renew,
                 metadata: metadata_of(metadata)?,
                 backoff: backoff_of(backoff)?,
+                announce,
             },
         })
     }

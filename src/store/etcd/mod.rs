@@ -203,6 +203,9 @@ struct Kv {
     value: String,
     #[serde(default, deserialize_with = "int")]
     create_revision: i64,
+    /// The revision of the key's last write (its acquire, or its holder's last proclaim).
+    #[serde(default, deserialize_with = "int")]
+    mod_revision: i64,
     #[serde(default, deserialize_with = "int")]
     lease: i64,
 }

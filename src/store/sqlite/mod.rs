@@ -644,6 +644,7 @@ mod tests {
                 duration,
                 acquired_at: Utc::now(),
                 metadata,
+                announce: false,
             })
             .await
             .unwrap()
@@ -774,6 +775,7 @@ mod tests {
                 duration: LONG,
                 acquired_at: Utc::now(),
                 metadata: &meta(&[]),
+                announce: false,
             })
             .await
             .unwrap_err()
@@ -1113,6 +1115,7 @@ mod tests {
                 duration: LONG,
                 acquired_at: Utc::now(),
                 metadata: &meta(&[]),
+                announce: false,
             })
             .await
             .unwrap_err();
