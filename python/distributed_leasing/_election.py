@@ -154,9 +154,21 @@ class Term:
         """The lease this term is."""
         return self._lease
 
+    async def proclaim(self, metadata: Mapping[str, str]) -> None:
+        """Replaces the leader's metadata (e.g. ``{"endpoint": "10.0.0.7:8080"}``) as a whole:
+        keys not given are gone; the identity and the term stay, and the lease is not extended.
+        Observers see it. Raises ``LeaseLost``, changing nothing, if this candidate no longer
+        leads (an async campaign body is then cancelled, as on any loss)."""
+        await self._lease.proclaim(_with_identity(metadata, self._identity))
+
+    def proclaim_sync(self, metadata: Mapping[str, str]) -> None:
+        """``proclaim`` for synchronous code."""
+        self._lease.proclaim_sync(_with_identity(metadata, self._identity))
+
     async def resign(self) -> None:
         """Ends the term now: releases the lease (owner-checked). Raises ``LeaseLost``, changing
-        nothing, if this candidate no longer leads (or already resigned)."""
+        nothing, if this candidate no longer leads (or already resigned); an async campaign
+        body is then cancelled, as on any loss."""
         if not await self._lease.release():
             raise _not_leader(self._lease, self._identity, "resign")
 
@@ -183,6 +195,7 @@ class Campaign:
             "metadata": _with_identity(metadata, election.identity),
             "wait": wait,
             "duration": election._duration,
+            "announce": True,  # observers see the new leader at once
         }
         self._identity = election.identity
         self._context = LeaseContext(

@@ -113,6 +113,12 @@ class Lease:
         """Renews now. Raises LeaseLost if the lease is no longer held."""
     def renew_sync(self) -> None:
         """``renew`` for synchronous code."""
+    def proclaim(self, metadata: dict[str, str]) -> asyncio.Future[None]:
+        """Replaces the lease's metadata in the store as a whole (keys not given are gone),
+        keeping its lease id, fencing token and expiry (it does not extend the lease); observers
+        of the name are told. Raises LeaseLost, changing nothing, if it is no longer held."""
+    def proclaim_sync(self, metadata: dict[str, str]) -> None:
+        """``proclaim`` for synchronous code."""
     def release(self) -> asyncio.Future[bool]:
         """Stops renewal and deletes the lease if still held; True if it was ours. False if
         another holder had it or it was gone: the lease is then lost (``lost_reason``)."""

@@ -34,6 +34,10 @@ class LeaseOptions(TypedDict, total=False):
     """Whether Rust renews the lease in the background (default: the client's, True)."""
     metadata: Mapping[str, str] | None
     """Stored with the lease and shown to whoever is refused (e.g. ``instanceId``)."""
+    announce: bool | None
+    """Tell the name's observers (``Election.observe``) of this acquisition at once (Redis and
+    PostgreSQL publish a notice; default False: they see it by polling). Every election
+    campaign announces itself."""
 
 
 class AcquireOptions(LeaseOptions, total=False):
@@ -161,6 +165,8 @@ def lease_options(
     _args.text("name", name, "critical-section-lock")
     _check(call, _KINDS[kind], options)
     native: dict[str, Any] = {k: v for k, v in options.items() if k != "on_lost"}
+    if native.get("announce", False) is None:
+        del native["announce"]  # None: the default
     if "metadata" in native:
         native["metadata"] = _args.metadata(native["metadata"])
     if "backoff" in native:

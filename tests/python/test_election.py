@@ -292,6 +292,52 @@ def test_resign_by_a_candidate_no_longer_leading_raises_lease_lost(
     new.close_sync()
 
 
+async def test_proclaim_replaces_the_metadata_keeping_identity_term_and_expiry(
+    store: StoreUnderTest, unique_name: str
+) -> None:
+    async with dl.Election(
+        unique_name, url=store.url, identity="p1", metadata={"endpoint": "a:1", "zone": "z"}
+    ) as election:
+        watcher = election.observe()
+        assert await anext(watcher) is None
+        async with election.campaign() as term:
+            first = await anext(watcher)
+            assert first is not None and first.metadata == {"endpoint": "a:1", "zone": "z"}
+            await asyncio.sleep(2.0)  # then a proclaim that extended the lease would show
+            before = term.expires_in
+            await term.proclaim({"endpoint": "b:2"})
+            leader = await election.leader()
+            assert leader is not None
+            assert (leader.identity, leader.term, leader.lease_id) == ("p1", term.token, term.lease_id)
+            assert leader.metadata == {"endpoint": "b:2"}, "replaced as a whole: zone is gone"
+            assert leader.expires_in is not None and leader.expires_in <= before + 1.0
+            seen = await asyncio.wait_for(anext(watcher), LIMIT)
+            assert seen is not None and (seen.term, seen.metadata) == (term.token, {"endpoint": "b:2"})
+            with pytest.raises(ValueError, match="instanceId"):
+                await term.proclaim({"instanceId": "someone-else"})
+
+
+def test_proclaim_by_a_candidate_no_longer_leading_raises_lease_lost(
+    store: StoreUnderTest, unique_name: str
+) -> None:
+    admin = dl.LeaseClient.connect_sync(store.url)
+    old = dl.Election(unique_name, url=store.url, identity="old")
+    new = dl.Election(unique_name, url=store.url, identity="new", metadata={"endpoint": "n"})
+    with pytest.raises(dl.LeaseLost):
+        with old.campaign() as old_term:
+            old_term.proclaim_sync({"endpoint": "o"})
+            assert admin.force_release_sync(unique_name)
+            with new.campaign(wait=LIMIT):
+                with pytest.raises(dl.LeaseLost):
+                    old_term.proclaim_sync({"endpoint": "stolen"})
+                leader = new.leader_sync()
+                assert leader is not None
+                assert (leader.identity, leader.metadata) == ("new", {"endpoint": "n"})
+    admin.close_sync()
+    old.close_sync()
+    new.close_sync()
+
+
 async def test_run_returns_the_result_of_an_async_fn_and_resigns(
     store: StoreUnderTest, unique_name: str
 ) -> None:

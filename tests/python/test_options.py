@@ -57,6 +57,7 @@ VALUES: dict[str, object] = {
     "metadata": {"instanceId": "test"},
     "wait": 0,
     "backoff": dl.Backoff.fixed(0.5),
+    "announce": True,
     "on_lost": "ignore",
 }
 
