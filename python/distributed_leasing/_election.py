@@ -506,7 +506,7 @@ async def _in_thread(fn: Callable[[Term], Any], term: Term) -> Any:
                 await asyncio.shield(done)
             except asyncio.CancelledError:
                 continue
-            except BaseException:  # noqa: BLE001, S110 - its error after the loss is moot
+            except BaseException:
                 break
         if not done.cancelled():
             done.exception()  # retrieved: no "never retrieved" warning

@@ -13,8 +13,8 @@ The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///pat
 or the configuration in ``--dir`` (appsettings.json, appsettings.Local.json, ``RedisLeasing__*``
 environment variables). ``--json`` prints machine-readable output for inspect, list and leader.
 
-Exit codes: 0 done (also "not held", "no leader", and Ctrl-C ending ``leader --watch``), 1 an error (store, configuration), 2 bad usage or a
-refused release, 130 interrupted.
+Exit codes: 0 done (also "not held", "no leader", and Ctrl-C ending ``leader --watch``), 1 an
+error (store, configuration), 2 bad usage or a refused release, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -213,7 +213,10 @@ def _print_leader(name: str, leader: LeaderInfo | None) -> None:
         return
     rows = [
         ("Election", _safe(name)),
-        ("Leader", "unknown (no instanceId)" if leader.identity is None else _safe(leader.identity)),
+        (
+            "Leader",
+            "unknown (no instanceId)" if leader.identity is None else _safe(leader.identity),
+        ),
         ("Term", _term(leader.term)),
         ("Lease ID", _safe(leader.lease_id)),
         ("Elected at", _time(leader.acquired_at)),
@@ -233,7 +236,9 @@ def _leader_line(leader: LeaderInfo | None) -> str:
     who = "unknown (no instanceId)" if leader.identity is None else _safe(leader.identity)
     line = f"{seen}  leader {who}  term {_term(leader.term)}  {_ttl(leader.expires_in)} left"
     if leader.metadata:
-        line += "  " + " ".join(f"{_safe(k)}={_safe(v)}" for k, v in sorted(leader.metadata.items()))
+        line += "  " + " ".join(
+            f"{_safe(k)}={_safe(v)}" for k, v in sorted(leader.metadata.items())
+        )
     return line
 
 
@@ -376,9 +381,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("leader", help="show who leads an election (--watch: each change)")
     s.add_argument("name", metavar="NAME")
-    s.add_argument(
-        "--watch", action="store_true", help="print one line per change, until Ctrl-C"
-    )
+    s.add_argument("--watch", action="store_true", help="print one line per change, until Ctrl-C")
     s.add_argument(
         "--json",
         action="store_true",

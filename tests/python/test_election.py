@@ -8,6 +8,7 @@ value first, then each change, no repeats, never a lower term, ended by closing 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import queue
 import signal
@@ -156,7 +157,7 @@ async def test_followers_observe_three_successive_leaders(
     leaders = [s for s in seen if s is not None]
     assert [s.identity for s in leaders] == ["c0", "c1", "c2"], seen
     assert [s.term for s in leaders] == terms and terms == sorted(set(terms)), seen
-    for a, b in zip(seen, seen[1:], strict=False):
+    for a, b in itertools.pairwise(seen):
         assert a != b, f"a value repeated: {seen}"
 
 
@@ -176,12 +177,12 @@ def test_observe_sync_sees_changes_and_ends_when_closed(
     thread = threading.Thread(target=observe, daemon=True)
     thread.start()
     assert got.wait(LIMIT) and seen == [None]
-    with dl.Election(unique_name, url=store.url, identity="s1") as candidate:
-        with candidate.campaign() as term:
-            deadline = time.monotonic() + LIMIT
-            while not any(s is not None and s.term == term.token for s in seen):
-                assert time.monotonic() < deadline, seen
-                time.sleep(0.05)
+    candidate = dl.Election(unique_name, url=store.url, identity="s1")
+    with candidate, candidate.campaign() as term:
+        deadline = time.monotonic() + LIMIT
+        while not any(s is not None and s.term == term.token for s in seen):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
     client.close_sync()
     thread.join(LIMIT)
     assert not thread.is_alive(), "closing the client did not end observe_sync()"
@@ -275,18 +276,17 @@ def test_resign_by_a_candidate_no_longer_leading_raises_lease_lost(
     old = dl.Election(unique_name, url=store.url, identity="old")
     new = dl.Election(unique_name, url=store.url, identity="new")
     # The campaign's exit reports the loss as well (the body ended without being told).
-    with pytest.raises(dl.LeaseLost, match="lost while its body ran"):
-        with old.campaign() as old_term:
-            assert admin.force_release_sync(unique_name)
-            with new.campaign(wait=LIMIT) as new_term:
-                with pytest.raises(dl.LeaseLost, match="not the leader") as refused:
-                    old_term.resign_sync()
-                assert refused.value.name == unique_name
-                leader = new.leader_sync()
-                assert leader is not None
-                assert (leader.identity, leader.lease_id) == ("new", new_term.lease_id)
-                assert new_term.token > old_term.token
-                assert old_term.is_lost and not new_term.is_lost
+    with pytest.raises(dl.LeaseLost, match="lost while its body ran"), old.campaign() as old_term:
+        assert admin.force_release_sync(unique_name)
+        with new.campaign(wait=LIMIT) as new_term:
+            with pytest.raises(dl.LeaseLost, match="not the leader") as refused:
+                old_term.resign_sync()
+            assert refused.value.name == unique_name
+            leader = new.leader_sync()
+            assert leader is not None
+            assert (leader.identity, leader.lease_id) == ("new", new_term.lease_id)
+            assert new_term.token > old_term.token
+            assert old_term.is_lost and not new_term.is_lost
     admin.close_sync()
     old.close_sync()
     new.close_sync()
@@ -308,11 +308,18 @@ async def test_proclaim_replaces_the_metadata_keeping_identity_term_and_expiry(
             await term.proclaim({"endpoint": "b:2"})
             leader = await election.leader()
             assert leader is not None
-            assert (leader.identity, leader.term, leader.lease_id) == ("p1", term.token, term.lease_id)
+            assert (leader.identity, leader.term, leader.lease_id) == (
+                "p1",
+                term.token,
+                term.lease_id,
+            )
             assert leader.metadata == {"endpoint": "b:2"}, "replaced as a whole: zone is gone"
             assert leader.expires_in is not None and leader.expires_in <= before + 1.0
             seen = await asyncio.wait_for(anext(watcher), LIMIT)
-            assert seen is not None and (seen.term, seen.metadata) == (term.token, {"endpoint": "b:2"})
+            assert seen is not None and (seen.term, seen.metadata) == (
+                term.token,
+                {"endpoint": "b:2"},
+            )
             with pytest.raises(ValueError, match="instanceId"):
                 await term.proclaim({"instanceId": "someone-else"})
 
@@ -323,16 +330,15 @@ def test_proclaim_by_a_candidate_no_longer_leading_raises_lease_lost(
     admin = dl.LeaseClient.connect_sync(store.url)
     old = dl.Election(unique_name, url=store.url, identity="old")
     new = dl.Election(unique_name, url=store.url, identity="new", metadata={"endpoint": "n"})
-    with pytest.raises(dl.LeaseLost):
-        with old.campaign() as old_term:
-            old_term.proclaim_sync({"endpoint": "o"})
-            assert admin.force_release_sync(unique_name)
-            with new.campaign(wait=LIMIT):
-                with pytest.raises(dl.LeaseLost):
-                    old_term.proclaim_sync({"endpoint": "stolen"})
-                leader = new.leader_sync()
-                assert leader is not None
-                assert (leader.identity, leader.metadata) == ("new", {"endpoint": "n"})
+    with pytest.raises(dl.LeaseLost), old.campaign() as old_term:
+        old_term.proclaim_sync({"endpoint": "o"})
+        assert admin.force_release_sync(unique_name)
+        with new.campaign(wait=LIMIT):
+            with pytest.raises(dl.LeaseLost):
+                old_term.proclaim_sync({"endpoint": "stolen"})
+            leader = new.leader_sync()
+            assert leader is not None
+            assert (leader.identity, leader.metadata) == ("new", {"endpoint": "n"})
     admin.close_sync()
     old.close_sync()
     new.close_sync()
@@ -472,27 +478,27 @@ def test_cli_leader_plain_and_json(store: StoreUnderTest, unique_name: str) -> N
     assert result.stdout.strip() == f"Election {unique_name!r} has no leader."
     result = leasing("--url", store.url, "leader", unique_name, "--json")
     assert (result.returncode, json.loads(result.stdout)) == (0, None)
-    with dl.Election(unique_name, url=store.url, identity="cli-1", metadata={"port": "80"}) as e:
-        with e.campaign() as term:
-            result = leasing("--url", store.url, "leader", unique_name)
-            assert result.returncode == 0, result.stderr
-            lines = dict(
-                (k.strip(), v.strip())
-                for k, v in (line.split(":", 1) for line in result.stdout.splitlines())
-            )
-            assert lines["Leader"] == "cli-1"
-            assert lines["Term"] == str(term.token)
-            assert lines["Metadata"] == "port=80"
-            assert lines["Time left"].endswith("s")
-            result = leasing("--url", store.url, "leader", unique_name, "--json")
-            doc = json.loads(result.stdout)
-            assert set(doc) == {"identity", "term", "acquired_at", "expires_in", "metadata"}
-            assert (doc["identity"], doc["term"], doc["metadata"]) == (
-                "cli-1",
-                term.token,
-                {"port": "80"},
-            )
-            assert 0 < doc["expires_in"] <= 30
+    e = dl.Election(unique_name, url=store.url, identity="cli-1", metadata={"port": "80"})
+    with e, e.campaign() as term:
+        result = leasing("--url", store.url, "leader", unique_name)
+        assert result.returncode == 0, result.stderr
+        lines = dict(
+            (k.strip(), v.strip())
+            for k, v in (line.split(":", 1) for line in result.stdout.splitlines())
+        )
+        assert lines["Leader"] == "cli-1"
+        assert lines["Term"] == str(term.token)
+        assert lines["Metadata"] == "port=80"
+        assert lines["Time left"].endswith("s")
+        result = leasing("--url", store.url, "leader", unique_name, "--json")
+        doc = json.loads(result.stdout)
+        assert set(doc) == {"identity", "term", "acquired_at", "expires_in", "metadata"}
+        assert (doc["identity"], doc["term"], doc["metadata"]) == (
+            "cli-1",
+            term.token,
+            {"port": "80"},
+        )
+        assert 0 < doc["expires_in"] <= 30
 
 
 @pytest.fixture
@@ -531,7 +537,9 @@ class LineReader:
 
     def next(self) -> object:
         line = self.lines.get(timeout=LIMIT)
-        assert line is not None, "the watch ended: " + (self.proc.stderr.read() if self.proc.stderr else "")  # type: ignore[union-attr]
+        assert line is not None, "the watch ended: " + (
+            self.proc.stderr.read() if self.proc.stderr else ""
+        )  # type: ignore[union-attr]
         return json.loads(line)
 
 
@@ -541,12 +549,12 @@ def test_cli_leader_watch_json_prints_each_change_until_sigint(
     assert watch_json.next() is None, "the current value first: no leader"
     tokens = []
     for identity in ("w1", "w2"):
-        with dl.Election(unique_name, url=store.url, identity=identity) as e:
-            with e.campaign() as term:
-                tokens.append(term.token)
-                doc = watch_json.next()
-                assert isinstance(doc, dict)
-                assert (doc["identity"], doc["term"]) == (identity, term.token)
+        e = dl.Election(unique_name, url=store.url, identity=identity)
+        with e, e.campaign() as term:
+            tokens.append(term.token)
+            doc = watch_json.next()
+            assert isinstance(doc, dict)
+            assert (doc["identity"], doc["term"]) == (identity, term.token)
         assert watch_json.next() is None, "resigned: no leader"
     assert tokens[1] > tokens[0]
     watch_json.proc.send_signal(signal.SIGINT)
