@@ -403,6 +403,37 @@ async def test_run_campaigns_again_after_a_loss(store: StoreUnderTest, unique_na
     await admin.close()
 
 
+async def test_run_waits_for_a_plain_fn_that_watches_is_lost_then_campaigns_again(
+    store: StoreUnderTest, unique_name: str
+) -> None:
+    admin = await dl.LeaseClient.connect(store.url)
+    async with dl.Election(unique_name, url=store.url, identity="t", duration=3.0) as election:
+        order: list[str] = []
+        leading = threading.Event()
+
+        def work(term: dl.Term) -> int:
+            order.append(f"start {term.token}")
+            if len(order) > 1:
+                return term.token
+            leading.set()
+            deadline = time.monotonic() + LIMIT
+            while not term.is_lost:  # a thread cannot be cancelled: it watches the loss
+                assert time.monotonic() < deadline, "the loss was never seen"
+                time.sleep(0.05)
+            time.sleep(0.5)  # run must wait for this thread before it campaigns again
+            order.append("first returned")
+            return -1
+
+        task = asyncio.create_task(election.run(work))
+        assert await asyncio.to_thread(leading.wait, LIMIT)
+        assert await admin.force_release(unique_name)
+        result = await asyncio.wait_for(task, LIMIT)
+        first, second = (int(o.split()[1]) for o in order if o.startswith("start"))
+        assert order == [f"start {first}", "first returned", f"start {second}"], order
+        assert result == second > first
+    await admin.close()
+
+
 async def test_cancelling_run_resigns(store: StoreUnderTest, unique_name: str) -> None:
     async with dl.Election(unique_name, url=store.url, identity="r") as election:
         leading = asyncio.Event()
