@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from . import _args, _native
 from ._lease import LeaseContext, _HasNative
@@ -446,7 +446,11 @@ class Election:
         _args.seconds("wait", wait)
         return Campaign(self, self._metadata if metadata is None else metadata, wait)
 
-    async def run(self, fn: Callable[[Term], Awaitable[T]] | Callable[[Term], T]) -> T:
+    @overload
+    async def run(self, fn: Callable[[Term], Awaitable[T]]) -> T: ...
+    @overload
+    async def run(self, fn: Callable[[Term], T]) -> T: ...
+    async def run(self, fn: Callable[[Term], Any]) -> Any:
         """Campaigns, then runs ``fn(term)`` while leading, and returns its result.
 
         ``fn`` is a coroutine function or a plain function (run in a thread). When it returns,
@@ -461,7 +465,7 @@ class Election:
             try:
                 async with self.campaign() as term:
                     if inspect.iscoroutinefunction(fn):
-                        result: T = await fn(term)
+                        result = await fn(term)
                     else:
                         result = await _in_thread(fn, term)
             except LeaseLost:
