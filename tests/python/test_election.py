@@ -8,6 +8,7 @@ value first, then each change, no repeats, never a lower term, ended by closing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import queue
@@ -532,10 +533,11 @@ def test_cli_leader_plain_and_json(store: StoreUnderTest, unique_name: str) -> N
         assert 0 < doc["expires_in"] <= 30
 
 
-@pytest.fixture
-def watch_json(store: StoreUnderTest, unique_name: str) -> Iterator[LineReader]:
+@contextlib.contextmanager
+def watching(url: str, name: str, *more: str) -> Iterator[LineReader]:
+    """``leasing leader NAME --watch`` running, its lines read by a thread; killed at the end."""
     proc = subprocess.Popen(
-        [str(LEASING), "--url", store.url, "leader", unique_name, "--watch", "--json"],
+        [str(LEASING), "--url", url, "leader", name, "--watch", *more],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -543,13 +545,18 @@ def watch_json(store: StoreUnderTest, unique_name: str) -> Iterator[LineReader]:
         encoding="utf-8",
         env=clean_env(),
     )
-    reader = LineReader(proc)
     try:
-        yield reader
+        yield LineReader(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
+
+
+@pytest.fixture
+def watch_json(store: StoreUnderTest, unique_name: str) -> Iterator[LineReader]:
+    with watching(store.url, unique_name, "--json") as reader:
+        yield reader
 
 
 class LineReader:
@@ -566,12 +573,15 @@ class LineReader:
             self.lines.put(line)
         self.lines.put(None)
 
-    def next(self) -> object:
+    def line(self) -> str:
         line = self.lines.get(timeout=LIMIT)
-        assert line is not None, "the watch ended: " + (
-            self.proc.stderr.read() if self.proc.stderr else ""
-        )  # type: ignore[union-attr]
-        return json.loads(line)
+        if line is None:
+            stderr = self.proc.stderr.read() if self.proc.stderr is not None else ""
+            raise AssertionError(f"the watch ended: {stderr}")
+        return line
+
+    def next(self) -> object:
+        return json.loads(self.line())
 
 
 def test_cli_leader_watch_json_prints_each_change_until_sigint(
@@ -591,3 +601,19 @@ def test_cli_leader_watch_json_prints_each_change_until_sigint(
     watch_json.proc.send_signal(signal.SIGINT)
     assert watch_json.proc.wait(LIMIT) == 0
     assert watch_json.lines.get(timeout=LIMIT) is None, "nothing more after the SIGINT"
+
+
+def test_cli_leader_watch_prints_one_line_per_change(
+    store: StoreUnderTest, unique_name: str
+) -> None:
+    with watching(store.url, unique_name) as watch:
+        assert watch.line().rstrip().endswith("  no leader")
+        e = dl.Election(unique_name, url=store.url, identity="plain-1", metadata={"k": "v"})
+        with e, e.campaign() as term:
+            line = watch.line()
+            assert f"leader plain-1  term {term.token}  " in line and line.rstrip().endswith("k=v")
+            term.proclaim_sync({"k": "w"})
+            assert watch.line().rstrip().endswith("k=w"), "a proclaim is a change"
+        assert watch.line().rstrip().endswith("  no leader")
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.proc.wait(LIMIT) == 0
