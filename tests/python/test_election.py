@@ -14,19 +14,16 @@ import json
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import distributed_leasing as dl
 import pytest
 from conftest import StoreUnderTest
-from demo_helpers import clean_env
+from demo_helpers import LEASING, clean_env, leasing
 from redis_servers import RedisServer
 
-LEASING = Path(sys.executable).parent / "leasing"
 LIMIT = 30.0  # generous bound for anything that should take well under a second
 
 
@@ -490,18 +487,6 @@ def test_a_holder_of_the_dotnet_origin_leads_without_a_term(
 
 
 # -- the command -------------------------------------------------------------------------------
-
-
-def leasing(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(LEASING), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=clean_env(),
-        timeout=60,
-    )
 
 
 def test_cli_leader_plain_and_json(store: StoreUnderTest, unique_name: str) -> None:
