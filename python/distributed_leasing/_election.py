@@ -195,11 +195,11 @@ class Campaign:
             "metadata": _with_identity(metadata, election.identity),
             "wait": wait,
             "duration": election._duration,
-            "announce": True,  # observers see the new leader at once
         }
         self._identity = election.identity
+        # Announced: observers on Redis and PostgreSQL see the new leader at once.
         self._context = LeaseContext(
-            election._client_async, election._client_sync, election.name, options
+            election._client_async, election._client_sync, election.name, options, announce=True
         )
 
     async def __aenter__(self) -> Term:

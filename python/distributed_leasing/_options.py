@@ -34,10 +34,6 @@ class LeaseOptions(TypedDict, total=False):
     """Whether Rust renews the lease in the background (default: the client's, True)."""
     metadata: Mapping[str, str] | None
     """Stored with the lease and shown to whoever is refused (e.g. ``instanceId``)."""
-    announce: bool | None
-    """Tell the name's observers (``Election.observe``) of this acquisition at once (Redis and
-    PostgreSQL publish a notice; default False: they see it by polling). Every election
-    campaign announces itself."""
 
 
 class AcquireOptions(LeaseOptions, total=False):
@@ -159,14 +155,18 @@ def lease_options(
     kind: Literal["lease", "acquire", "context"],
     name: object,
     options: Mapping[str, object],
+    *,
+    announce: bool = False,
 ) -> _native._Options:
     """Checks ``name`` and the keyword ``options`` of ``call`` (an entry point taking the
-    options of ``kind``) and builds the native options (``on_lost`` is left out)."""
+    options of ``kind``) and builds the native options (``on_lost`` is left out).
+    ``announce`` is no option of the entry points: an election's campaign sets it, so that
+    observers are told of its acquisition at once."""
     _args.text("name", name, "critical-section-lock")
     _check(call, _KINDS[kind], options)
     native: dict[str, Any] = {k: v for k, v in options.items() if k != "on_lost"}
-    if native.get("announce", False) is None:
-        del native["announce"]  # None: the default
+    if announce:
+        native["announce"] = True
     if "metadata" in native:
         native["metadata"] = _args.metadata(native["metadata"])
     if "backoff" in native:

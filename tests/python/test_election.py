@@ -159,6 +159,26 @@ async def test_followers_observe_three_successive_leaders(
         assert a != b, f"a value repeated: {seen}"
 
 
+async def test_observers_see_a_new_leader_at_once_as_campaigns_announce_themselves(
+    store: StoreUnderTest, unique_name: str
+) -> None:
+    # Where the feed carries only announced acquisitions (Redis, PostgreSQL), an observer with
+    # no leader re-reads every 5 s: a campaign that did not announce itself would be seen that
+    # late. Elsewhere the feed (etcd) or a poll of at most 1 s (SQLite) sees it.
+    async with (
+        dl.Election(unique_name, url=store.url, identity="watcher") as watcher,
+        dl.Election(unique_name, url=store.url, identity="quick") as candidate,
+    ):
+        observed = watcher.observe()
+        assert await anext(observed) is None
+        async with candidate.campaign() as term:
+            started = time.monotonic()
+            leader = await asyncio.wait_for(anext(observed), LIMIT)
+            took = time.monotonic() - started
+            assert leader is not None and leader.term == term.token
+            assert took < 2.5, f"seen after {took:.1f}s: the campaign was not announced"
+
+
 def test_observe_sync_sees_changes_and_ends_when_closed(
     store: StoreUnderTest, unique_name: str
 ) -> None:

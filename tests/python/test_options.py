@@ -61,7 +61,6 @@ VALUES: dict[str, object] = {
     "metadata": {"instanceId": "test"},
     "wait": 0,
     "backoff": dl.Backoff.fixed(0.5),
-    "announce": True,
     "on_lost": "ignore",
 }
 
