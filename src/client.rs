@@ -539,6 +539,12 @@ impl LeaseClient {
         self.renewals.is_closed()
     }
 
+    /// Resolves once [`Self::close`] was called on this client or a clone of it (at once if
+    /// it was): what ends the waits of its observers.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.renewals.closed()
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.renewals.is_closed() {
             return Err(closed_error());

@@ -47,6 +47,7 @@ use crate::client::{LeaseClient, LeaseOptions};
 use crate::error::{LeaseError, Result};
 use crate::info::LeaseInfo;
 use crate::lease::Lease;
+use crate::store::common::closed_error;
 use crate::wait::{ChangeWatch, Feed, Observed};
 
 /// The metadata key that holds a candidate's identity (the sample's `meta_instanceId`).
@@ -122,6 +123,19 @@ pub fn default_identity() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// Checks a candidate's identity: readable text, not empty, without control characters.
+///
+/// # Errors
+/// `InvalidArgument` naming the identity and what to give instead.
+pub fn check_identity(identity: &str) -> Result<()> {
+    if identity.is_empty() || identity.chars().any(char::is_control) {
+        return Err(LeaseError::InvalidArgument(format!(
+            "identity {identity:?} is empty or contains a control character; give a readable name such as 'us-east-1' (or none: the default is host:pid)"
+        )));
+    }
+    Ok(())
+}
+
 /// One election: the lease `name` of a client, and this candidate's identity.
 #[derive(Debug, Clone)]
 pub struct Election {
@@ -139,11 +153,7 @@ impl Election {
     pub fn new(client: LeaseClient, name: &str, identity: Option<&str>) -> Result<Self> {
         crate::store::validate_name(name)?;
         let identity = identity.map_or_else(default_identity, str::to_owned);
-        if identity.is_empty() || identity.chars().any(char::is_control) {
-            return Err(LeaseError::InvalidArgument(format!(
-                "identity {identity:?} is empty or contains a control character; give a readable name such as 'us-east-1' (or none: the default is host:pid)"
-            )));
-        }
+        check_identity(&identity)?;
         Ok(Self {
             client,
             name: name.to_owned(),
@@ -265,9 +275,19 @@ impl Observer {
     /// The next value: the current leader (or `None`) at the first call, then the next change.
     ///
     /// # Errors
-    /// Only what retrying cannot mend (a closed client); a failed read is retried on the poll
-    /// schedule.
+    /// Only what retrying cannot mend: the client was closed (before or while it waited: the
+    /// wait ends then), a bad name; a failed read is retried on the poll schedule.
     pub async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        let closed = self.election.client.closed();
+        tokio::select! {
+            biased;
+            () = closed => Err(closed_error()),
+            next = self.next_value() => next,
+        }
+    }
+
+    /// [`Self::next`] while the client is open.
+    async fn next_value(&mut self) -> Result<Option<LeaderInfo>> {
         if self.watch.is_none() {
             // Listen before the first read: a change after it is then seen.
             let mut watch = self

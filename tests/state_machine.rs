@@ -1090,6 +1090,33 @@ async fn an_observer_rereads_soon_after_a_failed_read() {
     );
 }
 
+/// Closing the client ends an observer's wait for the next change (an error, not a hang), and
+/// an observer of a closed client ends at once.
+#[tokio::test(start_paused = true)]
+async fn closing_the_client_ends_an_observers_wait() {
+    use distributed_leasing::election::Election;
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), None);
+    let e = Election::new(c.clone(), "observed-closed", Some("a")).unwrap();
+    let _term = e
+        .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let mut o = e.observe();
+    assert!(within(ms(500), o.next()).await.unwrap().is_some());
+    let waiting = tokio::spawn(async move {
+        let r = o.next().await;
+        (r, o)
+    });
+    sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "no change yet: it waits");
+    c.close().await;
+    let (r, mut o) = within(ms(100), waiting).await.unwrap();
+    assert!(r.unwrap_err().to_string().contains("closed"));
+    let again = within(ms(100), o.next()).await;
+    assert!(again.is_err(), "closed: it ends at once");
+}
+
 /// Not on paused time: the point is a process that was not running (SIGSTOP, a long pause)
 /// past its deadline, so that nothing (not the renewal scheduler's deadline timer either) has
 /// ended the lease when its holder calls proclaim. The one thread of the runtime is blocked

@@ -70,7 +70,9 @@ impl<'py> FromPyObject<'_, 'py> for Secs {
     }
 }
 
-fn metadata_of(metadata: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, String>> {
+pub(crate) fn metadata_of(
+    metadata: Option<&Bound<'_, PyDict>>,
+) -> PyResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let Some(d) = metadata else { return Ok(out) };
     for (k, v) in d.iter() {
