@@ -71,7 +71,7 @@ start() {
 candidate() {
     local name="$1" region="$2" election="$3"
     "${elect[@]}" --instance "$name" --region "$region" --name "$election" \
-        --lease-seconds "$LEASE" --renew-seconds "$RENEW" --progress-seconds 0.5 \
+        --lease-seconds "$LEASE" --progress-seconds 0.5 \
         >"$tmp/$name.out" 2>&1 &
     pids+=("$!")
     pid_of[$name]=$!
