@@ -129,15 +129,24 @@ async def elect(args: argparse.Namespace, signals: list[str]) -> int:
     say()
     say(f"{tag} Campaigning | Region: {args.region}")
     follower = asyncio.create_task(follow(tag, election))
+    terms: list[int] = []  # the term this instance leads now, if any
     try:
-        result = await election.run(lambda term: lead(args, tag, term))
+
+        async def leading(term: Term) -> str:
+            terms.append(term.token)
+            try:
+                return await lead(args, tag, term)
+            finally:
+                terms.remove(term.token)
+
+        result = await election.run(leading)
         say(f"{tag} Resigned | {result}")
         return EXIT_OK
     except asyncio.CancelledError:
         if not signals:
             raise
         # run() resigned (when leading) before the cancellation came out.
-        say(f"{tag} Interrupted | Resigned if leading")
+        say(f"{tag} Interrupted | Resigned term {terms[-1]}" if terms else f"{tag} Interrupted")
         return EXIT_SIGTERM if signals[0] == "SIGTERM" else EXIT_SIGINT
     finally:
         follower.cancel()
