@@ -129,15 +129,16 @@ async def elect(args: argparse.Namespace, signals: list[str]) -> int:
     say()
     say(f"{tag} Campaigning | Region: {args.region}")
     follower = asyncio.create_task(follow(tag, election))
-    terms: list[int] = []  # the term this instance leads now, if any
+    resigned: list[int] = []  # the term a stop interrupted, if it came while leading
     try:
 
         async def leading(term: Term) -> str:
-            terms.append(term.token)
             try:
                 return await lead(args, tag, term)
-            finally:
-                terms.remove(term.token)
+            except asyncio.CancelledError:
+                if signals:  # stopped while leading (not a loss): run() resigns this term
+                    resigned.append(term.token)
+                raise
 
         result = await election.run(leading)
         say(f"{tag} Resigned | {result}")
@@ -146,7 +147,7 @@ async def elect(args: argparse.Namespace, signals: list[str]) -> int:
         if not signals:
             raise
         # run() resigned (when leading) before the cancellation came out.
-        say(f"{tag} Interrupted | Resigned term {terms[-1]}" if terms else f"{tag} Interrupted")
+        say(f"{tag} Interrupted" + (f" | Resigned term {resigned[0]}" if resigned else ""))
         return EXIT_SIGTERM if signals[0] == "SIGTERM" else EXIT_SIGINT
     finally:
         follower.cancel()
