@@ -1707,6 +1707,8 @@ class Summary:
         ]
         if "prefork" in ops:
             lines.insert(-2, f"   prefork: {ops['prefork']}")
+        if "observed" in ops:
+            lines.insert(-2, f"   observed: {ops['observed']}")
         for kind, items in sorted(self.details.items()):
             for item in items[:5]:
                 lines.append(f"     {kind}: {json.dumps(item, default=str)[:400]}")
@@ -2070,7 +2072,7 @@ class Orchestrator:
         # a record file per leaf, and one of the prefork parent
         expected = sum(
             1 if s["kind"] == "direct" else s["children"] + (s["kind"] == "prefork")
-            for s in host_plan(self.fork, self.prefork)
+            for s in host_plan(self.fork, self.prefork, self.election)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

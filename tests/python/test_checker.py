@@ -175,3 +175,39 @@ def test_checker_sees_a_lease_held_by_nobody(tmp_path: Path) -> None:
     exited = summary.operations["processes"]["exited_cleanly"]
     assert exited == len(checker.host_plan(fork=False)), summary.text()
     assert summary.violations == {"held_by_nobody": exited}, summary.text()
+
+
+def test_checker_sees_what_an_observer_must_never_yield(tmp_path: Path) -> None:
+    """The control of (f): an observer's log with a value repeated, a term that goes down and
+    a leader seen with another term than it was granted must give one violation each (the
+    election runs above could not fail on these otherwise)."""
+    import json
+
+    records = tmp_path / "records"
+    records.mkdir()
+    grant = {"pid": 1, "wid": "w", "lane": "async_ctx", "t_call": 0.0, "t_ret": 0.1, "wait": 0}
+    seen = [
+        (None, None, None),
+        ("lease-a", 1, {"k": "1"}),
+        ("lease-a", 1, {"k": "1"}),  # the same value twice in a row
+        ("lease-b", 2, {}),
+        ("lease-a", 1, {"k": "2"}),  # a term lower than one yielded
+        ("lease-c", 7, {}),  # granted with token 3
+    ]
+    lines = [
+        {"ev": "acq", "h": f"w:{i}", "lease_id": lid, "token": tok, **grant}
+        for i, (lid, tok) in enumerate([("lease-a", 1), ("lease-b", 2), ("lease-c", 3)])
+    ] + [
+        {"ev": "observed", "pid": 2, "wid": "o", "t": float(i), "lease_id": lid, "term": term,
+         "identity": None, "metadata": meta}
+        for i, (lid, term, meta) in enumerate(seen)
+    ]  # fmt: skip
+    (records / "w-1-w.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = checker.analyze(
+        store="sqlite", seed=0, seconds=0, records_dir=records, reg_log=[], final_value=0,
+        faults=[], stuck=[], crashed=[],
+    )  # fmt: skip
+    got = summary.violations
+    assert got.get("observed_repeat") == 1, summary.text()
+    assert got.get("observed_term_down") == 1, summary.text()
+    assert got.get("observed_term_mismatch") == 1, summary.text()
