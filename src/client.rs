@@ -124,12 +124,12 @@ pub enum TryAcquire {
 pub struct LeaseClient {
     store: Arc<dyn LeaseStore>,
     options: ClientOptions,
-    renewals: renewal::Scheduler,
+    pub(crate) renewals: renewal::Scheduler,
     /// Set in a view made by [`Self::via`]: the store its requests go through.
     via: Option<Arc<dyn LeaseStore>>,
     /// The runtime the client was made in: its leases' renewals and background releases run
     /// there, wherever (on whichever runtime) the acquire itself was polled.
-    runtime: Option<tokio::runtime::Handle>,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 impl LeaseClient {
@@ -225,7 +225,7 @@ impl LeaseClient {
 
     /// The lease's duration and renewal interval (`None`: no auto-renewal), checked by the one
     /// rule the configuration checks too ([`crate::timing`]).
-    fn resolve(&self, opts: &LeaseOptions) -> Result<(Duration, Option<Duration>)> {
+    pub(crate) fn resolve(&self, opts: &LeaseOptions) -> Result<(Duration, Option<Duration>)> {
         let duration = opts.duration.unwrap_or(self.options.default_duration);
         if let Err(refusal) = timing::check_duration(duration) {
             return Err(LeaseError::InvalidArgument(format!(
@@ -556,7 +556,7 @@ impl LeaseClient {
         self.renewals.closed()
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.renewals.is_closed() {
             return Err(closed_error());
         }
@@ -692,7 +692,7 @@ fn missing_feature(what: &str, feature: &str) -> LeaseError {
 /// A fresh lease id: a UUID v4 from the OS's random source (getrandom), explicitly, so that no
 /// feature of the `uuid` crate turned on elsewhere in a build can swap in a user-space generator
 /// whose state a fork() would copy into every child.
-fn new_lease_id() -> Result<String> {
+pub(crate) fn new_lease_id() -> Result<String> {
     use rand::TryRngCore;
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| {

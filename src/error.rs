@@ -104,6 +104,16 @@ pub enum LeaseError {
         /// The holder now.
         holder: Box<LeaseInfo>,
     },
+    /// A semaphore was asked for with a limit other than the one stored with it.
+    #[error("semaphore '{name}' has the limit {stored} stored, not {asked} as asked: pass limit={stored}, or limit=None to use the stored one; change it with set_semaphore_limit (an administrator's act)")]
+    LimitMismatch {
+        /// The semaphore's name.
+        name: String,
+        /// The limit stored with the semaphore.
+        stored: u32,
+        /// The limit the caller asked for.
+        asked: u32,
+    },
     /// The configuration (appsettings.json, environment, arguments) is missing or invalid.
     #[error("{0}")]
     Config(String),

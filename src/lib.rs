@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod renewal;
 #[doc(hidden)]
 pub mod secret;
+pub mod semaphore;
 pub mod store;
 #[cfg(feature = "network")]
 mod task_slot;
@@ -62,3 +63,4 @@ pub use error::{BackendErrorKind, LeaseError, LostReason, Result};
 pub use info::LeaseInfo;
 pub use lease::{Lease, LeaseEnd, LeaseEvent, LeaseEvents};
 pub use secret::Secret;
+pub use semaphore::{Permit, TryPermit};

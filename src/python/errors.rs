@@ -80,6 +80,18 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
             let _ = err.value(py).setattr("reason", reason.as_str());
             err
         }
+        CoreError::LimitMismatch {
+            name,
+            stored,
+            asked,
+        } => {
+            let err = LeaseError::new_err(message);
+            let value = err.value(py);
+            let _ = value.setattr("name", name);
+            let _ = value.setattr("stored", stored);
+            let _ = value.setattr("asked", asked);
+            err
+        }
         CoreError::Config(_) => ConfigError::new_err(message),
         CoreError::InvalidArgument(_) => PyValueError::new_err(message),
         CoreError::Backend { kind, .. } => {

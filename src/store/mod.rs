@@ -123,6 +123,126 @@ pub struct RenewItem<'a> {
     pub duration: Duration,
 }
 
+/// The largest semaphore limit accepted (2^31 − 1): slots are `0..limit`.
+pub const MAX_SEMAPHORE_LIMIT: u32 = i32::MAX as u32;
+
+/// Most holders a refused permit acquire reports ([`PermitOutcome::Full`]).
+pub const MAX_REPORTED_HOLDERS: usize = 100;
+
+/// What marks a record of a semaphore among the leases of a store: the name of a permit's
+/// record (a lease record, renewed and released by the lease operations) is
+/// `\u{1e}<semaphore>\u{1e}<slot>` ([`permit_record`]; the slot in 10 digits, so that the
+/// records of one semaphore sort by slot). [`validate_name`] refuses control
+/// characters, so no lease name can take this form, and a semaphore and a lease of the same name
+/// never see each other's records; stores leave these records out of [`LeaseStore::list`].
+pub const SEMAPHORE_MARK: char = '\u{1e}';
+
+/// The name of the lease record that holds `slot` of the semaphore `name`.
+#[must_use]
+pub fn permit_record(name: &str, slot: u32) -> String {
+    format!("{SEMAPHORE_MARK}{name}{SEMAPHORE_MARK}{slot:010}")
+}
+
+/// The semaphore and slot of a permit's record name ([`permit_record`]); `None` for a lease's.
+#[must_use]
+pub fn parse_permit_record(record: &str) -> Option<(&str, u32)> {
+    let rest = record.strip_prefix(SEMAPHORE_MARK)?;
+    let (name, slot) = rest.rsplit_once(SEMAPHORE_MARK)?;
+    Some((name, slot.parse().ok()?))
+}
+
+/// The key of a semaphore's own state in a store (its limit, its token counter) and the name
+/// its waiters watch ([`LeaseStore::watch_releases`]): a release of any of its permits is
+/// told under this name ([`release_notice_name`]).
+#[must_use]
+pub fn semaphore_key(name: &str) -> String {
+    format!("{SEMAPHORE_MARK}{name}")
+}
+
+/// The name under which a store tells waiters of the release of `record`: the semaphore's
+/// ([`semaphore_key`]) for a permit's record, else the lease's own.
+#[must_use]
+pub fn release_notice_name(record: &str) -> std::borrow::Cow<'_, str> {
+    match parse_permit_record(record) {
+        Some((name, _)) => std::borrow::Cow::Owned(semaphore_key(name)),
+        None => std::borrow::Cow::Borrowed(record),
+    }
+}
+
+/// Whether `name` is a record of a semaphore ([`SEMAPHORE_MARK`]), which lease listings leave
+/// out.
+#[must_use]
+pub fn is_semaphore_record(name: &str) -> bool {
+    name.starts_with(SEMAPHORE_MARK)
+}
+
+/// What a permit acquire asks the store for ([`LeaseStore::try_acquire_permit`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PermitRequest<'a> {
+    /// The semaphore's name (validated by [`validate_name`]).
+    pub name: &'a str,
+    /// The limit the caller expects (1..=[`MAX_SEMAPHORE_LIMIT`]): stored if the semaphore has
+    /// none, else it must equal the stored one (`LimitMismatch`); `None` uses the stored one.
+    pub limit: Option<u32>,
+    /// The new permit's lease id (a fresh UUID).
+    pub lease_id: &'a str,
+    /// How long the store keeps the permit without a renewal (on the server's clock).
+    pub duration: Duration,
+    /// The holder's wall-clock time of acquisition, stored for people to read.
+    pub acquired_at: DateTime<Utc>,
+    /// Metadata stored with the permit.
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// One holder of a semaphore: the permit's record as a lease (its `name` is the semaphore's)
+/// and its slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemaphoreHolder {
+    /// The slot it occupies (`0..limit`, or above a limit that was lowered since).
+    pub slot: u32,
+    /// The permit as anyone may see it.
+    pub info: LeaseInfo,
+}
+
+/// The result of a permit acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermitOutcome {
+    /// A permit is ours: its slot and its fencing token (strictly greater than every token
+    /// handed out before by this semaphore).
+    Acquired {
+        /// The slot taken (the lowest free one).
+        slot: u32,
+        /// From the semaphore's one counter.
+        fencing_token: u64,
+    },
+    /// The semaphore is full.
+    Full {
+        /// The stored limit.
+        limit: u32,
+        /// The holders (at most a bounded number of them), by slot.
+        holders: Vec<SemaphoreHolder>,
+    },
+}
+
+/// A semaphore as anyone may see it ([`LeaseStore::semaphore_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemaphoreInfo {
+    /// The semaphore's name.
+    pub name: String,
+    /// The stored limit.
+    pub limit: u32,
+    /// The live permits, by slot.
+    pub holders: Vec<SemaphoreHolder>,
+}
+
+/// The error of a semaphore operation on a store that does not have semaphores (yet).
+#[must_use]
+pub fn semaphores_unsupported(kind: &str) -> crate::error::LeaseError {
+    crate::error::LeaseError::Config(format!(
+        "the {kind} store does not support semaphores in this version; use the SQLite store, or a lease"
+    ))
+}
+
 /// A backend that keeps leases. Every method is one atomic operation on the store.
 ///
 /// **Callers pass validated input**: every name (of a lease, and in a [`RenewItem`]) passes
@@ -231,6 +351,47 @@ pub trait LeaseStore: Any + Send + Sync + Debug {
     /// # Errors
     /// Backend failures; `WrongType` if the record is not a lease.
     async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased>;
+
+    /// Takes a permit of the semaphore `req.name` if it has a free slot; otherwise returns its
+    /// limit and holders. One atomic operation: checks the stored limit (or stores
+    /// `req.limit` for a semaphore that has none), takes the lowest free slot below the limit
+    /// unless `limit` permits are live (lowering a limit evicts nobody: slots above it count
+    /// until they are released), draws the token from the semaphore's counter, and writes the
+    /// slot's record, a lease record named [`permit_record`] with its own expiry on the
+    /// store's clock. That record is renewed, released and force-released by the lease
+    /// operations; its release is told to the waiters of [`semaphore_key`]. A store whose
+    /// limit was never lowered stops at the first free slot (no scan of the limit).
+    ///
+    /// # Errors
+    /// `LimitMismatch` when `req.limit` differs from the stored limit; `InvalidArgument` for
+    /// `limit: None` on a semaphore with no stored limit; backend failures. The default: a
+    /// store without semaphores.
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        let _ = req;
+        Err(semaphores_unsupported(self.kind()))
+    }
+
+    /// The semaphore `name`: its stored limit and live permits; `None` for a name never used
+    /// (the limit stays stored when no permit is held).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        let _ = name;
+        Err(semaphores_unsupported(self.kind()))
+    }
+
+    /// Stores `limit` (1..=[`MAX_SEMAPHORE_LIMIT`]) as the limit of the semaphore `name`
+    /// (an administrator's act), creating it if it was never used; returns the limit it had.
+    /// Nobody is evicted: after a lowering, nobody is admitted until fewer than `limit`
+    /// permits are live.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        let _ = (name, limit);
+        Err(semaphores_unsupported(self.kind()))
+    }
 
     /// Starts watching for releases of `name` by anyone (see [`crate::wait`]): the returned
     /// watch wakes one waiter per release (release and force release). Never fails: a store
@@ -398,6 +559,21 @@ mod tests {
         (0..n)
             .map(|i| (format!("k{i}"), value.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn permit_records_round_trip_and_no_lease_name_can_take_their_form() {
+        let name = "a:b\u{e9}:0";
+        let record = permit_record(name, 42);
+        assert_eq!(parse_permit_record(&record), Some((name, 42)));
+        assert!(is_semaphore_record(&record));
+        assert!(validate_name(&record).is_err());
+        assert!(validate_name(&semaphore_key(name)).is_err());
+        assert_eq!(parse_permit_record(name), None);
+        // Sorted by slot within a semaphore.
+        assert!(permit_record(name, 9) < permit_record(name, 10));
+        assert_eq!(release_notice_name(&record), semaphore_key(name));
+        assert_eq!(release_notice_name(name), name);
     }
 
     #[test]

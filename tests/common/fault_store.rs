@@ -27,8 +27,10 @@ use chrono::{DateTime, Utc};
 use distributed_leasing::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use distributed_leasing::info::LeaseInfo;
 use distributed_leasing::store::{
-    renew_each, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
-    ReleaseOutcome, RenewItem, RenewOutcome,
+    is_semaphore_record, permit_record, release_notice_name, renew_each, semaphore_key,
+    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, PermitOutcome, PermitRequest,
+    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome, SemaphoreHolder, SemaphoreInfo,
+    MAX_REPORTED_HOLDERS,
 };
 use distributed_leasing::wait::{Change, ChangeWatch, ReleaseBoard, ReleaseWatch};
 use tokio::time::Instant;
@@ -64,6 +66,10 @@ impl Record {
 struct Leases {
     records: HashMap<String, Record>,
     fences: HashMap<String, u64>,
+    /// Semaphores: name → (limit, slots: the highest limit it ever had).
+    semaphores: HashMap<String, (u32, u32)>,
+    /// Slot records looked at by permit acquires (what an acquire costs).
+    probes: u64,
 }
 
 impl Leases {
@@ -234,8 +240,126 @@ impl MemStore {
 
     fn notify(&self, name: &str) {
         if let Some(board) = &self.board {
-            board.notify(name);
+            board.notify(&release_notice_name(name));
         }
+    }
+
+    /// Takes a permit as the stores do ([`LeaseStore::try_acquire_permit`]): the stored limit
+    /// checked or set, the lowest free slot (stopping at the first free one while the limit
+    /// was never lowered, else counting every slot below the highest limit), the token from
+    /// the semaphore's counter, the slot's record a lease record.
+    ///
+    /// # Errors
+    /// `LimitMismatch`; `InvalidArgument` for `limit: None` on a semaphore never used.
+    pub fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        let now = Instant::now();
+        let mut l = lock(&self.leases);
+        let (limit, slots) = match (l.semaphores.get(req.name).copied(), req.limit) {
+            (Some((stored, _)), Some(asked)) if stored != asked => {
+                return Err(LeaseError::LimitMismatch {
+                    name: req.name.to_owned(),
+                    stored,
+                    asked,
+                })
+            }
+            (Some(config), _) => config,
+            (None, Some(limit)) => {
+                l.semaphores.insert(req.name.to_owned(), (limit, limit));
+                (limit, limit)
+            }
+            (None, None) => return Err(no_stored_limit(req.name)),
+        };
+        let mut holders = Vec::new();
+        let mut live = 0u32;
+        let mut free = None;
+        let mut above = false;
+        for slot in 0..slots {
+            l.probes += 1;
+            let record = permit_record(req.name, slot);
+            match l.live(&record, now) {
+                Some(r) => {
+                    live += 1;
+                    above |= slot >= limit;
+                    if holders.len() < MAX_REPORTED_HOLDERS {
+                        let info = r.info(req.name, now);
+                        holders.push(SemaphoreHolder { slot, info });
+                    }
+                }
+                None if slot < limit && free.is_none() => {
+                    free = Some(slot);
+                    // Never lowered: a free slot below the limit proves room.
+                    if slots == limit {
+                        break;
+                    }
+                }
+                None => {}
+            }
+        }
+        let Some(slot) = free.filter(|_| live < limit) else {
+            return Ok(PermitOutcome::Full { limit, holders });
+        };
+        if slots > limit && !above {
+            // Nobody above the lowered limit any more: acquires stop at the first free slot again.
+            l.semaphores.insert(req.name.to_owned(), (limit, limit));
+        }
+        let fence = l.fences.entry(semaphore_key(req.name)).or_insert(0);
+        *fence += 1;
+        let fencing_token = *fence;
+        l.records.insert(
+            permit_record(req.name, slot),
+            Record {
+                lease_id: req.lease_id.to_owned(),
+                fencing_token,
+                acquired_at: req.acquired_at,
+                metadata: req.metadata.clone(),
+                expires_at: now + req.duration,
+            },
+        );
+        Ok(PermitOutcome::Acquired {
+            slot,
+            fencing_token,
+        })
+    }
+
+    /// The semaphore `name`: its limit and live permits; `None` if never used.
+    #[must_use]
+    pub fn semaphore(&self, name: &str) -> Option<SemaphoreInfo> {
+        let now = Instant::now();
+        let mut l = lock(&self.leases);
+        let (limit, _) = l.semaphores.get(name).copied()?;
+        l.records.retain(|_, r| r.expires_at > now);
+        let mut holders: Vec<SemaphoreHolder> = l
+            .records
+            .iter()
+            .filter_map(|(n, r)| {
+                let (sem, slot) = distributed_leasing::store::parse_permit_record(n)?;
+                (sem == name).then(|| SemaphoreHolder {
+                    slot,
+                    info: r.info(name, now),
+                })
+            })
+            .collect();
+        holders.sort_by_key(|h| h.slot);
+        Some(SemaphoreInfo {
+            name: name.to_owned(),
+            limit,
+            holders,
+        })
+    }
+
+    /// Stores `limit` for `name`; returns the limit it had.
+    pub fn set_limit(&self, name: &str, limit: u32) -> Option<u32> {
+        let mut l = lock(&self.leases);
+        let before = l.semaphores.get(name).copied();
+        let slots = before.map_or(limit, |(_, slots)| slots.max(limit));
+        l.semaphores.insert(name.to_owned(), (limit, slots));
+        before.map(|(limit, _)| limit)
+    }
+
+    /// Slot records looked at by permit acquires so far.
+    #[must_use]
+    pub fn slot_probes(&self) -> u64 {
+        lock(&self.leases).probes
     }
 
     /// Tells the observers of `name` of a change that is not a release.
@@ -263,7 +387,7 @@ impl MemStore {
         let mut out: Vec<LeaseInfo> = l
             .records
             .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
+            .filter(|(n, _)| n.starts_with(prefix) && !is_semaphore_record(n))
             .map(|(n, r)| r.info(n, now))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -366,6 +490,18 @@ impl LeaseStore for MemStore {
         Ok(MemStore::force_release(self, name, lease_id))
     }
 
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        self.acquire_permit(req)
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        Ok(self.semaphore(name))
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        Ok(self.set_limit(name, limit))
+    }
+
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.watch(name)
     }
@@ -373,6 +509,13 @@ impl LeaseStore for MemStore {
     fn watch_changes(&self, name: &str) -> ChangeWatch {
         self.observe(name)
     }
+}
+
+/// The refusal of `limit: None` for a semaphore that has no stored limit.
+fn no_stored_limit(name: &str) -> LeaseError {
+    LeaseError::InvalidArgument(format!(
+        "semaphore {name:?} has no stored limit (it was never used): give its limit"
+    ))
 }
 
 /// One operation of the store, as the fault layer programs and counts them.
@@ -385,6 +528,7 @@ pub enum Op {
     Inspect,
     List,
     ForceRelease,
+    AcquirePermit,
 }
 
 /// What happens to one call.
@@ -680,6 +824,34 @@ impl LeaseStore for FaultStore {
             m.force_release(&n, id.as_deref())
         })
         .await
+    }
+
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        let (name, lease_id, metadata) = (
+            req.name.to_owned(),
+            req.lease_id.to_owned(),
+            req.metadata.clone(),
+        );
+        let (limit, duration, acquired_at) = (req.limit, req.duration, req.acquired_at);
+        self.call(Op::AcquirePermit, req.name, move |m| {
+            m.acquire_permit(&PermitRequest {
+                name: &name,
+                limit,
+                lease_id: &lease_id,
+                duration,
+                acquired_at,
+                metadata: &metadata,
+            })
+        })
+        .await?
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        Ok(self.mem.semaphore(name))
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        Ok(self.mem.set_limit(name, limit))
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {

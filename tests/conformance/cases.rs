@@ -14,6 +14,7 @@ use crate::{unique, Harness};
 
 // The waiting and events cases live in their own file; the suite calls them through here.
 pub use crate::election::*;
+pub use crate::semaphore::*;
 pub use crate::waiting::*;
 
 fn short(ms: u64) -> LeaseOptions {

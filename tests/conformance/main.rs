@@ -14,6 +14,7 @@ mod fault_store;
 
 mod cases;
 mod election;
+mod semaphore;
 mod waiting;
 
 use std::time::Duration;
@@ -163,6 +164,13 @@ impl Harness {
         }
     }
 
+    /// Slot records looked at by permit acquires so far, where the store counts them (the
+    /// in-memory store): what a permit acquire costs, without timing it.
+    #[must_use]
+    pub fn slot_probes(&self) -> Option<u64> {
+        self.mem.as_ref().map(|m| m.slot_probes())
+    }
+
     /// An SQLite file in a directory of its own.
     ///
     /// # Panics
@@ -276,4 +284,30 @@ all_stores!(
     proclaim_and_resign_by_a_non_leader_are_refused,
     an_observer_sees_a_proclaim_once,
     an_observer_sees_a_new_leader_from_the_feed,
+);
+
+/// The stores that have semaphores so far (the others refuse them with a `Config` error).
+macro_rules! semaphore_stores {
+    ($($case:ident),* $(,)?) => {
+        mod semaphores {
+            conformance!(memory, crate::Harness::memory(), [$($case),*]);
+        }
+    };
+}
+
+semaphore_stores!(
+    semaphore_never_admits_more_than_its_limit,
+    permits_take_distinct_slots_up_to_the_limit,
+    a_different_limit_is_refused_naming_both,
+    bad_limits_are_refused,
+    lowering_the_limit_evicts_nobody_and_admits_nobody_until_below,
+    tokens_strictly_increase_and_freed_slots_are_reused,
+    a_permit_release_is_owner_checked_and_adds_no_permit,
+    an_expired_permit_is_never_renewed_or_re_created,
+    a_semaphore_and_a_lease_of_one_name_are_separate,
+    a_huge_limit_with_a_long_name_stays_cheap,
+    a_release_wakes_a_permit_waiter,
+    a_cancelled_permit_wait_leaves_nothing,
+    a_dropped_permit_is_released,
+    permits_are_renewed_in_the_background,
 );
