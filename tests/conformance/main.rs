@@ -291,6 +291,7 @@ macro_rules! semaphore_stores {
     ($($case:ident),* $(,)?) => {
         mod semaphores {
             conformance!(memory, crate::Harness::memory(), [$($case),*]);
+            conformance!(sqlite, crate::Harness::sqlite(), [$($case),*]);
         }
     };
 }

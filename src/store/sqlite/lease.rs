@@ -1,5 +1,5 @@
 //! The SQLite store's lease operations: [`LeaseStore`] for [`SqliteStore`] (acquire, renew,
-//! proclaim, release, inspect, list, forced release), each write one `BEGIN IMMEDIATE` transaction on the
+//! proclaim, release, inspect, list, forced release; the semaphores' are in `semaphore.rs`), each write one `BEGIN IMMEDIATE` transaction on the
 //! `leases` and `fences` tables, and the lease row as stored ([`StoredLease`]). The rules they
 //! keep are the store's (see [`super`]).
 
@@ -13,8 +13,9 @@ use super::{now_ms, Failure, SqliteStore};
 use crate::error::{LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
-    ReleaseOutcome, RenewItem, RenewOutcome,
+    common, is_semaphore_record, release_notice_name, AcquireOutcome, AcquireRequest,
+    ForceReleased, LeaseStore, PermitOutcome, PermitRequest, ProclaimOutcome, ReleaseOutcome,
+    RenewItem, RenewOutcome, SemaphoreInfo,
 };
 use crate::wait::{Change, ChangeWatch, ReleaseWatch};
 
@@ -186,7 +187,7 @@ impl LeaseStore for SqliteStore {
             )
             .await?;
         if outcome == ReleaseOutcome::Released {
-            self.inner.board.notify(&notified);
+            self.inner.board.notify(&release_notice_name(&notified));
         }
         Ok(outcome)
     }
@@ -277,7 +278,10 @@ impl LeaseStore for SqliteStore {
             let mut leases = Vec::new();
             for row in rows {
                 let (name, held) = row?;
-                leases.push(held.into_info(name, now)?);
+                // A semaphore's permits are not leases (`semaphore_info` shows them).
+                if !is_semaphore_record(&name) {
+                    leases.push(held.into_info(name, now)?);
+                }
             }
             Ok(leases)
         })
@@ -316,9 +320,21 @@ impl LeaseStore for SqliteStore {
             })
             .await?;
         if outcome == ForceReleased::Released {
-            self.inner.board.notify(&notified);
+            self.inner.board.notify(&release_notice_name(&notified));
         }
         Ok(outcome)
+    }
+
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        self.acquire_permit(req).await
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        self.read_semaphore(name).await
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        self.store_limit(name, limit).await
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
@@ -335,7 +351,7 @@ impl LeaseStore for SqliteStore {
 }
 
 /// A lease row as stored.
-struct StoredLease {
+pub(super) struct StoredLease {
     lease_id: String,
     acquired_at: String,
     /// `None` if the stored value is negative (never written by us).
@@ -346,7 +362,7 @@ struct StoredLease {
 
 impl StoredLease {
     /// Reads columns 0..=4 in the order of [`SELECT_LEASE`].
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             lease_id: row.get(0)?,
             acquired_at: row.get(1)?,
@@ -358,7 +374,7 @@ impl StoredLease {
         })
     }
 
-    fn into_info(self, name: String, now: i64) -> Result<LeaseInfo, Failure> {
+    pub(super) fn into_info(self, name: String, now: i64) -> Result<LeaseInfo, Failure> {
         let metadata: BTreeMap<String, String> =
             serde_json::from_str(&self.metadata).map_err(|e| {
                 Failure::bad_record(

@@ -38,6 +38,10 @@
 //!   around every `os.fork()`). A connection is only ever used, and closed, by the process that
 //!   opened it.
 //!
+//! - Semaphores ([`semaphore`]): a semaphore's permits are rows of `leases` under names no
+//!   lease can take, so their renewals, releases and forced releases are the lease operations;
+//!   the release of one wakes this process's waiters of the semaphore.
+//!
 //! Schema: `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 //! schema version; a file of another application or of a newer schema is refused, never altered.
 
@@ -55,6 +59,7 @@ use crate::wait::ReleaseBoard;
 mod fork;
 mod lease;
 mod schema;
+mod semaphore;
 
 pub use fork::{after_fork_in_child, after_fork_in_parent, before_fork, FORK_WAIT_LIMIT};
 

@@ -1,4 +1,6 @@
-//! The SQLite store's schema: the tables (version 1), the marks that say a file is ours
+//! The SQLite store's schema: the tables (version 1; version 2 adds the semaphores' table, on a
+//! file's first semaphore write, so that a file used for leases alone stays readable by versions
+//! that know only version 1), the marks that say a file is ours
 //! (`PRAGMA application_id`) and of which version (`PRAGMA user_version`), and the one place
 //! that checks them or creates the tables, refusing a file of another application or of a newer
 //! schema without altering it.
@@ -9,8 +11,31 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::Failure;
 
-/// The schema this version writes and understands (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The newest schema this version understands (`PRAGMA user_version`): a new file is created
+/// at version 1 and moves to 2 at its first semaphore write ([`ensure_semaphores`]).
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// What version 2 adds to version 1: one row per semaphore ever used. Its permits are rows of
+/// `leases` named `\u{1e}<name>\u{1e}<slot>` (`crate::store::permit_record`; the primary key
+/// forbids two permits in one slot) and its token counter the `fences` row of
+/// `\u{1e}<name>`.
+const SCHEMA_V2: &str = "
+    CREATE TABLE IF NOT EXISTS semaphores (
+        name  TEXT    PRIMARY KEY NOT NULL,
+        lim   INTEGER NOT NULL,  -- the stored limit, 1..=2147483647
+        slots INTEGER NOT NULL   -- the highest limit since the last permit above the limit left
+    );
+";
+
+/// Moves the file to version 2 if it is at 1: within the caller's write transaction.
+pub(super) fn ensure_semaphores(tx: &rusqlite::Transaction<'_>) -> Result<(), Failure> {
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+    }
+    Ok(())
+}
 
 /// `PRAGMA application_id` of our files: "DLse" in ASCII, so `file(1)` and people can tell a
 /// leases database from other SQLite files.
@@ -75,8 +100,8 @@ pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), Failure> 
         }
         tx.execute_batch(SCHEMA_V1)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    } else if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", 1)?;
+    } else if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(Failure::Schema(format!(
             "has unknown schema version {version}; use another file"
         )));
