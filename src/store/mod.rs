@@ -131,8 +131,10 @@ pub const MAX_REPORTED_HOLDERS: usize = 100;
 
 /// What marks a record of a semaphore among the leases of a store: the name of a permit's
 /// record (a lease record, renewed and released by the lease operations) is
-/// `\u{1e}<semaphore>\u{1e}<slot>` ([`permit_record`]; the slot in 10 digits, so that the
-/// records of one semaphore sort by slot). [`validate_name`] refuses control
+/// `\u{1e}{<semaphore>}\u{1e}<slot>` ([`permit_record`]; the slot in 10 digits, so that the
+/// records of one semaphore sort by slot; the braces make every key of one semaphore share a
+/// Redis Cluster hash tag, whatever braces the name holds: the tag ends at the first `}`, at
+/// the same place in each). [`validate_name`] refuses control
 /// characters, so no lease name can take this form, and a semaphore and a lease of the same name
 /// never see each other's records; stores leave these records out of [`LeaseStore::list`].
 pub const SEMAPHORE_MARK: char = '\u{1e}';
@@ -140,15 +142,19 @@ pub const SEMAPHORE_MARK: char = '\u{1e}';
 /// The name of the lease record that holds `slot` of the semaphore `name`.
 #[must_use]
 pub fn permit_record(name: &str, slot: u32) -> String {
-    format!("{SEMAPHORE_MARK}{name}{SEMAPHORE_MARK}{slot:010}")
+    format!("{SEMAPHORE_MARK}{{{name}}}{SEMAPHORE_MARK}{slot:010}")
 }
 
 /// The semaphore and slot of a permit's record name ([`permit_record`]); `None` for a lease's.
 #[must_use]
 pub fn parse_permit_record(record: &str) -> Option<(&str, u32)> {
-    let rest = record.strip_prefix(SEMAPHORE_MARK)?;
+    let rest = record.strip_prefix(SEMAPHORE_MARK)?.strip_prefix('{')?;
     let (name, slot) = rest.rsplit_once(SEMAPHORE_MARK)?;
-    Some((name, slot.parse().ok()?))
+    let name = name.strip_suffix('}')?;
+    (slot.len() == 10 && slot.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| slot.parse().ok())
+        .flatten()
+        .map(|slot| (name, slot))
 }
 
 /// The key of a semaphore's own state in a store (its limit, its token counter) and the name
@@ -156,7 +162,17 @@ pub fn parse_permit_record(record: &str) -> Option<(&str, u32)> {
 /// told under this name ([`release_notice_name`]).
 #[must_use]
 pub fn semaphore_key(name: &str) -> String {
-    format!("{SEMAPHORE_MARK}{name}")
+    format!("{SEMAPHORE_MARK}{{{name}}}")
+}
+
+/// The bounds (exclusive) between which the record names of the permits of `name` sort, and
+/// nothing else: names hold no control character.
+#[must_use]
+pub fn permit_records_range(name: &str) -> (String, String) {
+    (
+        format!("{SEMAPHORE_MARK}{{{name}}}{SEMAPHORE_MARK}"),
+        format!("{SEMAPHORE_MARK}{{{name}}}\u{1f}"),
+    )
 }
 
 /// The name under which a store tells waiters of the release of `record`: the semaphore's
@@ -574,6 +590,13 @@ mod tests {
         assert!(permit_record(name, 9) < permit_record(name, 10));
         assert_eq!(release_notice_name(&record), semaphore_key(name));
         assert_eq!(release_notice_name(name), name);
+        let (low, high) = permit_records_range(name);
+        assert!(low < record && record < high);
+        for other in ["a:b\u{e9}:0}x", "a:b\u{e9}", "a:b\u{e9}:00"] {
+            let r = permit_record(other, 1);
+            assert!(r < low || r > high, "{other}");
+        }
+        assert_eq!(parse_permit_record("\u{1e}{a}\u{1e}12"), None);
     }
 
     #[test]

@@ -444,7 +444,7 @@ pub async fn a_huge_limit_with_a_long_name_stays_cheap(h: &Harness) {
     let name = format!("{}-{}", "s".repeat(963), uuid::Uuid::new_v4());
     assert_eq!(name.len(), 1000);
     let opts = LeaseOptions::default();
-    let before = h.slot_probes();
+    let before = h.slot_probes().await;
     let mut held = Vec::new();
     for i in 0..100 {
         let p = won(c
@@ -455,7 +455,7 @@ pub async fn a_huge_limit_with_a_long_name_stays_cheap(h: &Harness) {
         held.push(p);
     }
     // The k-th acquire looks at the k slots held and the first free one, never at the limit.
-    if let (Some(before), Some(after)) = (before, h.slot_probes()) {
+    if let (Some(before), Some(after)) = (before, h.slot_probes().await) {
         assert!(
             after - before <= 100 * 101 / 2,
             "{} slots probed",

@@ -67,6 +67,26 @@ impl Keys {
         k
     }
 
+    /// The key of slot `i` of the semaphore `name` is `base + <i in 10 digits> + suffix`
+    /// (the key of [`crate::store::permit_record`]): `(base, suffix)`, for the acquire script,
+    /// which builds the keys of the slots it reads.
+    #[must_use]
+    pub fn permit_parts(&self, name: &str) -> (String, &'static str) {
+        let mut base = self.lease(&crate::store::permit_record(name, 0));
+        let suffix = if self.cluster { "}" } else { "" };
+        base.truncate(base.len() - 10 - suffix.len());
+        (base, suffix)
+    }
+
+    /// A SCAN pattern matching the keys of the permits of the semaphore `name`.
+    #[must_use]
+    pub fn permit_scan_pattern(&self, name: &str) -> String {
+        let (base, _) = self.permit_parts(name);
+        let mut p = glob_escape(&base);
+        p.push('*');
+        p
+    }
+
     /// A SCAN pattern matching lease keys whose name starts with `name_prefix`.
     #[must_use]
     pub fn scan_pattern(&self, name_prefix: &str) -> String {

@@ -15,8 +15,9 @@ use super::{not_a_lease, Conn, RedisStore};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::store::{
-    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
-    ReleaseOutcome, RenewItem, RenewOutcome,
+    common, is_semaphore_record, parse_permit_record, release_notice_name, semaphore_key,
+    AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, PermitOutcome, PermitRequest,
+    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome, SemaphoreInfo,
 };
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
@@ -30,14 +31,14 @@ static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 static FORCE_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/force_release.lua")));
 
-fn int(v: Option<&Value>) -> Option<i64> {
+pub(super) fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Int(i) => Some(*i),
         other => keys::as_string(other)?.parse().ok(),
     }
 }
 
-fn unexpected(what: &str, addr: &str) -> LeaseError {
+pub(super) fn unexpected(what: &str, addr: &str) -> LeaseError {
     LeaseError::backend(
         BackendErrorKind::Other,
         format!("Redis at {addr} gave an unexpected reply to {what}: is it a Redis-compatible server of version 6 or later?"),
@@ -178,7 +179,12 @@ impl LeaseStore for RedisStore {
         let key = self.keys.lease(name);
         let mut inv = RELEASE.key(&key);
         inv.arg(lease_id);
-        if matches!(self.conn, Conn::Cluster(_)) {
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        if let Some((semaphore, _)) = parse_permit_record(name) {
+            // A permit: its semaphore's waiters are told, on the semaphore's channel.
+            inv.arg(if cluster { "S" } else { "P" })
+                .arg(self.keys.released(&semaphore_key(semaphore)));
+        } else if cluster {
             // SPUBLISH; the script derives the channel from the key (`keys.released`).
             inv.arg("S");
         }
@@ -238,7 +244,8 @@ impl LeaseStore for RedisStore {
     async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
         let mut out = Vec::new();
         for key in self.scan_keys(&self.keys.scan_pattern(prefix)).await? {
-            let Some(name) = self.keys.name_of(&key) else {
+            // A semaphore's records are not leases (`semaphore_info` shows them).
+            let Some(name) = self.keys.name_of(&key).filter(|n| !is_semaphore_record(n)) else {
                 continue;
             };
             match self.inspect(&name).await {
@@ -259,7 +266,7 @@ impl LeaseStore for RedisStore {
     async fn force_release(&self, name: &str, lease_id: Option<&str>) -> Result<ForceReleased> {
         let key = self.keys.lease(name);
         let mut inv = FORCE_RELEASE.key(&key);
-        inv.arg(self.keys.released(name))
+        inv.arg(self.keys.released(&release_notice_name(name)))
             .arg(self.publish_command())
             .arg(lease_id.unwrap_or(""))
             // Shown, even if empty: an orphan's lease id.
@@ -283,6 +290,18 @@ impl LeaseStore for RedisStore {
             }
             _ => Err(unexpected("force release", &self.addr)),
         }
+    }
+
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        self.acquire_permit(req).await
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        self.read_semaphore(name).await
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        self.store_limit(name, limit).await
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
@@ -372,7 +391,7 @@ impl AcquireArgs {
 /// A lease read from its hash, an orphan of the .NET origin (see [`keys::is_orphan`]), or
 /// `WrongType` if the hash lacks the lease fields (someone else's data under the prefix: never
 /// treated as a lease, never deleted).
-fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
+pub(super) fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<LeaseInfo> {
     let has = |field: &str| {
         fields
             .chunks(2)
@@ -391,6 +410,6 @@ fn lease_info(name: &str, pttl: i64, fields: &[Value], key: &str) -> Result<Leas
 }
 
 /// The PEXPIRE time of a lease duration: whole milliseconds, at least 1.
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     common::millis(d).max(1)
 }

@@ -41,6 +41,7 @@ pub mod inline;
 pub mod keys;
 mod lease;
 pub(crate) mod notify;
+mod semaphore;
 mod shared;
 
 use keys::Keys;
@@ -626,6 +627,12 @@ fn map_error(e: &RedisError, addr: &str, key: Option<&str>) -> LeaseError {
     if code == "BADLEASE" {
         return not_a_lease(key.unwrap_or("?"));
     }
+    if code == "BADSEMAPHORE" {
+        return LeaseError::backend(
+            BackendErrorKind::WrongType,
+            format!("Redis key '{}' is a hash that is not a semaphore's configuration ({}); it was left untouched: delete it if it is stale (the semaphore then takes the limit of its next acquire)", key.unwrap_or("?"), e.detail().unwrap_or("")),
+        );
+    }
     if code == "WRONGTYPE" || e.detail().is_some_and(|d| d.contains("WRONGTYPE")) {
         return wrong_type(key.unwrap_or("?"));
     }
@@ -730,6 +737,8 @@ mod tests {
                 "{publish}"
             );
         }
+        // A permit's release: on the channel given (its semaphore's, `Keys::released`).
+        assert!(script.contains("'PUBLISH', ARGV[3], 'released'"));
     }
 
     #[test]

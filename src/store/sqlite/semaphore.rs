@@ -19,8 +19,8 @@ use super::{now_ms, Failure, SqliteStore};
 use crate::error::{LeaseError, Result};
 use crate::info::format_timestamp;
 use crate::store::{
-    common, parse_permit_record, permit_record, semaphore_key, PermitOutcome, PermitRequest,
-    SemaphoreHolder, SemaphoreInfo, MAX_REPORTED_HOLDERS, MAX_SEMAPHORE_LIMIT, SEMAPHORE_MARK,
+    common, parse_permit_record, permit_record, permit_records_range, semaphore_key, PermitOutcome,
+    PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_REPORTED_HOLDERS, MAX_SEMAPHORE_LIMIT,
 };
 
 /// What a permit transaction found, before it becomes a result.
@@ -36,10 +36,8 @@ fn live_permits(
     name: &str,
     now: i64,
 ) -> Result<Vec<SemaphoreHolder>, Failure> {
-    // Names hold no control character, so `\x1e<name>\x1e` .. `\x1e<name>\x1f` is exactly the
-    // records of this semaphore (BINARY collation compares bytes).
-    let low = format!("{SEMAPHORE_MARK}{name}{SEMAPHORE_MARK}");
-    let high = format!("{SEMAPHORE_MARK}{name}\u{1f}");
+    // Exactly the records of this semaphore (BINARY collation compares bytes).
+    let (low, high) = permit_records_range(name);
     let mut stmt = conn.prepare_cached(
         "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at, name FROM leases
          WHERE name > ?1 AND name < ?2 AND expires_at > ?3 ORDER BY name",

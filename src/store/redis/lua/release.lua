@@ -3,7 +3,9 @@
 -- KEYS[1]  the lease key (a hash)
 -- ARGV[1]  the holder's lease id
 -- ARGV[2]  'S' on a cluster: announce with SPUBLISH (sharded: the message stays in the key's
---          shard); absent on a standalone server: PUBLISH
+--          shard); absent (or 'P') on a standalone server: PUBLISH
+-- ARGV[3]  (a semaphore's permit only) the semaphore's channel, in the key's cluster slot: a
+--          permit's release wakes the waiters of its semaphore, not of its slot
 --
 -- Returns  1 deleted
 --          0 the key is gone (expired, force-released, or the server lost its data)
@@ -20,7 +22,9 @@
 local holder = redis.call('HGET', KEYS[1], 'leaseId')
 if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  if ARGV[2] == 'S' then
+  if ARGV[3] then
+    redis.pcall(ARGV[2] == 'S' and 'SPUBLISH' or 'PUBLISH', ARGV[3], 'released')
+  elseif ARGV[2] == 'S' then
     redis.pcall('SPUBLISH', KEYS[1] .. ':released', 'released')
   else
     redis.pcall('PUBLISH', KEYS[1] .. ':released', 'released')

@@ -1,0 +1,142 @@
+//! The Redis store's semaphores: a config hash `{limit, slots}` at the key of
+//! [`semaphore_key`], its fencing counter beside it, and one lease hash per held slot at the
+//! key of [`crate::store::permit_record`] (the sample's fields: each permit reads like a lease,
+//! and is renewed, released and force-released by the lease scripts). On a cluster, every key
+//! of one semaphore shares one hash tag, so one script reaches them all.
+//!
+//! An acquire is one script (`lua/permit.lua`): check or store the limit, find the first free
+//! slot (stopping there while the limit was never lowered: O(held), never O(limit)), take the
+//! token, write and expire the slot's hash on the server's clock; a refusal returns the
+//! holders, at most [`MAX_REPORTED_HOLDERS`]. A permit's release is told on the semaphore's
+//! channel (`release.lua` with the channel given), which its waiters subscribe to.
+//! [`LeaseStore::semaphore_info`](crate::store::LeaseStore::semaphore_info) reads the config,
+//! then SCANs for the slot keys (an administrator's read: its cost is the keyspace's).
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::lease::{int, lease_info, millis, unexpected};
+use super::RedisStore;
+use crate::error::{LeaseError, Result};
+use crate::info::format_timestamp;
+use crate::store::{
+    permit_record, semaphore_key, LeaseStore, PermitOutcome, PermitRequest, SemaphoreHolder,
+    SemaphoreInfo, MAX_REPORTED_HOLDERS,
+};
+
+static PERMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/permit.lua")));
+static LIMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_limit.lua")));
+
+fn array(v: Option<&Value>) -> &[Value] {
+    match v {
+        Some(Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+impl RedisStore {
+    pub(super) async fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        let config = self.keys.lease(&semaphore_key(req.name));
+        let fence = self.keys.fence(&semaphore_key(req.name));
+        let (base, suffix) = self.keys.permit_parts(req.name);
+        let mut inv = PERMIT.key(&config);
+        inv.key(&fence)
+            .arg(&base)
+            .arg(suffix)
+            .arg(req.limit.map_or_else(String::new, |l| l.to_string()))
+            .arg(req.lease_id)
+            .arg(millis(req.duration))
+            .arg(format_timestamp(req.acquired_at))
+            .arg(MAX_REPORTED_HOLDERS);
+        for (k, v) in req.metadata {
+            inv.arg(format!("{}{k}", super::keys::META_PREFIX)).arg(v);
+        }
+        // A retry after a dropped connection may take a second slot: the first one, won by
+        // a request whose reply was lost, expires by itself (its lease id is never seen).
+        let reply = self.invoke(inv, &config).await?;
+        let items = array(Some(&reply));
+        let bad = || unexpected("permit acquire", &self.addr);
+        let number = |i: usize| int(items.get(i)).ok_or_else(bad);
+        let limit_at = |i: usize| -> Result<u32> { u32::try_from(number(i)?).map_err(|_| bad()) };
+        match number(0)? {
+            1 => Ok(PermitOutcome::Acquired {
+                slot: limit_at(1)?,
+                fencing_token: u64::try_from(number(2)?).map_err(|_| bad())?,
+            }),
+            0 => {
+                let limit = limit_at(1)?;
+                let mut holders = Vec::new();
+                for h in array(items.get(2)) {
+                    let h = array(Some(h));
+                    let slot = int(h.first())
+                        .and_then(|s| u32::try_from(s).ok())
+                        .ok_or_else(bad)?;
+                    let pttl = int(h.get(1)).unwrap_or(-1);
+                    let key = self.keys.lease(&permit_record(req.name, slot));
+                    let info = lease_info(req.name, pttl, array(h.get(2)), &key)?;
+                    holders.push(SemaphoreHolder { slot, info });
+                }
+                Ok(PermitOutcome::Full { limit, holders })
+            }
+            -1 => Err(LeaseError::LimitMismatch {
+                name: req.name.to_owned(),
+                stored: limit_at(1)?,
+                asked: req.limit.unwrap_or_default(),
+            }),
+            -2 => Err(LeaseError::InvalidArgument(format!(
+                "semaphore {:?} has no stored limit (it was never used): give its limit",
+                req.name
+            ))),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The stored `(limit, slots)` of `name`, after storing `set` as its limit if given.
+    async fn semaphore_config(&self, name: &str, set: Option<u32>) -> Result<Option<u32>> {
+        let config = self.keys.lease(&semaphore_key(name));
+        let mut inv = LIMIT.key(&config);
+        inv.arg(set.map_or_else(String::new, |l| l.to_string()));
+        let reply = self.invoke(inv, &config).await?;
+        let items = array(Some(&reply));
+        if items.is_empty() {
+            return Ok(None);
+        }
+        int(items.first())
+            .and_then(|l| u32::try_from(l).ok())
+            .map(Some)
+            .ok_or_else(|| unexpected("semaphore limit", &self.addr))
+    }
+
+    pub(super) async fn read_semaphore(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        let Some(limit) = self.semaphore_config(name, None).await? else {
+            return Ok(None);
+        };
+        let (base, _) = self.keys.permit_parts(name);
+        let mut holders = Vec::new();
+        for key in self.scan_keys(&self.keys.permit_scan_pattern(name)).await? {
+            let Some(slot) = key
+                .strip_prefix(&base)
+                .and_then(|rest| rest.get(..10))
+                .and_then(|digits| digits.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(mut info) = self.inspect(&permit_record(name, slot)).await? {
+                name.clone_into(&mut info.name);
+                holders.push(SemaphoreHolder { slot, info });
+            }
+        }
+        holders.sort_by_key(|h| h.slot);
+        Ok(Some(SemaphoreInfo {
+            name: name.to_owned(),
+            limit,
+            holders,
+        }))
+    }
+
+    pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        self.semaphore_config(name, Some(limit)).await
+    }
+}
