@@ -962,6 +962,48 @@ async fn a_cancelled_acquire_leaves_no_lease_behind() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cancelled_permit_acquire_leaves_no_permit_behind() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(30_000), Some(ms(10_000)));
+    // As a lease's: granted after the caller left ("late"), or before, with the caller gone
+    // before the reply ("slow"): the slot's record is released, owner-checked.
+    for (name, fault) in [
+        ("late", Fault::late(ms(1000))),
+        ("slow", Fault::slow_reply(ms(1000))),
+    ] {
+        store.push(Op::AcquirePermit, fault);
+        let releases = store.calls(Op::Release);
+        let cancelled = tokio::time::timeout(
+            ms(100),
+            c.try_acquire_permit(name, Some(2), &LeaseOptions::default()),
+        )
+        .await;
+        assert!(cancelled.is_err(), "{name}: the caller gave up");
+        sleep(ms(1500)).await;
+        assert_eq!(
+            store
+                .mem()
+                .fence(&distributed_leasing::store::semaphore_key(name)),
+            1,
+            "{name}: the store did grant it"
+        );
+        let info = store.mem().semaphore(name).unwrap();
+        assert!(info.holders.is_empty(), "{name}: and got it back: {info:?}");
+        assert_eq!(store.calls(Op::Release), releases + 1, "{name}");
+        let permit = match c
+            .try_acquire_permit(name, Some(2), &LeaseOptions::default())
+            .await
+            .unwrap()
+        {
+            distributed_leasing::TryPermit::Acquired(p) => p,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!((permit.slot(), permit.fencing_token()), (0, 2), "{name}");
+        assert!(permit.release().await.unwrap());
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lost_acquire_reply_never_makes_two_holders_and_expires_by_itself() {
     let store = FaultStore::new();
     store.push(
