@@ -996,7 +996,9 @@ async fn a_cancelled_permit_acquire_leaves_no_permit_behind() {
             .unwrap()
         {
             distributed_leasing::TryPermit::Acquired(p) => p,
-            other => panic!("{name}: {other:?}"),
+            distributed_leasing::TryPermit::Full { holders, .. } => {
+                panic!("{name}: full, {holders:?}")
+            }
         };
         assert_eq!((permit.slot(), permit.fencing_token()), (0, 2), "{name}");
         assert!(permit.release().await.unwrap());
