@@ -334,4 +334,5 @@ semaphore_stores!(
     a_cancelled_permit_wait_leaves_nothing,
     a_dropped_permit_is_released,
     permits_are_renewed_in_the_background,
+    the_last_free_permit_behaves_as_a_mutex,
 );

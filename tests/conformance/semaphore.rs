@@ -567,3 +567,72 @@ pub async fn permits_are_renewed_in_the_background(h: &Harness) {
     assert_eq!(info.holders[0].info.lease_id, p.lease_id());
     assert!(p.release().await.unwrap());
 }
+
+/// The mutex cases on what is left of a semaphore (DistributedLock's trick): at limit 1, and at
+/// limit 5 with 4 permits held, one free permit behaves as a lease: of many concurrent
+/// acquirers exactly one wins, the others are refused naming the holders; its expiry lets the
+/// next one in with a higher token; a waiter gets it on its release.
+pub async fn the_last_free_permit_behaves_as_a_mutex(h: &Harness) {
+    for (limit, held) in [(1u32, 0usize), (5, 4)] {
+        let c = h.client().await;
+        let name = unique("sem-mutex");
+        let mut others = Vec::new();
+        for _ in 0..held {
+            others.push(won(c
+                .try_acquire_permit(&name, Some(limit), &LeaseOptions::default())
+                .await
+                .unwrap()));
+        }
+        let mut racers = Vec::new();
+        for _ in 0..10 {
+            let (c, name) = (h.client().await, name.clone());
+            racers.push(tokio::spawn(async move {
+                c.try_acquire_permit(&name, Some(limit), &short(400))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut winners = Vec::new();
+        for r in racers {
+            match r.await.unwrap() {
+                TryPermit::Acquired(p) => winners.push(p),
+                TryPermit::Full { holders, .. } => assert_eq!(holders.len(), held + 1),
+            }
+        }
+        assert_eq!(winners.len(), 1, "limit {limit} with {held} held");
+        let first = winners.pop().unwrap();
+        // Its expiry lets the next one in, with a higher token, in the same slot.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let next = won(c
+            .try_acquire_permit(&name, None, &LeaseOptions::default())
+            .await
+            .unwrap());
+        assert_eq!(next.slot(), first.slot());
+        assert!(next.fencing_token() > first.fencing_token());
+        assert!(
+            !first.release().await.unwrap(),
+            "the expired holder releases nothing"
+        );
+        // A waiter gets it on its release.
+        let waiter = {
+            let (c, name) = (c.clone(), name.clone());
+            tokio::spawn(async move {
+                c.acquire_permit(
+                    &name,
+                    None,
+                    &LeaseOptions::default(),
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(next.release().await.unwrap());
+        let last = waiter.await.unwrap().unwrap();
+        assert_eq!(last.slot(), next.slot());
+        last.release().await.unwrap();
+        for p in others {
+            p.release().await.unwrap();
+        }
+    }
+}
