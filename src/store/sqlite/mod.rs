@@ -612,10 +612,10 @@ mod tests {
     };
 
     /// A fresh database path in the temp directory, removed (with its WAL files) on drop.
-    struct TempDb(PathBuf);
+    pub(super) struct TempDb(pub(super) PathBuf);
 
     impl TempDb {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Self(std::env::temp_dir().join(format!("leases-test-{}.db", uuid::Uuid::new_v4())))
         }
     }

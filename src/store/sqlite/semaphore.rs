@@ -228,34 +228,15 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Duration;
 
     use chrono::Utc;
     use rusqlite::Connection;
 
+    use super::super::tests::TempDb;
     use super::*;
     use crate::store::LeaseStore;
-
-    /// A fresh database path in the temp directory, removed (with its WAL files) on drop.
-    struct TempDb(PathBuf);
-
-    impl TempDb {
-        fn new() -> Self {
-            Self(std::env::temp_dir().join(format!("sem-test-{}.db", uuid::Uuid::new_v4())))
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = self.0.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
 
     async fn permit(store: &SqliteStore, name: &str, limit: Option<u32>) -> Result<PermitOutcome> {
         store
