@@ -5,10 +5,10 @@
 //! ordinary lease record named [`crate::store::permit_record`] (a name no lease can take), with
 //! its own random lease id, its own expiry on the store's clock and a fencing token from the
 //! semaphore's one counter. So everything a lease has, a permit has through the same code: the
-//! [`crate::holding::Holding`] state machine (its deadline, lost exactly once, events, release
+//! `Holding` state machine (`src/holding.rs`) (its deadline, lost exactly once, events, release
 //! on drop), renewal by the client's scheduler in its batches (`renew_many` on the slot's
 //! record), owner-checked renew and release that never re-create an expired permit, and the
-//! give-back of what a cancelled acquire won ([`crate::acquiring`]).
+//! give-back of what a cancelled acquire won (`src/acquiring.rs`).
 //!
 //! Owns: [`Permit`] (the handle: its semaphore's name and its slot over a [`Lease`] of the
 //! slot's record), [`TryPermit`], the checks of a semaphore's name and limit at the client's
@@ -21,12 +21,12 @@
 //! ([`LeaseClient::set_semaphore_limit`]) evicts nobody and admits nobody until fewer permits
 //! than the new limit are held.
 //!
-//! Waiting for a permit is [`crate::acquiring::acquire_with_wait`]: woken by the release of any
+//! Waiting for a permit is the lease's wait loop (`acquiring::acquire_with_wait`): woken by the release of any
 //! permit of the semaphore (the store tells it under [`crate::store::semaphore_key`]), at the
 //! expiry of the permit that expires first, and by polls while the store's feed is not live.
 //! A permit acquire always runs on the client's own store (never through a
 //! [`LeaseClient::via`] view's), in a task of its own, so a caller that leaves while it is on
-//! the wire leaves nothing: what it won is given back ([`Delivery`]).
+//! the wire leaves nothing: what it won is given back (`acquiring::Delivery`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,13 @@
 //! ([`LeaseStore::watch_changes`]: releases, proclaims, and acquisitions where the feed carries
 //! them: all of them on etcd, those made with [`AcquireRequest::announce`] on Redis and
 //! PostgreSQL, in-process ones on SQLite).
+//!
+//! Semaphores ([`LeaseStore::try_acquire_permit`], [`LeaseStore::semaphore_info`],
+//! [`LeaseStore::set_semaphore_limit`]): a permit is a lease record named [`permit_record`] (a
+//! name no lease can take), so renewing, releasing and force-releasing it are the lease
+//! operations; a store keeps beside it the semaphore's limit and token counter. The in-memory
+//! test store, SQLite, Redis and Redis Cluster have them; PostgreSQL and etcd refuse them with
+//! a `Config` error ([`semaphores_unsupported`], the trait's default) for now.
 
 use std::any::Any;
 use std::collections::BTreeMap;
