@@ -65,7 +65,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 
 from etcd_server import EtcdCluster  # noqa: E402
 from postgres_server import PostgresServer  # noqa: E402
-from redis_servers import RedisCluster, RedisServer  # noqa: E402
+from redis_servers import RedisCluster, RedisServer, resp_command  # noqa: E402
 
 STORES = ("redis", "redis-cluster", "sqlite", "postgres", "etcd")
 PARK = 0.1  # s (+ 0-100 ms) between the follower saying it campaigns and the leader's resign
@@ -307,7 +307,42 @@ def kill_failovers(url: str, rounds: int, duration: float) -> tuple[list[float],
     return from_kill, after_expiry
 
 
+def parked_load(kind: str, url: str, seconds: float = 3.0) -> float:
+    """Commands per second the Redis server at ``url`` processes while a follower of ``kind`` is
+    parked behind a leader (the leader's own renewals included: one per 10 s for ours)."""
+    host, port = url.removeprefix("redis://").rsplit(":", 1)
+
+    def processed() -> int:
+        info = resp_command(host, int(port), "INFO", "stats")
+        assert isinstance(info, bytes)
+        line = next(x for x in info.decode().splitlines() if x.startswith("total_commands_"))
+        return int(line.split(":")[1])
+
+    name = new_name()
+    leader = Worker(__file__, kind, "holder", url, name)
+    follower = Worker(__file__, kind, "waiter", url, name)
+    try:
+        assert leader.ask("acquire") == "ok"
+        follower.send("wait")
+        assert follower.read() == "waiting"
+        time.sleep(0.5)
+        before = processed()
+        time.sleep(seconds)
+        count = processed() - before - 1  # less the INFO itself
+        leader.ask("release")
+        follower.read()
+        follower.ask("release")
+    finally:
+        leader.close()
+        follower.close()
+    return count / seconds
+
+
 # -- the report ----------------------------------------------------------------------------------
+
+
+def tooz_label(cadence: float) -> str:
+    return f"tooz, run_watchers() every {cadence * 1000:g} ms"
 
 
 def p(values: list[float], q: float) -> str:
@@ -349,6 +384,7 @@ def main() -> None:
     )
     rows: list[str] = []
     peers: dict[str, Handoffs] = {}
+    loads: dict[str, float] = {}
     ours_redis: Handoffs | None = None
     for store in stores:
         with store_server(store) as url:
@@ -360,6 +396,10 @@ def main() -> None:
                 ours.add("ours,30,", url, per_block, args.warmup, name)
                 for cadence, h in tooz_runs.items():
                     h.add(f"tooz,{cadence}", url, per_block, args.warmup, tooz_name)
+            if with_peers:
+                loads["ours"] = parked_load("ours,30,", url)
+                for cadence in TOOZ_CADENCES:
+                    loads[tooz_label(cadence)] = parked_load(f"tooz,{cadence}", url)
             seen, skipped = observe_latencies(url, per_block * args.blocks, args.warmup)
             from_kill, after_expiry = kill_failovers(url, args.kill_rounds, args.duration)
         row = (
@@ -372,7 +412,7 @@ def main() -> None:
         if store == "redis":
             ours_redis = ours
             for cadence, h in tooz_runs.items():
-                peers[f"tooz, run_watchers() every {cadence * 1000:g} ms"] = h
+                peers[tooz_label(cadence)] = h
 
     print(
         "\n| store | resign → follower leads p50 | p99 | from resign() called p50 | "
@@ -384,15 +424,21 @@ def main() -> None:
         print(row)
     if peers and ours_redis is not None:
         print("\nSame Redis, same run, interleaved blocks: resign → follower leads, ms")
-        print("\n| library | p50 | p99 | from resign called p50 | p50 against ours |")
-        print("| --- | --- | --- | --- | --- |")
+        print(
+            "\n| library | p50 | p99 | from resign called p50 | p50 against ours "
+            "| Redis commands/s, one follower parked |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
         mine = ours_redis.from_return
-        print(f"| ours | {p(mine, 50)} | {p(mine, 99)} | {p(ours_redis.from_call, 50)} | 1 |")
+        print(
+            f"| ours | {p(mine, 50)} | {p(mine, 99)} | {p(ours_redis.from_call, 50)} | 1 | "
+            f"{loads['ours']:,.1f} |"
+        )
         for label, h in peers.items():
             ratio = statistics.median(h.from_return) / statistics.median(mine)
             print(
                 f"| {label} | {p(h.from_return, 50)} | {p(h.from_return, 99)} | "
-                f"{p(h.from_call, 50)} | {ratio:.1f}x |"
+                f"{p(h.from_call, 50)} | {ratio:.1f}x | {loads[label]:,.1f} |"
             )
 
 
