@@ -101,6 +101,11 @@ pub struct LeaseOptions {
     pub metadata: BTreeMap<String, String>,
     /// How a waiting acquire paces its polls and how many attempts it makes.
     pub backoff: Option<Backoff>,
+    /// Whether the store tells observers of this acquisition
+    /// ([`crate::store::AcquireRequest::announce`]; [`crate::election::Election::campaign`]
+    /// sets it): on Redis and PostgreSQL, observers then see the new holder without polling.
+    /// Off by default: a plain acquire publishes nothing.
+    pub announce: bool,
 }
 
 /// The result of [`LeaseClient::try_acquire`].
@@ -273,6 +278,7 @@ impl LeaseClient {
         duration: Duration,
         acquired_at: DateTime<Utc>,
         metadata: &BTreeMap<String, String>,
+        announce: bool,
     ) -> Result<AcquireOutcome> {
         if let Some(via) = &self.via {
             // Polled in the caller's future: a caller that leaves once the request is out
@@ -295,6 +301,7 @@ impl LeaseClient {
                     duration,
                     acquired_at,
                     metadata,
+                    announce,
                 })
                 .await;
             guard.disarm();
@@ -315,6 +322,7 @@ impl LeaseClient {
                         duration,
                         acquired_at,
                         metadata: &metadata,
+                        announce,
                     })
                     .await;
                 // If the caller is gone, the delivery comes back and its drop gives the lease back.
@@ -361,7 +369,14 @@ impl LeaseClient {
         let acquired_at = Utc::now().trunc_subsecs(3);
         let t_sent = Instant::now();
         let outcome = self
-            .store_attempt(name, &lease_id, duration, acquired_at, &opts.metadata)
+            .store_attempt(
+                name,
+                &lease_id,
+                duration,
+                acquired_at,
+                &opts.metadata,
+                opts.announce,
+            )
             .await
             .inspect_err(|e| {
                 tracing::debug!(lease = name, outcome = "error", error = %e, "acquire failed");
@@ -522,6 +537,12 @@ impl LeaseClient {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.renewals.is_closed()
+    }
+
+    /// Resolves once [`Self::close`] was called on this client or a clone of it (at once if
+    /// it was): what ends the waits of its observers.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.renewals.closed()
     }
 
     fn check_open(&self) -> Result<()> {

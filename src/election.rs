@@ -1,4 +1,4 @@
-//! Leader election over the lease of the same name: campaign, leader, observe.
+//! Leader election over the lease of the same name: campaign, proclaim, leader, observe.
 //!
 //! An election is the lease of its name: a campaign is a waiting acquire (notified hand-off,
 //! no time limit by default), the term is the lease's fencing token, loss of leadership is the
@@ -13,8 +13,28 @@
 //! value twice in a row, never a term lower than one it yielded, and re-reads and resumes after
 //! a failed read. It re-reads when the store's change feed says the name changed
 //! ([`crate::wait::ChangeWatch`]), at the leader's expiry (no keyspace notifications needed),
-//! and on a poll schedule while the feed may miss changes (not live, or not carrying
-//! acquisitions while there is no leader).
+//! and on a poll schedule while the feed may miss changes.
+//!
+//! What the feeds carry, and so when an observer polls:
+//! - every store's feed reports releases (forced ones included) and proclaims
+//!   ([`Election::proclaim`], [`Lease::proclaim`]: new metadata, same term); a leader's end by
+//!   expiry is seen by the timer at its expiry;
+//! - etcd's watch reports every acquisition ([`ChangeWatch::acquisitions`]): no polling at all
+//!   while the watch is live;
+//! - Redis and PostgreSQL report the acquisitions that were announced
+//!   ([`crate::LeaseOptions::announce`], which every [`Election::campaign`] sets; a plain
+//!   acquire stays one round trip that publishes nothing) ([`ChangeWatch::announced`]). With no
+//!   leader, an observer there sees a new elected leader from the feed, and re-reads only every
+//!   [`UNANNOUNCED_POLL`] for a holder that did not announce itself (a plain lease of the same
+//!   name, a .NET-origin holder);
+//! - SQLite has no feed across processes (and the in-memory board of one process): its
+//!   observers poll on the [`Backoff`] schedule, as every observer does while its feed is not
+//!   live (a dropped connection, a server that refuses pub/sub).
+//!
+//! Proclaim: the leader replaces its metadata without a new term and without extending its
+//! lease ([`crate::store::LeaseStore::proclaim`]: owner-checked and atomic on every store);
+//! the identity stays in the record. A term that is lost by its own clock is refused before
+//! any write, and one the store refuses ends as lost.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,10 +47,16 @@ use crate::client::{LeaseClient, LeaseOptions};
 use crate::error::{LeaseError, Result};
 use crate::info::LeaseInfo;
 use crate::lease::Lease;
+use crate::store::common::closed_error;
 use crate::wait::{ChangeWatch, Feed, Observed};
 
 /// The metadata key that holds a candidate's identity (the sample's `meta_instanceId`).
 pub const IDENTITY_KEY: &str = "instanceId";
+
+/// How often an observer with no leader re-reads when its feed carries the announced
+/// acquisitions only ([`ChangeWatch::announced`]): the delay before it sees a holder that did
+/// not announce itself (a plain lease, the .NET origin).
+pub const UNANNOUNCED_POLL: Duration = Duration::from_secs(5);
 
 /// How long an observer waits for its change feed to be confirmed before its first read.
 const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(2);
@@ -97,6 +123,19 @@ pub fn default_identity() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// Checks a candidate's identity: readable text, not empty, without control characters.
+///
+/// # Errors
+/// `InvalidArgument` naming the identity and what to give instead.
+pub fn check_identity(identity: &str) -> Result<()> {
+    if identity.is_empty() || identity.chars().any(char::is_control) {
+        return Err(LeaseError::InvalidArgument(format!(
+            "identity {identity:?} is empty or contains a control character; give a readable name such as 'us-east-1' (or none: the default is host:pid)"
+        )));
+    }
+    Ok(())
+}
+
 /// One election: the lease `name` of a client, and this candidate's identity.
 #[derive(Debug, Clone)]
 pub struct Election {
@@ -114,11 +153,7 @@ impl Election {
     pub fn new(client: LeaseClient, name: &str, identity: Option<&str>) -> Result<Self> {
         crate::store::validate_name(name)?;
         let identity = identity.map_or_else(default_identity, str::to_owned);
-        if identity.is_empty() || identity.chars().any(char::is_control) {
-            return Err(LeaseError::InvalidArgument(format!(
-                "identity {identity:?} is empty or contains a control character; give a readable name such as 'us-east-1' (or none: the default is host:pid)"
-            )));
-        }
+        check_identity(&identity)?;
         Ok(Self {
             client,
             name: name.to_owned(),
@@ -140,20 +175,52 @@ impl Election {
 
     /// Campaigns until elected (`wait`: `None` forever, as [`LeaseClient::acquire`]): the
     /// returned lease is the term (its fencing token is the term number); releasing it resigns,
-    /// and its loss is the loss of leadership. The identity is stored with `opts.metadata`.
+    /// and its loss is the loss of leadership. The identity is stored with `opts.metadata`, and
+    /// the acquisition is announced to observers ([`LeaseOptions::announce`]).
     ///
     /// # Errors
     /// `Unavailable` naming the leader when `wait` runs out; as [`LeaseClient::acquire`].
     pub async fn campaign(&self, opts: &LeaseOptions, wait: Option<Duration>) -> Result<Lease> {
-        if opts.metadata.contains_key(IDENTITY_KEY) {
+        let mut opts = opts.clone();
+        opts.metadata = self.with_identity(&opts.metadata)?;
+        // Observers see the new leader from the feed, without polling.
+        opts.announce = true;
+        self.client.acquire(&self.name, &opts, wait).await
+    }
+
+    /// Proclaims new metadata for the term `term` (a lease this candidate won by
+    /// [`Self::campaign`]): the stored metadata becomes `metadata` as a whole (keys not given
+    /// are gone), with this candidate's identity; the term and the lease's expiry stay as they
+    /// are, and observers see the change. Refused for a candidate that no longer leads.
+    ///
+    /// # Errors
+    /// `InvalidArgument` when `metadata` holds the identity key (or is past the limits), or
+    /// `term` is a lease of another name; `Lost` when `term` no longer leads (nothing was
+    /// changed); backend errors.
+    pub async fn proclaim(&self, term: &Lease, metadata: &BTreeMap<String, String>) -> Result<()> {
+        if term.name() != self.name {
+            return Err(LeaseError::InvalidArgument(format!(
+                "the term given is a lease of {:?}, not of the election {:?}: proclaim with the term this election's campaign returned",
+                term.name(),
+                self.name
+            )));
+        }
+        term.proclaim(&self.with_identity(metadata)?).await
+    }
+
+    /// `metadata` with this candidate's identity; refused if it names the identity key itself.
+    fn with_identity(
+        &self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        if metadata.contains_key(IDENTITY_KEY) {
             return Err(LeaseError::InvalidArgument(format!(
                 "metadata key '{IDENTITY_KEY}' is the candidate's identity; give it as the identity of the election instead"
             )));
         }
-        let mut opts = opts.clone();
-        opts.metadata
-            .insert(IDENTITY_KEY.to_owned(), self.identity.clone());
-        self.client.acquire(&self.name, &opts, wait).await
+        let mut metadata = metadata.clone();
+        metadata.insert(IDENTITY_KEY.to_owned(), self.identity.clone());
+        Ok(metadata)
     }
 
     /// The current leader, if any.
@@ -208,9 +275,19 @@ impl Observer {
     /// The next value: the current leader (or `None`) at the first call, then the next change.
     ///
     /// # Errors
-    /// Only what retrying cannot mend (a closed client); a failed read is retried on the poll
-    /// schedule.
+    /// Only what retrying cannot mend: the client was closed (before or while it waited: the
+    /// wait ends then), a bad name; a failed read is retried on the poll schedule.
     pub async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        let closed = self.election.client.closed();
+        tokio::select! {
+            biased;
+            () = closed => Err(closed_error()),
+            next = self.next_value() => next,
+        }
+    }
+
+    /// [`Self::next`] while the client is open.
+    async fn next_value(&mut self) -> Result<Option<LeaderInfo>> {
         if self.watch.is_none() {
             // Listen before the first read: a change after it is then seen.
             let mut watch = self
@@ -279,10 +356,18 @@ impl Observer {
         let expiry = leader
             .and_then(|l| l.expires_in)
             .map(|ttl| self.read_at + (ttl + Duration::from_millis(1)).max(Backoff::MIN_POLL));
-        // No leader and a feed that does not carry acquisitions: a new leader is only seen by
-        // reading, so poll; the same while the feed is not live.
-        let blind = watch.feed() != Feed::Live || (leader.is_none() && !watch.acquisitions());
-        let poll = blind.then(|| self.read_at + self.backoff.poll_delay(self.polls));
+        // While the feed is not live, or there is no leader and the feed carries no
+        // acquisitions, a new leader is only seen by reading: poll. A feed that carries the
+        // announced ones (every campaign's) leaves only unannounced holders (plain leases, the
+        // .NET origin) to be found by reading: poll at a slow cadence.
+        let delay = if watch.feed() != Feed::Live || (leader.is_none() && !watch.announced()) {
+            Some(self.backoff.poll_delay(self.polls))
+        } else if leader.is_none() && !watch.acquisitions() {
+            Some(UNANNOUNCED_POLL)
+        } else {
+            None
+        };
+        let poll = delay.map(|d| self.read_at + d);
         let wake_at = [expiry, poll].into_iter().flatten().min();
         let sleep = async {
             match wake_at {

@@ -17,6 +17,7 @@
 //! stream opened after the end still sees the end and a stream never misses it. The counters
 //! and the process-wide [`crate::metrics`] move with them.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::error::{LeaseError, LostReason, Result};
 use crate::metrics;
-use crate::store::{LeaseStore, ReleaseOutcome, RenewOutcome};
+use crate::store::{LeaseStore, ProclaimOutcome, ReleaseOutcome, RenewOutcome};
 
 /// Events kept for a stream that has not read them yet; an older unread event is dropped.
 const EVENT_BACKLOG: usize = 64;
@@ -439,6 +440,35 @@ impl Holding {
             return Err(self.ended_error(reason));
         }
         self.renew_once(store).await
+    }
+
+    /// The holder's proclaim through `store`: replaces the lease's metadata as a whole. A lease
+    /// that is lost by its own clock (ended, or past its deadline) is refused here, with no
+    /// write; a proclaim the store refuses ends the holding as lost (once, as a renewal that
+    /// finds the lease gone does).
+    pub(crate) async fn proclaim_via(
+        &self,
+        store: &dyn LeaseStore,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if let Some(reason) = self.lost_reason() {
+            return Err(self.ended_error(reason));
+        }
+        let end = self.lock().end;
+        if end.is_some() {
+            // Released (or being let go): not ours to proclaim with.
+            return Err(self.ended_error(reason_of(end)));
+        }
+        match store.proclaim(&self.name, &self.lease_id, metadata).await? {
+            ProclaimOutcome::Proclaimed => {
+                tracing::debug!(lease = %self.name, fencing_token = self.fencing_token, outcome = "proclaimed", "lease metadata proclaimed");
+                Ok(())
+            }
+            ProclaimOutcome::Lost(reason) => {
+                self.renewal_lost(reason);
+                Err(self.ended_error(reason))
+            }
+        }
     }
 
     /// The holder's release through `store`: stops the renewals, then the owner-checked delete,

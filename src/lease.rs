@@ -2,9 +2,10 @@
 //! in [`crate::holding`]: deadline, lost exactly once, events, release on drop).
 //!
 //! Owns what a holder sees and calls: the lease's identity (name, lease id, fencing token), its
-//! counters and end, renew and release, and what dropping the handle does (stops renewal and
-//! releases the lease in the background; `Drop` never blocks).
+//! counters and end, renew, proclaim (new metadata) and release, and what dropping the handle
+//! does (stops renewal and releases the lease in the background; `Drop` never blocks).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +156,34 @@ impl Lease {
     /// As [`Self::renew`].
     pub async fn renew_via(&self, store: &dyn LeaseStore) -> Result<()> {
         self.holding.renew_via(store).await
+    }
+
+    /// Replaces the lease's metadata in the store with `metadata`, as a whole (keys not given
+    /// are gone), keeping its lease id, fencing token, acquisition time and expiry (it does not
+    /// extend the lease); observers of the name are told. Owner-checked: a lease that is lost
+    /// by its own clock (or past its deadline) is refused without any write, and one the store
+    /// no longer has for this holder ends as lost (one loss event) and is refused too.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for metadata past the limits ([`crate::store::validate_metadata`]);
+    /// `Lost` if the lease is no longer held (nothing was changed); backend errors (the stored
+    /// metadata is then unknown: the old or the new).
+    pub async fn proclaim(&self, metadata: &BTreeMap<String, String>) -> Result<()> {
+        self.proclaim_via(&*self.holding.store, metadata).await
+    }
+
+    /// [`Self::proclaim`] through `store`, which must reach the same leases as the one the
+    /// lease was taken from (a caller-driven twin of it, see [`crate::LeaseClient::via`]).
+    ///
+    /// # Errors
+    /// As [`Self::proclaim`].
+    pub async fn proclaim_via(
+        &self,
+        store: &dyn LeaseStore,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        crate::store::validate_metadata(metadata)?;
+        self.holding.proclaim_via(store, metadata).await
     }
 
     /// Releases the lease: stops renewal and deletes it in the store if this holder still has it.

@@ -76,7 +76,8 @@ pub enum Change {
     /// Its holder let go (released, or an administrator's forced release): one waiter is woken,
     /// and every observer.
     Released,
-    /// Someone acquired it: every observer is told; no waiter is woken (none could win).
+    /// Someone acquired it, or its holder proclaimed new metadata: every observer is told; no
+    /// waiter is woken (none could win).
     Acquired,
 }
 
@@ -174,6 +175,7 @@ impl ReleaseBoard {
             changes: changes.unwrap_or_else(|| watch::Sender::new(0).subscribe()),
             joined: Some(joined),
             acquisitions: false,
+            announced: false,
         }
     }
 
@@ -512,8 +514,10 @@ pub struct ChangeWatch {
     /// `None` for [`ChangeWatch::none`].
     joined: Option<Joined>,
     changes: watch::Receiver<u64>,
-    /// Whether the feed reports acquisitions too, not only releases.
+    /// Whether the feed reports every acquisition too, not only releases.
     acquisitions: bool,
+    /// Whether the feed reports announced acquisitions ([`crate::store::AcquireRequest::announce`]).
+    announced: bool,
 }
 
 impl std::fmt::Debug for ChangeWatch {
@@ -545,21 +549,41 @@ impl ChangeWatch {
             joined: None,
             changes: watch::Sender::new(0).subscribe(),
             acquisitions: false,
+            announced: false,
         }
     }
 
-    /// Says that the store's feed reports acquisitions of the key as well as releases.
+    /// Says that the store's feed reports every acquisition of the key as well as releases
+    /// (etcd: every put is in its watch).
     #[must_use]
     pub fn with_acquisitions(mut self) -> Self {
         self.acquisitions = true;
+        self.announced = true;
         self
     }
 
-    /// Whether the feed reports acquisitions as well as releases: if not, an observer that
-    /// knows of no holder must read on its own schedule to see a new one.
+    /// Says that the store's feed reports the announced acquisitions of the key
+    /// ([`crate::store::AcquireRequest::announce`], which every campaign sets), but not the
+    /// others (Redis, PostgreSQL: a plain acquire publishes nothing, to stay one cheap round
+    /// trip).
+    #[must_use]
+    pub fn with_announced(mut self) -> Self {
+        self.announced = true;
+        self
+    }
+
+    /// Whether the feed reports every acquisition as well as releases: if not, an observer
+    /// that knows of no holder must read on its own schedule to see a new one (at a slower
+    /// cadence where [`Self::announced`] holds: see [`crate::election`]).
     #[must_use]
     pub fn acquisitions(&self) -> bool {
         self.acquisitions
+    }
+
+    /// Whether the feed reports announced acquisitions (true too where it reports every one).
+    #[must_use]
+    pub fn announced(&self) -> bool {
+        self.announced
     }
 
     /// What the feed covers now.

@@ -209,6 +209,7 @@ async fn a_renewal_racing_the_stores_expiry_never_says_renewed_for_a_revoked_lea
                 duration: d,
                 acquired_at: chrono::Utc::now(),
                 metadata: &metadata,
+                announce: false,
             })
             .await
             .unwrap();

@@ -1,11 +1,13 @@
 //! The lease / renewal / client state machine under paused tokio time, on an in-memory store
 //! with injected faults (`common/fault_store.rs`): renewal retries and expiry, the deadline
 //! arithmetic, loss reported exactly once, release at exit and on drop, late replies, cancelled
-//! acquires, and waiting.
+//! acquires, proclaims, waiting and observing.
 //!
 //! Every test runs on a current-thread runtime whose clock is paused: time moves only when every
 //! task is idle, straight to the next timer, so the instants asserted below are exact (up to the
-//! timer's millisecond) and independent of the machine's load.
+//! timer's millisecond) and independent of the machine's load. One test (a proclaim by a
+//! process that was stopped past its deadline) blocks its runtime's thread on real time
+//! instead, since on paused time the deadline timer would always run first.
 
 #[path = "common/fault_store.rs"]
 mod fault_store;
@@ -1086,4 +1088,183 @@ async fn an_observer_rereads_soon_after_a_failed_read() {
         "re-read after {:?}: it waited for a reason instead of retrying",
         t.elapsed()
     );
+}
+
+/// Closing the client ends an observer's wait for the next change (an error, not a hang), and
+/// an observer of a closed client ends at once.
+#[tokio::test(start_paused = true)]
+async fn closing_the_client_ends_an_observers_wait() {
+    use distributed_leasing::election::Election;
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), None);
+    let e = Election::new(c.clone(), "observed-closed", Some("a")).unwrap();
+    let _term = e
+        .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let mut o = e.observe();
+    assert!(within(ms(500), o.next()).await.unwrap().is_some());
+    let waiting = tokio::spawn(async move {
+        let r = o.next().await;
+        (r, o)
+    });
+    sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "no change yet: it waits");
+    c.close().await;
+    let (r, mut o) = within(ms(100), waiting).await.unwrap();
+    assert!(r.unwrap_err().to_string().contains("closed"));
+    let again = within(ms(100), o.next()).await;
+    assert!(again.is_err(), "closed: it ends at once");
+}
+
+/// Not on paused time: the point is a process that was not running (SIGSTOP, a long pause)
+/// past its deadline, so that nothing (not the renewal scheduler's deadline timer either) has
+/// ended the lease when its holder calls proclaim. The one thread of the runtime is blocked
+/// instead.
+#[tokio::test]
+async fn a_proclaim_past_the_deadline_by_its_own_clock_is_refused_without_a_write() {
+    let store = FaultStore::new();
+    let c = client(&store, ms(300), None);
+    let lease = take(&c, "proclaim-late").await;
+    let events = lease.events();
+    // The process stops past the lease's deadline: no task of this runtime runs meanwhile.
+    std::thread::sleep(ms(600));
+    let r = lease.proclaim(&one("k", "v")).await;
+    assert!(
+        matches!(
+            r,
+            Err(LeaseError::Lost {
+                reason: LostReason::Expired,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(store.calls(Op::Proclaim), 0, "no write was sent");
+    assert_eq!(drain_now(events), [lost(LostReason::Expired)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proclaim_the_store_refuses_ends_the_lease_once_with_one_loss_event() {
+    let store = FaultStore::new();
+    let c = client(
+        &store,
+        Duration::from_secs(30),
+        Some(Duration::from_secs(10)),
+    );
+    let lease = take(&c, "proclaim-gone").await;
+    let events = lease.events();
+    let meta = one("k", "v");
+    lease.proclaim(&meta).await.unwrap();
+    assert_eq!(store.mem().holder("proclaim-gone").unwrap().metadata, meta);
+    // An administrator takes it away, and another holder takes it: the store refuses.
+    store.mem().force_release("proclaim-gone", None);
+    let _other = store
+        .mem()
+        .take_as("proclaim-gone", "other", Duration::from_secs(30));
+    let r = lease.proclaim(&one("k", "w")).await;
+    assert!(
+        matches!(
+            r,
+            Err(LeaseError::Lost {
+                reason: LostReason::HeldByOther,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(lease.end(), Some(LeaseEnd::Lost(LostReason::HeldByOther)));
+    // Refused again by its own state, without a write; the loss is not reported twice.
+    let again = lease.proclaim(&meta).await;
+    assert!(matches!(again, Err(LeaseError::Lost { .. })), "{again:?}");
+    assert_eq!(
+        store.calls(Op::Proclaim),
+        2,
+        "one that worked, one refused by the store"
+    );
+    assert_eq!(
+        store.mem().holder("proclaim-gone").unwrap().metadata["instanceId"],
+        "other",
+        "the successor's record is untouched"
+    );
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.calls(Op::Renew), 0, "no renewal after the loss");
+    assert_eq!(drain(events).await, [lost(LostReason::HeldByOther)]);
+}
+
+/// A one-entry metadata map.
+fn one(k: &str, v: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(k.to_owned(), v.to_owned())])
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_sees_an_announced_leader_and_a_proclaim_without_polling() {
+    use distributed_leasing::election::Election;
+    let store = FaultStore::new();
+    let c = client(&store, Duration::from_secs(30), None);
+    let e = Election::new(c.clone(), "announced", Some("a")).unwrap();
+    // Driven all along by a task of its own, as a real observer is: it may poll meanwhile.
+    let mut observer = e.observe();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let driver =
+        tokio::spawn(async move { while tx.send(observer.next().await.unwrap()).is_ok() {} });
+    let mut o = Seen(&mut seen);
+    assert_eq!(within(ms(500), o.next()).await, None);
+    let reads = store.calls(Op::Inspect);
+    // Well within the slow poll for unannounced holders: only the feed can tell it.
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.calls(Op::Inspect),
+        reads,
+        "no polls while nobody leads"
+    );
+    let t = Instant::now();
+    let term = e
+        .campaign(&LeaseOptions::default(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let leader = within(Duration::from_secs(60), o.next())
+        .await
+        .expect("a leader");
+    assert_eq!(leader.term, Some(term.fencing_token()));
+    assert_eq!(t.elapsed(), Duration::ZERO, "seen at once, not at a poll");
+    assert_eq!(
+        store.calls(Op::Inspect),
+        reads + 1,
+        "one read, prompted by the feed"
+    );
+    // A proclaim: the same term with the new metadata, seen at once.
+    e.proclaim(&term, &one("endpoint", "10.0.0.1:80"))
+        .await
+        .unwrap();
+    let proclaimed = within(ms(1), o.next()).await.expect("a leader");
+    assert_eq!(proclaimed.term, leader.term);
+    assert_eq!(proclaimed.identity.as_deref(), Some("a"));
+    assert_eq!(proclaimed.metadata, one("endpoint", "10.0.0.1:80"));
+    // A plain (unannounced) holder after a release is still seen, by the slow poll.
+    assert!(term.release().await.unwrap());
+    assert_eq!(within(ms(1), o.next()).await, None);
+    let _plain = take(&c, "announced").await;
+    let t = Instant::now();
+    let plain = within(Duration::from_secs(60), o.next())
+        .await
+        .expect("the plain holder");
+    assert_eq!(plain.identity, None);
+    assert_eq!(
+        t.elapsed(),
+        distributed_leasing::election::UNANNOUNCED_POLL,
+        "found by the slow poll"
+    );
+    driver.abort();
+}
+
+/// The values an observer driven by a task of its own sent.
+struct Seen<'a>(
+    &'a mut tokio::sync::mpsc::UnboundedReceiver<Option<distributed_leasing::election::LeaderInfo>>,
+);
+
+impl Seen<'_> {
+    async fn next(&mut self) -> Option<distributed_leasing::election::LeaderInfo> {
+        self.0.recv().await.expect("the observer runs")
+    }
 }

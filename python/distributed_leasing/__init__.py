@@ -3,6 +3,9 @@
     async with distributed_leasing.lease("critical-section-lock") as lease:
         ...  # one holder everywhere; renewed in the background; cancelled if lost
 
+    async with distributed_leasing.Election("scheduler").campaign() as term:
+        ...  # the leader, term.token its term; cancelled if leadership is lost
+
 The engine is Rust (tokio); this package is a thin layer over ``distributed_leasing._native``.
 Docstrings of the native classes live in ``_native.pyi``.
 """
@@ -17,6 +20,7 @@ from types import FrameType
 from . import _native
 from ._backoff import Backoff
 from ._client import ConfigWarning, LeaseClient, is_configured, lease
+from ._election import Campaign, Election, LeaderInfo, Term
 from ._lease import LeaseContext
 from ._native import (
     BackendError,
@@ -91,10 +95,13 @@ __all__ = [
     "AcquireOptions",
     "BackendError",
     "Backoff",
+    "Campaign",
     "ClientOptions",
     "ConfigError",
     "ConfigWarning",
     "ContextOptions",
+    "Election",
+    "LeaderInfo",
     "Lease",
     "LeaseClient",
     "LeaseContext",
@@ -106,6 +113,7 @@ __all__ = [
     "LeaseOptions",
     "LeaseUnavailable",
     "OnLost",
+    "Term",
     "is_configured",
     "lease",
     "metrics",

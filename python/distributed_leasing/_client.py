@@ -7,11 +7,13 @@ import builtins
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Unpack
 
-from . import _args, _native
+from . import _args, _election, _native
+from ._election import Election
 from ._lease import LeaseContext
 from ._native import Lease, LeaseError, LeaseInfo
 from ._options import (
@@ -90,6 +92,18 @@ class LeaseClient:
         Options: those of ``acquire`` and ``on_lost`` (see ``ContextOptions``)."""
 
         return LeaseContext(None, None, name, options, client=self)
+
+    def election(
+        self,
+        name: str,
+        *,
+        identity: str | None = None,
+        duration: float | None = 30.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Election:
+        """The election ``name`` on this client (see ``Election``; closing the election leaves
+        this client open)."""
+        return Election(name, client=self, identity=identity, duration=duration, metadata=metadata)
 
     async def try_acquire(self, name: str, **options: Unpack[LeaseOptions]) -> Lease | None:
         """One attempt: the lease, or None if someone else holds it.
@@ -249,6 +263,9 @@ async def _default_client() -> LeaseClient:
         return current[1]
     return await asyncio.to_thread(_default_client_sync)
 
+
+# An Election made without url= or client= uses the default client of lease().
+_election.use_default_client(_default_client, _default_client_sync)
 
 _by_url: dict[str, tuple[int, LeaseClient]] = {}
 

@@ -80,10 +80,13 @@ class LeaseContext:
         name: str,
         options: ContextOptions,
         client: _HasNative | None = None,
+        *,
+        announce: bool = False,
     ) -> None:
-        """The client is ``client``, else the one the getters give at the first ``with``."""
+        """The client is ``client``, else the one the getters give at the first ``with``;
+        ``announce``: an election's campaign (see ``lease_options``)."""
         # Checked here, when lease(...) is called, not at the first `with`.
-        self._options = lease_options("lease", "context", name, options)
+        self._options = lease_options("lease", "context", name, options, announce=announce)
         self._on_lost: OnLost = options.get("on_lost", "cancel")
         self._client = client
         self._get_client = get_client

@@ -113,6 +113,12 @@ class Lease:
         """Renews now. Raises LeaseLost if the lease is no longer held."""
     def renew_sync(self) -> None:
         """``renew`` for synchronous code."""
+    def proclaim(self, metadata: dict[str, str]) -> asyncio.Future[None]:
+        """Replaces the lease's metadata in the store as a whole (keys not given are gone),
+        keeping its lease id, fencing token and expiry (it does not extend the lease); observers
+        of the name are told. Raises LeaseLost, changing nothing, if it is no longer held."""
+    def proclaim_sync(self, metadata: dict[str, str]) -> None:
+        """``proclaim`` for synchronous code."""
     def release(self) -> asyncio.Future[bool]:
         """Stops renewal and deletes the lease if still held; True if it was ours. False if
         another holder had it or it was gone: the lease is then lost (``lost_reason``)."""
@@ -166,6 +172,33 @@ class LeaseEvents(AsyncIterator[LeaseEvent]):
     def __anext__(self) -> asyncio.Future[LeaseEvent]: ...
 
 @final
+class _LeaderInfo:
+    """The leader of an election (the package's ``LeaderInfo`` is made from it)."""
+
+    @property
+    def identity(self) -> str | None: ...
+    @property
+    def term(self) -> int | None: ...
+    @property
+    def lease_id(self) -> str: ...
+    @property
+    def acquired_at(self) -> datetime | None: ...
+    @property
+    def expires_in(self) -> float | None: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+
+@final
+class _Observer:
+    """The leader of one election as it changes (``_Client.observe``)."""
+
+    def next(self) -> asyncio.Future[tuple[bool, _LeaderInfo | None]]:
+        """``(True, leader or None)``: the current leader at the first call, then the next
+        change; ``(False, None)`` once the client was closed (the iteration ends)."""
+    def next_sync(self) -> tuple[bool, _LeaderInfo | None]:
+        """``next`` for synchronous code (Ctrl-C interrupts it)."""
+
+@final
 class _Options:
     """A lease's options, checked (see ``_options.py``, whose TypedDicts mirror this)."""
 
@@ -178,6 +211,7 @@ class _Options:
         auto_renew: bool | None = None,
         metadata: dict[str, str] | None = None,
         backoff: _BackoffArg | None = None,
+        announce: bool = False,
     ) -> _Options: ...
 
 @final
@@ -225,10 +259,20 @@ class _Client:
     def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool: ...
     def close(self) -> asyncio.Future[None]: ...
     def close_sync(self) -> None: ...
+    def leader(self, name: str) -> asyncio.Future[_LeaderInfo | None]: ...
+    def leader_sync(self, name: str) -> _LeaderInfo | None: ...
+    def observe(self, name: str) -> _Observer: ...
 
 def is_configured(dir: str) -> bool:
     """Whether ``dir`` (appsettings files) and the environment configure a store. Raises
     ConfigError when a configuration exists but is invalid."""
+
+def default_identity() -> str:
+    """The default identity of an election candidate: ``host:pid``."""
+
+def _check_identity(identity: str) -> None:
+    """Raises ValueError when the core refuses a candidate's identity (empty, or with a
+    control character)."""
 
 def _shutdown() -> None:
     """atexit hook: keep tokio threads out of a finalizing interpreter."""

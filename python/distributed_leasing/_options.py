@@ -155,12 +155,18 @@ def lease_options(
     kind: Literal["lease", "acquire", "context"],
     name: object,
     options: Mapping[str, object],
+    *,
+    announce: bool = False,
 ) -> _native._Options:
     """Checks ``name`` and the keyword ``options`` of ``call`` (an entry point taking the
-    options of ``kind``) and builds the native options (``on_lost`` is left out)."""
+    options of ``kind``) and builds the native options (``on_lost`` is left out).
+    ``announce`` is no option of the entry points: an election's campaign sets it, so that
+    observers are told of its acquisition at once."""
     _args.text("name", name, "critical-section-lock")
     _check(call, _KINDS[kind], options)
     native: dict[str, Any] = {k: v for k, v in options.items() if k != "on_lost"}
+    if announce:
+        native["announce"] = True
     if "metadata" in native:
         native["metadata"] = _args.metadata(native["metadata"])
     if "backoff" in native:

@@ -2,6 +2,8 @@
 
     leasing inspect critical-section-lock        who holds it, since when, for how long more
     leasing list [PREFIX]                        every held lease (a table)
+    leasing leader NAME [--watch]                who leads election NAME: identity, term,
+                                                 time left, metadata (--watch: each change)
     leasing release NAME --force [--yes]         delete a lease (only the holder shown and
                                                  confirmed: if it changed hands, nothing)
     leasing configure                            the configuration wizard
@@ -9,10 +11,10 @@
 
 The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``)
 or the configuration in ``--dir`` (appsettings.json, appsettings.Local.json, ``RedisLeasing__*``
-environment variables). ``--json`` prints machine-readable output for inspect and list.
+environment variables). ``--json`` prints machine-readable output for inspect, list and leader.
 
-Exit codes: 0 done (also "not held"), 1 an error (store, configuration), 2 bad usage or a
-refused release, 130 interrupted.
+Exit codes: 0 done (also "not held", "no leader", and Ctrl-C ending ``leader --watch``), 1 an
+error (store, configuration), 2 bad usage or a refused release, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from . import _wizard
 from ._client import ConfigWarning, LeaseClient, is_configured
+from ._election import LeaderInfo, iso_time
 from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable
 from ._native import __version__ as _version
 
@@ -81,9 +84,7 @@ def _left_by(info: LeaseInfo) -> str:
 
 
 def _time(t: datetime | None) -> str:
-    if t is None:
-        return "unknown"
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return "unknown" if t is None else iso_time(t)
 
 
 def _ttl(ttl: float | None) -> str:
@@ -202,6 +203,65 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _term(term: int | None) -> str:
+    return "none (a holder of the .NET origin)" if term is None else str(term)
+
+
+def _print_leader(name: str, leader: LeaderInfo | None) -> None:
+    if leader is None:
+        print(f"Election {name!r} has no leader.")
+        return
+    rows = [
+        ("Election", _safe(name)),
+        (
+            "Leader",
+            "unknown (no instanceId)" if leader.identity is None else _safe(leader.identity),
+        ),
+        ("Term", _term(leader.term)),
+        ("Lease ID", _safe(leader.lease_id)),
+        ("Elected at", _time(leader.acquired_at)),
+        ("Time left", _ttl(leader.expires_in)),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':<15} {value}")
+    metadata = ", ".join(f"{_safe(k)}={_safe(v)}" for k, v in sorted(leader.metadata.items()))
+    print(f"{'Metadata:':<15} {metadata or '(none)'}")
+
+
+def _leader_line(leader: LeaderInfo | None) -> str:
+    """One change, for ``leader --watch``: when it was seen, and the leader or none."""
+    seen = iso_time(datetime.now(UTC))
+    if leader is None:
+        return f"{seen}  no leader"
+    who = "unknown (no instanceId)" if leader.identity is None else _safe(leader.identity)
+    line = f"{seen}  leader {who}  term {_term(leader.term)}  {_ttl(leader.expires_in)} left"
+    if leader.metadata:
+        line += "  " + " ".join(
+            f"{_safe(k)}={_safe(v)}" for k, v in sorted(leader.metadata.items())
+        )
+    return line
+
+
+def _leader(args: argparse.Namespace) -> int:
+    election = _client(args).election(args.name)
+    if not args.watch:
+        leader = election.leader_sync()
+        if args.json:
+            print(json.dumps(None if leader is None else leader.to_json(), indent=2))
+        else:
+            _print_leader(args.name, leader)
+        return EXIT_OK
+    try:
+        for leader in election.observe_sync():
+            if args.json:
+                print(json.dumps(None if leader is None else leader.to_json()), flush=True)
+            else:
+                print(_leader_line(leader), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
+    return EXIT_OK
+
+
 def _confirm(question: str) -> bool:
     print(question, end="", flush=True)
     answer = sys.stdin.readline()
@@ -299,7 +359,7 @@ def _store_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="leasing",
-        description="Inspect, list and release distributed leases.",
+        description="Inspect, list and release distributed leases; show election leaders.",
     )
     p.add_argument(
         "--version", action="version", version=f"%(prog)s (distributed-leasing) {_version}"
@@ -318,6 +378,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     _store_options(s, suppress=True)
     s.set_defaults(run=_list)
+
+    s = sub.add_parser("leader", help="show who leads an election (--watch: each change)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--watch", action="store_true", help="print one line per change, until Ctrl-C")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (null when no one leads; with --watch, one object per line)",
+    )
+    _store_options(s, suppress=True)
+    s.set_defaults(run=_leader)
 
     s = sub.add_parser("release", help="delete a lease whoever holds it (administrators)")
     s.add_argument("name", metavar="NAME")

@@ -1,14 +1,16 @@
 //! `_Client`, the native client as a Python class (the public `LeaseClient` of
 //! `python/distributed_leasing/_client.py` wraps it): connecting, the client's operations
-//! (acquire, inspect, list, forced release, close), each declared once for its awaitable and
-//! blocking forms, and the answers those give Python.
+//! (acquire, inspect, list, forced release, close, an election's leader and its observer),
+//! each declared once for its awaitable and blocking forms, and the answers those give Python.
 
 use pyo3::prelude::*;
 
 use crate::client::{LeaseClient, TryAcquire};
+use crate::election::{Election, LeaderInfo};
 use crate::store::ForceReleased;
 
 use super::bridge::block_on;
+use super::election::{PyLeaderInfo, PyObserver};
 use super::executor::{Executor, Op};
 use super::info::PyLeaseInfo;
 use super::lease::PyLease;
@@ -98,6 +100,17 @@ pymethods_with_pairs! {
         fn __repr__(&self) -> String {
             format!("LeaseClient(store={:?})", self.client().store().kind())
         }
+
+        /// An observer of the leader of election `name`: the current leader first, then each
+        /// change (see `crate::election::Observer`); it ends when the client is closed.
+        fn observe(&self, py: Python<'_>, name: &str) -> PyResult<PyObserver> {
+            runtime::check_pid(self.pid)?;
+            // Observing needs no identity of its own: the default one is never stored.
+            let election = Election::new(self.client().clone(), name, None)
+                .map_err(|e| super::errors::to_py(py, e))?;
+            let _runtime = runtime::get()?.enter();
+            Ok(PyObserver::new(election.observe(), self.exec.clone()))
+        }
     }
     pairs {
         #[staticmethod]
@@ -128,6 +141,14 @@ pymethods_with_pairs! {
             runtime::check_pid(self.pid)?;
             on(&self.exec, Op::Request, move |c| async move {
                 Ok(c.inspect(&name).await?.map(PyLeaseInfo::from))
+            })
+        }
+
+        /// The leader of election `name` (the holder of the lease `name`), or None.
+        fn leader / leader_sync(&self, name: String) -> Option<PyLeaderInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(c.inspect(&name).await?.and_then(LeaderInfo::of).map(PyLeaderInfo::from))
             })
         }
 

@@ -1,5 +1,5 @@
 //! `Lease`, a held lease as a Python class: what it tells (its getters), what it does
-//! (`renew`, `release` and their `_sync` forms, `wait_lost`, `events`), and the two hooks of
+//! (`renew`, `proclaim`, `release` and their `_sync` forms, `wait_lost`, `events`), and the two hooks of
 //! `LeaseContext` (`_on_end`, `_release_if_loop_closed`). It runs its operations on the
 //! executor of the client that took it.
 
@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use pyo3::prelude::*;
-use pyo3::types::PyWeakrefReference;
+use pyo3::types::{PyDict, PyWeakrefReference};
 
 use crate::lease::{Lease, LeaseEnd};
 
 use super::bridge::inbox_for;
 use super::events::PyLeaseEvents;
 use super::executor::{Executor, Op};
+use super::options::metadata_of;
 use super::pairs::{on, pymethods_with_pairs};
 use super::runtime;
 
@@ -186,6 +187,16 @@ pymethods_with_pairs! {
             let lease = Arc::clone(&self.inner);
             on(&self.exec, Op::Request, move |c| async move {
                 lease.renew_via(&**c.requests()).await
+            })
+        }
+        /// Replaces the lease's metadata as a whole, without extending it (owner-checked:
+        /// `LeaseLost`, nothing changed, when it is no longer held).
+        fn proclaim / proclaim_sync(&self, metadata: &Bound<'_, PyDict>) -> () {
+            runtime::check_pid(self.pid)?;
+            let metadata = metadata_of(Some(metadata))?;
+            let lease = Arc::clone(&self.inner);
+            on(&self.exec, Op::Request, move |c| async move {
+                lease.proclaim_via(&**c.requests(), &metadata).await
             })
         }
         fn release / release_sync(&self) -> bool {

@@ -4,8 +4,8 @@
 //! into asyncio futures or blocking calls, `executor` decides where each operation runs,
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client. The Python classes are one
-//! module each: `client` (`_Client`), `lease` (`Lease`), `events` (`LeaseEvent`, `LeaseEvents`)
-//! and `info` (`LeaseInfo`); `pairs` declares each of their operations once, for its awaitable
+//! module each: `client` (`_Client`), `lease` (`Lease`), `events` (`LeaseEvent`, `LeaseEvents`),
+//! `info` (`LeaseInfo`) and `election` (`_LeaderInfo`, `_Observer`, the identity functions); `pairs` declares each of their operations once, for its awaitable
 //! and its blocking form. `options` holds the checked options every entry point takes,
 //! `functions` the module functions that are one call into the core (checks, configuration,
 //! fork hooks), `errors` the exception hierarchy, and `logging` forwards the core's `tracing`
@@ -13,6 +13,7 @@
 
 mod bridge;
 mod client;
+mod election;
 mod errors;
 mod events;
 mod executor;
@@ -43,6 +44,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<info::PyLeaseInfo>()?;
     m.add_class::<events::PyLeaseEvent>()?;
     m.add_class::<events::PyLeaseEvents>()?;
+    m.add_class::<election::PyLeaderInfo>()?;
+    m.add_class::<election::PyObserver>()?;
     m.add_class::<options::PyOptions>()?;
     m.add_class::<options::PyClientOptions>()?;
     m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
@@ -57,6 +60,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions::is_configured, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_refresh_logging, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(election::default_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(election::_check_identity, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_check_backoff, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(functions::_after_fork_in_parent, m)?)?;

@@ -70,7 +70,9 @@ impl<'py> FromPyObject<'_, 'py> for Secs {
     }
 }
 
-fn metadata_of(metadata: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, String>> {
+pub(crate) fn metadata_of(
+    metadata: Option<&Bound<'_, PyDict>>,
+) -> PyResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let Some(d) = metadata else { return Ok(out) };
     for (k, v) in d.iter() {
@@ -108,7 +110,7 @@ pub(crate) struct PyOptions {
 #[pymethods]
 impl PyOptions {
     #[new]
-    #[pyo3(signature = (*, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None))]
+    #[pyo3(signature = (*, wait=Some(Secs(0.0)), duration=None, renew_interval=None, auto_renew=None, metadata=None, backoff=None, announce=false))]
     fn new(
         wait: Option<Secs>,
         duration: Option<Secs>,
@@ -116,6 +118,7 @@ impl PyOptions {
         auto_renew: Option<bool>,
         metadata: Option<&Bound<'_, PyDict>>,
         backoff: Option<BackoffArg>,
+        announce: bool,
     ) -> PyResult<Self> {
         Ok(Self {
             wait: opt_seconds("wait", wait)?,
@@ -125,6 +128,7 @@ impl PyOptions {
                 auto_renew,
                 metadata: metadata_of(metadata)?,
                 backoff: backoff_of(backoff)?,
+                announce,
             },
         })
     }

@@ -5,7 +5,10 @@
 //! client can raise `Unavailable { holder }` without a second query. Stores know nothing of
 //! renewal cadence, deadlines or retry schedules: that lives in the client, lease, renewal and
 //! wait modules. What a store does know is how to tell this process's waiters that a lease was
-//! released ([`LeaseStore::watch_releases`]).
+//! released ([`LeaseStore::watch_releases`]), and its observers that a lease changed
+//! ([`LeaseStore::watch_changes`]: releases, proclaims, and acquisitions where the feed carries
+//! them: all of them on etcd, those made with [`AcquireRequest::announce`] on Redis and
+//! PostgreSQL, in-process ones on SQLite).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -48,6 +51,11 @@ pub struct AcquireRequest<'a> {
     pub acquired_at: DateTime<Utc>,
     /// Metadata stored with the lease.
     pub metadata: &'a BTreeMap<String, String>,
+    /// Whether the store tells observers of this acquisition (an election's campaign sets it):
+    /// on stores whose feed carries only what is announced (Redis, PostgreSQL), a new holder
+    /// is then seen by observers without polling ([`ChangeWatch::announced`]). When false, an
+    /// acquire does exactly what it did without it: no extra round trip, no publish.
+    pub announce: bool,
 }
 
 /// The result of an acquire attempt.
@@ -78,6 +86,17 @@ pub enum ReleaseOutcome {
     Released,
     /// The lease was no longer ours when the release arrived: another lease id holds it, or
     /// the store no longer has it. Nothing was deleted.
+    Lost(LostReason),
+}
+
+/// The result of a proclaim by the holder ([`LeaseStore::proclaim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProclaimOutcome {
+    /// The lease was ours: its metadata is replaced; its lease id, fencing token,
+    /// acquisition time and expiry are as they were.
+    Proclaimed,
+    /// The lease was no longer ours (another lease id holds it, or the store no longer has it,
+    /// expired included). Nothing was changed.
     Lost(LostReason),
 }
 
@@ -170,6 +189,22 @@ pub trait LeaseStore: Any + Send + Sync + Debug {
     /// Backend failures.
     async fn release(&self, name: &str, lease_id: &str) -> Result<ReleaseOutcome>;
 
+    /// Replaces the metadata of the lease with `metadata`, as a whole (keys not given are
+    /// gone), if `lease_id` still holds it and it has not expired; otherwise says why it was
+    /// not ours and changes nothing. Atomic and owner-checked (one script, statement, txn or
+    /// write transaction); the lease id, fencing token, acquisition time and expiry stay as
+    /// they are (a proclaim never extends the lease). Observers of the name are told, as of
+    /// an acquisition ([`crate::wait::Change::Acquired`]): no waiter is woken.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome>;
+
     /// The current holder, if any.
     ///
     /// # Errors
@@ -210,8 +245,9 @@ pub trait LeaseStore: Any + Send + Sync + Debug {
     }
 
     /// Starts observing the changes of `name` by anyone (see [`crate::election::Observer`]):
-    /// every change the store's feed reports (releases, and acquisitions where the watch says
-    /// [`ChangeWatch::acquisitions`]) is told to the watch; the observer re-reads the store
+    /// every change the store's feed reports (releases and proclaims; every acquisition where
+    /// the watch says [`ChangeWatch::acquisitions`], the announced ones where it says
+    /// [`ChangeWatch::announced`]) is told to the watch; the observer re-reads the store
     /// then. Never fails: a feed that is not live says so, and the observer polls. Must be
     /// called from within a tokio runtime.
     ///
@@ -325,7 +361,8 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Checks metadata: at most [`MAX_METADATA_ENTRIES`] entries and [`MAX_METADATA_BYTES`] bytes
 /// of keys and values; keys not empty and without control characters (values may be anything).
-/// [`crate::LeaseClient`] checks the metadata of every acquire with it (see [`LeaseStore`]).
+/// [`crate::LeaseClient`] checks the metadata of every acquire with it, and [`crate::Lease`]
+/// that of every proclaim (see [`LeaseStore`]).
 ///
 /// # Errors
 /// `InvalidArgument` naming the limit or the key.

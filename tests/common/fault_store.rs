@@ -13,7 +13,7 @@
 //! after the operation was applied (a lost reply). Every call is counted, with its time.
 //!
 //! Its semantics are those of the real stores (DESIGN.md §3-4, `store/mod.rs`): owner-checked
-//! renew and release, a lease id that already holds the lease refused like any other holder, a
+//! renew, proclaim and release (a proclaim and an announced acquire tell observers), a lease id that already holds the lease refused like any other holder, a
 //! release that finds another holder or no key answering `Lost(HeldByOther | Missing)`, a forced
 //! release that compares lease ids when given one.
 #![allow(dead_code)]
@@ -27,10 +27,10 @@ use chrono::{DateTime, Utc};
 use distributed_leasing::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use distributed_leasing::info::LeaseInfo;
 use distributed_leasing::store::{
-    renew_each, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome,
-    RenewItem, RenewOutcome,
+    renew_each, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
-use distributed_leasing::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
+use distributed_leasing::wait::{Change, ChangeWatch, ReleaseBoard, ReleaseWatch};
 use tokio::time::Instant;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +139,44 @@ impl MemStore {
         AcquireOutcome::Acquired { fencing_token }
     }
 
+    /// Takes `name` as [`Self::acquire`] does and, when `announce`, tells its observers.
+    pub fn acquire_announcing(&self, req: &AcquireRequest<'_>) -> AcquireOutcome {
+        let outcome = self.acquire(
+            req.name,
+            req.lease_id,
+            req.duration,
+            req.acquired_at,
+            req.metadata,
+        );
+        if req.announce && matches!(outcome, AcquireOutcome::Acquired { .. }) {
+            self.changed(req.name);
+        }
+        outcome
+    }
+
+    /// Replaces the metadata of `name` as a whole if `lease_id` holds it (its expiry and
+    /// token untouched), and tells its observers.
+    pub fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> ProclaimOutcome {
+        let now = Instant::now();
+        let outcome = match lock(&self.leases).live(name, now) {
+            Some(r) if r.lease_id == lease_id => {
+                r.metadata = metadata.clone();
+                ProclaimOutcome::Proclaimed
+            }
+            Some(_) => ProclaimOutcome::Lost(LostReason::HeldByOther),
+            None => ProclaimOutcome::Lost(LostReason::Missing),
+        };
+        if outcome == ProclaimOutcome::Proclaimed {
+            self.changed(name);
+        }
+        outcome
+    }
+
     /// Extends `name` to `duration` from now if `lease_id` holds it.
     pub fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> RenewOutcome {
         let now = Instant::now();
@@ -197,6 +235,13 @@ impl MemStore {
     fn notify(&self, name: &str) {
         if let Some(board) = &self.board {
             board.notify(name);
+        }
+    }
+
+    /// Tells the observers of `name` of a change that is not a release.
+    fn changed(&self, name: &str) {
+        if let Some(board) = &self.board {
+            board.changed(name, Change::Acquired);
         }
     }
 
@@ -264,11 +309,12 @@ impl MemStore {
         }
     }
 
-    /// An observer of `name`'s changes (releases only: acquisitions are not reported).
+    /// An observer of `name`'s changes: releases, proclaims and announced acquisitions (as
+    /// on Redis and PostgreSQL; plain acquisitions are not reported).
     fn observe(&self, name: &str) -> ChangeWatch {
         match &self.board {
             Some(board) => {
-                let watch = board.observe(name);
+                let watch = board.observe(name).with_announced();
                 board.set_live(name);
                 watch
             }
@@ -284,13 +330,16 @@ impl LeaseStore for MemStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        Ok(self.acquire(
-            req.name,
-            req.lease_id,
-            req.duration,
-            req.acquired_at,
-            req.metadata,
-        ))
+        Ok(self.acquire_announcing(req))
+    }
+
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        Ok(MemStore::proclaim(self, name, lease_id, metadata))
     }
 
     async fn renew(&self, name: &str, lease_id: &str, duration: Duration) -> Result<RenewOutcome> {
@@ -331,6 +380,7 @@ impl LeaseStore for MemStore {
 pub enum Op {
     Acquire,
     Renew,
+    Proclaim,
     Release,
     Inspect,
     List,
@@ -570,9 +620,29 @@ impl LeaseStore for FaultStore {
             req.lease_id.to_owned(),
             req.metadata.clone(),
         );
-        let (duration, acquired_at) = (req.duration, req.acquired_at);
+        let (duration, acquired_at, announce) = (req.duration, req.acquired_at, req.announce);
         self.call(Op::Acquire, req.name, move |m| {
-            m.acquire(&name, &lease_id, duration, acquired_at, &metadata)
+            m.acquire_announcing(&AcquireRequest {
+                name: &name,
+                lease_id: &lease_id,
+                duration,
+                acquired_at,
+                metadata: &metadata,
+                announce,
+            })
+        })
+        .await
+    }
+
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let (n, lease_id, metadata) = (name.to_owned(), lease_id.to_owned(), metadata.clone());
+        self.call(Op::Proclaim, name, move |m| {
+            m.proclaim(&n, &lease_id, &metadata)
         })
         .await
     }

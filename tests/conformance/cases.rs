@@ -562,6 +562,7 @@ pub async fn a_repeated_lease_id_is_refused(h: &Harness) {
         duration: Duration::from_secs(5),
         acquired_at: chrono::Utc::now(),
         metadata: &meta,
+        announce: false,
     };
     let first = c.store().try_acquire(&req).await.unwrap();
     assert!(

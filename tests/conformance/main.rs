@@ -271,4 +271,9 @@ all_stores!(
     names_that_are_prefixes_of_others_are_separate_elections,
     a_campaign_that_runs_out_names_the_leader,
     bad_identities_are_refused,
+    proclaim_replaces_the_metadata_and_keeps_identity_and_term,
+    proclaim_does_not_extend_the_expiry,
+    proclaim_and_resign_by_a_non_leader_are_refused,
+    an_observer_sees_a_proclaim_once,
+    an_observer_sees_a_new_leader_from_the_feed,
 );

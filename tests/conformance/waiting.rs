@@ -38,6 +38,7 @@ async fn orphan(h: &Harness, name: &str, ttl: Duration) {
             duration: ttl,
             acquired_at: chrono::Utc::now(),
             metadata: &meta,
+            announce: false,
         })
         .await
         .unwrap();
@@ -435,11 +436,28 @@ pub async fn events_report_renewals_and_the_loss(h: &Harness) {
     held.release().await.unwrap();
 }
 
-/// A store that counts acquire attempts (and otherwise is the real one).
+/// A store that counts acquire attempts and reads (and otherwise is the real one).
 #[derive(Debug)]
-struct CountingStore {
+pub struct CountingStore {
     inner: Arc<dyn distributed_leasing::store::LeaseStore>,
     attempts: std::sync::atomic::AtomicUsize,
+    inspects: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingStore {
+    /// Over `inner`, counting from zero.
+    pub fn over(inner: Arc<dyn distributed_leasing::store::LeaseStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            attempts: std::sync::atomic::AtomicUsize::new(0),
+            inspects: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Inspects (reads of one lease) so far.
+    pub fn inspects(&self) -> usize {
+        self.inspects.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait::async_trait]
@@ -476,10 +494,20 @@ impl distributed_leasing::store::LeaseStore for CountingStore {
     ) -> distributed_leasing::Result<distributed_leasing::store::ReleaseOutcome> {
         self.inner.release(name, lease_id).await
     }
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> distributed_leasing::Result<distributed_leasing::store::ProclaimOutcome> {
+        self.inner.proclaim(name, lease_id, metadata).await
+    }
     async fn inspect(
         &self,
         name: &str,
     ) -> distributed_leasing::Result<Option<distributed_leasing::LeaseInfo>> {
+        self.inspects
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.inspect(name).await
     }
     async fn list(
@@ -498,15 +526,15 @@ impl distributed_leasing::store::LeaseStore for CountingStore {
     fn watch_releases(&self, name: &str) -> distributed_leasing::wait::ReleaseWatch {
         self.inner.watch_releases(name)
     }
+    fn watch_changes(&self, name: &str) -> distributed_leasing::wait::ChangeWatch {
+        self.inner.watch_changes(name)
+    }
 }
 
 pub async fn waiter_never_polls_faster_than_every_100_ms(h: &Harness) {
     let holder_client = h.client().await;
     let real = h.client().await;
-    let counting = Arc::new(CountingStore {
-        inner: Arc::clone(real.store()),
-        attempts: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let counting = CountingStore::over(Arc::clone(real.store()));
     let c = distributed_leasing::LeaseClient::with_store(counting.clone(), crate::options());
     let name = unique("no-busy-poll");
     let a = holder_client

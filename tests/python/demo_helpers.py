@@ -73,6 +73,25 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+LEASING = Path(sys.executable).parent / "leasing"
+
+
+def leasing(
+    *args: str, stdin: int | None = subprocess.DEVNULL, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs the installed console script."""
+    return subprocess.run(
+        [str(LEASING), *args],
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=clean_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -19,14 +18,12 @@ from pathlib import Path
 
 import distributed_leasing as dl
 import pytest
-from demo_helpers import RedisServer, clean_env, demo_redis, free_port
+from demo_helpers import LEASING, RedisServer, demo_redis, free_port, leasing
 from distributed_leasing import _wizard, cli
 from etcd_server import EtcdCluster
 from postgres_server import POSTGRES_PASSWORD, PostgresServer
 
 __all__ = ["demo_redis"]  # fixture
-
-LEASING = Path(sys.executable).parent / "leasing"
 
 METADATA = {
     "instanceId": "us-east-1",
@@ -34,22 +31,6 @@ METADATA = {
     "hostname": "MACHINE-NAME",
     "startTime": "2025-12-25T21:00:00Z",
 }
-
-
-def leasing(
-    *args: str, stdin: int | None = subprocess.DEVNULL, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Runs the installed console script."""
-    return subprocess.run(
-        [str(LEASING), *args],
-        stdin=stdin,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=clean_env(),
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 def fields(output: str) -> dict[str, str]:

@@ -14,9 +14,13 @@ import distributed_leasing as dl
 import pytest
 from distributed_leasing import _native
 
+# Native keywords that are no option of the lease entry points: ``announce`` is set by an
+# election's campaign (issue 24), which builds its native options itself.
+NATIVE_ONLY = {"announce"}
+
 
 def native_keywords(cls: type) -> set[str]:
-    return set(inspect.signature(cls).parameters)
+    return set(inspect.signature(cls).parameters) - NATIVE_ONLY
 
 
 def test_typed_dicts_name_exactly_the_native_options() -> None:

@@ -1,6 +1,6 @@
 //! The etcd store's lease operations: [`LeaseStore`] for [`EtcdStore`] (the acquire txn on a
-//! spare or fresh etcd lease, the batch renewal, the owner-checked release, inspect, list and
-//! the forced release), the lease record as stored and read, and the txns they send. The rules
+//! spare or fresh etcd lease, the batch renewal, the owner-checked proclaim and release,
+//! inspect, list and the forced release), the lease record as stored and read, and the txns they send. The rules
 //! they keep are the store's (see [`super`]).
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
     common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ReleaseOutcome, RenewItem, RenewOutcome,
+    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
 
@@ -34,6 +34,14 @@ struct RecordOut<'a> {
     #[serde(rename = "acquiredAt")]
     acquired_at: String,
     metadata: &'a BTreeMap<String, String>,
+}
+
+impl RecordOut<'_> {
+    fn to_vec(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| {
+            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
+        })
+    }
 }
 
 /// The record as read: the sample's fields must be there, or it is not a lease.
@@ -255,6 +263,32 @@ impl Inner {
             .await
     }
 
+    /// "If the key was not written since `mod_revision`, put `value` on etcd lease `lease`
+    /// (the one it has: its TTL is not touched)." Nothing is ranged on failure.
+    async fn put_if_unchanged(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        mod_revision: i64,
+        lease: i64,
+    ) -> Result<TxnResponse> {
+        let key = B64.encode(key);
+        self.http
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{
+                        "key": key, "target": "MOD", "result": "EQUAL",
+                        "mod_revision": mod_revision.to_string(),
+                    }],
+                    "success": [{ "request_put": {
+                        "key": key, "value": B64.encode(value), "lease": lease.to_string(),
+                    }}],
+                }),
+            )
+            .await
+    }
+
     /// The holder a key shows, its time left read from etcd.
     async fn holder(&self, name: &str, kv: &Kv) -> Result<LeaseInfo> {
         let record = self.record(name, kv)?;
@@ -327,14 +361,12 @@ impl LeaseStore for EtcdStore {
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
         let inner = self.inner()?;
-        let value = serde_json::to_vec(&RecordOut {
+        let value = RecordOut {
             lease_id: req.lease_id,
             acquired_at: format_timestamp(req.acquired_at),
             metadata: req.metadata,
-        })
-        .map_err(|e| {
-            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
-        })?;
+        }
+        .to_vec()?;
         let key = inner.key(req.name);
         let ttl = common::secs_ceil_i64(req.duration);
         let t_sent = Instant::now();
@@ -447,6 +479,63 @@ impl LeaseStore for EtcdStore {
             kv.as_ref(),
             lease_id,
         )))
+    }
+
+    /// The record is read, then rewritten with the new metadata in one txn that compares its
+    /// mod revision (so nobody wrote it meanwhile: not a successor, not a release) and puts it
+    /// on the etcd lease it has (so its TTL is not extended). The watch reports the put to
+    /// observers. A record written between the read and the txn (our own concurrent proclaim)
+    /// is read again, a few times at most.
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let inner = self.inner()?;
+        // One of this store's acquisitions whose duration passed without a renewal: the
+        // expirer revokes its etcd lease (if it has not yet): gone, as for a renewal.
+        if inner
+            .held(name, lease_id)
+            .is_some_and(|h| h.revoking || Instant::now() >= h.revoke_at)
+        {
+            return Ok(ProclaimOutcome::Lost(LostReason::Missing));
+        }
+        let key = inner.key(name);
+        for _ in 0..ATTEMPTS {
+            let kv = inner.range_key(&key).await?;
+            let record = match kv.as_ref().map(|kv| inner.record(name, kv)) {
+                Some(Ok(r)) if r.lease_id == lease_id => r,
+                _ => {
+                    return Ok(ProclaimOutcome::Lost(inner.lost_reason(
+                        name,
+                        kv.as_ref(),
+                        lease_id,
+                    )))
+                }
+            };
+            let Some(kv) = kv else { break };
+            let value = RecordOut {
+                lease_id,
+                acquired_at: record.acquired_at,
+                metadata,
+            }
+            .to_vec()?;
+            if inner
+                .put_if_unchanged(&key, &value, kv.mod_revision, kv.lease)
+                .await?
+                .succeeded
+            {
+                return Ok(ProclaimOutcome::Proclaimed);
+            }
+        }
+        Err(LeaseError::backend(
+            BackendErrorKind::Other,
+            format!(
+                "{}: the lease record kept changing while it was proclaimed ({ATTEMPTS} attempts); retry",
+                inner.http.display
+            ),
+        ))
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {

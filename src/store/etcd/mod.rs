@@ -47,6 +47,9 @@
 //!   txn of ranges (per 128 keys).
 //! - Release: ONE txn "if `create_revision == ours` delete, else range"; our etcd lease, which
 //!   then carries no key, is kept as a spare (not revoked), so a release is one request.
+//! - Proclaim: a range of the record, then ONE txn "if `mod_revision` is unchanged, put the
+//!   record with the new metadata on the etcd lease it has" (so its TTL is not extended, and
+//!   nobody's write in between is overwritten); the watch reports the put to observers.
 //! - Close: waits for spare grants still in flight, then revokes every spare.
 //! - Force release: a range (to show the holder and to refuse foreign data), then a txn
 //!   deleting only that `create_revision`. The holder's etcd lease is left alone: only its
@@ -203,6 +206,9 @@ struct Kv {
     value: String,
     #[serde(default, deserialize_with = "int")]
     create_revision: i64,
+    /// The revision of the key's last write (its acquire, or its holder's last proclaim).
+    #[serde(default, deserialize_with = "int")]
+    mod_revision: i64,
     #[serde(default, deserialize_with = "int")]
     lease: i64,
 }

@@ -14,7 +14,7 @@ use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
     common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ReleaseOutcome, RenewItem, RenewOutcome,
+    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
@@ -47,11 +47,12 @@ macro_rules! live_lease {
     };
 }
 
-/// $1 prefix, $2 name, $3 lease id, $4 acquired_at (RFC 3339), $5 duration ms, $6 metadata
-/// (JSON text), $7 retry flag. Rows: `(true, token, NULL...)` acquired, or `(false, lease
-/// columns)` held; none when the snapshot missed the holder (run again).
-pub(super) const ACQUIRE: &str = concat!(
-    "WITH readmit AS (
+/// The acquire statement, with `$notify` (a CTE after `fence`, or nothing) and `$join` (what
+/// the granted row joins so that the CTE runs, or nothing).
+macro_rules! acquire_statement {
+    ($notify:literal, $join:literal) => {
+        concat!(
+            "WITH readmit AS (
         UPDATE distributed_leasing.leases
            SET expires_at = now() + $5 * interval '1 millisecond'
          WHERE $7 AND key_prefix = $1 AND name = $2 AND lease_id = $3
@@ -78,18 +79,62 @@ pub(super) const ACQUIRE: &str = concat!(
         SELECT $1, $2, 1 FROM taken
         ON CONFLICT (key_prefix, name) DO UPDATE SET last_token = f.last_token + 1
         RETURNING last_token
-    )
+    )",
+            $notify,
+            "
     SELECT true, last_token, NULL::text, NULL::text, NULL::bigint, NULL::text, NULL::bigint
-      FROM fence
+      FROM fence",
+            $join,
+            "
     UNION ALL
     SELECT true, last_token, NULL, NULL, NULL, NULL, NULL FROM readmit_token
     UNION ALL
     SELECT false, NULL, ",
-    lease_columns!(),
-    " FROM ",
-    live_lease!(),
-    " AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM readmit)"
+            lease_columns!(),
+            " FROM ",
+            live_lease!(),
+            " AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM readmit)"
+        )
+    };
+}
+
+/// $1 prefix, $2 name, $3 lease id, $4 acquired_at (RFC 3339), $5 duration ms, $6 metadata
+/// (JSON text), $7 retry flag. Rows: `(true, token, NULL...)` acquired, or `(false, lease
+/// columns)` held; none when the snapshot missed the holder (run again).
+pub(super) const ACQUIRE: &str = acquire_statement!("", "");
+
+/// [`ACQUIRE`] that also announces the acquisition to observers (an election's campaign):
+/// `pg_notify` of `[key_prefix, name, "acquired"]` when it takes the lease (not when it
+/// re-admits its own retry), delivered on commit. A separate statement, so that a plain
+/// acquire stays as it is.
+pub(super) const ACQUIRE_ANNOUNCED: &str = acquire_statement!(
+    ", notified AS (
+        SELECT pg_notify('distributed_leasing_released', json_build_array($1, $2, 'acquired')::text)
+          FROM fence
+    )",
+    " CROSS JOIN (SELECT count(*) FROM notified) AS announced"
 );
+
+/// $1 prefix, $2 name, $3 lease id, $4 metadata (JSON text). Row: proclaimed, the live
+/// holder's lease id as of the statement's start, notifications.
+///
+/// Only the live lease of `$3` has its metadata replaced (as a whole); its lease id,
+/// `acquired_at`, `expires_at` and fence stay. The notification `[key_prefix, name,
+/// "proclaimed"]` tells observers (no waiter: older versions ignore a payload of three).
+/// Idempotent, so the one resend after a dropped connection is harmless.
+pub(super) const PROCLAIM: &str = "WITH proclaimed AS (
+        UPDATE distributed_leasing.leases SET metadata = $4::jsonb
+         WHERE key_prefix = $1 AND name = $2 AND lease_id = $3 AND expires_at > now()
+        RETURNING 1
+    ), notified AS (
+        SELECT pg_notify('distributed_leasing_released',
+                         json_build_array($1, $2, 'proclaimed')::text)
+          FROM proclaimed
+    )
+    SELECT EXISTS (SELECT 1 FROM proclaimed),
+           (SELECT lease_id FROM distributed_leasing.leases
+             WHERE key_prefix = $1 AND name = $2 AND expires_at > now()),
+           (SELECT count(*) FROM notified)";
 
 /// $1 prefix, $2 names, $3 lease ids, $4 durations ms. One row per item, in order: renewed,
 /// and the live holder's lease id as of the statement's start. A lease pinned by an
@@ -231,6 +276,21 @@ impl PostgresStore {
     }
 }
 
+/// `metadata` as the JSON text the statements store; refused if PostgreSQL cannot store it.
+fn metadata_json(metadata: &BTreeMap<String, String>) -> Result<String> {
+    if metadata
+        .iter()
+        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(LeaseError::InvalidArgument(
+            "lease metadata contains a NUL character, which PostgreSQL cannot store; remove it"
+                .into(),
+        ));
+    }
+    serde_json::to_string(metadata)
+        .map_err(|e| LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}")))
+}
+
 /// Why an owner-checked write found nothing of ours: another live holder, or nothing.
 fn lost_reason(holder: Option<&str>, ours: &str) -> LostReason {
     match holder {
@@ -300,19 +360,7 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome> {
-        if req
-            .metadata
-            .iter()
-            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            return Err(LeaseError::InvalidArgument(
-                "lease metadata contains a NUL character, which PostgreSQL cannot store; remove it"
-                    .into(),
-            ));
-        }
-        let metadata = serde_json::to_string(req.metadata).map_err(|e| {
-            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
-        })?;
+        let metadata = metadata_json(req.metadata)?;
         let acquired_at = format_timestamp(req.acquired_at);
         let ms = common::millis_i64(req.duration);
         let prefix = self.inner.prefix.as_str();
@@ -329,10 +377,17 @@ impl LeaseStore for PostgresStore {
                         sent_before.store(true, Ordering::Relaxed);
                     }
                     let retry = retry || sent_before.load(Ordering::Relaxed);
+                    let announce = req.announce;
                     async move {
+                        // A statement of its own, so that a plain acquire stays as it was.
+                        let statement = if announce {
+                            &c.acquire_announced
+                        } else {
+                            &c.acquire
+                        };
                         c.client
                             .query(
-                                &c.acquire,
+                                statement,
                                 &[
                                     &prefix,
                                     &req.name,
@@ -391,6 +446,33 @@ impl LeaseStore for PostgresStore {
             ReleaseOutcome::Released
         } else {
             ReleaseOutcome::Lost(lost_reason(holder.as_deref(), lease_id))
+        })
+    }
+
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let metadata = metadata_json(metadata)?;
+        let prefix = self.inner.prefix.as_str();
+        let row = self
+            .call(|c, _| {
+                let metadata = &metadata;
+                async move {
+                    c.client
+                        .query_one(&c.proclaim, &[&prefix, &name, &lease_id, metadata])
+                        .await
+                }
+            })
+            .await?;
+        let proclaimed: bool = row.get(0);
+        let holder: Option<String> = row.get(1);
+        Ok(if proclaimed {
+            ProclaimOutcome::Proclaimed
+        } else {
+            ProclaimOutcome::Lost(lost_reason(holder.as_deref(), lease_id))
         })
     }
 
@@ -457,7 +539,9 @@ impl LeaseStore for PostgresStore {
     }
 
     fn watch_changes(&self, name: &str) -> ChangeWatch {
-        self.inner.listener.board().observe(name)
+        // Releases, proclaims and announced acquisitions are notified; plain acquisitions are
+        // not (a plain acquire stays the statement it was).
+        self.inner.listener.board().observe(name).with_announced()
     }
 
     async fn close(&self) {

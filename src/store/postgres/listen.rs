@@ -1,7 +1,9 @@
 //! Release notifications over LISTEN/NOTIFY: one listening connection per store, for all names.
 //!
 //! The release and force-release statements `pg_notify` [`CHANNEL`] with the payload
-//! `["<key prefix>", "<name>"]` when they delete a live lease; PostgreSQL delivers it on commit to
+//! `["<key prefix>", "<name>"]` when they delete a live lease (a release: one waiter is woken,
+//! every observer told), the proclaim and the announced acquire with `["<key prefix>",
+//! "<name>", "proclaimed" | "acquired"]` (observers only); PostgreSQL delivers it on commit to
 //! every session listening. A [`listener`] keeps its store's [`ReleaseBoard`] in step with one
 //! connection that only LISTENs, opened when the first waiter appears and kept while the store
 //! lives. One channel for every name: a waiter joining needs no round trip, so its feed is live
@@ -18,7 +20,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::Endpoint;
 use crate::store::feed::{self, FeedStream, HEALTH_EVERY};
-use crate::wait::{FedBoard, ReleaseBoard};
+use crate::wait::{Change, FedBoard, ReleaseBoard};
 
 /// The notification channel of releases.
 pub const CHANNEL: &str = "distributed_leasing_released";
@@ -32,17 +34,35 @@ pub(crate) struct Dispatch {
 
 impl Dispatch {
     fn notified(&self, payload: &str) {
-        let Ok((prefix, name)) = serde_json::from_str::<(String, String)>(payload) else {
+        let Some((prefix, name, change)) = parse(payload) else {
             return;
         };
         if prefix != self.prefix {
             return;
         }
         if let Some(board) = self.board.upgrade() {
-            crate::metrics::RELEASE_NOTIFICATIONS.add(1);
-            board.notify(&name);
+            if change == Change::Released {
+                crate::metrics::RELEASE_NOTIFICATIONS.add(1);
+            }
+            board.changed(&name, change);
         }
     }
+}
+
+/// A notification's payload: `[key_prefix, name]` a release, `[key_prefix, name, "acquired"]`
+/// (an announced acquisition) or `[..., "proclaimed"]` a change for observers only; anything
+/// else is ignored.
+fn parse(payload: &str) -> Option<(String, String, Change)> {
+    let mut parts = serde_json::from_str::<Vec<String>>(payload)
+        .ok()?
+        .into_iter();
+    let (prefix, name) = (parts.next()?, parts.next()?);
+    let change = match parts.next().as_deref() {
+        None => Change::Released,
+        Some("acquired" | "proclaimed") => Change::Acquired,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then_some((prefix, name, change))
 }
 
 /// Drives a connection until it ends, handing notifications to `dispatch` (if any); the
@@ -155,5 +175,27 @@ impl FeedStream for Listener {
 
     fn close(&mut self) -> bool {
         self.conn.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_release_payload_is_a_release() {
+        let p = |s: &str| parse(s).map(|(_, n, c)| (n, c));
+        assert_eq!(p(r#"["lease:","a"]"#), Some(("a".into(), Change::Released)));
+        assert_eq!(
+            p(r#"["lease:","a","acquired"]"#),
+            Some(("a".into(), Change::Acquired))
+        );
+        assert_eq!(
+            p(r#"["lease:","a","proclaimed"]"#),
+            Some(("a".into(), Change::Acquired))
+        );
+        assert_eq!(p(r#"["lease:","a","other"]"#), None);
+        assert_eq!(p(r#"["lease:"]"#), None);
+        assert_eq!(p("not json"), None);
     }
 }

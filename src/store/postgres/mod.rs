@@ -46,6 +46,10 @@
 //!   send instead of reporting a loss.
 //! - Releases (and forced releases) that end a live lease `pg_notify` the channel
 //!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit.
+//!   A proclaim (`PROCLAIM`: the holder's new metadata, owner-checked, its expiry untouched)
+//!   notifies `[key_prefix, name, "proclaimed"]`, an announced acquire (`ACQUIRE_ANNOUNCED`, a
+//!   statement of its own so that a plain acquire is unchanged) `[key_prefix, name,
+//!   "acquired"]`: observers re-read, no waiter is woken.
 //! - Acquires and renewals commit durably (the server's `synchronous_commit`); a release commits
 //!   asynchronously (see `RELEASE`): a crash may undo it, never admit a second holder.
 //! - The password lives in the `tokio_postgres::Config` only (its `Debug` hides it); messages
@@ -69,7 +73,7 @@ use super::TaskSlot;
 use crate::config::{PgSslMode, PostgresTarget};
 use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::wait::FedBoard;
-use lease::{ACQUIRE, FORCE_RELEASE, INSPECT, LIST, RELEASE, RENEW};
+use lease::{ACQUIRE, ACQUIRE_ANNOUNCED, FORCE_RELEASE, INSPECT, LIST, PROCLAIM, RELEASE, RENEW};
 
 /// How to open a connection to the server; shared by the statement and listening connections.
 #[derive(Clone)]
@@ -118,6 +122,8 @@ struct Conn {
     /// The task that drives the connection; stopped by [`PostgresStore::close`].
     driver: TaskSlot,
     acquire: Statement,
+    acquire_announced: Statement,
+    proclaim: Statement,
     renew: Statement,
     release: Statement,
     force_release: Statement,
@@ -321,21 +327,24 @@ impl Endpoint {
         self.ensure_schema(&mut client).await?;
         let prepared = async {
             use Type as T;
+            let acquire_types = [
+                T::TEXT,
+                T::TEXT,
+                T::TEXT,
+                T::TEXT,
+                T::INT8,
+                T::TEXT,
+                T::BOOL,
+            ];
+            // Sent together (the client pipelines them): one round trip more at most.
+            let (acquire, acquire_announced, proclaim) = futures_util::future::try_join3(
+                client.prepare_typed(ACQUIRE, &acquire_types),
+                client.prepare_typed(ACQUIRE_ANNOUNCED, &acquire_types),
+                client.prepare_typed(PROCLAIM, &[T::TEXT, T::TEXT, T::TEXT, T::TEXT]),
+            )
+            .await?;
             Ok::<_, tokio_postgres::Error>((
-                client
-                    .prepare_typed(
-                        ACQUIRE,
-                        &[
-                            T::TEXT,
-                            T::TEXT,
-                            T::TEXT,
-                            T::TEXT,
-                            T::INT8,
-                            T::TEXT,
-                            T::BOOL,
-                        ],
-                    )
-                    .await?,
+                (acquire, acquire_announced, proclaim),
                 client
                     .prepare_typed(
                         RENEW,
@@ -352,7 +361,7 @@ impl Endpoint {
                 client.prepare_typed(LIST, &[T::TEXT, T::TEXT]).await?,
             ))
         };
-        let (acquire, renew, release, force_release, inspect, list) =
+        let ((acquire, acquire_announced, proclaim), renew, release, force_release, inspect, list) =
             prepared.await.map_err(|e| self.error(&e))?;
         Ok(Conn {
             client,
@@ -362,6 +371,8 @@ impl Endpoint {
                 slot
             },
             acquire,
+            acquire_announced,
+            proclaim,
             renew,
             release,
             force_release,

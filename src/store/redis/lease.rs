@@ -15,8 +15,8 @@ use super::{not_a_lease, Conn, RedisStore};
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, LeaseInfo};
 use crate::store::{
-    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
-    RenewOutcome,
+    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
@@ -25,6 +25,7 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 static RENEW_MANY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/renew_many.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static PROCLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/proclaim.lua")));
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
 static FORCE_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/force_release.lua")));
@@ -59,6 +60,7 @@ impl LeaseStore for RedisStore {
             lease_id: req.lease_id.to_owned(),
             millis: millis(req.duration),
             acquired_at: format_timestamp(req.acquired_at),
+            announce: req.announce.then(|| self.publish_command()),
             meta: req
                 .metadata
                 .iter()
@@ -188,6 +190,35 @@ impl LeaseStore for RedisStore {
         }
     }
 
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let key = self.keys.lease(name);
+        let mut inv = PROCLAIM.key(&key);
+        inv.arg(lease_id).arg(match self.publish_command() {
+            "SPUBLISH" => "S",
+            _ => "P",
+        });
+        for (k, v) in metadata {
+            inv.arg(format!("{META_PREFIX}{k}")).arg(v);
+        }
+        match int(Some(&self.invoke(inv, &key).await?)) {
+            Some(1) => Ok(ProclaimOutcome::Proclaimed),
+            Some(0) => Ok(ProclaimOutcome::Lost(LostReason::Missing)),
+            Some(-1) => Ok(ProclaimOutcome::Lost(LostReason::HeldByOther)),
+            Some(-2) => {
+                tracing::warn!(
+                    "Redis key '{key}' of a held lease now holds something other than a lease (WRONGTYPE): the lease is lost (missing); the key was left untouched"
+                );
+                Ok(ProclaimOutcome::Lost(LostReason::Missing))
+            }
+            _ => Err(unexpected("proclaim", &self.addr)),
+        }
+    }
+
     async fn inspect(&self, name: &str) -> Result<Option<LeaseInfo>> {
         let key = self.keys.lease(name);
         match self.invoke(INSPECT.key(&key), &key).await? {
@@ -259,7 +290,12 @@ impl LeaseStore for RedisStore {
     }
 
     fn watch_changes(&self, name: &str) -> ChangeWatch {
-        self.notifier.board().observe(&self.keys.released(name))
+        // Releases, proclaims and announced acquisitions are published; plain acquisitions
+        // are not (a plain acquire stays one script that publishes nothing).
+        self.notifier
+            .board()
+            .observe(&self.keys.released(name))
+            .with_announced()
     }
 
     async fn close(&self) {
@@ -302,19 +338,30 @@ struct AcquireArgs {
     lease_id: String,
     millis: u64,
     acquired_at: String,
+    /// The command that announces the acquisition to observers, if it is to be announced.
+    announce: Option<&'static str>,
     /// `(meta_<key>, value)`
     meta: Vec<(String, String)>,
 }
 
 impl AcquireArgs {
-    /// The acquire script's invocation; `retry` sets its retry flag (ARGV[4]).
+    /// The acquire script's invocation; `retry` sets its retry flag (ARGV[4], prefixed with
+    /// the announcing command's letter when announced).
     fn invocation(&self, retry: bool) -> ScriptInvocation<'static> {
+        let flags = match (self.announce, retry) {
+            (None, false) => "0",
+            (None, true) => "1",
+            (Some("SPUBLISH"), false) => "S0",
+            (Some("SPUBLISH"), true) => "S1",
+            (Some(_), false) => "P0",
+            (Some(_), true) => "P1",
+        };
         let mut inv = ACQUIRE.key(&self.key);
         inv.key(&self.fence)
             .arg(&self.lease_id)
             .arg(self.millis)
             .arg(&self.acquired_at)
-            .arg(if retry { "1" } else { "0" });
+            .arg(flags);
         for (k, v) in &self.meta {
             inv.arg(k).arg(v);
         }

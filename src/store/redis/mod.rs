@@ -9,8 +9,8 @@
 //! a fresh connection. [`RedisStore::close`] closes every connection the store opened.
 //!
 //! Release and force release announce themselves on `<lease key>:released` (PUBLISH, or sharded
-//! SPUBLISH on a cluster); waiters of this process listen through one shared connection
-//! (see [`notify`]).
+//! SPUBLISH on a cluster; so do a proclaim and an announced acquire, for observers); waiters
+//! and observers of this process listen through one shared connection (see [`notify`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

@@ -1,7 +1,9 @@
 //! Release notifications over Redis pub/sub: one connection for all the waiters of a store.
 //!
 //! The release and force-release scripts publish on `<lease key>:released` (hash-tagged like the
-//! key on a cluster). A [`Notifier`] keeps the [`ReleaseBoard`] of its store in step with one
+//! key on a cluster) the message `released`; the proclaim script publishes `proclaimed`, and the
+//! acquire script `acquired` when the acquisition is announced (an election's campaign): those
+//! two are changes for observers ([`Change::Acquired`]) and wake no waiter. A [`Notifier`] keeps the [`ReleaseBoard`] of its store in step with one
 //! RESP3 connection that carries only subscriptions, created when the first waiter appears:
 //! - standalone: a `ConnectionManager` in RESP3 with a push sender; `SUBSCRIBE`/`PUBLISH`;
 //! - cluster: a cluster connection in RESP3 with a push sender; sharded `SSUBSCRIBE`/`SPUBLISH`,
@@ -10,7 +12,7 @@
 //!   moves. It holds at most one socket per master, opened as needed.
 //!
 //! Messages are dispatched inside the push sender (on the connection's reader task, no hop):
-//! one `notify_one` per message. Everything that changes subscriptions runs in one supervisor
+//! one `notify_one` per release message. Everything that changes subscriptions runs in one supervisor
 //! task, in order, so SUBSCRIBE and UNSUBSCRIBE of a key can never overtake each other. When the
 //! connection drops, every entry turns [`Feed::Partial`] (waiters poll, bounded by the holder's
 //! TTL), the supervisor resubscribes, and once a key is live again one waiter is woken in case a
@@ -30,10 +32,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::wait::ReleaseBoard;
+use crate::wait::{Change, ReleaseBoard};
 
 /// Suffix of a lease key that names its release channel.
 pub const RELEASED_SUFFIX: &str = ":released";
+
+/// The change a message on a lease's channel reports: `acquired` (an announced acquisition)
+/// and `proclaimed` (new metadata) are told to observers only; anything else (`released`, and
+/// whatever an older or newer version sends) is a release, which wakes a waiter, as before.
+fn change_of(message: Option<&str>) -> Change {
+    match message {
+        Some("acquired" | "proclaimed") => Change::Acquired,
+        _ => Change::Released,
+    }
+}
 
 /// How often a healthy connection is checked with a PING.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
@@ -96,21 +108,29 @@ pub(crate) struct Pushes {
 
 impl AsyncPushSender for Pushes {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
-        let channel = || {
-            info.data.first().and_then(|v| match v {
+        let text = |i: usize| {
+            info.data.get(i).and_then(|v| match v {
                 Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
                 Value::SimpleString(s) => Some(s.clone()),
                 _ => None,
             })
         };
+        let channel = || text(0);
         match info.kind {
             PushKind::Message | PushKind::SMessage => {
                 let Some(board) = self.board.upgrade() else {
                     return Err(SendError);
                 };
                 if let Some(ch) = channel() {
-                    crate::metrics::RELEASE_NOTIFICATIONS.add(1);
-                    board.notify(&ch);
+                    match change_of(text(1).as_deref()) {
+                        Change::Released => {
+                            crate::metrics::RELEASE_NOTIFICATIONS.add(1);
+                            board.notify(&ch);
+                        }
+                        Change::Acquired => {
+                            board.changed(&ch, Change::Acquired);
+                        }
+                    }
                 }
             }
             PushKind::Disconnection => {
@@ -497,5 +517,20 @@ impl KindStr for redis::RedisError {
             Some(code) => format!("{code} ({:?})", self.kind()),
             None => format!("{:?}", self.kind()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_release_message_wakes_a_waiter() {
+        assert_eq!(change_of(Some("released")), Change::Released);
+        assert_eq!(change_of(Some("acquired")), Change::Acquired);
+        assert_eq!(change_of(Some("proclaimed")), Change::Acquired);
+        // Unknown or missing: a release, as every message was before.
+        assert_eq!(change_of(Some("other")), Change::Released);
+        assert_eq!(change_of(None), Change::Released);
     }
 }

@@ -1,5 +1,5 @@
 //! The SQLite store's lease operations: [`LeaseStore`] for [`SqliteStore`] (acquire, renew,
-//! release, inspect, list, forced release), each write one `BEGIN IMMEDIATE` transaction on the
+//! proclaim, release, inspect, list, forced release), each write one `BEGIN IMMEDIATE` transaction on the
 //! `leases` and `fences` tables, and the lease row as stored ([`StoredLease`]). The rules they
 //! keep are the store's (see [`super`]).
 
@@ -13,10 +13,10 @@ use super::{now_ms, Failure, SqliteStore};
 use crate::error::{LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ReleaseOutcome, RenewItem,
-    RenewOutcome,
+    common, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore, ProclaimOutcome,
+    ReleaseOutcome, RenewItem, RenewOutcome,
 };
-use crate::wait::{ChangeWatch, ReleaseWatch};
+use crate::wait::{Change, ChangeWatch, ReleaseWatch};
 
 pub(super) const SELECT_LEASE: &str =
     "SELECT lease_id, acquired_at, fencing_token, metadata, expires_at FROM leases WHERE name = ?1";
@@ -74,52 +74,58 @@ impl LeaseStore for SqliteStore {
         let metadata = serde_json::to_string(req.metadata).map_err(|e| {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })?;
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Read the clock only once the write lock is ours: the wait for it may be long.
-            let now = now_ms();
-            tx.prepare_cached("DELETE FROM leases WHERE expires_at <= ?1")?
-                .execute([now])?;
-            let held = tx
-                .prepare_cached(SELECT_LEASE)?
-                .query_row([&name], StoredLease::from_row)
-                .optional()?;
-            // A live row is a holder, even one presenting our lease id: lease ids are unique
-            // per acquisition, and a request to this store is never retried, so a matching id
-            // can only be another process's (a forked child with a copied generator, say).
-            let outcome = match held {
-                Some(held) => AcquireOutcome::Held(held.into_info(name.clone(), now)?),
-                None => {
-                    let token: i64 = tx
-                        .prepare_cached(
-                            "INSERT INTO fences (name, last_token) VALUES (?1, 1)
+        let outcome = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Read the clock only once the write lock is ours: the wait for it may be long.
+                let now = now_ms();
+                tx.prepare_cached("DELETE FROM leases WHERE expires_at <= ?1")?
+                    .execute([now])?;
+                let held = tx
+                    .prepare_cached(SELECT_LEASE)?
+                    .query_row([&name], StoredLease::from_row)
+                    .optional()?;
+                // A live row is a holder, even one presenting our lease id: lease ids are unique
+                // per acquisition, and a request to this store is never retried, so a matching id
+                // can only be another process's (a forked child with a copied generator, say).
+                let outcome = match held {
+                    Some(held) => AcquireOutcome::Held(held.into_info(name.clone(), now)?),
+                    None => {
+                        let token: i64 = tx
+                            .prepare_cached(
+                                "INSERT INTO fences (name, last_token) VALUES (?1, 1)
                              ON CONFLICT (name) DO UPDATE SET last_token = last_token + 1
                              RETURNING last_token",
-                        )?
-                        .query_row([&name], |r| r.get(0))?;
-                    let fencing_token = u64::try_from(token).map_err(|_| {
-                        Failure::bad_record(&name, "its fencing counter is negative")
-                    })?;
-                    tx.prepare_cached(
-                        "INSERT INTO leases
+                            )?
+                            .query_row([&name], |r| r.get(0))?;
+                        let fencing_token = u64::try_from(token).map_err(|_| {
+                            Failure::bad_record(&name, "its fencing counter is negative")
+                        })?;
+                        tx.prepare_cached(
+                            "INSERT INTO leases
                              (name, lease_id, acquired_at, fencing_token, metadata, expires_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        name,
-                        lease_id,
-                        acquired_at,
-                        token,
-                        metadata,
-                        now.saturating_add(duration_ms)
-                    ])?;
-                    AcquireOutcome::Acquired { fencing_token }
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
+                        )?
+                        .execute(params![
+                            name,
+                            lease_id,
+                            acquired_at,
+                            token,
+                            metadata,
+                            now.saturating_add(duration_ms)
+                        ])?;
+                        AcquireOutcome::Acquired { fencing_token }
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await?;
+        if req.announce && matches!(outcome, AcquireOutcome::Acquired { .. }) {
+            // This process's observers only: other processes' observers poll.
+            self.inner.board.changed(req.name, Change::Acquired);
+        }
+        Ok(outcome)
     }
 
     fn renews_in_one_request(&self) -> bool {
@@ -181,6 +187,55 @@ impl LeaseStore for SqliteStore {
             .await?;
         if outcome == ReleaseOutcome::Released {
             self.inner.board.notify(&notified);
+        }
+        Ok(outcome)
+    }
+
+    async fn proclaim(
+        &self,
+        name: &str,
+        lease_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ProclaimOutcome> {
+        let notified = name.to_owned();
+        let name = name.to_owned();
+        let lease_id = lease_id.to_owned();
+        let metadata = serde_json::to_string(metadata).map_err(|e| {
+            LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
+        })?;
+        let outcome = self
+            .run_or(
+                move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = now_ms();
+                    let changed = tx
+                        .prepare_cached(
+                            "UPDATE leases SET metadata = ?3
+                         WHERE name = ?1 AND lease_id = ?2 AND expires_at > ?4",
+                        )?
+                        .execute(params![name, lease_id, metadata, now])?;
+                    let outcome = if changed == 1 {
+                        ProclaimOutcome::Proclaimed
+                    } else {
+                        let other: Option<i64> = tx
+                            .prepare_cached("SELECT expires_at FROM leases WHERE name = ?1")?
+                            .query_row([&name], |r| r.get(0))
+                            .optional()?;
+                        if other.is_some_and(|e| e > now) {
+                            ProclaimOutcome::Lost(LostReason::HeldByOther)
+                        } else {
+                            ProclaimOutcome::Lost(LostReason::Missing)
+                        }
+                    };
+                    tx.commit()?;
+                    Ok(outcome)
+                },
+                // The database file was deleted under us: the lease is gone.
+                Some(ProclaimOutcome::Lost(LostReason::Missing)),
+            )
+            .await?;
+        if outcome == ProclaimOutcome::Proclaimed {
+            self.inner.board.changed(&notified, Change::Acquired);
         }
         Ok(outcome)
     }

@@ -30,6 +30,8 @@
 //!   this process wake this process's waiters at once (one in-memory [`ReleaseBoard`] per file,
 //!   shared by every store open on it here); waiters in other processes find out by polling on
 //!   their backoff schedule (never more often than every 100 ms) and at the holder's expiry.
+//!   Proclaims and announced acquisitions made in this process tell its observers the same
+//!   way; observers elsewhere poll.
 //!
 //! - Fork: no SQLite call is in progress while the process forks, and a forked child closes the
 //!   connections it inherited before opening its own ([`fork`]; the bindings call its hooks
@@ -644,6 +646,7 @@ mod tests {
                 duration,
                 acquired_at: Utc::now(),
                 metadata,
+                announce: false,
             })
             .await
             .unwrap()
@@ -774,6 +777,7 @@ mod tests {
                 duration: LONG,
                 acquired_at: Utc::now(),
                 metadata: &meta(&[]),
+                announce: false,
             })
             .await
             .unwrap_err()
@@ -1113,6 +1117,7 @@ mod tests {
                 duration: LONG,
                 acquired_at: Utc::now(),
                 metadata: &meta(&[]),
+                announce: false,
             })
             .await
             .unwrap_err();

@@ -6,7 +6,9 @@
 -- ARGV[2]  the lease duration in milliseconds (the key's PEXPIRE)
 -- ARGV[3]  acquiredAt, e.g. 2025-12-25T21:00:00.000Z
 -- ARGV[4]  '1' when this is the client's one retry of this very request after its reply was
---          lost with a dropped connection, '0' otherwise
+--          lost with a dropped connection, '0' otherwise; prefixed with 'P' (PUBLISH) or 'S'
+--          (SPUBLISH, on a cluster) when the acquisition is to be announced to observers (an
+--          election's campaign): 'P0', 'S1'. A plain acquire ('0', '1') publishes nothing.
 -- ARGV[5..] metadata as field/value pairs, fields already named meta_<key>
 --
 -- Returns  fencingToken                acquired (or, for a retry, already granted to this very
@@ -46,7 +48,7 @@ local orphan = false
 if pttl ~= -2 then
   local holder = redis.call('HGET', KEYS[1], 'leaseId')
   if holder then
-    if holder == ARGV[1] and ARGV[4] == '1'
+    if holder == ARGV[1] and string.sub(ARGV[4], -1) == '1'
         and redis.call('HGET', KEYS[1], 'acquiredAt') == ARGV[3] then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       return tonumber(redis.call('HGET', KEYS[1], 'fencingToken'))
@@ -93,6 +95,15 @@ else
   redis.call('HSET', KEYS[1], unpack(fields))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if #ARGV[4] > 1 then
+  -- Announced: observers of the name see the new holder without polling (best effort, as
+  -- release.lua's notice; release waiters ignore it: none of them could win).
+  if string.sub(ARGV[4], 1, 1) == 'S' then
+    redis.pcall('SPUBLISH', KEYS[1] .. ':released', 'acquired')
+  else
+    redis.pcall('PUBLISH', KEYS[1] .. ':released', 'acquired')
+  end
+end
 if orphan then
   return {token, orphan}
 end
