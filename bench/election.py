@@ -20,8 +20,9 @@ over stdin/stdout (``_handoff_common``; ``CLOCK_MONOTONIC`` is one clock for the
    that time minus the lease's time left as ``election.leader()`` read it just before the kill
    (how late after the expiry the follower leads), p50 over ``--kill-rounds``.
 3. **observe latency**: the rounds of 1 again, with an observer process in ``async for leader
-   in election.observe()``; the time from the new leader's campaign returning to the observer
-   yielding that term (negative when the observer hears of it first), p50/p99.
+   in election.observe()``, the follower leading each time until the observer has yielded it;
+   the time from the follower's campaign returning to the observer yielding its term
+   (negative when the observer hears of it first), p50/p99.
 
 With ``--peers`` (needs ``pip install tooz``), on the Redis store's server and interleaved
 block by block with ours: tooz's Redis driver (``get_coordinator("redis://...")``,
@@ -212,11 +213,12 @@ class Handoffs:
 
 
 class Observer:
-    """An observer process; ``first_seen()`` maps each term to when it was first yielded."""
+    """An observer process; ``seen(term)`` waits for the time it first yielded ``term``."""
 
     def __init__(self, url: str, name: str) -> None:
         self.worker = Worker(__file__, "observer", "-", url, name)
-        self.lines: list[tuple[int, str]] = []
+        self.first: dict[int | None, int] = {}  # term (None: no leader) -> t_ns first yielded
+        self.changed = threading.Condition()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -224,21 +226,20 @@ class Observer:
         with contextlib.suppress(RuntimeError, ValueError):
             while True:
                 t, term = self.worker.read().split()
-                self.lines.append((int(t), term))
+                with self.changed:
+                    self.first.setdefault(None if term == "-" else int(term), int(t))
+                    self.changed.notify_all()
 
-    def wait_first(self) -> None:
-        until = time.monotonic() + 30
-        while not self.lines:
-            if time.monotonic() > until:
-                raise RuntimeError("the observer yielded nothing in 30 s")
-            time.sleep(0.01)
-
-    def first_seen(self) -> dict[int, int]:
-        seen: dict[int, int] = {}
-        for t, term in self.lines:
-            if term != "-":
-                seen.setdefault(int(term), t)
-        return seen
+    def seen(self, term: int | None, timeout: float) -> int | None:
+        """When ``term`` was first yielded (any value for None: the first); None if not within
+        ``timeout`` s."""
+        with self.changed:
+            self.changed.wait_for(
+                lambda: term in self.first or (term is None and self.first), timeout
+            )
+            return (
+                self.first.get(term) if term is not None else min(self.first.values(), default=None)
+            )
 
     def stop(self) -> None:
         self.worker.proc.terminate()
@@ -252,23 +253,42 @@ class Observer:
 
 def observe_latencies(url: str, rounds: int, warmup: int) -> tuple[list[float], int]:
     """Failovers after a resign with an observer watching: ms from each follower's campaign
-    returning to the observer yielding its term; and how many terms the observer skipped."""
+    returning to the observer yielding its term. The follower leads until the observer has
+    yielded it (or for 10 s: then it counts as skipped, the second figure returned)."""
     name = new_name()
     fd, log = tempfile.mkstemp(prefix="dl-bench-terms-")
     os.close(fd)
     observer = Observer(url, name)
+    holder = Worker(__file__, f"ours,30,{log}", "holder", url, name)
+    waiter = Worker(__file__, f"ours,30,{log}", "waiter", url, name)
+    out: list[float] = []
+    skipped = 0
     try:
-        observer.wait_first()
-        handoffs(__file__, f"ours,30,{log}", url, name, rounds, warmup, park)
-        time.sleep(0.5)  # the last term's notice reaches the observer
+        if observer.seen(None, 30) is None:
+            raise RuntimeError("the observer yielded nothing in 30 s")
+        assert holder.ask("acquire") == "ok"
+        for i in range(warmup + rounds):
+            waiter.send("wait")
+            assert waiter.read() == "waiting"
+            park()
+            holder.ask("release")
+            waiter.read()
+            role, term, t = Path(log).read_text().splitlines()[-1].split()
+            assert role == "waiter"
+            seen = observer.seen(int(term), 10)
+            if i >= warmup:
+                if seen is None:
+                    skipped += 1
+                else:
+                    out.append((seen - int(t)) / 1e6)
+            assert waiter.ask("release") == "ok"
+            assert holder.ask("acquire") == "ok"
     finally:
+        holder.close()
+        waiter.close()
         observer.stop()
-        led = [line.split() for line in Path(log).read_text().splitlines()]
         os.unlink(log)
-    seen = observer.first_seen()
-    followers = [(int(term), int(t)) for role, term, t in led if role == "waiter"][warmup:]
-    out = [(seen[term] - t) / 1e6 for term, t in followers if term in seen]
-    return out, len(followers) - len(out)
+    return out, skipped
 
 
 def kill_failovers(url: str, rounds: int, duration: float) -> tuple[list[float], list[float]]:
