@@ -230,9 +230,10 @@ def test_a_leader_stopped_past_its_ttl_learns_it_lost_before_any_write(
         stopped.send("write")  # waiting in its pipe when it wakes up
         stopped.signal(signal.SIGCONT)
         out = stopped.read_json(timeout=LIMIT)
+        assert "wrote" not in out, f"it wrote after it was stopped past its lease: {out}"
         assert stopped.wait() == 0, stopped.stderr
+        assert out["writes"] == 1, out
         assert out["outcome"] == "LeaseLost" and out["is_lost"], out
-        assert out["writes"] == 1, f"it wrote after it was stopped past its lease: {out}"
         assert (out["proclaim"], out["resign"]) == ("LeaseLost", "LeaseLost"), out
         after = election.leader_sync()
         assert after is not None and same_record(after, before), (after, before)
