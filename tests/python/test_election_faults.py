@@ -27,7 +27,7 @@ from faults_util import Child, report
 from test_waiting import subscriptions
 
 TTL = 2.0  # the lease (leadership) duration of the leaders that are killed or stopped
-RENEW = TTL / 3  # their renewal interval, the default (a third of the duration)
+RENEW = TTL / 2  # their renewal interval, the default (half the duration, under 3 s)
 SLACK = 5.0  # on top of an expected bound, for a loaded machine
 LIMIT = 60.0  # for anything that should take well under a second
 
