@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The four scenarios of the distributed lock demo, with short timings (well under a minute):
+# The four scenarios of the distributed lock demo, and a fifth of leader election, with short
+# timings (about a minute):
 #
 #   1. simultaneous start   two instances start together: one wins, one fails at once
 #   2. takeover             the winner is killed (SIGKILL, no release); a waiting instance
@@ -7,6 +8,9 @@
 #   3. three regions        three instances start together: one wins, two fail
 #   4. expiry               the winner crashes; right after, the lease is still held; once the
 #                           lease duration has passed, a new instance acquires it at once
+#   5. leader election      three instances of examples/leader.py campaign: one leads, the
+#                           others follow it; the leader is killed (SIGKILL) and a follower
+#                           takes over with a higher term, the third following the new leader
 #
 # Store: whatever compete.py finds (configuration in the current directory, else the embedded
 # store of this machine); DEMO_URL=redis://host:port (or postgresql://...) passes --url. PYTHON
@@ -19,8 +23,10 @@ set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python3}"
 compete=("$python" -u "$here/compete.py")
+elect=("$python" -u "$here/leader.py")
 if [[ -n "${DEMO_URL:-}" ]]; then
     compete+=(--url "$DEMO_URL")
+    elect+=(--url "$DEMO_URL")
 fi
 
 # Short timings: lease LEASE s renewed every RENEW s; winners work WORK s.
@@ -59,6 +65,21 @@ start() {
         --lease-seconds "$LEASE" --renew-seconds "$RENEW" "$@" >"$tmp/$name.out" 2>&1 &
     pids+=("$!")
     pid_of[$name]=$!
+}
+
+# candidate NAME REGION ELECTION: runs a leader.py instance in the background, as start does.
+candidate() {
+    local name="$1" region="$2" election="$3"
+    "${elect[@]}" --instance "$name" --region "$region" --name "$election" \
+        --lease-seconds "$LEASE" --progress-seconds 0.5 \
+        >"$tmp/$name.out" 2>&1 &
+    pids+=("$!")
+    pid_of[$name]=$!
+}
+
+# term_of NAME: the last term NAME was elected with ("★ Elected leader | Term: N"), or nothing.
+term_of() {
+    sed -n 's/.*★ Elected leader | Term: \([0-9][0-9]*\).*/\1/p' "$tmp/$1.out" 2>/dev/null | tail -n 1
 }
 
 # finish NAME TIMEOUT: waits up to TIMEOUT s for the instance to exit; sets rc to its exit status
@@ -220,6 +241,60 @@ if wait_for us-east-4 "✓ Lock acquired" 15; then
 fi
 show us-east-4 eu-west-4a eu-west-4b
 verdict 4 "expiry" "$ok" "$detail"
+echo
+
+# -- Scenario 5: leader election -------------------------------------------------------------
+echo "--- Scenario 5: leader election"
+election="$run_id-5"
+candidate us-east-5 us-east "$election"
+ok=no
+detail="us-east-5 was not elected"
+if wait_for us-east-5 "★ Elected leader" 15; then
+    first_term=$(term_of us-east-5)
+    candidate eu-west-5 eu-west "$election"
+    candidate ap-south-5 ap-south "$election"
+    detail="the followers did not see us-east-5 lead"
+    if wait_for eu-west-5 "Leader: us-east-5 | Term: $first_term" 15 &&
+        wait_for ap-south-5 "Leader: us-east-5 | Term: $first_term" 15; then
+        crash us-east-5
+        killed_at=$(date +%s.%N)
+        new_leader=""
+        waited=0
+        while [[ -z "$new_leader" ]] && ((waited < (LEASE * 5 + 15) * 10)); do
+            for name in eu-west-5 ap-south-5; do
+                [[ -n "$(term_of "$name")" ]] && new_leader="$name"
+            done
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        took=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        detail="no follower took over after us-east-5 was killed"
+        if [[ -n "$new_leader" ]]; then
+            new_term=$(term_of "$new_leader")
+            follower=eu-west-5
+            [[ "$new_leader" == eu-west-5 ]] && follower=ap-south-5
+            if ((new_term <= first_term)); then
+                detail="$new_leader was elected with term $new_term, not above $first_term"
+            elif [[ -n "$(term_of "$follower")" ]]; then
+                detail="both followers were elected"
+            elif ! wait_for "$follower" "Leader: $new_leader | Term: $new_term" 15; then
+                detail="$follower did not see $new_leader lead"
+            else
+                ok=yes
+                detail="us-east-5 (term $first_term) killed with SIGKILL; $new_leader elected"
+                detail+=" with term $new_term after ${took}s; $follower followed it"
+            fi
+        fi
+    fi
+fi
+for name in eu-west-5 ap-south-5; do
+    [[ -n "${pid_of[$name]:-}" ]] && kill -TERM "${pid_of[$name]}" 2>/dev/null
+done
+for name in eu-west-5 ap-south-5; do
+    [[ -n "${pid_of[$name]:-}" ]] && finish "$name" 20
+done
+show us-east-5 eu-west-5 ap-south-5
+verdict 5 "leader election" "$ok" "$detail"
 echo
 
 if ((failed)); then

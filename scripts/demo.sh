@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and installs distributed-leasing, then runs the competition demo's four scenarios
+# Builds and installs distributed-leasing, then runs the competition demo's five scenarios
 # (examples/run-competition-demo.sh) on whatever store is configured: appsettings.Local.json /
 # RedisLeasing__* variables, or DEMO_URL=redis://... ; with nothing configured, on the embedded
 # SQLite store (one machine only).

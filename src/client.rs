@@ -54,7 +54,9 @@ pub struct ClientOptions {
     /// Renewal interval when a lease does not say; `None` means two thirds of the duration
     /// (20 s of 30 s, as the sample), or half of it for leases under 3 s
     /// ([`crate::timing::default_renew_interval`]). It must leave room for a retry
-    /// ([`crate::timing::max_renew_interval`]: at most 27 s of 30 s).
+    /// ([`crate::timing::max_renew_interval`]: at most 27 s of 30 s) of `default_duration`; a
+    /// lease of another duration uses it where it leaves that room too, else that duration's
+    /// default.
     pub renew_interval: Option<Duration>,
     /// Whether leases renew themselves by default.
     pub auto_renew: bool,
@@ -236,10 +238,19 @@ impl LeaseClient {
         if !auto_renew {
             return Ok((duration, None));
         }
-        let interval = opts
-            .renew_interval
-            .or(self.options.renew_interval)
-            .unwrap_or_else(|| timing::default_renew_interval(duration));
+        // The client's interval was chosen (and checked) for its default duration: a lease of
+        // its own duration takes it only where it fits, else that duration's default (a client
+        // configured to renew every 20 s still gives a 10 s lease, renewed every 6.7 s).
+        let interval = match (opts.renew_interval, self.options.renew_interval) {
+            (Some(interval), _) => interval,
+            (None, Some(interval))
+                if opts.duration.is_none()
+                    || timing::check_renew_interval(duration, interval).is_ok() =>
+            {
+                interval
+            }
+            _ => timing::default_renew_interval(duration),
+        };
         if let Err(refusal) = timing::check_renew_interval(duration, interval) {
             return Err(LeaseError::InvalidArgument(format!(
                 "renew interval {} is refused for a lease of {}: {}; renew about every {} for \

@@ -453,7 +453,8 @@ class Election:
     async def run(self, fn: Callable[[Term], Any]) -> Any:
         """Campaigns, then runs ``fn(term)`` while leading, and returns its result.
 
-        ``fn`` is a coroutine function or a plain function (run in a thread). When it returns,
+        ``fn`` is a coroutine function or a plain function (run in a thread; when it returns
+        an awaitable, as ``lambda term: work(term, 5)`` does, that is awaited). When it returns,
         leadership is resigned and ``run`` returns what it returned; when it raises, leadership
         is resigned and the exception propagates. When leadership is lost while it runs, it is
         cancelled and ``run`` campaigns again. A thread cannot be cancelled: a plain function
@@ -468,6 +469,10 @@ class Election:
                         result = await fn(term)
                     else:
                         result = await _in_thread(fn, term)
+                        if inspect.isawaitable(result):
+                            # A plain callable that returns an awaitable (a lambda or a
+                            # partial around a coroutine function): awaited while leading.
+                            result = await result
             except LeaseLost:
                 continue  # lost while fn ran: campaign again
             return result

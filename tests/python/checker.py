@@ -3,6 +3,7 @@
     python tests/python/checker.py --store redis --seconds 60 --seed 1
     python tests/python/checker.py --store all --seconds 20 --seed 7 --json out.json
     python tests/python/checker.py --store sqlite --prefork --seconds 30
+    python tests/python/checker.py --store etcd --election --seconds 30
 
 Stores: Redis, Redis Cluster (3 masters), SQLite, PostgreSQL and etcd (3 members), each a
 private server (or file) the checker starts, kills and restarts itself. Many worker processes
@@ -119,6 +120,22 @@ the parent runs an operation every 0.2 s and at once after each child's exit
 (``inspect_sync`` of a held lease, ``renew_sync``, ``try_acquire_sync`` + ``release_sync`` of a
 scratch name, ``list_sync``), each timed. Faults (``PREFORK_FAULTS``) hit the children only:
 the parent has no excuse to stall.
+
+The election mode (``--election``, ``run_store(election=True)``): the same workload, the same
+faults and the same checks, through leader election instead of the plain lease (an election is
+the lease of its name: the term is its fencing token). Five direct processes of two lanes each
+(ten candidates) campaign with an identity of their own: ``async_ctx`` and ``sync_ctx`` lead in
+``async with`` / ``with election.campaign(wait=...)``, ``async_try`` leads through
+``election.run(fn)`` (``fn`` leads once and returns, which resigns; a loss cancels it and
+``run`` campaigns again; the run is cancelled after its wait) and ``sync_acquire`` resigns by
+hand (``term.resign_sync()``) inside its campaign. A leader holds for 0-5 ms mostly, and now
+and then proclaims (new metadata, same term) between its read and its write. Every process
+also observes the election (``election.observe()``), and the checks add:
+
+(f) observers: the values one observer sees never repeat (the same lease id, term and
+    metadata twice in a row: ``observed_repeat``), never go down in term
+    (``observed_term_down``), and each leader seen is one that was elected with that term
+    (``observed_term_mismatch``: a lease id a worker recorded with another fencing token).
 
 ``--sabotage nolease`` skips the lease (token 0 for all): the register must then see lost
 updates and shared tokens (a control that shows the checks can fail). ``--sabotage noaof``
@@ -361,6 +378,8 @@ class Leaf:
         self.name: str = cfg["name"]
         self.duration: float = cfg["duration"]
         self.sabotage: str | None = cfg.get("sabotage")
+        self.election_mode: bool = bool(cfg.get("election"))
+        self.election: Any = None  # this process's Election in the election mode
         self.end_timeout = self.duration * 3 + 10.0
         out = Path(cfg["outdir"]) / f"w-{self.pid}-{self.wid}.jsonl"
         self._out = open(out, "a", buffering=1)  # noqa: SIM115 - closed in run()
@@ -468,29 +487,46 @@ class Leaf:
 
     # -- bodies -----------------------------------------------------------------------------
 
-    def body_sync(self, reg: FencedRegister, h: Handle, rng: random.Random) -> None:
+    def body_sync(
+        self, reg: FencedRegister, h: Handle, rng: random.Random, term: Any = None
+    ) -> None:
         who = self.who(h)
         v = reg.read(who)
         if v is None:
             h.read = "refused"
             return
         h.read = "accepted"
-        hold = pick_hold(rng, self.duration)
+        hold = self.pick_hold(rng)
         if hold:
             time.sleep(hold)
+        if term is not None and rng.random() < 0.3:
+            # A proclaim between the read and the write (LeaseLost when no longer leader).
+            term.proclaim_sync({**self.metadata(h.lane), "value": str(v)})
         h.write = "accepted" if reg.write(who, v, v + 1) else "refused"
 
-    async def body_async(self, reg: FencedRegister, h: Handle, rng: random.Random) -> None:
+    async def body_async(
+        self, reg: FencedRegister, h: Handle, rng: random.Random, term: Any = None
+    ) -> None:
         who = self.who(h)
         v = reg.read(who)
         if v is None:
             h.read = "refused"
             return
         h.read = "accepted"
-        hold = pick_hold(rng, self.duration)
+        hold = self.pick_hold(rng)
         if hold:
             await asyncio.sleep(hold)
+        if term is not None and rng.random() < 0.3:
+            await term.proclaim({**self.metadata(h.lane), "value": str(v)})
         h.write = "accepted" if reg.write(who, v, v + 1) else "refused"
+
+    def pick_hold(self, rng: random.Random) -> float:
+        """How long a holder sleeps between its read and its write: in the election mode a
+        leader leads for 0-5 ms, but now and then (as the plain mode) across a renewal or a
+        fault."""
+        if self.election_mode and rng.random() < 0.9:
+            return rng.uniform(0.0, 0.005)
+        return pick_hold(rng, self.duration)
 
     def lease_kwargs(self, rng: random.Random, lane: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"duration": self.duration, "metadata": self.metadata(lane)}
@@ -513,6 +549,8 @@ class Leaf:
         kw = self.lease_kwargs(rng, lane)
         box: list[Handle] = []  # the handle, once acquired
         t_call = time.monotonic()
+        if self.election_mode:
+            return self.sync_campaign(reg, lane, rng, wait, box, t_call)
         if lane == "sync_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
@@ -558,6 +596,41 @@ class Leaf:
             except dl.BackendError as e:
                 h.release_error = str(e.kind)
             self.finish_sync(h)
+        return True
+
+    def sync_campaign(
+        self,
+        reg: FencedRegister,
+        lane: str,
+        rng: random.Random,
+        wait: float,
+        box: list[Handle],
+        t_call: float,
+    ) -> bool:
+        """One term in the election mode, from a thread: ``with election.campaign(...)``; the
+        ``sync_acquire`` lane resigns by hand inside it."""
+        import distributed_leasing as dl
+
+        try:
+            with self.election.campaign(metadata=self.metadata(lane), wait=wait) as term:
+                box.append(self.acquired(lane, term.lease, t_call, wait))
+                self.body_sync(reg, box[0], rng, term)
+                if lane == "sync_acquire":
+                    term.resign_sync()
+                    box[0].release_result = True
+        except dl.LeaseUnavailable:
+            self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
+            return False
+        except dl.LeaseLost as e:
+            if not box:
+                raise
+            box[0].lease_lost_exc = str(e.reason)
+        except dl.BackendError as e:
+            if not box:
+                self.backend_error(lane, "acquire", e)
+                return False
+            box[0].release_error = str(e.kind)
+        self.finish_sync(box[0])
         return True
 
     def sync_lane(self, client: Any, lane: str, rng: random.Random) -> None:
@@ -630,6 +703,8 @@ class Leaf:
         box: list[Handle] = []  # the handle, once acquired
         watch = None
         t_call = time.monotonic()
+        if self.election_mode:
+            return await self.async_campaign(reg, lane, rng, wait, t_call, finishers)
         if lane == "async_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
@@ -679,6 +754,97 @@ class Leaf:
             finishers.append(asyncio.ensure_future(self.finish_async(h, watch)))
         return True
 
+    async def async_campaign(
+        self,
+        reg: FencedRegister,
+        lane: str,
+        rng: random.Random,
+        wait: float,
+        t_call: float,
+        finishers: list[asyncio.Task[None]],
+    ) -> bool:
+        """One campaign in the election mode, on the event loop: ``async with
+        election.campaign(...)`` (``async_ctx``) or ``election.run(fn)`` (``async_try``: each
+        term ``fn`` is given is a handle; ``fn`` returns after one write, which resigns; the
+        run is cancelled after its wait, which resigns too)."""
+        import distributed_leasing as dl
+
+        handles: list[tuple[Handle, Any]] = []
+        if lane == "async_try":
+
+            async def lead(term: Any) -> None:
+                h = self.acquired(lane, term.lease, t_call, wait)
+                handles.append((h, self.watch(term.lease)))
+                try:
+                    await self.body_async(reg, h, rng, term)
+                except dl.LeaseLost as e:
+                    h.lease_lost_exc = str(e.reason)
+
+            try:
+                await asyncio.wait_for(self.election.run(lead), max(wait, 0.05) + 0.5)
+            except TimeoutError:
+                if not handles:
+                    self.counts[lane]["unavailable_after_wait"] += 1
+            except dl.LeaseLost as e:  # the resign after a term that was lost
+                if not handles:
+                    raise
+                if handles[-1][0].lease_lost_exc is None:
+                    handles[-1][0].lease_lost_exc = str(e.reason)
+            except dl.BackendError as e:
+                if not handles:
+                    self.backend_error(lane, "acquire", e)
+                else:
+                    handles[-1][0].release_error = str(e.kind)
+            for h, watch in handles:
+                finishers.append(asyncio.ensure_future(self.finish_async(h, watch)))
+            return bool(handles)
+        box: list[Handle] = []
+        watch = None
+        try:
+            async with self.election.campaign(metadata=self.metadata(lane), wait=wait) as term:
+                box.append(self.acquired(lane, term.lease, t_call, wait))
+                watch = self.watch(term.lease)
+                await self.body_async(reg, box[0], rng, term)
+        except dl.LeaseUnavailable:
+            self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
+            return False
+        except dl.LeaseLost as e:
+            if not box:
+                raise
+            box[0].lease_lost_exc = str(e.reason)
+        except dl.BackendError as e:
+            if not box:
+                self.backend_error(lane, "acquire", e)
+                return False
+            box[0].release_error = str(e.kind)
+        finishers.append(asyncio.ensure_future(self.finish_async(box[0], watch)))
+        return True
+
+    async def observe_lane(self) -> None:
+        """The election mode's observer: records every value ``election.observe()`` yields
+        until the run stops."""
+
+        async def record() -> None:
+            async for leader in self.election.observe():
+                self.emit(
+                    ev="observed",
+                    t=time.monotonic(),
+                    lease_id=None if leader is None else leader.lease_id,
+                    term=None if leader is None else leader.term,
+                    identity=None if leader is None else leader.identity,
+                    metadata=None if leader is None else leader.metadata,
+                )
+
+        task = asyncio.ensure_future(record())
+        try:
+            while not self.stopping() and not task.done():
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(results[0], Exception):
+            self.unexpected("observe", "observe", results[0])
+
     async def async_lane(self, client: Any, lane: str, rng: random.Random) -> None:
         reg = FencedRegister(self.cfg["register"])
         finishers: list[asyncio.Task[None]] = []
@@ -727,7 +893,13 @@ class Leaf:
                 self.emit(ev="no_start", counts={ln: dict(c) for ln, c in self.counts.items()})
                 return 0
             base = dl.metrics()
+            if self.election_mode:
+                self.election = client.election(
+                    self.name, identity=f"{self.pid}:{self.wid}", duration=self.duration
+                )
             async_lanes = [ln for ln in self.lanes if ln.startswith("async")]
+            if self.election_mode:
+                async_lanes.append("observe")
             sync_lanes = [ln for ln in self.lanes if ln.startswith("sync")]
             on_main = sync_lanes.pop(0) if main == "sync" and sync_lanes else None
             self.emit(ev="start", kind=self.kind, lanes=self.lanes, ppid=os.getppid(),
@@ -739,7 +911,9 @@ class Leaf:
             async def all_async() -> None:
                 await asyncio.gather(
                     *(
-                        self.async_lane(client, ln, random.Random(f"{self.seed}:a{i}:{ln}"))
+                        self.observe_lane()
+                        if ln == "observe"
+                        else self.async_lane(client, ln, random.Random(f"{self.seed}:a{i}:{ln}"))
                         for i, ln in enumerate(async_lanes)
                     )
                 )
@@ -1455,11 +1629,22 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def host_plan(fork: bool = True, prefork: bool = False) -> list[dict[str, Any]]:
+def host_plan(
+    fork: bool = True, prefork: bool = False, election: bool = False
+) -> list[dict[str, Any]]:
     """The worker processes of a run: 4 direct (two through the proxy) and 2 fork hosts; in
-    the prefork mode, one prefork host with 3 children at a time."""
+    the prefork mode, one prefork host with 3 children at a time; in the election mode, 5
+    direct processes of 2 lanes each (ten candidates), two through the proxy."""
     if prefork:
         return [{"id": "P", "kind": "prefork", "children": 3, "via": "direct"}]
+    if election:
+        return [
+            {"id": "A", "kind": "direct", "lanes": ["async_ctx", "async_try"], "via": "direct"},
+            {"id": "B", "kind": "direct", "lanes": ["sync_ctx", "sync_acquire"], "via": "direct"},
+            {"id": "C", "kind": "direct", "lanes": ["async_try", "sync_ctx"], "via": "proxied"},
+            {"id": "D", "kind": "direct", "lanes": ["async_ctx", "sync_acquire"], "via": "proxied"},
+            {"id": "E", "kind": "direct", "lanes": ["async_ctx", "sync_ctx"], "via": "direct"},
+        ]
     plan: list[dict[str, Any]] = [
         {"id": "A", "kind": "direct", "lanes": ["async_ctx", "async_try"], "via": "direct"},
         {"id": "B", "kind": "direct", "lanes": ["sync_ctx", "sync_acquire"], "via": "direct"},
@@ -1522,6 +1707,8 @@ class Summary:
         ]
         if "prefork" in ops:
             lines.insert(-2, f"   prefork: {ops['prefork']}")
+        if "observed" in ops:
+            lines.insert(-2, f"   observed: {ops['observed']}")
         for kind, items in sorted(self.details.items()):
             for item in items[:5]:
                 lines.append(f"     {kind}: {json.dumps(item, default=str)[:400]}")
@@ -1542,10 +1729,12 @@ class Orchestrator:
         faults: tuple[str, ...] | None = None,
         fork: bool = True,
         prefork: bool = False,
+        election: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.fork = fork
         self.prefork = prefork
+        self.election = election
         self.store = store
         self.seconds = seconds
         self.seed = seed
@@ -1579,10 +1768,11 @@ class Orchestrator:
             "max_seconds": self.seconds + 600,
             "seed": str(self.seed),
             "sabotage": self.sabotage,
+            "election": self.election,
         }
 
     def start_hosts(self) -> None:
-        for spec in host_plan(self.fork, self.prefork):
+        for spec in host_plan(self.fork, self.prefork, self.election):
             self.hosts.append(Host(spec, self._cfg(), self.workdir, 0))
 
     def respawn_dead(self) -> None:
@@ -1729,11 +1919,12 @@ class Orchestrator:
                        down_s=round(time.monotonic() - t0, 2))  # fmt: skip
         elif kind == "force_release":
             info = None
-            until = time.monotonic() + 3.0
+            # Leaders of the election mode hold for milliseconds: look often, and longer.
+            until = time.monotonic() + (6.0 if self.election else 3.0)
             while info is None and time.monotonic() < until:
                 info = self.admin.inspect_sync(self.name)
                 if info is None:
-                    time.sleep(0.05)
+                    time.sleep(0.005 if self.election else 0.05)
             if info is None:
                 return {**rec, "skipped": "no holder"}
             t0 = time.monotonic()
@@ -1882,7 +2073,7 @@ class Orchestrator:
         # a record file per leaf, and one of the prefork parent
         expected = sum(
             1 if s["kind"] == "direct" else s["children"] + (s["kind"] == "prefork")
-            for s in host_plan(self.fork, self.prefork)
+            for s in host_plan(self.fork, self.prefork, self.election)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -2157,6 +2348,34 @@ def analyze(
     for st in stuck:
         v["stuck_worker"].append(st)
 
+    # (f) observers (the election mode) ------------------------------------------------------
+    observed = [r for r in records if r.get("ev") == "observed"]
+    token_of = {a["lease_id"]: a["token"] for a in acqs.values()}
+    by_observer: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in observed:
+        by_observer[r["wid"]].append(r)
+    unknown_leaders = 0
+    for wid, seen in by_observer.items():
+        top: int | None = None
+        prev: tuple[Any, ...] | None = None
+        for r in seen:
+            value = (r["lease_id"], r["term"], json.dumps(r["metadata"], sort_keys=True))
+            if prev is not None and value == prev:
+                v["observed_repeat"].append({"observer": wid, "value": r})
+            prev = value
+            if r["term"] is not None:
+                if top is not None and r["term"] < top:
+                    v["observed_term_down"].append({"observer": wid, "term": r["term"],
+                                                    "after": top})  # fmt: skip
+                top = r["term"] if top is None else max(top, r["term"])
+            if r["lease_id"] is not None:
+                granted = token_of.get(r["lease_id"])
+                if granted is None:
+                    unknown_leaders += 1  # elected by a process killed before it recorded it
+                elif granted != r["term"]:
+                    v["observed_term_mismatch"].append({"observer": wid, "seen": r,
+                                                        "granted": granted})  # fmt: skip
+
     # figures --------------------------------------------------------------------------------
     wins_by_lane: Counter[str] = Counter()
     wins_by_kind: Counter[str] = Counter()
@@ -2201,6 +2420,17 @@ def analyze(
     }
     if parents:
         s.operations["prefork"] = prefork
+    if observed:
+        s.operations["observed"] = {
+            "observers": len(by_observer),
+            "values": len(observed),
+            "leaders": sum(1 for r in observed if r["lease_id"] is not None),
+            "no_leader": sum(1 for r in observed if r["lease_id"] is None),
+            "proclaims_seen": sum(
+                1 for r in observed if r["metadata"] is not None and "value" in r["metadata"]
+            ),
+            "unknown_leaders": unknown_leaders,
+        }
     s.faults = dict(Counter(f["kind"] for f in faults if "skipped" not in f))
     s.fault_log = list(faults)
     skipped = Counter(f["kind"] for f in faults if "skipped" in f)
@@ -2263,6 +2493,7 @@ def run_store(
     faults: tuple[str, ...] | None = None,
     fork: bool = True,
     prefork: bool = False,
+    election: bool = False,
     keep: bool = False,
     verbose: bool = False,
 ) -> Summary:
@@ -2270,7 +2501,7 @@ def run_store(
     with _workdir(keep, workdir) as wd:
         orch = Orchestrator(
             store, seconds, seed, wd, duration=duration, sabotage=sabotage, faults=faults,
-            fork=fork, prefork=prefork,
+            fork=fork, prefork=prefork, election=election,
             log=(lambda m: print(f"[{store}] {m}", file=sys.stderr, flush=True))
             if verbose else None,
         )  # fmt: skip
@@ -2301,6 +2532,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", default=None, help="comma-separated fault kinds (default: all)")
     p.add_argument("--no-fork", action="store_true", help="no forked children")
     p.add_argument("--prefork", action="store_true", help="the prefork mode (see above)")
+    p.add_argument("--election", action="store_true", help="the election mode (see above)")
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")
     p.add_argument("--keep", action="store_true", help="keep the records directory")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -2317,7 +2549,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_store(
             store, seconds=args.seconds, seed=args.seed, duration=args.duration,
             sabotage=args.sabotage, faults=faults, fork=not args.no_fork, prefork=args.prefork,
-            keep=args.keep,
+            election=args.election, keep=args.keep,
             verbose=args.verbose,
         )  # fmt: skip
         print(summary.text(), flush=True)

@@ -20,6 +20,10 @@ prefork mode, whose first round of faults sets most of their length) and ``CHECK
 
     CHECKER_SECONDS=600 python -m pytest tests/python/test_checker.py -s
 
+The election mode (every store): ten candidates campaign for one election through every
+campaign path, under the same faults and checks, while every process observes it; no observer
+may see a value repeat, a term go down or a term that was not granted.
+
 The last tests are the controls: without the lease the same checks must find lost updates, and
 a worker that leaves a lease behind must be found.
 """
@@ -110,6 +114,42 @@ def test_prefork_parent_keeps_its_leases_while_children_exit(store: str, tmp_pat
     assert set(summary.faults) == set(checker.PREFORK_FAULTS), summary.text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(SHORT * 2 + 240)
+@pytest.mark.parametrize(
+    "store",
+    ["redis", pytest.param("redis-cluster", marks=pytest.mark.cluster), "sqlite", "postgres",
+     "etcd"],
+)  # fmt: skip
+def test_election_mode_finds_no_violation(store: str, tmp_path: Path) -> None:
+    """Issue 24: ten candidates in five processes campaign for one election (``async with`` /
+    ``with`` campaign, ``run(fn)``, resign by hand), lead for 0-5 ms mostly, proclaim now and
+    then, and write through the fenced register under the store's faults, while every process
+    observes the election: no two terms overlap (the register), terms strictly increase with
+    the grants, losses are reported once, nothing is left held, and no observer sees a value
+    twice in a row, a term go down or a term that was not granted to that leader."""
+    summary = checker.run_store(store, seconds=SHORT, seed=SEED, workdir=tmp_path, election=True)
+    print(summary.text())
+    report(
+        f"checker_election_{store}", **_figures(summary), observed=summary.operations["observed"]
+    )
+
+    assert summary.total_violations == 0, summary.text()
+
+    ops = summary.operations
+    # The run did what it claims: terms were led on every path, and observed ...
+    assert ops["writes_accepted"] >= 20, summary.text()
+    assert ops["final_counter"] == ops["writes_accepted"]
+    assert set(ops["wins_by_lane"]) == set(checker.LANES), summary.text()
+    observed = ops["observed"]
+    # every process observed (a respawned one too)
+    assert observed["observers"] >= len(checker.host_plan(election=True)), summary.text()
+    assert observed["leaders"] >= 10 and observed["no_leader"] >= 1, summary.text()
+    assert observed["proclaims_seen"] >= 1, summary.text()
+    # ... under every fault kind of this store.
+    assert set(summary.faults) == set(checker.FAULTS[store]), summary.text()
+
+
 def test_checker_sees_lost_updates_without_the_lease(tmp_path: Path) -> None:
     """The control: the same workload, the lease skipped (every write carries token 0, which
     the register accepts). Overlapping read-modify-writes must show as lost updates and as a
@@ -135,3 +175,39 @@ def test_checker_sees_a_lease_held_by_nobody(tmp_path: Path) -> None:
     exited = summary.operations["processes"]["exited_cleanly"]
     assert exited == len(checker.host_plan(fork=False)), summary.text()
     assert summary.violations == {"held_by_nobody": exited}, summary.text()
+
+
+def test_checker_sees_what_an_observer_must_never_yield(tmp_path: Path) -> None:
+    """The control of (f): an observer's log with a value repeated, a term that goes down and
+    a leader seen with another term than it was granted must give one violation each (the
+    election runs above could not fail on these otherwise)."""
+    import json
+
+    records = tmp_path / "records"
+    records.mkdir()
+    grant = {"pid": 1, "wid": "w", "lane": "async_ctx", "t_call": 0.0, "t_ret": 0.1, "wait": 0}
+    seen = [
+        (None, None, None),
+        ("lease-a", 1, {"k": "1"}),
+        ("lease-a", 1, {"k": "1"}),  # the same value twice in a row
+        ("lease-b", 2, {}),
+        ("lease-a", 1, {"k": "2"}),  # a term lower than one yielded
+        ("lease-c", 7, {}),  # granted with token 3
+    ]
+    lines = [
+        {"ev": "acq", "h": f"w:{i}", "lease_id": lid, "token": tok, **grant}
+        for i, (lid, tok) in enumerate([("lease-a", 1), ("lease-b", 2), ("lease-c", 3)])
+    ] + [
+        {"ev": "observed", "pid": 2, "wid": "o", "t": float(i), "lease_id": lid, "term": term,
+         "identity": None, "metadata": meta}
+        for i, (lid, term, meta) in enumerate(seen)
+    ]  # fmt: skip
+    (records / "w-1-w.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = checker.analyze(
+        store="sqlite", seed=0, seconds=0, records_dir=records, reg_log=[], final_value=0,
+        faults=[], stuck=[], crashed=[],
+    )  # fmt: skip
+    got = summary.violations
+    assert got.get("observed_repeat") == 1, summary.text()
+    assert got.get("observed_term_down") == 1, summary.text()
+    assert got.get("observed_term_mismatch") == 1, summary.text()

@@ -262,3 +262,36 @@ def test_a_short_lease_without_an_interval_renews_within_the_rule(tmp_path: Path
             assert lease.renewals >= 2 and not lease.is_lost, lease.renewals
         finally:
             lease.release_sync()
+
+
+def test_a_lease_of_its_own_duration_does_not_inherit_an_interval_that_cannot_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client configured for 30 s leases renewed every 20 s (the sample's defaults) asked for
+    # a 1 s lease without an interval: the configured 20 s cannot fit, so the lease renews on
+    # its own duration's default (half of it) instead of being refused (it was, before: found
+    # by docs/election.md's example, an election of 10 s on the configured client).
+    for k in list(os.environ):
+        if k.lower().startswith("redisleasing"):
+            monkeypatch.delenv(k)
+    (tmp_path / "appsettings.json").write_text(
+        json.dumps(
+            {
+                "RedisLeasing": {
+                    "ConnectionString": f"sqlite:///{tmp_path / 'leases.db'}",
+                    "DefaultLeaseDuration": "00:00:30",
+                    "AutoRenewInterval": "00:00:20",
+                }
+            }
+        )
+    )
+    with dl.LeaseClient.from_config(tmp_path) as client:
+        lease = client.acquire_sync("own-duration", duration=1.0)
+        try:
+            time.sleep(1.3)
+            assert lease.renewals >= 2 and not lease.is_lost, lease.renewals
+        finally:
+            lease.release_sync()
+        # An interval given with the lease is still checked against its duration.
+        with pytest.raises(ValueError, match="renew interval 20 s is refused for a lease of 1 s"):
+            client.acquire_sync("own-duration", duration=1.0, renew_interval=20.0)

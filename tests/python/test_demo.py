@@ -1,6 +1,6 @@
 """The competition demo (examples/compete.py, examples/run-competition-demo.sh) as real processes,
 on a real redis-server and on the embedded SQLite store: the seed's output line for line, exit
-codes, signals, lost leases, the four scenarios, and no process left behind."""
+codes, signals, lost leases, the five scenarios, and no process left behind."""
 
 from __future__ import annotations
 
@@ -446,7 +446,7 @@ def script_env(
     yield env
 
 
-def test_demo_script_runs_the_four_scenarios(
+def test_demo_script_runs_the_five_scenarios(
     runner: Runner, script_env: dict[str, str], tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
@@ -458,6 +458,7 @@ def test_demo_script_runs_the_four_scenarios(
         "Scenario 2 (takeover)",
         "Scenario 3 (three regions)",
         "Scenario 4 (expiry)",
+        "Scenario 5 (leader election)",
     ]
     assert all(": PASS — " in v for v in verdicts), verdicts
     assert verdicts[0].endswith("1 winner, 1 loser")
@@ -467,7 +468,15 @@ def test_demo_script_runs_the_four_scenarios(
     held_by = [line.split("Held by: ")[1] for line in script.lines if "Held by: " in line]
     assert len(held_by) >= 3  # scenario 1's loser, scenario 3's two, scenario 4's early one
     assert all(re.fullmatch(r"(us-east|eu-west|ap-south)-\d \(\1\)", h) for h in held_by), held_by
-    assert time.monotonic() - t0 < 120  # "under a minute" on a quiet machine; generous here
+    # Scenario 5: a follower took over from the killed leader with a higher term.
+    election = re.search(
+        r"us-east-5 \(term (\d+)\) killed with SIGKILL; (eu-west|ap-south)-5 elected with term "
+        r"(\d+) after [\d.]+s; (eu-west|ap-south)-5 followed it",
+        verdicts[4],
+    )
+    assert election is not None, verdicts[4]
+    assert int(election[3]) > int(election[1]) and election[2] != election[4]
+    assert time.monotonic() - t0 < 150  # "under a minute" on a quiet machine; generous here
     assert wait_group_gone(script.pid)  # every instance it started is gone
     embedded = "DEMO_URL" not in script_env
     assert any("no configuration found" in line for line in script.lines) == embedded
@@ -482,7 +491,7 @@ def test_demo_script_fails_when_a_scenario_fails(runner: Runner, tmp_path: Path)
     script = runner.command(["bash", str(DEMO_SCRIPT)], env=env)
     assert script.wait(timeout=180) != 0
     verdicts = [line for line in script.lines if line.startswith("Scenario ")]
-    assert len(verdicts) == 4 and all(": FAIL — " in v for v in verdicts), verdicts
+    assert len(verdicts) == 5 and all(": FAIL — " in v for v in verdicts), verdicts
     assert wait_group_gone(script.pid)
 
 

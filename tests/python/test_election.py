@@ -391,6 +391,21 @@ async def test_run_runs_a_plain_fn_in_a_thread(store: StoreUnderTest, unique_nam
         assert await election.leader() is None
 
 
+async def test_run_awaits_what_a_plain_fn_returns(store: StoreUnderTest, unique_name: str) -> None:
+    # A lambda around a coroutine function is a plain function that returns a coroutine: run
+    # awaits it while leading (it returned the coroutine unawaited before, resigning at once).
+    async with dl.Election(unique_name, url=store.url, identity="runner") as election:
+
+        async def work(term: dl.Term, label: str) -> str:
+            leader = await election.leader()
+            assert leader is not None and leader.term == term.token
+            return f"{label} {term.token}"
+
+        result = await election.run(lambda term: work(term, "led"))
+        assert isinstance(result, str) and result.startswith("led "), result
+        assert await election.leader() is None
+
+
 async def test_run_campaigns_again_after_a_loss(store: StoreUnderTest, unique_name: str) -> None:
     admin = await dl.LeaseClient.connect(store.url)
     # A short lease: its renewal (every 2 s) finds the forced release.

@@ -3,7 +3,7 @@
 The manylinux2014 x86_64 wheel (glibc >= 2.17, built with ``maturin build --release --zig``) is
 installed into a fresh virtual environment (``python -m venv``, no system site packages), where
 ``leasing --version`` runs and the competition demo (examples/run-competition-demo.sh) passes its
-four scenarios on the embedded store.
+five scenarios on the embedded store.
 
 Which wheel: ``DL_WHEEL`` when set (scripts/test.sh builds the manylinux2014 wheel once and passes
 it, so CI pays for no second release build); otherwise these tests build it (~5 min on 2 cores).
@@ -413,6 +413,7 @@ def test_the_competition_demo_passes_on_the_installed_wheel(venv: Venv, tmp_path
         "Scenario 2 (takeover): PASS",
         "Scenario 3 (three regions): PASS",
         "Scenario 4 (expiry): PASS",
+        "Scenario 5 (leader election): PASS",
     ], out
     assert verdicts[0].endswith("1 winner, 1 loser")
     assert verdicts[2].endswith("1 winner, 2 losers")
