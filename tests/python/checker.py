@@ -1919,11 +1919,12 @@ class Orchestrator:
                        down_s=round(time.monotonic() - t0, 2))  # fmt: skip
         elif kind == "force_release":
             info = None
-            until = time.monotonic() + 3.0
+            # Leaders of the election mode hold for milliseconds: look often, and longer.
+            until = time.monotonic() + (6.0 if self.election else 3.0)
             while info is None and time.monotonic() < until:
                 info = self.admin.inspect_sync(self.name)
                 if info is None:
-                    time.sleep(0.05)
+                    time.sleep(0.005 if self.election else 0.05)
             if info is None:
                 return {**rec, "skipped": "no holder"}
             t0 = time.monotonic()
