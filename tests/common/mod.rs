@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod cut_proxy;
+
 /// A free loopback port (and, with `bus`, port + 10000 free too, for cluster nodes).
 pub fn free_port(bus: bool) -> u16 {
     loop {

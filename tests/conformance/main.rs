@@ -38,6 +38,8 @@ pub struct Harness {
     pub url: String,
     /// Clients go through a caller-driven twin of the Redis store (`store::redis::inline`).
     inline: bool,
+    /// The URL names one node of a Redis Cluster (its clients reach the others directly).
+    cluster: bool,
     /// Clients share this in-memory store (the fake of the paused-time tests, held to the same
     /// suite as the real stores).
     mem: Option<std::sync::Arc<fault_store::MemStore>>,
@@ -83,6 +85,37 @@ impl Harness {
         LeaseClient::with_store(std::sync::Arc::new(twin), options())
     }
 
+    /// A client whose connections go through a [`common::cut_proxy`] in front of this store's
+    /// one server, and the proxy's mode; `None` for a store without one socket to cut (memory,
+    /// SQLite, a cluster, etcd's three members, the caller-driven twin).
+    ///
+    /// # Panics
+    /// When the store cannot be reached through the proxy.
+    pub async fn cut_client(
+        &self,
+    ) -> Option<(LeaseClient, std::sync::Arc<std::sync::atomic::AtomicU8>)> {
+        const HOST: &str = "127.0.0.1:";
+        if self.mem.is_some() || self.inline || self.cluster || self.url.matches(HOST).count() != 1
+        {
+            return None;
+        }
+        let at = self.url.find(HOST)? + HOST.len();
+        let digits = self.url[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>();
+        let (port, mode) = common::cut_proxy::proxy(digits.parse().ok()?).await;
+        let url = format!(
+            "{}{port}{}",
+            &self.url[..at],
+            &self.url[at + digits.len()..]
+        );
+        let client = LeaseClient::connect(&url, options())
+            .await
+            .expect("connect");
+        Some((client, mode))
+    }
+
     /// A Redis server of its own.
     #[must_use]
     pub fn redis() -> Self {
@@ -90,6 +123,7 @@ impl Harness {
         Self {
             url: server.url(),
             inline: false,
+            cluster: false,
             mem: None,
             _server: Some(server),
             _dir: None,
@@ -101,6 +135,7 @@ impl Harness {
     pub fn redis_inline() -> Self {
         Self {
             inline: true,
+            cluster: false,
             ..Self::redis()
         }
     }
@@ -111,6 +146,7 @@ impl Harness {
         Self {
             url: common::shared_cluster().url(),
             inline: false,
+            cluster: true,
             mem: None,
             _server: None,
             _dir: None,
@@ -128,6 +164,7 @@ impl Harness {
         Some(Self {
             url: common::shared_postgres().url(),
             inline: false,
+            cluster: false,
             mem: None,
             _server: None,
             _dir: None,
@@ -145,6 +182,7 @@ impl Harness {
         Some(Self {
             url: common::shared_etcd().url(),
             inline: false,
+            cluster: false,
             mem: None,
             _server: None,
             _dir: None,
@@ -158,6 +196,7 @@ impl Harness {
         Self {
             url: "memory://".into(),
             inline: false,
+            cluster: false,
             mem: Some(std::sync::Arc::new(fault_store::MemStore::new())),
             _server: None,
             _dir: None,
@@ -202,6 +241,7 @@ impl Harness {
         Self {
             url: format!("sqlite://{}", dir.join("leases.db").display()),
             inline: false,
+            cluster: false,
             mem: None,
             _server: None,
             _dir: Some(TempDir(dir)),
@@ -335,4 +375,5 @@ semaphore_stores!(
     a_dropped_permit_is_released,
     permits_are_renewed_in_the_background,
     the_last_free_permit_behaves_as_a_mutex,
+    a_permit_whose_reply_was_lost_takes_one_slot,
 );

@@ -636,3 +636,49 @@ pub async fn the_last_free_permit_behaves_as_a_mutex(h: &Harness) {
         }
     }
 }
+
+/// A permit acquire whose reply is lost with its connection is sent once more, saying it is a
+/// retry. If the first send won, the retry keeps that slot: no second slot is taken, and none
+/// is left held by nobody until it expires (the semaphore one permit short meanwhile). Stores
+/// without one socket to cut skip this (see `Harness::cut_client`).
+pub async fn a_permit_whose_reply_was_lost_takes_one_slot(h: &Harness) {
+    let Some((c, mode)) = h.cut_client().await else {
+        return;
+    };
+    let name = unique("permit-cut");
+    let opts = LeaseOptions {
+        duration: Some(Duration::from_secs(30)),
+        auto_renew: Some(false),
+        ..LeaseOptions::default()
+    };
+    // Connected, with the scripts loaded: the next reply on the wire is the acquire's.
+    let warm = won(c.try_acquire_permit(&name, Some(3), &opts).await.unwrap());
+    assert!(warm.release().await.unwrap());
+    mode.store(crate::common::cut_proxy::CUT_REPLY, Ordering::SeqCst);
+    let p = won(c.try_acquire_permit(&name, Some(3), &opts).await.unwrap());
+    assert_eq!(
+        mode.load(Ordering::SeqCst),
+        crate::common::cut_proxy::PASS,
+        "the reply was cut"
+    );
+    let info = c.semaphore_info(&name).await.unwrap().expect("used");
+    let held: Vec<_> = info
+        .holders
+        .iter()
+        .map(|h| (h.slot, h.info.lease_id.clone(), h.info.fencing_token))
+        .collect();
+    assert_eq!(
+        held,
+        vec![(p.slot(), p.lease_id().to_owned(), Some(p.fencing_token()))],
+        "the retry took a second slot: the first send's is held by nobody"
+    );
+    assert!(p.release().await.unwrap());
+    assert!(c
+        .semaphore_info(&name)
+        .await
+        .unwrap()
+        .unwrap()
+        .holders
+        .is_empty());
+    c.close().await;
+}

@@ -1,4 +1,4 @@
-//! The Redis store's semaphores: a config hash `{limit, slots}` at the key of
+//! The Redis store's semaphores: a config hash `{limit, slots, top}` at the key of
 //! [`semaphore_key`], its fencing counter beside it, and one lease hash per held slot at the
 //! key of [`crate::store::permit_record`] (the sample's fields: each permit reads like a lease,
 //! and is renewed, released and force-released by the lease scripts). On a cluster, every key
@@ -12,11 +12,12 @@
 //! [`LeaseStore::semaphore_info`](crate::store::LeaseStore::semaphore_info) reads the config,
 //! then SCANs for the slot keys (an administrator's read: its cost is the keyspace's).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
 use super::lease::{int, lease_info, millis, unexpected};
+use super::shared::Call;
 use super::RedisStore;
 use crate::error::{LeaseError, Result};
 use crate::info::format_timestamp;
@@ -39,23 +40,31 @@ fn array(v: Option<&Value>) -> &[Value] {
 impl RedisStore {
     pub(super) async fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
         let config = self.keys.lease(&semaphore_key(req.name));
-        let fence = self.keys.fence(&semaphore_key(req.name));
         let (base, suffix) = self.keys.permit_parts(req.name);
-        let mut inv = PERMIT.key(&config);
-        inv.key(&fence)
-            .arg(&base)
-            .arg(suffix)
-            .arg(req.limit.map_or_else(String::new, |l| l.to_string()))
-            .arg(req.lease_id)
-            .arg(millis(req.duration))
-            .arg(format_timestamp(req.acquired_at))
-            .arg(MAX_REPORTED_HOLDERS);
-        for (k, v) in req.metadata {
-            inv.arg(format!("{}{k}", super::keys::META_PREFIX)).arg(v);
-        }
-        // A retry after a dropped connection may take a second slot: the first one, won by
-        // a request whose reply was lost, expires by itself (its lease id is never seen).
-        let reply = self.invoke(inv, &config).await?;
+        let args = Arc::new(PermitArgs {
+            config: config.clone(),
+            fence: self.keys.fence(&semaphore_key(req.name)),
+            base,
+            suffix,
+            limit: req.limit.map_or_else(String::new, |l| l.to_string()),
+            lease_id: req.lease_id.to_owned(),
+            millis: millis(req.duration),
+            acquired_at: format_timestamp(req.acquired_at),
+            meta: req
+                .metadata
+                .iter()
+                .map(|(k, v)| (format!("{}{k}", super::keys::META_PREFIX), v.clone()))
+                .collect(),
+        });
+        let for_retry = Arc::clone(&args);
+        // A retry after a dropped connection says so: if the first send won (its reply lost),
+        // the script finds that slot and keeps it, rather than taking a second one and leaving
+        // the first held by nobody until it expires.
+        let call = Call {
+            first: args.invocation(false),
+            retry: Some(Box::new(move || for_retry.invocation(true))),
+        };
+        let reply = self.invoke_call(call, &config).await?;
         let items = array(Some(&reply));
         let bad = || unexpected("permit acquire", &self.addr);
         let number = |i: usize| int(items.get(i)).ok_or_else(bad);
@@ -138,5 +147,41 @@ impl RedisStore {
 
     pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
         self.semaphore_config(name, Some(limit)).await
+    }
+}
+
+/// The arguments of one permit acquire, owned, so that the retry's invocation can be built
+/// later (as the lease acquire's `AcquireArgs`).
+struct PermitArgs {
+    config: String,
+    fence: String,
+    base: String,
+    suffix: &'static str,
+    /// The limit asked for, or empty for the stored one.
+    limit: String,
+    lease_id: String,
+    millis: u64,
+    acquired_at: String,
+    /// `(meta_<key>, value)`
+    meta: Vec<(String, String)>,
+}
+
+impl PermitArgs {
+    /// `permit.lua`'s invocation; `retry` sets its retry flag (ARGV[8]).
+    fn invocation(&self, retry: bool) -> ScriptInvocation<'static> {
+        let mut inv = PERMIT.key(&self.config);
+        inv.key(&self.fence)
+            .arg(&self.base)
+            .arg(self.suffix)
+            .arg(&self.limit)
+            .arg(&self.lease_id)
+            .arg(self.millis)
+            .arg(&self.acquired_at)
+            .arg(MAX_REPORTED_HOLDERS)
+            .arg(if retry { "1" } else { "0" });
+        for (k, v) in &self.meta {
+            inv.arg(k).arg(v);
+        }
+        inv
     }
 }

@@ -1,6 +1,6 @@
 -- permit.lua: take a permit of a semaphore if it has room.
 --
--- KEYS[1]  the semaphore's config, a hash {limit, slots} (<lease key of \x1e{<name>}>)
+-- KEYS[1]  the semaphore's config, a hash {limit, slots, top} (<lease key of \x1e{<name>}>)
 -- KEYS[2]  its fencing counter (<KEYS[1]>:fence), a plain integer with no TTL
 -- ARGV[1], ARGV[2]  the key of slot i is ARGV[1] .. <i in 10 digits> .. ARGV[2]: a lease hash
 --          (the sample's fields), in the same cluster slot as KEYS[1] (one hash tag). Slot keys
@@ -11,9 +11,13 @@
 -- ARGV[5]  the permit's duration in milliseconds (the slot key's PEXPIRE: the server's clock)
 -- ARGV[6]  acquiredAt
 -- ARGV[7]  most holders to return on a refusal
--- ARGV[8..] metadata as field/value pairs, fields already named meta_<key>
+-- ARGV[8]  '1' when this is the client's one retry of this very request after its reply was
+--          lost with a dropped connection, '0' otherwise
+-- ARGV[9..] metadata as field/value pairs, fields already named meta_<key>
 --
--- Returns  {1, slot, fencingToken}          acquired
+-- Returns  {1, slot, fencingToken}          acquired (or, for a retry, already granted to this
+--                                            very request: same lease id AND same acquiredAt in
+--                                            a slot below `top`; re-arms its TTL)
 --          {0, limit, {{slot, pttl, {field, value, ...}}, ...}}  full: the holders (at most ARGV[7])
 --          {-1, limit}                       the stored limit differs from ARGV[3]: nothing written
 --          {-2}                              no limit stored and none asked for: nothing written
@@ -26,7 +30,12 @@
 -- (2^31 - 1 stays cheap). After a lowering, every slot below `slots` is counted, so nobody is
 -- admitted until fewer than `limit` are held; once none above the limit is left, `slots` comes
 -- back down to the limit. An expired permit's key is gone (PTTL -2): its slot is free.
-local conf = redis.call('HMGET', KEYS[1], 'limit', 'slots')
+--
+-- `top` is one above the highest slot ever granted (written only when a grant goes above it).
+-- A retry whose first send won (its reply lost with the connection) finds its own slot below
+-- `top` and keeps it, instead of taking a second slot and leaving the first held by nobody
+-- until it expires. Only a retry reads that far: O(top), the most permits ever held at once.
+local conf = redis.call('HMGET', KEYS[1], 'limit', 'slots', 'top')
 local limit, slots
 if conf[1] == false and conf[2] == false then
   if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -48,6 +57,17 @@ else
   end
   if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= limit then
     return {-1, limit}
+  end
+end
+if ARGV[8] == '1' then
+  local top = tonumber(conf[3]) or 0
+  for i = 0, math.min(top, slots) - 1 do
+    local key = ARGV[1] .. string.format('%010d', i) .. ARGV[2]
+    local mine = redis.call('HMGET', key, 'leaseId', 'acquiredAt', 'fencingToken')
+    if mine[1] == ARGV[4] and mine[2] == ARGV[6] then
+      redis.call('PEXPIRE', key, ARGV[5])
+      return {1, i, tonumber(mine[3])}
+    end
   end
 end
 local most = tonumber(ARGV[7])
@@ -93,9 +113,12 @@ if token < 1 or token > 1e15 then
 end
 local key = ARGV[1] .. string.format('%010d', free) .. ARGV[2]
 local fields = {'leaseId', ARGV[4], 'acquiredAt', ARGV[6], 'fencingToken', token}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', key, unpack(fields))
 redis.call('PEXPIRE', key, ARGV[5])
+if free >= (tonumber(conf[3]) or 0) then
+  redis.call('HSET', KEYS[1], 'top', free + 1)
+end
 return {1, free, token}

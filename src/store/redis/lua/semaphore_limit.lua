@@ -1,6 +1,6 @@
 -- semaphore_limit.lua: read a semaphore's config, or store its limit (an administrator's act).
 --
--- KEYS[1]  the semaphore's config hash {limit, slots}
+-- KEYS[1]  the semaphore's config hash {limit, slots, top} (top: see permit.lua)
 -- ARGV[1]  the new limit (1..2147483647), or '' to only read
 --
 -- Returns  {limit, slots} as they were ({} for a semaphore never used); with ARGV[1], the limit
