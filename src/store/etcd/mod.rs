@@ -66,6 +66,7 @@
 
 mod http;
 mod lease;
+mod semaphore;
 mod watch;
 
 use std::collections::HashMap;

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use super::http::Transport;
 use super::{prefix_end, B64};
 use crate::store::feed::{self, FeedStream};
+use crate::store::release_notice_name;
 use crate::wait::{Change, FedBoard, ReleaseBoard};
 
 /// How long that check may take.
@@ -230,6 +231,8 @@ impl Watch {
             else {
                 continue;
             };
+            // A permit's key is told under its semaphore's name (its waiters').
+            let name = release_notice_name(&name);
             if board.changed(&name, change) && change == Change::Released {
                 crate::metrics::RELEASE_NOTIFICATIONS.add(1);
             }
