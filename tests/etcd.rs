@@ -821,3 +821,45 @@ async fn a_foreign_semaphore_config_or_slot_key_is_wrong_type_naming_it_and_noth
     etcdctl_stdin(etcd, &["del", "--prefix", &config], "");
     c.close().await;
 }
+
+/// Not a benchmark: a figure (printed with --nocapture): acquire+release cycles per second of
+/// a permit against a lease, on the shared 3-member cluster, in alternating rounds (so that
+/// the machine's load weighs on both alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permit_and_lease_cycles_per_second() {
+    if !common::etcd_wanted() {
+        return;
+    }
+    let c = LeaseClient::connect(&common::shared_etcd().url(), options())
+        .await
+        .unwrap();
+    let (lease, semaphore) = (unique("cycle-lease"), unique("cycle-sem"));
+    let opts = LeaseOptions::default();
+    let (mut leases, mut permits) = (Duration::ZERO, Duration::ZERO);
+    let (rounds, cycles) = (4, 50);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..cycles {
+            let l = c.acquire(&lease, &opts, NOW).await.unwrap();
+            assert!(l.release().await.unwrap());
+        }
+        leases += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..cycles {
+            let p = c
+                .acquire_permit(&semaphore, Some(3), &opts, NOW)
+                .await
+                .unwrap();
+            assert!(p.release().await.unwrap());
+        }
+        permits += t.elapsed();
+    }
+    let per_s = |d: Duration| f64::from(rounds * cycles) / d.as_secs_f64();
+    eprintln!(
+        "etcd (3 members, loopback): {} acquire+release cycles each: lease {:.0}/s, permit (limit 3) {:.0}/s",
+        rounds * cycles,
+        per_s(leases),
+        per_s(permits)
+    );
+    c.close().await;
+}
