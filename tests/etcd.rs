@@ -4,8 +4,8 @@
 //! upward), a holder process frozen past its TTL (another takes over; the frozen one, continued,
 //! learns it lost), a waiter whose watch member is killed, foreign data under the prefix,
 //! authentication, TLS, no etcd lease left behind by `close`, a forced release's late revoke
-//! and a renewal racing the store's own expiry (neither may leave two holders), and a latency
-//! figure.
+//! and a renewal racing the store's own expiry (neither may leave two holders), semaphores (20
+//! racers on two stores, foreign semaphore keys), and latency and cycle figures.
 //! Bounds are generous: the machine is shared and noisy.
 
 #[path = "common/mod.rs"]

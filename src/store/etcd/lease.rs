@@ -1,6 +1,7 @@
 //! The etcd store's lease operations: [`LeaseStore`] for [`EtcdStore`] (the acquire txn on a
 //! spare or fresh etcd lease, the batch renewal, the owner-checked proclaim and release,
-//! inspect, list and the forced release), the lease record as stored and read, and the txns they send. The rules
+//! inspect, list and the forced release; the semaphore methods are [`super::semaphore`]'s),
+//! the lease record as stored and read, and the txns they send. The rules
 //! they keep are the store's (see [`super`]).
 
 use std::collections::BTreeMap;

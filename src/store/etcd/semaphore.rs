@@ -57,7 +57,7 @@ struct Config {
 }
 
 /// A live permit as read: its slot, its key and its record.
-struct Slot {
+struct LivePermit {
     slot: u32,
     kv: Kv,
     record: RecordIn,
@@ -68,7 +68,7 @@ struct Snapshot {
     /// The stored limit and the config key's `mod_revision`.
     config: Option<(u32, i64)>,
     /// The live permits, by slot.
-    slots: Vec<Slot>,
+    slots: Vec<LivePermit>,
     /// The revision read at.
     revision: i64,
 }
@@ -116,7 +116,7 @@ impl Inner {
     }
 
     /// The slot of a key of the semaphore's slot range, with its record, checked.
-    fn slot_of(&self, name: &str, kv: Kv) -> Result<Slot> {
+    fn slot_of(&self, name: &str, kv: Kv) -> Result<LivePermit> {
         let key = B64.decode(kv.key.as_bytes()).unwrap_or_default();
         let slot = std::str::from_utf8(&key)
             .ok()
@@ -131,7 +131,7 @@ impl Inner {
                 )
             })?;
         let record = self.record(&permit_record(name, slot), &kv)?;
-        Ok(Slot { slot, kv, record })
+        Ok(LivePermit { slot, kv, record })
     }
 
     /// The config and the live permits of `name`, in one read txn.
@@ -172,7 +172,7 @@ impl Inner {
 
     /// The permits as holders (the semaphore's name, their time left read from etcd, at most 16
     /// at a time).
-    async fn holders(&self, name: &str, slots: Vec<Slot>) -> Result<Vec<SemaphoreHolder>> {
+    async fn holders(&self, name: &str, slots: Vec<LivePermit>) -> Result<Vec<SemaphoreHolder>> {
         let ids: Vec<i64> = slots.iter().map(|s| s.kv.lease).collect();
         let ttls: Vec<Result<Option<Duration>>> = futures_util::stream::iter(ids)
             .map(|id| self.time_left(id))
@@ -258,7 +258,7 @@ fn config_value(limit: u32) -> Vec<u8> {
 }
 
 /// The first slot not in `held` (sorted, distinct).
-fn first_gap(held: &[Slot]) -> u32 {
+fn first_gap(held: &[LivePermit]) -> u32 {
     let mut slot = 0u32;
     for s in held {
         if s.slot != slot {

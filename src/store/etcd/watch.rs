@@ -3,7 +3,8 @@
 //! The watch covers the store's whole key prefix. Its deletions are releases, forced releases,
 //! holders' own revocations and etcd's expiries of holders that stopped renewing: each deletion
 //! of `<prefix><name>` wakes one waiter of `name` on this store's [`ReleaseBoard`] (and tells
-//! its observers). Its puts are acquisitions: they tell the observers of `name` and wake no
+//! its observers; a permit's key wakes a waiter of its semaphore,
+//! [`crate::store::release_notice_name`]). Its puts are acquisitions: they tell the observers of `name` and wake no
 //! waiter (renewals are lease keep-alives, not puts, so they are not in the stream). One stream for every name (as PostgreSQL's one channel):
 //! a waiter joining needs no round trip, so its feed is live at once while the stream is up.
 //! The stream is opened when the first waiter appears and kept while the store lives.
