@@ -108,8 +108,7 @@ impl Inner {
                 self.foreign(
                     &B64.decode(kv.key.as_bytes()).unwrap_or_default(),
                     &format!(
-                        "holds {:?}, which is not a semaphore's config ({{\"limit\": 1..{MAX_SEMAPHORE_LIMIT}}})",
-                        String::from_utf8_lossy(&value)
+                        "holds something that is not a semaphore's config (JSON {{\"limit\": 1..{MAX_SEMAPHORE_LIMIT}}})"
                     ),
                 )
             })
