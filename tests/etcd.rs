@@ -863,3 +863,56 @@ async fn permit_and_lease_cycles_per_second() {
     );
     c.close().await;
 }
+
+/// The peak case on etcd, where an acquire that loses a race reads again: 100 tasks on
+/// 4 clients at limit 10, all at once, each waiting for a permit, holding it 300 ms and
+/// releasing it: the peak is exactly 10, and no acquire fails under that contention (an
+/// acquire that lost many races reports the semaphore full, and its waiter waits on). The
+/// acquires that race for one free slot are served one at a time (one wins per read and
+/// write): with holds much shorter than that, fewer than 10 are inside at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_tasks_at_limit_10_peak_at_exactly_10() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    if !common::etcd_wanted() {
+        return;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(
+            LeaseClient::connect(&common::shared_etcd().url(), options())
+                .await
+                .unwrap(),
+        );
+    }
+    let name = unique("peak");
+    let inside = std::sync::Arc::new(AtomicU32::new(0));
+    let peak = std::sync::Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (c, name) = (clients[i % 4].clone(), name.clone());
+        let (inside, peak) = (inside.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let p = c
+                .acquire_permit(
+                    &name,
+                    Some(10),
+                    &LeaseOptions::default(),
+                    Some(Duration::from_secs(120)),
+                )
+                .await
+                .unwrap();
+            assert!(p.slot() < 10);
+            peak.fetch_max(inside.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            assert!(p.release().await.unwrap());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 10);
+    for c in &clients {
+        c.close().await;
+    }
+}

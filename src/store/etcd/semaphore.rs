@@ -20,7 +20,11 @@
 //! and the config key is as read (its `mod_revision`, or absent), put the slot's record on the
 //! etcd lease (and the config, for a new semaphore); else range the slot key". So the decision
 //! of the read holds when the write commits, and never more than `limit` are admitted. A lost
-//! race keeps the etcd lease as a spare and reads again, [`ATTEMPTS`] times at most.
+//! race keeps the etcd lease as a spare, waits a few jittered milliseconds and reads again;
+//! after [`ATTEMPTS`] lost races the acquire reports the semaphore full with its holders then
+//! (a waiter waits for the next release), never an error. Acquires racing for free slots are
+//! thus served one per read and write (every permit taken fails the others' compare), about
+//! as fast as one client's acquires follow each other.
 //!
 //! Token = the slot key's `create_revision` (the write txn's revision): etcd's revision is one
 //! counter for the whole cluster, so the tokens of one semaphore strictly increase (not
@@ -39,6 +43,7 @@ use serde_json::json;
 
 use super::lease::{info, RecordIn, RecordOut};
 use super::{EtcdStore, Inner, Kv, TxnResponse, B64};
+use crate::backoff::Backoff;
 use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::info::format_timestamp;
 use crate::store::{
@@ -46,9 +51,10 @@ use crate::store::{
     PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_REPORTED_HOLDERS, MAX_SEMAPHORE_LIMIT,
 };
 
-/// How often an acquire or a limit's store that lost a race (another permit taken, or the
-/// limit changed, between its read and its write) is tried.
-const ATTEMPTS: usize = 32;
+/// How many races an acquire may lose (another permit taken, or the limit changed, between
+/// its read and its write) before it reports the semaphore full; how often a limit's store
+/// that lost one is tried.
+const ATTEMPTS: u32 = 32;
 
 /// The config as stored and read.
 #[derive(serde::Serialize, Deserialize)]
@@ -278,7 +284,10 @@ impl EtcdStore {
         }
         .to_vec()?;
         let ttl = common::secs_ceil_i64(req.duration);
-        for _ in 0..ATTEMPTS {
+        let pause =
+            Backoff::doubling(Duration::from_millis(2), Duration::from_millis(64)).with_jitter();
+        let mut lost = 0;
+        loop {
             let seen = inner.snapshot(req.name).await?;
             let (limit, new_limit) = match (seen.config, req.limit) {
                 (Some((stored, _)), Some(asked)) if stored != asked => {
@@ -297,7 +306,9 @@ impl EtcdStore {
                     )))
                 }
             };
-            if u32::try_from(seen.slots.len()).unwrap_or(u32::MAX) >= limit {
+            // Full; or lost too many races to others taking permits: reported full, with
+            // the holders now (a waiter waits for the next release), never an error.
+            if u32::try_from(seen.slots.len()).unwrap_or(u32::MAX) >= limit || lost == ATTEMPTS {
                 let mut slots = seen.slots;
                 slots.truncate(MAX_REPORTED_HOLDERS);
                 let holders = inner.holders(req.name, slots).await?;
@@ -319,10 +330,13 @@ impl EtcdStore {
                     .map(|kv| kv.create_revision)
             };
             let Some(token) = token else {
-                // Lost a race: the etcd lease carries no key; kept for the next attempt.
+                // Lost a race: the etcd lease carries no key; kept for the next attempt, which
+                // waits a little first (jittered), so that racers that lost together drift apart.
                 if !inner.keep_spare(lease) {
                     inner.revoke(lease.id).await;
                 }
+                tokio::time::sleep(pause.delay(lost)).await;
+                lost += 1;
                 continue;
             };
             let record = permit_record(req.name, slot);
@@ -332,7 +346,6 @@ impl EtcdStore {
                 fencing_token: u64::try_from(token).unwrap_or(0),
             });
         }
-        Err(self.kept_changing(req.name))
     }
 
     pub(super) async fn read_semaphore(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
