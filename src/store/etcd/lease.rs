@@ -1,6 +1,7 @@
 //! The etcd store's lease operations: [`LeaseStore`] for [`EtcdStore`] (the acquire txn on a
 //! spare or fresh etcd lease, the batch renewal, the owner-checked proclaim and release,
-//! inspect, list and the forced release), the lease record as stored and read, and the txns they send. The rules
+//! inspect, list and the forced release; the semaphore methods are [`super::semaphore`]'s),
+//! the lease record as stored and read, and the txns they send. The rules
 //! they keep are the store's (see [`super`]).
 
 use std::collections::BTreeMap;
@@ -18,8 +19,9 @@ use super::{prefix_end, EtcdStore, Held, Inner, Kv, RangeResponse, Spare, TxnRes
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome,
+    common, failed_batch, is_semaphore_record, AcquireOutcome, AcquireRequest, ForceReleased,
+    LeaseStore, PermitOutcome, PermitRequest, ProclaimOutcome, ReleaseOutcome, RenewItem,
+    RenewOutcome, SemaphoreInfo,
 };
 use crate::wait::{ChangeWatch, ReleaseBoard, ReleaseWatch};
 
@@ -28,16 +30,16 @@ const ATTEMPTS: usize = 5;
 
 /// The record as stored.
 #[derive(serde::Serialize)]
-struct RecordOut<'a> {
+pub(super) struct RecordOut<'a> {
     #[serde(rename = "leaseId")]
-    lease_id: &'a str,
+    pub(super) lease_id: &'a str,
     #[serde(rename = "acquiredAt")]
-    acquired_at: String,
-    metadata: &'a BTreeMap<String, String>,
+    pub(super) acquired_at: String,
+    pub(super) metadata: &'a BTreeMap<String, String>,
 }
 
 impl RecordOut<'_> {
-    fn to_vec(&self) -> Result<Vec<u8>> {
+    pub(super) fn to_vec(&self) -> Result<Vec<u8>> {
         serde_json::to_vec(self).map_err(|e| {
             LeaseError::InvalidArgument(format!("lease metadata cannot be stored: {e}"))
         })
@@ -46,7 +48,7 @@ impl RecordOut<'_> {
 
 /// The record as read: the sample's fields must be there, or it is not a lease.
 #[derive(Deserialize)]
-struct RecordIn {
+pub(super) struct RecordIn {
     #[serde(rename = "leaseId")]
     lease_id: String,
     #[serde(rename = "acquiredAt")]
@@ -186,24 +188,39 @@ impl EtcdStore {
                 }
             }
         };
-        inner.remember(
-            req.name,
-            req.lease_id,
+        self.hold(req.name, req.lease_id, req.duration, lease, token, t_sent);
+        Ok(AcquireOutcome::Acquired {
+            fencing_token: u64::try_from(token).unwrap_or(0),
+        })
+    }
+
+    /// Records the acquisition of the key of `name` by `lease_id` on the etcd lease `lease`
+    /// (with its create revision `token`, the acquire sent at `t_sent`) in [`Inner::held`], so
+    /// that its renewals, its release and the expirer know its etcd lease; grants the next spare.
+    pub(super) fn hold(
+        &self,
+        name: &str,
+        lease_id: &str,
+        duration: Duration,
+        lease: Spare,
+        token: i64,
+        t_sent: Instant,
+    ) {
+        self.inner.remember(
+            name,
+            lease_id,
             Held {
                 etcd_lease: lease.id,
                 token,
                 granted: lease.granted,
                 ttl: lease.ttl,
                 kept_at: t_sent,
-                revoke_at: t_sent + req.duration,
+                revoke_at: t_sent + duration,
                 revoking: false,
             },
         );
         self.start_expirer();
         self.prefetch_spare(lease.ttl);
-        Ok(AcquireOutcome::Acquired {
-            fencing_token: u64::try_from(token).unwrap_or(0),
-        })
     }
 }
 
@@ -240,6 +257,64 @@ impl Inner {
             }
             Some(_) => false,
             None => !mine,
+        }
+    }
+
+    /// Sends the txn `txn(L)` that puts a key on an etcd lease L of `ttl` seconds: a spare,
+    /// kept alive by a keep-alive sent with the txn, else a fresh grant, then the txn (see the
+    /// module docs). Returns the answer, the etcd lease (as a [`Spare`] kept alive when the
+    /// txn was sent) and that time. A spare whose keep-alive failed is revoked (with the key,
+    /// if the txn put it) and a fresh grant used instead. On an error the etcd lease is
+    /// revoked, so none is left carrying a key nobody knows of.
+    pub(super) async fn txn_on_lease<F, Fut>(
+        &self,
+        ttl: i64,
+        txn: F,
+    ) -> Result<(TxnResponse, Spare, Instant)>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<TxnResponse>>,
+    {
+        let t_sent = Instant::now();
+        if let Some(spare) = self.take_spare(ttl, t_sent) {
+            let ids = [spare.id];
+            let (alive, answer) = tokio::join!(self.keep_alive_all(&ids), txn(spare.id));
+            let alive = alive
+                .ok()
+                .and_then(|ttls| ttls.get(&spare.id).copied())
+                .is_some_and(|t| t > 0);
+            match answer {
+                Ok(answer) if alive => {
+                    let spare = Spare {
+                        granted_at: t_sent,
+                        ..spare
+                    };
+                    return Ok((answer, spare, t_sent));
+                }
+                // The keep-alive failed, or the spare was gone: its key (if the put was made)
+                // cannot be vouched for. Revoking the spare deletes it; then as without one.
+                Ok(_) => self.revoke(spare.id).await,
+                Err(e) if e.to_string().contains("lease not found") => {}
+                Err(e) => {
+                    self.revoke(spare.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        let t_sent = Instant::now();
+        let granted = self.grant(ttl).await?;
+        let lease = Spare {
+            id: granted.id,
+            ttl,
+            granted: granted.ttl,
+            granted_at: t_sent,
+        };
+        match txn(granted.id).await {
+            Ok(answer) => Ok((answer, lease, t_sent)),
+            Err(e) => {
+                self.revoke(granted.id).await;
+                Err(e)
+            }
         }
     }
 
@@ -297,7 +372,7 @@ impl Inner {
     }
 
     /// The lease record of `kv`, or `WrongType` for foreign data.
-    fn record(&self, name: &str, kv: &Kv) -> Result<RecordIn> {
+    pub(super) fn record(&self, name: &str, kv: &Kv) -> Result<RecordIn> {
         B64.decode(kv.value.as_bytes())
             .ok()
             .and_then(|v| serde_json::from_slice::<RecordIn>(&v).ok())
@@ -341,7 +416,7 @@ impl Inner {
     }
 }
 
-fn info(name: &str, kv: &Kv, record: RecordIn, ttl: Option<Duration>) -> LeaseInfo {
+pub(super) fn info(name: &str, kv: &Kv, record: RecordIn, ttl: Option<Duration>) -> LeaseInfo {
     LeaseInfo {
         name: name.to_owned(),
         lease_id: record.lease_id,
@@ -369,51 +444,10 @@ impl LeaseStore for EtcdStore {
         .to_vec()?;
         let key = inner.key(req.name);
         let ttl = common::secs_ceil_i64(req.duration);
-        let t_sent = Instant::now();
-        // A spare etcd lease: kept alive and used at once (see the module docs).
-        if let Some(spare) = inner.take_spare(ttl, t_sent) {
-            let ids = [spare.id];
-            let (alive, txn) = tokio::join!(
-                inner.keep_alive_all(&ids),
-                inner.put_if_absent(&key, &value, spare.id)
-            );
-            let alive = alive
-                .ok()
-                .and_then(|ttls| ttls.get(&spare.id).copied())
-                .is_some_and(|t| t > 0);
-            match txn {
-                Ok(txn) if alive => {
-                    let spare = Spare {
-                        granted_at: t_sent,
-                        ..spare
-                    };
-                    return self.acquired_or_held(req, txn, spare, t_sent).await;
-                }
-                // The keep-alive failed, or the spare was gone: its key (if the put was made)
-                // cannot be vouched for. Revoking the spare deletes it; then as without one.
-                Ok(_) => inner.revoke(spare.id).await,
-                Err(e) if e.to_string().contains("lease not found") => {}
-                Err(e) => {
-                    inner.revoke(spare.id).await;
-                    return Err(e);
-                }
-            }
-        }
-        let t_sent = Instant::now();
-        let granted = inner.grant(ttl).await?;
-        let spare = Spare {
-            id: granted.id,
-            ttl,
-            granted: granted.ttl,
-            granted_at: t_sent,
-        };
-        match inner.put_if_absent(&key, &value, granted.id).await {
-            Ok(txn) => self.acquired_or_held(req, txn, spare, t_sent).await,
-            Err(e) => {
-                inner.revoke(granted.id).await;
-                Err(e)
-            }
-        }
+        let (txn, lease, t_sent) = inner
+            .txn_on_lease(ttl, |id| inner.put_if_absent(&key, &value, id))
+            .await?;
+        self.acquired_or_held(req, txn, lease, t_sent).await
     }
 
     fn renews_in_one_request(&self) -> bool {
@@ -565,6 +599,10 @@ impl LeaseStore for EtcdStore {
             .filter_map(|kv| {
                 let key = String::from_utf8(B64.decode(kv.key.as_bytes()).ok()?).ok()?;
                 let name = key.strip_prefix(&inner.prefix)?.to_owned();
+                // A semaphore's config and permits are not leases (see `super::semaphore`).
+                if is_semaphore_record(&name) {
+                    return None;
+                }
                 // Other data under the prefix is not a lease: skipped, as the other stores do.
                 let record = inner.record(&name, &kv).ok()?;
                 Some((name, kv, record))
@@ -612,6 +650,18 @@ impl LeaseStore for EtcdStore {
                 self.inner.http.display
             ),
         ))
+    }
+
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        self.acquire_permit(req).await
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        self.read_semaphore(name).await
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        self.store_limit(name, limit).await
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {

@@ -6,7 +6,8 @@
 //!
 //! This module owns the client side of etcd (the gateway's JSON, the etcd leases this store
 //! holds, its spares and the expirer that revokes them, closing); the lease operations live in
-//! [`lease`].
+//! [`lease`], the semaphores in [`semaphore`] (a config key with the limit, and one lease key
+//! per held slot on an etcd lease of its own: renewed, released and expired as a lease).
 //!
 //! Data model: the key `<KeyPrefix><name>` holds a JSON record
 //! `{"leaseId": "...", "acquiredAt": "2025-12-25T21:00:00.000Z", "metadata": {...}}` (the
@@ -58,6 +59,10 @@
 //! - Expiry of a live holder's etcd lease (`revoke_at`): the entry is marked while the revoke
 //!   is on its way, and a renewal that sees the mark before or after its requests reports the
 //!   lease lost, so no renewal says "renewed" for a key that its own store is deleting.
+//! - Permit acquire ([`semaphore`]): a read txn of the semaphore's config and slot keys, then
+//!   ONE txn on a spare or fresh etcd lease (as an acquire's) that puts the first free slot's
+//!   record if that slot is absent, no slot key was written since the read and the config is
+//!   unchanged; token = the slot key's `create_revision`.
 //! - Every request may fail over to another member after a transport error ([`http`]) and so
 //!   be applied twice: acquire recognises its own lease; renew is idempotent; a release whose
 //!   first send was applied finds the key gone and reports the lease as missing (lost), never
@@ -66,6 +71,7 @@
 
 mod http;
 mod lease;
+mod semaphore;
 mod watch;
 
 use std::collections::HashMap;

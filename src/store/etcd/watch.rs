@@ -3,7 +3,8 @@
 //! The watch covers the store's whole key prefix. Its deletions are releases, forced releases,
 //! holders' own revocations and etcd's expiries of holders that stopped renewing: each deletion
 //! of `<prefix><name>` wakes one waiter of `name` on this store's [`ReleaseBoard`] (and tells
-//! its observers). Its puts are acquisitions: they tell the observers of `name` and wake no
+//! its observers; a permit's key wakes a waiter of its semaphore,
+//! [`crate::store::release_notice_name`]). Its puts are acquisitions: they tell the observers of `name` and wake no
 //! waiter (renewals are lease keep-alives, not puts, so they are not in the stream). One stream for every name (as PostgreSQL's one channel):
 //! a waiter joining needs no round trip, so its feed is live at once while the stream is up.
 //! The stream is opened when the first waiter appears and kept while the store lives.
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use super::http::Transport;
 use super::{prefix_end, B64};
 use crate::store::feed::{self, FeedStream};
+use crate::store::release_notice_name;
 use crate::wait::{Change, FedBoard, ReleaseBoard};
 
 /// How long that check may take.
@@ -230,6 +232,8 @@ impl Watch {
             else {
                 continue;
             };
+            // A permit's key is told under its semaphore's name (its waiters').
+            let name = release_notice_name(&name);
             if board.changed(&name, change) && change == Change::Released {
                 crate::metrics::RELEASE_NOTIFICATIONS.add(1);
             }
