@@ -711,7 +711,7 @@ pub async fn many_leases_are_renewed_in_batches(h: &Harness) {
     // Generous margins: a loaded 2-core machine running every store's cases at once once kept an
     // etcd renewal of a 2 s lease past its 4 s window. The test waits for the renewals (an event)
     // instead of counting them after a fixed sleep, and bounds them by the time it really took.
-    let interval = Duration::from_millis(1000);
+    let interval = Duration::from_secs(1);
     let opts = LeaseOptions {
         duration: Some(Duration::from_secs(8)),
         renew_interval: Some(interval),
@@ -737,7 +737,7 @@ pub async fn many_leases_are_renewed_in_batches(h: &Harness) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Never more often than the interval asks (a renewal per lease per interval, one spare).
-    let most = (started.elapsed().as_millis() / interval.as_millis()) as u64 + 2;
+    let most = u64::try_from(started.elapsed().as_millis() / interval.as_millis()).unwrap() + 2;
     for l in &leases {
         assert!(!l.is_lost(), "{} lost: {:?}", l.name(), l.lost_reason());
         assert!(
