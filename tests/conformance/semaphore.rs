@@ -583,9 +583,15 @@ pub async fn the_last_free_permit_behaves_as_a_mutex(h: &Harness) {
                 .await
                 .unwrap()));
         }
-        let mut racers = Vec::new();
+        // The clients first, so that the racers start together (a PostgreSQL client takes
+        // longer to connect than a racer's 400 ms permit lasts on a loaded machine).
+        let mut clients = Vec::new();
         for _ in 0..10 {
-            let (c, name) = (h.client().await, name.clone());
+            clients.push(h.client().await);
+        }
+        let mut racers = Vec::new();
+        for c in clients {
+            let name = name.clone();
             racers.push(tokio::spawn(async move {
                 c.try_acquire_permit(&name, Some(limit), &short(400))
                     .await
