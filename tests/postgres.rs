@@ -806,3 +806,56 @@ async fn an_acquire_that_waited_for_the_semaphore_row_sees_what_was_granted_mean
         drop(permits);
     }
 }
+
+/// A figure, not a check (ignored by default): acquire+release cycles per second of a permit
+/// (limit 3) against those of a lease, one client, one after the other, on the shared server.
+/// `cargo test --test postgres -- --ignored --nocapture permit_and_lease_cycles`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn permit_and_lease_cycles_per_second() {
+    let Some(server) = server() else { return };
+    let c = LeaseClient::connect(&server.url(), options())
+        .await
+        .unwrap();
+    let opts = LeaseOptions::default();
+    let lease = format!("bench-lease-{}", uuid::Uuid::new_v4());
+    let sem = format!("bench-sem-{}", uuid::Uuid::new_v4());
+    let cycles = 500u32;
+    // Warm up both paths (connection, prepared statements, the semaphore's row).
+    for _ in 0..20 {
+        let TryAcquire::Acquired(l) = c.try_acquire(&lease, &opts).await.unwrap() else {
+            panic!("held")
+        };
+        assert!(l.release().await.unwrap());
+        let distributed_leasing::TryPermit::Acquired(p) =
+            c.try_acquire_permit(&sem, Some(3), &opts).await.unwrap()
+        else {
+            panic!("full")
+        };
+        assert!(p.release().await.unwrap());
+    }
+    for round in 0..2 {
+        let started = std::time::Instant::now();
+        for _ in 0..cycles {
+            let TryAcquire::Acquired(l) = c.try_acquire(&lease, &opts).await.unwrap() else {
+                panic!("held")
+            };
+            assert!(l.release().await.unwrap());
+        }
+        let leases = f64::from(cycles) / started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        for _ in 0..cycles {
+            let distributed_leasing::TryPermit::Acquired(p) =
+                c.try_acquire_permit(&sem, Some(3), &opts).await.unwrap()
+            else {
+                panic!("full")
+            };
+            assert!(p.release().await.unwrap());
+        }
+        let permits = f64::from(cycles) / started.elapsed().as_secs_f64();
+        eprintln!(
+            "round {round}: lease {leases:.0} cycles/s, permit {permits:.0} cycles/s ({:.2}x)",
+            permits / leases
+        );
+    }
+}
