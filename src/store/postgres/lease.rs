@@ -348,7 +348,7 @@ impl StoredLease {
     }
 }
 
-pub(super) fn inconsistent(addr: &str, what: &str) -> LeaseError {
+fn inconsistent(addr: &str, what: &str) -> LeaseError {
     LeaseError::backend(
         BackendErrorKind::Other,
         format!(

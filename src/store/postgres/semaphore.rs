@@ -282,13 +282,11 @@ struct Answer {
 
 fn read_rows(rows: &[Row]) -> std::result::Result<Option<Answer>, tokio_postgres::Error> {
     let mut answer: Option<Answer> = None;
+    let mut holders = Vec::new();
     for row in rows {
         let kind: String = row.try_get(0)?;
         if kind == "holder" {
-            if let Some(a) = answer.as_mut() {
-                a.holders
-                    .push((row.try_get(1)?, StoredLease::from_row(row, 4)?));
-            }
+            holders.push((row.try_get(1)?, StoredLease::from_row(row, 4)?));
         } else {
             answer = Some(Answer {
                 kind,
@@ -297,7 +295,7 @@ fn read_rows(rows: &[Row]) -> std::result::Result<Option<Answer>, tokio_postgres
             });
         }
     }
-    Ok(answer)
+    Ok(answer.map(|a| Answer { holders, ..a }))
 }
 
 impl PostgresStore {
@@ -411,6 +409,17 @@ impl PostgresStore {
             .collect()
     }
 
+    /// The error of an operation whose snapshot was overtaken [`PERMIT_ATTEMPTS`] times.
+    fn overtaken(&self) -> LeaseError {
+        LeaseError::backend(
+            BackendErrorKind::Other,
+            format!(
+                "PostgreSQL at {}: the semaphore kept changing while it was read ({PERMIT_ATTEMPTS} attempts, each overtaken by another acquire or a limit change); retry",
+                self.inner.endpoint.addr
+            ),
+        )
+    }
+
     fn unexpected(&self, what: &str) -> LeaseError {
         LeaseError::backend(
             BackendErrorKind::Other,
@@ -471,10 +480,7 @@ impl PostgresStore {
                 _ => Err(self.unexpected("permit acquire")),
             };
         }
-        Err(super::lease::inconsistent(
-            &self.inner.endpoint.addr,
-            "semaphore",
-        ))
+        Err(self.overtaken())
     }
 
     pub(super) async fn read_semaphore(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
@@ -521,10 +527,7 @@ impl PostgresStore {
                 _ => continue,
             };
         }
-        Err(super::lease::inconsistent(
-            &self.inner.endpoint.addr,
-            "semaphore",
-        ))
+        Err(self.overtaken())
     }
 }
 
