@@ -9,12 +9,14 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::cut_proxy::{proxy, CUT_AFTER_REQUEST, CUT_REPLY, PASS};
 
-use distributed_leasing::store::ReleaseOutcome;
+use distributed_leasing::store::{PermitOutcome, PermitRequest, ReleaseOutcome};
 use distributed_leasing::{
     BackendErrorKind, ClientOptions, LeaseClient, LeaseError, LeaseOptions, LostReason, TryAcquire,
 };
@@ -474,4 +476,299 @@ async fn a_lease_pinned_with_infinity_is_held_with_no_expiry() {
     assert!(other.release().await.unwrap());
     a.close().await;
     b.close().await;
+}
+
+/// Runs one query as the superuser on database `db` and returns its first column (an `i64`).
+async fn admin_i64(server: &common::PostgresServer, db: &str, sql: &str) -> Option<i64> {
+    let url = server.url().replace("/postgres?", &format!("/{db}?"));
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    let driver = tokio::spawn(conn);
+    let v = client.query_one(sql, &[]).await.expect(sql).get(0);
+    drop(client);
+    let _ = driver.await;
+    v
+}
+
+/// A store-level permit acquire of `name` at `limit` (30 s).
+async fn permit(
+    client: &LeaseClient,
+    name: &str,
+    limit: Option<u32>,
+) -> distributed_leasing::Result<PermitOutcome> {
+    client
+        .store()
+        .try_acquire_permit(&PermitRequest {
+            name,
+            limit,
+            lease_id: &uuid::Uuid::new_v4().to_string(),
+            duration: Duration::from_secs(30),
+            acquired_at: chrono::Utc::now(),
+            metadata: &BTreeMap::new(),
+        })
+        .await
+}
+
+/// Twenty racers, each on a connection of its own (a connection runs its statements one at a
+/// time), on a database where no semaphore was ever used (so its first semaphore write, the
+/// move to version 2, races too): exactly three win, slots {0, 1, 2} with tokens {1, 2, 3} (one
+/// counter, moved only by a grant), and the others are refused naming the three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_racers_at_limit_3_win_slots_0_1_2_with_tokens_1_2_3() {
+    let Some(server) = server() else { return };
+    let (_, url) = fresh_database(server, "semrace").await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(LeaseClient::connect(&url, options()).await.unwrap());
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for client in clients {
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            permit(&client, "race", Some(3)).await.unwrap()
+        }));
+    }
+    let (mut slots, mut tokens, mut refused) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            PermitOutcome::Acquired {
+                slot,
+                fencing_token,
+            } => {
+                slots.push(slot);
+                tokens.push(fencing_token);
+            }
+            PermitOutcome::Full { limit, holders } => {
+                assert_eq!((limit, holders.len()), (3, 3));
+                refused += 1;
+            }
+        }
+    }
+    slots.sort_unstable();
+    tokens.sort_unstable();
+    assert_eq!(slots, [0, 1, 2]);
+    assert_eq!(tokens, [1, 2, 3]);
+    assert_eq!(refused, 17);
+}
+
+/// A database used for leases alone stays at schema version 1 (which older versions of this
+/// library open), reads of semaphores included; the first semaphore write moves it to 2, and
+/// leases work on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_moves_to_version_2_at_its_first_semaphore_write_only() {
+    let Some(server) = server() else { return };
+    let version = "SELECT max(version)::bigint FROM distributed_leasing.schema_version";
+    for write in ["acquire", "set_limit"] {
+        let (db, url) = fresh_database(server, "semver").await;
+        let c = LeaseClient::connect(&url, options()).await.unwrap();
+        let lease = c
+            .acquire("plain", &LeaseOptions::default(), NOW)
+            .await
+            .unwrap();
+        assert!(c.semaphore_info("s").await.unwrap().is_none());
+        assert!(matches!(
+            permit(&c, "s", None).await,
+            Err(LeaseError::InvalidArgument(_))
+        ));
+        assert_eq!(admin_i64(server, &db, version).await, Some(1), "{write}");
+        if write == "acquire" {
+            assert!(matches!(
+                permit(&c, "s", Some(2)).await.unwrap(),
+                PermitOutcome::Acquired { slot: 0, .. }
+            ));
+        } else {
+            assert_eq!(c.set_semaphore_limit("s", 2).await.unwrap(), None);
+        }
+        assert_eq!(admin_i64(server, &db, version).await, Some(2), "{write}");
+        // Another client (connected at version 2) sees the limit; the lease is still held.
+        let d = LeaseClient::connect(&url, options()).await.unwrap();
+        assert_eq!(d.semaphore_info("s").await.unwrap().unwrap().limit, 2);
+        assert_eq!(
+            d.inspect("plain").await.unwrap().unwrap().lease_id,
+            lease.lease_id()
+        );
+        assert!(lease.release().await.unwrap());
+    }
+}
+
+/// A semaphore row this library never writes (here a limit of 0) is refused naming the
+/// semaphore and the table, by the acquire, the info and set_limit, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_semaphore_row_is_a_clear_error_and_nothing_is_written() {
+    let Some(server) = server() else { return };
+    let (db, url) = fresh_database(server, "semcorrupt").await;
+    let c = LeaseClient::connect(&url, options()).await.unwrap();
+    assert_eq!(c.set_semaphore_limit("s", 3).await.unwrap(), None);
+    admin(
+        server,
+        &db,
+        "UPDATE distributed_leasing.semaphores SET lim = 0 WHERE name = 's'",
+    )
+    .await;
+    let err = permit(&c, "s", Some(3)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LeaseError::Backend {
+                kind: BackendErrorKind::WrongType,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let m = err.to_string();
+    assert!(
+        m.contains("limit 0") && m.contains("semaphores") && m.contains("\"s\""),
+        "{m}"
+    );
+    assert!(c.semaphore_info("s").await.is_err());
+    assert!(c.set_semaphore_limit("s", 4).await.is_err());
+    let rows = "SELECT (SELECT count(*) FROM distributed_leasing.leases)
+                     + (SELECT count(*) FROM distributed_leasing.fences)
+                     + (SELECT count(*) FROM distributed_leasing.semaphores WHERE lim <> 0)";
+    assert_eq!(
+        admin_i64(server, &db, rows).await,
+        Some(0),
+        "nothing written"
+    );
+}
+
+/// An acquire whose statement waited for the semaphore's row lock while another transaction
+/// granted a permit does not trust the snapshot it started with: while the limit was never
+/// lowered, the slot it would take is taken meanwhile, so it takes the next one (never the
+/// other's); after a lowering, where the count decides, the permits granted meanwhile are
+/// counted and it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_that_waited_for_the_semaphore_row_sees_what_was_granted_meanwhile() {
+    let Some(server) = server() else { return };
+    let (db, url) = fresh_database(server, "semstale").await;
+    let db_url = server.url().replace("/postgres?", &format!("/{db}?"));
+    let c = LeaseClient::connect(&url, options()).await.unwrap();
+    // What an acquire of another process does, in a transaction that holds the row's lock
+    // until `commit` is sent: a live permit in each of `slots`, and the counter moved.
+    let grant = |name: &str, slots: &[u32]| {
+        let mut sql = String::new();
+        for slot in slots {
+            let _ = write!(
+                sql,
+                "INSERT INTO distributed_leasing.leases
+                 VALUES ('lease:', chr(30) || '{{{name}}}' || chr(30) || lpad('{slot}', 10, '0'),
+                         'other-{slot}', now(), now() + interval '1 minute', '{{}}');
+                 UPDATE distributed_leasing.semaphores SET last_token = last_token + 1
+                  WHERE name = '{name}';"
+            );
+        }
+        sql + "COMMIT"
+    };
+    for (name, limit, lowered_to, held, granted, expected) in [
+        // Never lowered: slot 0 granted meanwhile, the waiting acquire takes slot 1.
+        ("s1", 3u32, None, 0usize, &[0u32][..], Some(1u32)),
+        // Lowered 5 -> 3 with slots 1 and 2 held (room for one): slots 3 and 4 granted
+        // meanwhile (under the old limit): 4 held, refused.
+        ("s2", 5, Some(3u32), 3, &[3, 4][..], None),
+    ] {
+        let mut permits = Vec::new();
+        for _ in 0..held {
+            permits.push(
+                c.try_acquire_permit(name, Some(limit), &LeaseOptions::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        if held == 0 {
+            c.set_semaphore_limit(name, limit).await.unwrap();
+        }
+        if let Some(lower) = lowered_to {
+            c.set_semaphore_limit(name, lower).await.unwrap();
+            // Slot 0 released: 2 left, one below the lowered limit.
+            let first = permits.remove(0);
+            let distributed_leasing::TryPermit::Acquired(p) = first else {
+                panic!("setup")
+            };
+            assert_eq!(p.slot(), 0);
+            assert!(p.release().await.unwrap());
+        }
+        let (locker, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(conn);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM distributed_leasing.semaphores WHERE name = '{name}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move { permit(&c, name, None).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "the acquire waits for the row lock");
+        locker.batch_execute(&grant(name, granted)).await.unwrap();
+        let outcome = waiting.await.unwrap();
+        match (outcome, expected) {
+            (PermitOutcome::Acquired { slot, .. }, Some(want)) => assert_eq!(slot, want),
+            (PermitOutcome::Full { holders, .. }, None) => assert_eq!(holders.len(), 4),
+            (other, want) => panic!("limit {limit}: expected {want:?}, got {other:?}"),
+        }
+        drop(locker);
+        let _ = driver.await;
+        drop(permits);
+    }
+}
+
+/// A figure, not a check (ignored by default): acquire+release cycles per second of a permit
+/// (limit 3) against those of a lease, one client, one after the other, on the shared server.
+/// `cargo test --test postgres -- --ignored --nocapture permit_and_lease_cycles`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn permit_and_lease_cycles_per_second() {
+    let Some(server) = server() else { return };
+    let c = LeaseClient::connect(&server.url(), options())
+        .await
+        .unwrap();
+    let opts = LeaseOptions::default();
+    let lease = format!("bench-lease-{}", uuid::Uuid::new_v4());
+    let sem = format!("bench-sem-{}", uuid::Uuid::new_v4());
+    let cycles = 500u32;
+    // Warm up both paths (connection, prepared statements, the semaphore's row).
+    for _ in 0..20 {
+        let TryAcquire::Acquired(l) = c.try_acquire(&lease, &opts).await.unwrap() else {
+            panic!("held")
+        };
+        assert!(l.release().await.unwrap());
+        let distributed_leasing::TryPermit::Acquired(p) =
+            c.try_acquire_permit(&sem, Some(3), &opts).await.unwrap()
+        else {
+            panic!("full")
+        };
+        assert!(p.release().await.unwrap());
+    }
+    for round in 0..2 {
+        let started = std::time::Instant::now();
+        for _ in 0..cycles {
+            let TryAcquire::Acquired(l) = c.try_acquire(&lease, &opts).await.unwrap() else {
+                panic!("held")
+            };
+            assert!(l.release().await.unwrap());
+        }
+        let leases = f64::from(cycles) / started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        for _ in 0..cycles {
+            let distributed_leasing::TryPermit::Acquired(p) =
+                c.try_acquire_permit(&sem, Some(3), &opts).await.unwrap()
+            else {
+                panic!("full")
+            };
+            assert!(p.release().await.unwrap());
+        }
+        let permits = f64::from(cycles) / started.elapsed().as_secs_f64();
+        eprintln!(
+            "round {round}: lease {leases:.0} cycles/s, permit {permits:.0} cycles/s ({:.2}x)",
+            permits / leases
+        );
+    }
 }

@@ -14,8 +14,8 @@
 //! [`LeaseStore::set_semaphore_limit`]): a permit is a lease record named [`permit_record`] (a
 //! name no lease can take), so renewing, releasing and force-releasing it are the lease
 //! operations; a store keeps beside it the semaphore's limit and token counter. The in-memory
-//! test store, SQLite, Redis, Redis Cluster and etcd have them; PostgreSQL refuses them with
-//! a `Config` error ([`semaphores_unsupported`], the trait's default) for now.
+//! test store and every store (SQLite, Redis, Redis Cluster, PostgreSQL, etcd) have them;
+//! the trait's default refuses them with a `Config` error ([`semaphores_unsupported`]).
 
 use std::any::Any;
 use std::collections::BTreeMap;

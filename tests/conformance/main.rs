@@ -355,6 +355,7 @@ macro_rules! semaphore_stores {
             conformance!(redis, crate::Harness::redis(), [$($case),*]);
             conformance!(redis_inline, crate::Harness::redis_inline(), [$($case),*]);
             conformance!(redis_cluster, crate::Harness::redis_cluster(), [$($case),*]);
+            conformance_if_present!(postgres, crate::Harness::postgres(), [$($case),*]);
             conformance_if_present!(etcd, crate::Harness::etcd(), [$($case),*]);
         }
     };

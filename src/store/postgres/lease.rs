@@ -13,8 +13,9 @@ use super::PostgresStore;
 use crate::error::{BackendErrorKind, LeaseError, LostReason, Result};
 use crate::info::{format_timestamp, parse_timestamp, LeaseInfo};
 use crate::store::{
-    common, failed_batch, AcquireOutcome, AcquireRequest, ForceReleased, LeaseStore,
-    ProclaimOutcome, ReleaseOutcome, RenewItem, RenewOutcome,
+    common, failed_batch, is_semaphore_record, AcquireOutcome, AcquireRequest, ForceReleased,
+    LeaseStore, PermitOutcome, PermitRequest, ProclaimOutcome, ReleaseOutcome, RenewItem,
+    RenewOutcome, SemaphoreInfo,
 };
 use crate::wait::{ChangeWatch, ReleaseWatch};
 
@@ -277,7 +278,7 @@ impl PostgresStore {
 }
 
 /// `metadata` as the JSON text the statements store; refused if PostgreSQL cannot store it.
-fn metadata_json(metadata: &BTreeMap<String, String>) -> Result<String> {
+pub(super) fn metadata_json(metadata: &BTreeMap<String, String>) -> Result<String> {
     if metadata
         .iter()
         .any(|(k, v)| k.contains('\0') || v.contains('\0'))
@@ -300,7 +301,7 @@ fn lost_reason(holder: Option<&str>, ours: &str) -> LostReason {
 }
 
 /// A lease row as the statements return it (see `lease_columns!`), from column `at` on.
-struct StoredLease {
+pub(super) struct StoredLease {
     lease_id: String,
     acquired_at: Option<String>,
     fencing_token: Option<i64>,
@@ -310,7 +311,10 @@ struct StoredLease {
 }
 
 impl StoredLease {
-    fn from_row(row: &Row, at: usize) -> std::result::Result<Self, tokio_postgres::Error> {
+    pub(super) fn from_row(
+        row: &Row,
+        at: usize,
+    ) -> std::result::Result<Self, tokio_postgres::Error> {
         Ok(Self {
             lease_id: row.try_get(at)?,
             acquired_at: row.try_get(at + 1)?,
@@ -320,7 +324,7 @@ impl StoredLease {
         })
     }
 
-    fn into_info(self, name: String) -> Result<LeaseInfo> {
+    pub(super) fn into_info(self, name: String) -> Result<LeaseInfo> {
         let metadata: BTreeMap<String, String> =
             serde_json::from_str(&self.metadata).map_err(|e| {
                 LeaseError::backend(
@@ -496,8 +500,12 @@ impl LeaseStore for PostgresStore {
             .call(|c, _| async move { c.client.query(&c.list, &[&key_prefix, &prefix]).await })
             .await?;
         rows.iter()
-            .map(|row| {
+            .filter_map(|row| {
                 let name: String = row.get(5);
+                // A semaphore's permits are not leases (`semaphore_info` shows them).
+                (!is_semaphore_record(&name)).then_some((row, name))
+            })
+            .map(|(row, name)| {
                 StoredLease::from_row(row, 0)
                     .map_err(|e| self.inner.endpoint.error(&e))?
                     .into_info(name)
@@ -532,6 +540,18 @@ impl LeaseStore for PostgresStore {
             }
         }
         Err(inconsistent(&self.inner.endpoint.addr, "lease"))
+    }
+
+    async fn try_acquire_permit(&self, req: &PermitRequest<'_>) -> Result<PermitOutcome> {
+        self.acquire_permit(req).await
+    }
+
+    async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
+        self.read_semaphore(name).await
+    }
+
+    async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
+        self.store_limit(name, limit).await
     }
 
     fn watch_releases(&self, name: &str) -> ReleaseWatch {

@@ -8,7 +8,9 @@
 //! connection that only LISTENs, opened when the first waiter appears and kept while the store
 //! lives. One channel for every name: a waiter joining needs no round trip, so its feed is live
 //! at once while the connection is up. Notifications are dispatched on the task that drives the
-//! connection (no hop): one `notify_one` per release of a name with waiters here.
+//! connection (no hop): one `notify_one` per release of a name with waiters here. The release
+//! of a semaphore's permit (its record's name, [`crate::store::permit_record`]) is told under
+//! the semaphore's name ([`crate::store::release_notice_name`]), which its waiters watch.
 //!
 //! When the connection drops (or fails its periodic check with an empty query), the shared
 //! supervisor ([`crate::store::feed`]) turns every entry partial and reconnects with backoff.
@@ -20,6 +22,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::Endpoint;
 use crate::store::feed::{self, FeedStream, HEALTH_EVERY};
+use crate::store::release_notice_name;
 use crate::wait::{Change, FedBoard, ReleaseBoard};
 
 /// The notification channel of releases.
@@ -44,7 +47,8 @@ impl Dispatch {
             if change == Change::Released {
                 crate::metrics::RELEASE_NOTIFICATIONS.add(1);
             }
-            board.changed(&name, change);
+            // A permit's release is told to the waiters of its semaphore.
+            board.changed(&release_notice_name(&name), change);
         }
     }
 }

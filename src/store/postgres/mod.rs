@@ -6,7 +6,8 @@
 //!
 //! This module owns the connections (opening, TLS, the one retry after a drop, the operation
 //! timeout, closing) and the mapping of PostgreSQL errors; the statements and the lease
-//! operations live in [`lease`], the tables and their version in [`schema`].
+//! operations live in [`lease`], the semaphores' in [`semaphore`], the tables and their version
+//! in [`schema`].
 //!
 //! Data model (schema `distributed_leasing`, created and versioned on first use):
 //! - `leases`: one row per lease, keyed by `(key_prefix, name)`: `lease_id`, `acquired_at` (the
@@ -18,9 +19,16 @@
 //!   moves only when a lease is taken, in the statement that takes it, so the current holder's
 //!   fencing token is always its name's `last_token` (read with a join; not copied into the
 //!   lease row, which the same statement could not update twice).
-//! - `schema_version`: one row, the version of these tables (1). A newer version is refused.
-//!   The DDL runs in a transaction under a transaction-level advisory lock, so processes
-//!   starting together on an empty database cannot trip over each other.
+//! - `semaphores` (schema version 2): one row per `(key_prefix, name)` of a semaphore ever
+//!   used, never deleted: its limit, `slots` and token counter. A semaphore's permits are rows
+//!   of `leases` named [`crate::store::permit_record`] (so renew, release and forced release
+//!   are the lease statements, unchanged, and the primary key forbids two permits in a slot),
+//!   each with the `fences` row of its record name holding its token; `list` leaves them out.
+//! - `schema_version`: one row, the version of these tables: 1 (leases), or 2 once a semaphore
+//!   was written (the table is added then, not before, so a database used for leases alone stays
+//!   readable by versions that know only 1). A newer version is refused. The DDL runs in a
+//!   transaction under a transaction-level advisory lock, so processes starting together on an
+//!   empty database (or writing their first semaphore) cannot trip over each other.
 //!
 //! Invariants:
 //! - Every operation is ONE prepared statement (one round trip), in its own implicit
@@ -44,8 +52,12 @@
 //!   renew is owner-checked; a release marks the row released (`expires_at = '-infinity'`,
 //!   keeping its lease id) rather than deleting it, so its retry recognises its own first
 //!   send instead of reporting a loss.
+//! - A permit acquire is one statement too ([`semaphore`]), run again when its snapshot was
+//!   overtaken (the slot it chose taken meanwhile, or a stale count after a lowering) and once
+//!   at a semaphore's first use (its row created).
 //! - Releases (and forced releases) that end a live lease `pg_notify` the channel
-//!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit.
+//!   [`listen::CHANNEL`] with `[key_prefix, name]`; the notification is delivered on commit. A
+//!   permit's release names its record; the listener tells it to the waiters of its semaphore.
 //!   A proclaim (`PROCLAIM`: the holder's new metadata, owner-checked, its expiry untouched)
 //!   notifies `[key_prefix, name, "proclaimed"]`, an announced acquire (`ACQUIRE_ANNOUNCED`, a
 //!   statement of its own so that a plain acquire is unchanged) `[key_prefix, name,
@@ -55,9 +67,11 @@
 //! - The password lives in the `tokio_postgres::Config` only (its `Debug` hides it); messages
 //!   name `host:port/database`.
 
+#[macro_use]
 mod lease;
 mod listen;
 mod schema;
+mod semaphore;
 
 use std::fmt;
 use std::future::Future;
@@ -114,6 +128,8 @@ struct Inner {
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     closed: AtomicBool,
     listener: FedBoard,
+    /// The semaphores' table is known to exist (schema version 2).
+    semaphores: AtomicBool,
 }
 
 /// The statement connection and its prepared statements.
@@ -129,6 +145,8 @@ struct Conn {
     force_release: Statement,
     inspect: Statement,
     list: Statement,
+    /// The semaphore statements, prepared at the first semaphore operation on this connection.
+    permits: tokio::sync::OnceCell<semaphore::PermitStatements>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -158,6 +176,7 @@ impl PostgresStore {
                 conn: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
                 listener,
+                semaphores: AtomicBool::new(false),
             }),
         };
         store.inner.conn().await?;
@@ -378,6 +397,7 @@ impl Endpoint {
             force_release,
             inspect,
             list,
+            permits: tokio::sync::OnceCell::new(),
         })
     }
 
