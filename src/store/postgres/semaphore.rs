@@ -28,9 +28,14 @@
 //!   run again. A release missed by the snapshot only makes a refusal that was true when the
 //!   statement began.
 //!
+//! An acquire sent again after its connection dropped ([`OWN_PERMIT`]) first looks for the
+//! permit its lost send may have won (its lease id and acquired_at) and keeps it.
+//!
 //! A semaphore's first acquire creates its row and is run again (two round trips, once per
 //! semaphore). A row of another shape (limits out of range, `slots` below the limit, a
 //! negative counter) is refused naming it, and nothing is written.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, Statement};
@@ -192,6 +197,19 @@ pub(super) const ACQUIRE_PERMIT: &str = concat!(
       ORDER BY slot LIMIT $10)"
 );
 
+/// A resent acquire's own first send (the numbering of [`ACQUIRE_PERMIT`]; $2, $3, $7, $10
+/// unused): the live permit of the semaphore with this very request's lease id ($4) AND
+/// acquired_at ($5), its expiry re-armed ($6). Row: `acquired` (slot, token), or none.
+pub(super) const OWN_PERMIT: &str = "WITH mine AS (
+        UPDATE distributed_leasing.leases l
+           SET expires_at = now() + $6 * interval '1 millisecond'
+         WHERE l.key_prefix = $1 AND l.name > $8 AND l.name < $9 AND l.expires_at > now()
+           AND l.lease_id = $4 AND l.acquired_at = $5::timestamptz
+        RETURNING l.name
+    )
+    SELECT 'acquired', substr(m.name, length($8) + 1)::bigint, f.last_token, NULL::bigint
+      FROM mine m JOIN distributed_leasing.fences f ON f.key_prefix = $1 AND f.name = m.name";
+
 /// $1 prefix, $2 semaphore, $8, $9 the record names' bounds (the numbering of
 /// [`ACQUIRE_PERMIT`]; $3..$7 unused). Rows: `conf` (limit, slots, counter) if the semaphore
 /// exists, then a `holder` row per live permit, in slot order.
@@ -238,6 +256,7 @@ pub(super) const SET_LIMIT: &str = concat!(
 /// operation (their table exists from version 2 on).
 pub(super) struct PermitStatements {
     acquire: Statement,
+    own: Statement,
     info: Statement,
     set_limit: Statement,
 }
@@ -259,14 +278,16 @@ impl PermitStatements {
             T::TEXT,
             T::INT8,
         ];
-        let (acquire, info, set_limit) = futures_util::future::try_join3(
+        let (acquire, own, info, set_limit) = futures_util::future::try_join4(
             client.prepare_typed(ACQUIRE_PERMIT, &params),
+            client.prepare_typed(OWN_PERMIT, &params),
             client.prepare_typed(SEMAPHORE_INFO, &params),
             client.prepare_typed(SET_LIMIT, &params),
         )
         .await?;
         Ok(Self {
             acquire,
+            own,
             info,
             set_limit,
         })
@@ -327,6 +348,7 @@ impl PostgresStore {
         name: &str,
         limit: Option<i64>,
         acquire: Option<(&PermitRequest<'_>, &str, &str)>,
+        resent: Option<&AtomicBool>,
     ) -> Result<Vec<Row>> {
         let prefix = self.inner.prefix.as_str();
         let (low, high) = permit_records_range(name);
@@ -340,30 +362,40 @@ impl PostgresStore {
             None => ("", "", 0, "{}"),
         };
         let most = i64::try_from(MAX_REPORTED_HOLDERS).unwrap_or(i64::MAX);
-        self.call(|c, _| {
+        self.call(|c, retry| {
             let (low, high) = (&low, &high);
             async move {
                 let st = c
                     .permits
                     .get_or_try_init(|| PermitStatements::prepare(&c.client))
                     .await?;
-                c.client
-                    .query(
-                        which(st),
-                        &[
-                            &prefix,
-                            &name,
-                            &limit,
-                            &lease_id,
-                            &acquired_at,
-                            &ms,
-                            &metadata,
-                            low,
-                            high,
-                            &most,
-                        ],
-                    )
-                    .await
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+                    &prefix,
+                    &name,
+                    &limit,
+                    &lease_id,
+                    &acquired_at,
+                    &ms,
+                    &metadata,
+                    low,
+                    high,
+                    &most,
+                ];
+                // An acquire sent again after its connection dropped (and every later run of
+                // it) first looks for what its lost send may have won, and keeps it: else it
+                // would take a second slot and leave the first held by nobody until it expired.
+                if let Some(resent) = resent {
+                    if retry {
+                        resent.store(true, Ordering::Relaxed);
+                    }
+                    if resent.load(Ordering::Relaxed) {
+                        let own = c.client.query(&st.own, &params).await?;
+                        if !own.is_empty() {
+                            return Ok(own);
+                        }
+                    }
+                }
+                c.client.query(which(st), &params).await
             }
         })
         .await
@@ -441,9 +473,8 @@ impl PostgresStore {
             n.and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| self.unexpected("permit acquire"))
         };
-        // A resend after a dropped connection (`call`) may take a second slot: the first one,
-        // won by a send whose reply was lost, expires by itself (its lease id is never seen),
-        // as on Redis.
+        // Set once a send's reply was lost with its connection (see `run_permit_statement`).
+        let resent = AtomicBool::new(false);
         for _ in 0..PERMIT_ATTEMPTS {
             let rows = self
                 .run_permit_statement(
@@ -451,6 +482,7 @@ impl PostgresStore {
                     req.name,
                     limit,
                     Some((req, &acquired_at, &metadata)),
+                    Some(&resent),
                 )
                 .await?;
             let answer = read_rows(&rows)
@@ -488,7 +520,7 @@ impl PostgresStore {
             return Ok(None);
         }
         let rows = self
-            .run_permit_statement(|s| &s.info, name, None, None)
+            .run_permit_statement(|s| &s.info, name, None, None, None)
             .await?;
         let Some(answer) = read_rows(&rows).map_err(|e| self.inner.endpoint.error(&e))? else {
             return Ok(None);
@@ -506,7 +538,7 @@ impl PostgresStore {
         self.semaphores_table(true).await?;
         for _ in 0..PERMIT_ATTEMPTS {
             let rows = self
-                .run_permit_statement(|s| &s.set_limit, name, Some(i64::from(limit)), None)
+                .run_permit_statement(|s| &s.set_limit, name, Some(i64::from(limit)), None, None)
                 .await?;
             let row = rows.first().ok_or_else(|| self.unexpected("set limit"))?;
             let read = || -> std::result::Result<_, tokio_postgres::Error> {
