@@ -24,7 +24,7 @@ use crate::error::{LeaseError, Result};
 use crate::holding::{PendingRelease, Work};
 use crate::info::LeaseInfo;
 use crate::renewal::Outstanding;
-use crate::store::{AcquireOutcome, LeaseStore, ReleaseOutcome};
+use crate::store::{AcquireOutcome, LeaseStore, ReleaseOutcome, SemaphoreHolder};
 use crate::wait::{self, Feed, ReleaseWatch, Wake};
 
 /// The longest a waiter waits for its release subscription to be confirmed before it goes on
@@ -36,8 +36,9 @@ const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(2);
 pub(crate) enum Attempted<T> {
     /// Won.
     Won(T),
-    /// Someone else holds it (with its time to live, when known: a retry is due at its expiry).
-    Held(LeaseInfo),
+    /// Someone else holds it (with its time to live, when known: a retry is due at its expiry);
+    /// of a semaphore, with every holder seen (for `Unavailable`'s `holders`).
+    Held(LeaseInfo, Vec<SemaphoreHolder>),
 }
 
 /// Takes what `attempt` takes, waiting up to `wait` for it (`None`: forever; zero: one
@@ -80,7 +81,7 @@ where
         let outcome = attempt().await?;
         // The attempt answered: a release that woke us has been acted on.
         waiting.owes_wake = false;
-        let holder = match outcome {
+        let (holder, holders) = match outcome {
             Attempted::Won(won) => {
                 if attempts > 1 {
                     tracing::debug!(
@@ -94,7 +95,7 @@ where
                 }
                 return Ok(won);
             }
-            Attempted::Held(holder) => holder,
+            Attempted::Held(holder, holders) => (holder, holders),
         };
         let now = Instant::now();
         if give_up.is_some_and(|g| now >= g) || !backoff.allows_another(attempts) {
@@ -110,11 +111,8 @@ where
             return Err(LeaseError::Unavailable {
                 name: name.to_owned(),
                 holder: Some(Box::new(holder)),
-                waited: if attempts > 1 || wait.is_some_and(|w| !w.is_zero()) {
-                    started.elapsed()
-                } else {
-                    Duration::ZERO
-                },
+                holders,
+                waited: waited(started, attempts, wait),
             });
         }
         let Some(watch) = waiting.watch.as_mut() else {
@@ -166,6 +164,15 @@ where
                 }
             }
         }
+    }
+}
+
+/// How long a refused acquire waited: zero for one attempt that was asked not to wait.
+fn waited(started: Instant, attempts: u32, wait: Option<Duration>) -> Duration {
+    if attempts > 1 || wait.is_some_and(|w| !w.is_zero()) {
+        started.elapsed()
+    } else {
+        Duration::ZERO
     }
 }
 

@@ -469,7 +469,7 @@ impl LeaseClient {
             || async {
                 Ok(match self.attempt(name, opts, duration, interval).await? {
                     TryAcquire::Acquired(lease) => Attempted::Won(lease),
-                    TryAcquire::Held(holder) => Attempted::Held(holder),
+                    TryAcquire::Held(holder) => Attempted::Held(holder, Vec::new()),
                 })
             },
             || self.store.watch_releases(name),

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::fmt;
 
-use crate::info::LeaseInfo;
+use crate::info::{LeaseInfo, SemaphoreHolder};
 
 /// Result alias for the library.
 pub type Result<T, E = LeaseError> = std::result::Result<T, E>;
@@ -72,13 +72,18 @@ pub enum BackendErrorKind {
 /// Every error of the library.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    /// The lease is held by someone else (after waiting, if a wait was asked for).
-    #[error("lease '{name}' is unavailable: {}; {}", describe_holder(holder.as_deref()), advice(*waited))]
+    /// The lease is held by someone else, or every permit of the semaphore is (after waiting,
+    /// if a wait was asked for).
+    #[error("{}; {}", describe_refusal(name, holder.as_deref(), holders), advice(*waited))]
     Unavailable {
-        /// The lease name.
+        /// The lease's (or the semaphore's) name.
         name: String,
-        /// The current holder, from the same round trip as the refused acquire.
+        /// The current holder, from the same round trip as the refused acquire (of a
+        /// semaphore: the permit that expires first).
         holder: Option<Box<LeaseInfo>>,
+        /// Of a semaphore: every holder the last refusal saw, by slot (at most
+        /// [`crate::store::MAX_REPORTED_HOLDERS`]); empty for a lease (its holder is `holder`).
+        holders: Vec<SemaphoreHolder>,
         /// How long the acquire waited before giving up (zero: one attempt).
         waited: std::time::Duration,
     },
@@ -180,6 +185,19 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// What a refusal says: the holder of a lease; of a semaphore, how many permits are held and
+/// the one that expires first.
+fn describe_refusal(name: &str, holder: Option<&LeaseInfo>, holders: &[SemaphoreHolder]) -> String {
+    if holders.is_empty() {
+        return format!("lease '{name}' is unavailable: {}", describe_holder(holder));
+    }
+    format!(
+        "semaphore '{name}' is full: {} permits are held, the first to expire {}",
+        holders.len(),
+        describe_holder(holder)
+    )
+}
+
 /// What to do after a refusal: wait for it if the caller did not, else wait longer.
 fn advice(waited: std::time::Duration) -> String {
     if waited.is_zero() {
@@ -240,6 +258,7 @@ mod tests {
         let e = LeaseError::Unavailable {
             name: "job".into(),
             holder: Some(Box::new(holder)),
+            holders: Vec::new(),
             waited: std::time::Duration::ZERO,
         };
         assert!(!e.to_string().contains('\n'), "{e}");

@@ -1,4 +1,5 @@
-//! [`LeaseInfo`]: what anyone may see of a lease's current holder.
+//! [`LeaseInfo`]: what anyone may see of a lease's current holder; [`SemaphoreHolder`], of a
+//! semaphore's permit (a lease record of its own, with its slot).
 //!
 //! Built from the stored record (a Redis hash or a SQLite row). Records written by the .NET
 //! origin of this project have no `fencingToken`; they are shown with `fencing_token: None`
@@ -31,6 +32,16 @@ pub struct LeaseInfo {
     /// is empty; `metadata` says who left it); the next acquire takes it over and a forced
     /// release deletes it. `false` for every lease.
     pub orphan: bool,
+}
+
+/// One holder of a semaphore: the permit's record as a lease (its `name` is the semaphore's)
+/// and its slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemaphoreHolder {
+    /// The slot it occupies (`0..limit`, or above a limit that was lowered since).
+    pub slot: u32,
+    /// The permit as anyone may see it.
+    pub info: LeaseInfo,
 }
 
 impl LeaseInfo {

@@ -12,8 +12,8 @@
 //!
 //! Owns: [`Permit`] (the handle: its semaphore's name and its slot over a [`Lease`] of the
 //! slot's record), [`TryPermit`], the checks of a semaphore's name and limit at the client's
-//! edge, and the permit acquires of [`LeaseClient`] (`try_acquire_permit`, `acquire_permit`
-//! with a wait, `semaphore_info`, `set_semaphore_limit`). The store's side (the stored limit,
+//! edge, and the permit operations of [`LeaseClient`] (`try_acquire_permit`, `acquire_permit`
+//! with a wait, `semaphore_info`, `set_semaphore_limit`, `force_release_permit`). The store's side (the stored limit,
 //! the first free slot, the counter) is [`LeaseStore::try_acquire_permit`].
 //!
 //! The limit is stored with the semaphore: an acquire with another limit is refused with
@@ -45,8 +45,8 @@ use crate::lease::{Lease, LeaseEnd, LeaseEvents};
 use crate::metrics;
 use crate::store::common::closed_error;
 use crate::store::{
-    permit_record, semaphore_key, validate_metadata, validate_name, AcquireOutcome, LeaseStore,
-    PermitOutcome, PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_SEMAPHORE_LIMIT,
+    permit_record, semaphore_key, validate_metadata, validate_name, AcquireOutcome, ForceReleased,
+    LeaseStore, PermitOutcome, PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_SEMAPHORE_LIMIT,
 };
 
 /// A held permit of a semaphore: a lease of its own over its slot. Renewed in the background
@@ -163,16 +163,27 @@ impl Permit {
         self.lease.release().await.map_err(|e| self.named(e))
     }
 
-    /// An error of the slot's lease, told with the semaphore's name and the slot instead of
-    /// the record's name.
     fn named(&self, e: LeaseError) -> LeaseError {
-        match e {
-            LeaseError::Lost { reason, .. } => LeaseError::Lost {
-                name: format!("{} (semaphore permit, slot {})", self.semaphore, self.slot),
-                reason,
-            },
-            other => other,
-        }
+        permit_error(&self.semaphore, self.slot, e)
+    }
+
+    /// Its semaphore's name, its slot and the lease of its slot's record, for the Python
+    /// binding, which shows a permit as the lease it is (`src/python/semaphore.rs`).
+    #[cfg(feature = "python")]
+    pub(crate) fn into_parts(self) -> (String, u32, Lease) {
+        (self.semaphore, self.slot, self.lease)
+    }
+}
+
+/// An error of a permit's lease, told with the semaphore's name and the slot instead of the
+/// record's name.
+pub(crate) fn permit_error(semaphore: &str, slot: u32, e: LeaseError) -> LeaseError {
+    match e {
+        LeaseError::Lost { reason, .. } => LeaseError::Lost {
+            name: format!("{semaphore} (semaphore permit, slot {slot})"),
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -195,20 +206,32 @@ pub enum TryPermit {
 /// # Errors
 /// `InvalidArgument` naming the limit and the range.
 pub fn validate_limit(limit: u32) -> Result<()> {
-    if limit == 0 || limit > MAX_SEMAPHORE_LIMIT {
-        return Err(LeaseError::InvalidArgument(format!(
-            "semaphore limit {limit} is out of range: give a limit from 1 to {MAX_SEMAPHORE_LIMIT} (the number of permits held at once)"
-        )));
-    }
-    Ok(())
+    limit_of(i128::from(limit)).map(drop)
+}
+
+/// A semaphore's limit from any integer a caller may give (a binding's `-1` or `2**31`):
+/// 1..=[`MAX_SEMAPHORE_LIMIT`].
+///
+/// # Errors
+/// `InvalidArgument` naming the limit and the range.
+pub fn limit_of(limit: i128) -> Result<u32> {
+    u32::try_from(limit)
+        .ok()
+        .filter(|l| (1..=MAX_SEMAPHORE_LIMIT).contains(l))
+        .ok_or_else(|| {
+            LeaseError::InvalidArgument(format!(
+                "semaphore limit {limit} is out of range: give a limit from 1 to {MAX_SEMAPHORE_LIMIT} (the number of permits held at once)"
+            ))
+        })
 }
 
 /// The holder a waiter waits for: the one that expires first (a retry is due at its expiry).
-fn first_to_expire(name: &str, holders: Vec<SemaphoreHolder>) -> LeaseInfo {
+fn first_to_expire(name: &str, holders: &[SemaphoreHolder]) -> LeaseInfo {
     holders
-        .into_iter()
-        .map(|h| h.info)
+        .iter()
+        .map(|h| &h.info)
         .min_by_key(|i| i.ttl.unwrap_or(Duration::MAX))
+        .cloned()
         .unwrap_or_else(|| LeaseInfo {
             name: name.to_owned(),
             lease_id: String::new(),
@@ -252,8 +275,8 @@ impl LeaseClient {
     /// store's feed may miss a release. Cancelling the returned future leaves nothing behind.
     ///
     /// # Errors
-    /// `Unavailable` (with the holder that expires first) when the wait or the attempts run
-    /// out; as [`Self::try_acquire_permit`].
+    /// `Unavailable` (with every holder the last attempt saw, `holder` the one that expires
+    /// first) when the wait or the attempts run out; as [`Self::try_acquire_permit`].
     pub async fn acquire_permit(
         &self,
         name: &str,
@@ -285,7 +308,7 @@ impl LeaseClient {
                     {
                         TryPermit::Acquired(permit) => Attempted::Won(permit),
                         TryPermit::Full { holders, .. } => {
-                            Attempted::Held(first_to_expire(name, holders))
+                            Attempted::Held(first_to_expire(name, &holders), holders)
                         }
                     },
                 )
@@ -321,6 +344,51 @@ impl LeaseClient {
         let before = self.store().set_semaphore_limit(name, limit).await?;
         tracing::info!(semaphore = name, limit, before, "semaphore limit set");
         Ok(before)
+    }
+
+    /// Deletes the permit in `slot` of the semaphore `name` if `lease_id` still holds it
+    /// (whoever holds it, given `None`): the compare-and-delete of
+    /// [`Self::force_release_if`] on the slot's record, so the holder an administrator was
+    /// shown is the one removed, never a successor in the same slot. Its holder learns the
+    /// loss at its next renewal; a waiter of the semaphore is woken.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad name or a slot out of range; `WrongType` for a record that
+    /// is not a lease (never deleted); backend errors.
+    pub async fn force_release_permit(
+        &self,
+        name: &str,
+        slot: u32,
+        lease_id: Option<&str>,
+    ) -> Result<ForceReleased> {
+        validate_name(name)?;
+        if slot >= MAX_SEMAPHORE_LIMIT {
+            return Err(LeaseError::InvalidArgument(format!(
+                "slot {slot} is out of range: a semaphore's slots are 0 to {} (see semaphore_info for the held ones)",
+                MAX_SEMAPHORE_LIMIT - 1
+            )));
+        }
+        let outcome = self
+            .requests()
+            .force_release(&permit_record(name, slot), lease_id)
+            .await?;
+        tracing::info!(
+            semaphore = name,
+            slot,
+            outcome = match &outcome {
+                ForceReleased::Released => "released",
+                ForceReleased::Absent => "not_held",
+                ForceReleased::HeldByOther(_) => "changed_hands",
+            },
+            "permit force-released"
+        );
+        Ok(match outcome {
+            ForceReleased::HeldByOther(mut holder) => {
+                name.clone_into(&mut holder.name);
+                ForceReleased::HeldByOther(holder)
+            }
+            other => other,
+        })
     }
 
     async fn permit_attempt(

@@ -3,6 +3,9 @@
     async with distributed_leasing.lease("critical-section-lock") as lease:
         ...  # one holder everywhere; renewed in the background; cancelled if lost
 
+    async with distributed_leasing.semaphore("crawlers", limit=3) as permit:
+        ...  # at most 3 holders at once; permit.slot and permit.fencing_token fence each
+
     async with distributed_leasing.Election("scheduler").campaign() as term:
         ...  # the leader, term.token its term; cancelled if leadership is lost
 
@@ -19,7 +22,7 @@ from types import FrameType
 
 from . import _native
 from ._backoff import Backoff
-from ._client import ConfigWarning, LeaseClient, is_configured, lease
+from ._client import ConfigWarning, LeaseClient, is_configured, lease, semaphore
 from ._election import Campaign, Election, LeaderInfo, Term
 from ._lease import LeaseContext
 from ._native import (
@@ -32,8 +35,12 @@ from ._native import (
     LeaseInfo,
     LeaseLost,
     LeaseUnavailable,
+    LimitMismatch,
+    Permit,
+    SemaphoreInfo,
 )
 from ._options import AcquireOptions, ClientOptions, ContextOptions, LeaseOptions, OnLost
+from ._semaphore import SemaphoreContext
 
 # The library's records go to the logger "distributed_leasing" (acquire, renew, release, wait
 # and loss, from the Rust core); as a library it prints nothing unless the application
@@ -112,11 +119,16 @@ __all__ = [
     "LeaseLost",
     "LeaseOptions",
     "LeaseUnavailable",
+    "LimitMismatch",
     "OnLost",
+    "Permit",
+    "SemaphoreContext",
+    "SemaphoreInfo",
     "Term",
     "is_configured",
     "lease",
     "metrics",
     "refresh_logging",
     "release_on_sigterm",
+    "semaphore",
 ]

@@ -7,7 +7,7 @@ import builtins
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Unpack
@@ -15,7 +15,7 @@ from typing import Unpack
 from . import _args, _election, _native
 from ._election import Election
 from ._lease import LeaseContext
-from ._native import Lease, LeaseError, LeaseInfo
+from ._native import Lease, LeaseError, LeaseInfo, Permit, SemaphoreInfo
 from ._options import (
     AcquireOptions,
     ClientOptions,
@@ -24,6 +24,7 @@ from ._options import (
     client_options,
     lease_options,
 )
+from ._semaphore import SemaphoreContext, limit_arg
 
 
 class ConfigWarning(UserWarning):
@@ -177,6 +178,96 @@ class LeaseClient:
         _forced_args(name, lease_id)
         return self._native.force_release_sync(name, lease_id=lease_id)
 
+    # -- semaphores --------------------------------------------------------------------------
+
+    def semaphore(
+        self, name: str, limit: int | None, **options: Unpack[ContextOptions]
+    ) -> SemaphoreContext:
+        """A context manager (``async with`` or ``with``) holding a permit of semaphore
+        ``name`` while its body runs (see the module's ``semaphore``)."""
+        return SemaphoreContext(None, None, name, limit, options, client=self)
+
+    async def try_acquire_permit(
+        self, name: str, limit: int | None, **options: Unpack[LeaseOptions]
+    ) -> Permit | None:
+        """One attempt at a permit of semaphore ``name``: the permit, or None when all
+        ``limit`` permits are held.
+
+        ``limit`` is stored with the semaphore by its first acquire; another one raises
+        ``LimitMismatch``, None uses the stored one. Options: as ``try_acquire``."""
+        limit_arg(limit)
+        native = lease_options("try_acquire_permit", "lease", name, options)
+        return await self._native.try_acquire_permit(name, limit, native)
+
+    def try_acquire_permit_sync(
+        self, name: str, limit: int | None, **options: Unpack[LeaseOptions]
+    ) -> Permit | None:
+        """``try_acquire_permit`` for synchronous code."""
+        limit_arg(limit)
+        native = lease_options("try_acquire_permit_sync", "lease", name, options)
+        return self._native.try_acquire_permit_sync(name, limit, native)
+
+    async def acquire_permit(
+        self, name: str, limit: int | None, **options: Unpack[AcquireOptions]
+    ) -> Permit:
+        """Takes a permit of semaphore ``name``, waiting up to ``wait`` seconds (None:
+        forever; 0, the default: one attempt), woken by the release or expiry of any of its
+        permits. Raises ``LeaseUnavailable`` (``.holders``: every permit's holder) when the
+        wait runs out, ``LimitMismatch`` for a limit other than the stored one. Options: as
+        ``acquire``."""
+        limit_arg(limit)
+        native = lease_options("acquire_permit", "acquire", name, options)
+        return await self._native.acquire_permit(name, limit, native)
+
+    def acquire_permit_sync(
+        self, name: str, limit: int | None, **options: Unpack[AcquireOptions]
+    ) -> Permit:
+        """``acquire_permit`` for synchronous code (Ctrl-C interrupts a wait)."""
+        limit_arg(limit)
+        native = lease_options("acquire_permit_sync", "acquire", name, options)
+        return self._native.acquire_permit_sync(name, limit, native)
+
+    async def semaphore_info(self, name: str) -> SemaphoreInfo | None:
+        """Semaphore ``name``: its stored limit and live permits (``holders``, each a
+        ``LeaseInfo`` with its ``slot``); None for a name never used."""
+        _args.text("name", name, "crawlers")
+        return await self._native.semaphore_info(name)
+
+    def semaphore_info_sync(self, name: str) -> SemaphoreInfo | None:
+        """``semaphore_info`` for synchronous code."""
+        _args.text("name", name, "crawlers")
+        return self._native.semaphore_info_sync(name)
+
+    async def set_semaphore_limit(self, name: str, limit: int) -> int | None:
+        """Stores ``limit`` as the limit of semaphore ``name`` (an administrator's act);
+        returns the limit it had (None: never used). Lowering it evicts nobody and admits
+        nobody until fewer than ``limit`` permits are held."""
+        _limit_args(name, limit)
+        return await self._native.set_semaphore_limit(name, limit)
+
+    def set_semaphore_limit_sync(self, name: str, limit: int) -> int | None:
+        """``set_semaphore_limit`` for synchronous code."""
+        _limit_args(name, limit)
+        return self._native.set_semaphore_limit_sync(name, limit)
+
+    async def force_release_permit(
+        self, name: str, slot: int, *, lease_id: str | None = None
+    ) -> bool:
+        """Deletes the permit in ``slot`` of semaphore ``name`` (administrators), as
+        ``force_release`` deletes a lease: given ``lease_id`` (the holder you were shown), only
+        if it still holds that slot, else ``LeaseUnavailable`` with the current ``.holder``.
+        True if one was deleted, False if the slot was free. Its holder learns the loss at its
+        next renewal."""
+        _forced_args(name, lease_id)
+        return await self._native.force_release_permit(name, slot, lease_id=lease_id)
+
+    def force_release_permit_sync(
+        self, name: str, slot: int, *, lease_id: str | None = None
+    ) -> bool:
+        """``force_release_permit`` for synchronous code."""
+        _forced_args(name, lease_id)
+        return self._native.force_release_permit_sync(name, slot, lease_id=lease_id)
+
     @property
     def key_prefix(self) -> str:
         """The namespace of this client's leases (``lease:`` unless configured): the prefix of
@@ -230,6 +321,13 @@ class LeaseClient:
         return "LeaseClient(closed)" if native is None else repr(native)
 
 
+def _limit_args(name: object, limit: object) -> None:
+    _args.text("name", name, "crawlers")
+    if limit is None:
+        raise TypeError("limit=None is not a limit; give an int, e.g. limit=3")
+    limit_arg(limit)
+
+
 def _forced_args(name: object, lease_id: object) -> None:
     _args.text("name", name, "critical-section-lock")
     if lease_id is not None:
@@ -279,6 +377,37 @@ def _url_client_sync(url: str) -> LeaseClient:
         return current[1]
 
 
+def _getters(
+    url: str | None,
+) -> tuple[Callable[[], Awaitable[LeaseClient]], Callable[[], LeaseClient]]:
+    """How a context without ``client=`` gets its client: the process-wide default one, or the
+    one kept for ``url``."""
+    if url is None:
+        return _default_client, _default_client_sync
+    if not isinstance(url, str):
+        raise TypeError(
+            f"url={url!r} is a {type(url).__name__}: give a store URL string such as "
+            "'redis://127.0.0.1:6379' or 'sqlite:///tmp/leases.db'"
+        )
+    store_url = url
+
+    def get_sync() -> LeaseClient:
+        return _url_client_sync(store_url)
+
+    async def get() -> LeaseClient:
+        current = _by_url.get(store_url)
+        if current is not None and current[0] == os.getpid():
+            return current[1]
+        return await asyncio.to_thread(get_sync)
+
+    return get, get_sync
+
+
+def _one_store(url: str | None, client: LeaseClient | None) -> None:
+    if url is not None and client is not None:
+        raise ValueError("give url= or client=, not both: a client already has its store")
+
+
 def lease(
     name: str,
     *,
@@ -299,26 +428,31 @@ def lease(
     waiting; ``duration``, ``renew_interval``, ``auto_renew`` (None: from the client's
     configuration), ``metadata`` and ``on_lost``.
     """
-    if url is not None and client is not None:
-        raise ValueError("give url= or client=, not both: a client already has its store")
+    _one_store(url, client)
     if client is not None:
         return client.lease(name, **options)
-    if url is None:
-        return LeaseContext(_default_client, _default_client_sync, name, options)
-    if not isinstance(url, str):
-        raise TypeError(
-            f"url={url!r} is a {type(url).__name__}: give a store URL string such as "
-            "'redis://127.0.0.1:6379' or 'sqlite:///tmp/leases.db'"
-        )
-    store_url = url
-
-    def get_sync() -> LeaseClient:
-        return _url_client_sync(store_url)
-
-    async def get() -> LeaseClient:
-        current = _by_url.get(store_url)
-        if current is not None and current[0] == os.getpid():
-            return current[1]
-        return await asyncio.to_thread(get_sync)
-
+    get, get_sync = _getters(url)
     return LeaseContext(get, get_sync, name, options)
+
+
+def semaphore(
+    name: str,
+    limit: int | None,
+    *,
+    url: str | None = None,
+    client: LeaseClient | None = None,
+    **options: Unpack[ContextOptions],
+) -> SemaphoreContext:
+    """Hold a permit of semaphore ``name`` (at most ``limit`` holders at once) while the body of
+    ``async with`` / ``with`` runs; the ``Permit`` has its ``slot`` and ``fencing_token``.
+
+    ``limit`` is stored with the semaphore by its first acquire: another limit raises
+    ``LimitMismatch``, None uses the stored one. ``url``, ``client`` and the options are
+    ``lease``'s: ``wait=0`` (the default) tries once and raises ``LeaseUnavailable`` (with
+    ``.holders``), ``on_lost="cancel"`` cancels the body if the permit is lost.
+    """
+    _one_store(url, client)
+    if client is not None:
+        return client.semaphore(name, limit, **options)
+    get, get_sync = _getters(url)
+    return SemaphoreContext(get, get_sync, name, limit, options)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol
 
-from ._native import Lease, LeaseLost
+from ._native import Lease, LeaseLost, Permit
 from ._native import _Client as _NativeClient
 from ._options import ContextOptions, OnLost, lease_options
 
@@ -34,8 +34,13 @@ class _HasNative(Protocol):
 
 def _lost_error(lease: Lease) -> LeaseLost:
     reason = lease.lost_reason or "expired"
+    what = (
+        f"the permit (slot {lease.slot}) of semaphore {lease.name!r}"
+        if isinstance(lease, Permit)
+        else f"lease {lease.name!r}"
+    )
     err = LeaseLost(
-        f"lease {lease.name!r} was lost while its body ran ({reason}): "
+        f"{what} was lost while its body ran ({reason}): "
         "work done after the loss was not protected; acquire it again"
     )
     err.name = lease.name
@@ -57,7 +62,8 @@ def _weak_callback(method: Callable[[str | None], None]) -> Callable[[str | None
 
 class LeaseContext:
     """What ``lease(...)`` and ``LeaseClient.lease(...)`` return: an async and a sync
-    context manager."""
+    context manager. A subclass takes something else than the lease ``name`` (a semaphore's
+    permit, see ``_semaphore``) by overriding ``_acquire`` and ``_acquire_sync``."""
 
     __slots__ = (
         "__weakref__",  # the loss hook holds the context weakly (see `__aenter__`)
@@ -82,11 +88,13 @@ class LeaseContext:
         client: _HasNative | None = None,
         *,
         announce: bool = False,
+        call: str = "lease",
     ) -> None:
         """The client is ``client``, else the one the getters give at the first ``with``;
-        ``announce``: an election's campaign (see ``lease_options``)."""
+        ``announce``: an election's campaign (see ``lease_options``); ``call``: the entry
+        point, named by errors in the options."""
         # Checked here, when lease(...) is called, not at the first `with`.
-        self._options = lease_options("lease", "context", name, options, announce=announce)
+        self._options = lease_options(call, "context", name, options, announce=announce)
         self._on_lost: OnLost = options.get("on_lost", "cancel")
         self._client = client
         self._get_client = get_client
@@ -97,6 +105,12 @@ class LeaseContext:
         self._cancelling = 0
         self._state = "new"
 
+    async def _acquire(self, client: _HasNative) -> Lease:
+        return await client._native.acquire(self._name, self._options)
+
+    def _acquire_sync(self, client: _HasNative) -> Lease:
+        return client._native.acquire_sync(self._name, self._options)
+
     # -- async -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Lease:
@@ -106,7 +120,7 @@ class LeaseContext:
         if client is None:
             assert self._get_client is not None
             client = await self._get_client()
-        lease = await client._native.acquire(self._name, self._options)
+        lease = await self._acquire(client)
         self._lease = lease
         self._state = "inside"
         # A loop closed while this body still waits (its task kept alive by a reference)
@@ -174,7 +188,7 @@ class LeaseContext:
         if client is None:
             assert self._get_client_sync is not None
             client = self._get_client_sync()
-        lease = client._native.acquire_sync(self._name, self._options)
+        lease = self._acquire_sync(client)
         self._lease = lease
         self._state = "inside"
         return lease

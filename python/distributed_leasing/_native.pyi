@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Final, Literal, final
 
+from typing_extensions import disjoint_base
+
 __version__: Final[str]
 
 _LostReasonName = Literal["expired", "missing", "held_by_other", "client_closed"]
@@ -17,11 +19,26 @@ class LeaseError(Exception):
     """Base class of every error of distributed_leasing. Messages never contain secrets."""
 
 class LeaseUnavailable(LeaseError):
-    """The lease is held by someone else (after waiting, if a wait was asked for)."""
+    """The lease is held by someone else, or every permit of the semaphore is (after waiting,
+    if a wait was asked for)."""
 
     name: str
     holder: LeaseInfo | None
-    """The holder, from the same round trip as the refused acquire."""
+    """The holder, from the same round trip as the refused acquire (of a semaphore: the permit
+    that expires first)."""
+    holders: list[LeaseInfo]
+    """Every holder the refusal saw: a lease's one holder (or none), or each permit of the
+    semaphore (at most 100) with its ``slot``."""
+
+class LimitMismatch(LeaseError):
+    """A semaphore was asked for with a limit other than the one stored with it: pass
+    ``limit=stored`` or ``limit=None``, or change it with ``set_semaphore_limit``."""
+
+    name: str
+    stored: int
+    """The limit stored with the semaphore."""
+    asked: int
+    """The limit asked for."""
 
 class LeaseLost(LeaseError):
     """The lease was lost while held: stop work that relies on it."""
@@ -68,13 +85,17 @@ class LeaseInfo:
         lease and without a TTL (its key expired before it wrote them). Nobody holds it
         (``lease_id`` is empty; ``metadata`` says who left it); the next acquire takes it over,
         and ``force_release`` deletes it. False for every lease."""
+    @property
+    def slot(self) -> int | None:
+        """The slot of a semaphore's permit (``name`` is then the semaphore's); None for a
+        lease."""
     def holder_label(self, escape: Callable[[str], str] | None = None) -> str | None:
         """Who holds it, for people: the ``instanceId`` of its metadata, with its ``region`` in
         brackets when there is one (``"us-east-1 (us-east)"``); None without an instanceId.
         ``escape`` is applied to each part (``repr``, to show someone else's text safely)."""
     def __eq__(self, other: object, /) -> bool: ...
 
-@final
+@disjoint_base
 class Lease:
     """A held lease, renewed in the background by Rust until released or lost."""
 
@@ -140,6 +161,32 @@ class Lease:
         callback: Callable[[str | None], object],
     ) -> None: ...
     def _release_if_loop_closed(self, event_loop: asyncio.AbstractEventLoop) -> None: ...
+
+@final
+class Permit(Lease):
+    """A held permit of a semaphore: a lease of its own over its slot (its own lease id,
+    renewal, expiry on the store's clock, events and loss), with its semaphore's ``name`` and
+    its ``slot``. ``fencing_token`` comes from the semaphore's one counter: keep the last token
+    seen per slot and refuse a lower one to fence a stale holder. ``release()`` returns False
+    (and adds no permit) the second time."""
+
+    @property
+    def slot(self) -> int:
+        """The slot this permit occupies (``0..limit``)."""
+
+@final
+class SemaphoreInfo:
+    """A semaphore as anyone may see it (``LeaseClient.semaphore_info``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> int:
+        """The limit stored with the semaphore."""
+    @property
+    def holders(self) -> list[LeaseInfo]:
+        """The live permits by slot, each a ``LeaseInfo`` with its ``slot``."""
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class LeaseEvent:
@@ -257,6 +304,26 @@ class _Client:
     def list_sync(self, prefix: str = ...) -> builtins.list[LeaseInfo]: ...
     def force_release(self, name: str, *, lease_id: str | None = None) -> asyncio.Future[bool]: ...
     def force_release_sync(self, name: str, *, lease_id: str | None = None) -> bool: ...
+    def try_acquire_permit(
+        self, name: str, limit: int | None, options: _Options
+    ) -> asyncio.Future[Permit | None]: ...
+    def try_acquire_permit_sync(
+        self, name: str, limit: int | None, options: _Options
+    ) -> Permit | None: ...
+    def acquire_permit(
+        self, name: str, limit: int | None, options: _Options
+    ) -> asyncio.Future[Permit]: ...
+    def acquire_permit_sync(self, name: str, limit: int | None, options: _Options) -> Permit: ...
+    def semaphore_info(self, name: str) -> asyncio.Future[SemaphoreInfo | None]: ...
+    def semaphore_info_sync(self, name: str) -> SemaphoreInfo | None: ...
+    def set_semaphore_limit(self, name: str, limit: int) -> asyncio.Future[int | None]: ...
+    def set_semaphore_limit_sync(self, name: str, limit: int) -> int | None: ...
+    def force_release_permit(
+        self, name: str, slot: int, *, lease_id: str | None = None
+    ) -> asyncio.Future[bool]: ...
+    def force_release_permit_sync(
+        self, name: str, slot: int, *, lease_id: str | None = None
+    ) -> bool: ...
     def close(self) -> asyncio.Future[None]: ...
     def close_sync(self) -> None: ...
     def leader(self, name: str) -> asyncio.Future[_LeaderInfo | None]: ...

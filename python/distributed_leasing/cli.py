@@ -6,12 +6,19 @@
                                                  time left, metadata (--watch: each change)
     leasing release NAME --force [--yes]         delete a lease (only the holder shown and
                                                  confirmed: if it changed hands, nothing)
+    leasing semaphore inspect NAME               a semaphore's limit and each permit's holder
+    leasing semaphore list NAME                  its held permits (a table, by slot)
+    leasing semaphore set-limit NAME N [--yes]   store another limit (lowering evicts nobody)
+    leasing semaphore release NAME --slot I --force [--yes]
+                                                 delete one permit (only the holder shown
+                                                 and confirmed: if it changed, nothing)
     leasing configure                            the configuration wizard
     leasing --version                            the installed version
 
 The store is ``--url`` (``redis://host:port``, ``rediss://...``, ``sqlite:///path/leases.db``)
 or the configuration in ``--dir`` (appsettings.json, appsettings.Local.json, ``RedisLeasing__*``
-environment variables). ``--json`` prints machine-readable output for inspect, list and leader.
+environment variables). ``--json`` prints machine-readable output for inspect, list, leader and
+every semaphore command.
 
 Exit codes: 0 done (also "not held", "no leader", and Ctrl-C ending ``leader --watch``), 1 an
 error (store, configuration), 2 bad usage or a refused release, 130 interrupted.
@@ -30,7 +37,7 @@ from typing import Any, TextIO
 from . import _wizard
 from ._client import ConfigWarning, LeaseClient, is_configured
 from ._election import LeaderInfo, iso_time
-from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable
+from ._native import ConfigError, LeaseError, LeaseInfo, LeaseUnavailable, SemaphoreInfo
 from ._native import __version__ as _version
 
 EXIT_OK = 0
@@ -96,8 +103,10 @@ def _fencing(token: int | None) -> str:
 
 
 def _as_json(info: LeaseInfo) -> dict[str, Any]:
+    slot: dict[str, Any] = {} if info.slot is None else {"slot": info.slot}
     return {
         "name": info.name,
+        **slot,
         "holder": None if info.orphan else info.holder_label(),
         "orphan": info.orphan,
         "lease_id": info.lease_id,
@@ -131,11 +140,12 @@ def _print_info(info: LeaseInfo) -> None:
         print(f"({ORPHAN_NOTE})")
 
 
-def _print_table(infos: Sequence[LeaseInfo]) -> None:
-    header = ("NAME", "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
+def _print_table(infos: Sequence[LeaseInfo], *, first: str = "NAME") -> None:
+    """One row per lease; ``first="SLOT"``: per permit of one semaphore, by slot."""
+    header = (first, "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
     rows = [
         (
-            _safe(i.name),
+            _safe(i.name) if i.slot is None else str(i.slot),
             "orphan" if i.orphan else i.holder_label(_safe) or "-",
             "-" if i.orphan else _safe(i.lease_id[:8]),
             "-" if i.fencing_token is None else str(i.fencing_token),
@@ -270,6 +280,30 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def _confirmed(args: argparse.Namespace, what: str, question: str) -> bool:
+    """Whether to go on with a destructive act: ``--yes``, else a yes at a terminal; without a
+    terminal and without ``--yes``, a refusal (never a silent default)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise _Refused(
+            f"{what}; not asking for confirmation because standard input is not a terminal: "
+            "add --yes to go on"
+        )
+    return _confirm(question)
+
+
+def _changed_hands(what: str, shown: LeaseInfo, e: LeaseUnavailable) -> _Refused:
+    """The refusal of a forced release whose compare-and-delete found another holder."""
+    now = e.holder
+    who = "another holder" if now is None else _shown(now)
+    return _Refused(
+        f"{what} changed hands while you were asked: it is now held by {who}, "
+        f"not by {_shown(shown)}; nothing was released. "
+        "Run the command again to see the current holder."
+    )
+
+
 def _release(args: argparse.Namespace) -> int:
     if not args.force:
         raise _Refused(
@@ -288,31 +322,19 @@ def _release(args: argparse.Namespace) -> int:
     if info is None:
         print(f"Lease {args.name!r} is not held; nothing to release.")
         return EXIT_OK
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise _Refused(
-                f"lease {args.name!r} is held by {_holder(info)}; not asking for confirmation "
-                "because standard input is not a terminal: add --yes to release it"
-            )
-        question = (
-            f"Delete the orphan of lease {args.name!r} left by {_left_by(info)}? [y/N] "
-            if info.orphan
-            else f"Release lease {args.name!r} held by {_holder(info)}? [y/N] "
-        )
-        if not _confirm(question):
-            print("Not released.")
-            return EXIT_OK
+    question = (
+        f"Delete the orphan of lease {args.name!r} left by {_left_by(info)}? [y/N] "
+        if info.orphan
+        else f"Release lease {args.name!r} held by {_holder(info)}? [y/N] "
+    )
+    if not _confirmed(args, f"lease {args.name!r} is held by {_holder(info)}", question):
+        print("Not released.")
+        return EXIT_OK
     # Compare-and-delete: only the holder shown above, never whoever holds it by now.
     try:
         released = client.force_release_sync(args.name, lease_id=info.lease_id)
     except LeaseUnavailable as e:
-        now = e.holder
-        who = "another holder" if now is None else _shown(now)
-        raise _Refused(
-            f"lease {args.name!r} changed hands while you were asked: it is now held by {who}, "
-            f"not by {_shown(info)}; nothing was released. "
-            "Run the command again to see the current holder."
-        ) from None
+        raise _changed_hands(f"lease {args.name!r}", info, e) from None
     if released and info.orphan:
         print(f"Deleted the orphan of lease {args.name!r} (left by {_left_by(info)}).")
     elif released:
@@ -320,6 +342,124 @@ def _release(args: argparse.Namespace) -> int:
     else:
         print(f"Lease {args.name!r} was no longer held; nothing released.")
     return EXIT_OK
+
+
+def _semaphore_json(info: SemaphoreInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "limit": info.limit,
+        "held": len(info.holders),
+        "holders": [_as_json(h) for h in info.holders],
+    }
+
+
+def _not_used(name: str) -> str:
+    return f"Semaphore {name!r} has never been used (no limit stored, no permit held)."
+
+
+def _semaphore_inspect(args: argparse.Namespace) -> int:
+    info = _client(args).semaphore_info_sync(args.name)
+    if args.json:
+        print(json.dumps(None if info is None else _semaphore_json(info), indent=2))
+        return EXIT_OK
+    if info is None:
+        print(_not_used(args.name))
+        return EXIT_OK
+    print(f"{'Semaphore:':<15} {_safe(info.name)}")
+    print(f"{'Limit:':<15} {info.limit}")
+    print(f"{'Held:':<15} {len(info.holders)}")
+    for h in info.holders:
+        print()
+        print(f"{'Slot:':<15} {h.slot}")
+        _print_info(h)
+    return EXIT_OK
+
+
+def _semaphore_list(args: argparse.Namespace) -> int:
+    info = _client(args).semaphore_info_sync(args.name)
+    if args.json:
+        print(json.dumps([] if info is None else [_as_json(h) for h in info.holders], indent=2))
+    elif info is None:
+        print(_not_used(args.name))
+    elif not info.holders:
+        print(f"No permits of semaphore {args.name!r} are held (limit {info.limit}).")
+    else:
+        print(f"Semaphore {_safe(info.name)!s}: {len(info.holders)} of {info.limit} held")
+        _print_table(info.holders, first="SLOT")
+    return EXIT_OK
+
+
+def _semaphore_set_limit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    info = client.semaphore_info_sync(args.name)
+    now = "never used" if info is None else f"limit {info.limit}, {len(info.holders)} held"
+    question = f"Set the limit of semaphore {args.name!r} ({now}) to {args.limit}? [y/N] "
+    what = f"semaphore {args.name!r} is {now}"
+    if not _confirmed(args, what, question):
+        if args.json:
+            print(json.dumps({"name": args.name, "changed": False}, indent=2))
+        else:
+            print("Not changed.")
+        return EXIT_OK
+    before = client.set_semaphore_limit_sync(args.name, args.limit)
+    if args.json:
+        print(
+            json.dumps(
+                {"name": args.name, "changed": True, "limit": args.limit, "previous": before},
+                indent=2,
+            )
+        )
+    else:
+        was = "none (never used)" if before is None else str(before)
+        print(f"Semaphore {args.name!r}: limit {args.limit} (was {was}).")
+        held = 0 if info is None else len(info.holders)
+        if held > args.limit:
+            print(
+                f"{held} permits are held: nobody is evicted, and nobody is admitted until "
+                f"fewer than {args.limit} are held."
+            )
+    return EXIT_OK
+
+
+def _semaphore_release(args: argparse.Namespace) -> int:
+    what = f"permit {args.slot} of semaphore {args.name!r}"
+    if not args.force:
+        raise _Refused(
+            f"refusing to release {what}: releasing a permit someone else holds lets one more "
+            "holder in; add --force if you are sure its holder is gone"
+        )
+    client = _client(args)
+    info = client.semaphore_info_sync(args.name)
+    held = None if info is None else next((h for h in info.holders if h.slot == args.slot), None)
+
+    def done(released: bool, message: str) -> int:
+        if args.json:
+            shown = None if held is None else _as_json(held)
+            print(
+                json.dumps(
+                    {"name": args.name, "slot": args.slot, "released": released, "holder": shown},
+                    indent=2,
+                )
+            )
+        else:
+            print(message)
+        return EXIT_OK
+
+    if held is None:
+        return done(
+            False, f"Slot {args.slot} of semaphore {args.name!r} is not held; nothing to release."
+        )
+    question = f"Release {what} held by {_holder(held)}? [y/N] "
+    if not _confirmed(args, f"{what} is held by {_holder(held)}", question):
+        return done(False, "Not released.")
+    # Compare-and-delete: only the holder shown above, never a successor in the slot.
+    try:
+        released = client.force_release_permit_sync(args.name, args.slot, lease_id=held.lease_id)
+    except LeaseUnavailable as e:
+        raise _changed_hands(what, held, e) from None
+    if released:
+        return done(True, f"Released {what} (was held by {_holder(held)}).")
+    return done(False, f"{what[0].upper()}{what[1:]} was no longer held; nothing released.")
 
 
 def _configure(args: argparse.Namespace) -> int:
@@ -402,10 +542,40 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(s, suppress=True)
     s.set_defaults(run=_release)
 
+    _semaphore_parser(sub)
+
     s = sub.add_parser("configure", help="run the configuration wizard")
     _store_options(s, suppress=True)
     s.set_defaults(run=_configure)
     return p
+
+
+def _semaphore_parser(sub: Any) -> None:
+    sem = sub.add_parser(
+        "semaphore", help="inspect a semaphore, change its limit, release a permit"
+    )
+    _store_options(sem, suppress=True)
+    cmds = sem.add_subparsers(dest="semaphore_command", metavar="SUBCOMMAND", required=True)
+
+    def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> Any:
+        s = cmds.add_parser(name, help=help)
+        s.add_argument("name", metavar="NAME")
+        s.add_argument("--json", action="store_true", help="print JSON")
+        _store_options(s, suppress=True)
+        s.set_defaults(run=run)
+        return s
+
+    command("inspect", "show a semaphore's limit and its holders", _semaphore_inspect)
+    command("list", "list a semaphore's held permits by slot", _semaphore_list)
+    s = command("set-limit", "store another limit (administrators)", _semaphore_set_limit)
+    s.add_argument("limit", metavar="N", type=int, help="the new limit (1 to 2147483647)")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s = command(
+        "release", "delete one permit whoever holds it (administrators)", _semaphore_release
+    )
+    s.add_argument("--slot", type=int, required=True, help="the slot of the permit")
+    s.add_argument("--force", action="store_true", help="required: you know its holder is gone")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
 
 def _plain_config_warnings(show: Callable[..., None]) -> Callable[..., None]:

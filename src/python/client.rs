@@ -1,6 +1,7 @@
 //! `_Client`, the native client as a Python class (the public `LeaseClient` of
 //! `python/distributed_leasing/_client.py` wraps it): connecting, the client's operations
-//! (acquire, inspect, list, forced release, close, an election's leader and its observer),
+//! (acquire, inspect, list, forced release, close, an election's leader and its observer, a
+//! semaphore's permits, its state and limit),
 //! each declared once for its awaitable and blocking forms, and the answers those give Python.
 
 use pyo3::prelude::*;
@@ -17,6 +18,7 @@ use super::lease::PyLease;
 use super::options::{PyClientOptions, PyOptions};
 use super::pairs::{on, on_runtime, pymethods_with_pairs};
 use super::runtime;
+use super::semaphore::{limit_arg, permit_out, NewPermit, PySemaphoreInfo};
 
 /// The native client; `distributed_leasing.LeaseClient` wraps it.
 #[pyclass(name = "_Client", module = "distributed_leasing._native", frozen)]
@@ -166,7 +168,74 @@ pymethods_with_pairs! {
         ) -> bool {
             runtime::check_pid(self.pid)?;
             on(&self.exec, Op::Request, move |c| async move {
-                forced(&c, &name, lease_id.as_deref()).await
+                let outcome = c.force_release_if(&name, lease_id.as_deref()).await?;
+                forced(&name, lease_id.as_deref(), outcome)
+            })
+        }
+
+        /// One attempt at a permit of semaphore `name` (`limit` None: the stored one): the
+        /// permit, or None when the semaphore is full.
+        fn try_acquire_permit / try_acquire_permit_sync(
+            &self,
+            name: String,
+            limit: Option<i128>,
+            options: &PyOptions,
+        ) -> Option<NewPermit> {
+            runtime::check_pid(self.pid)?;
+            let (opts, exec) = (options.options.clone(), self.exec.clone());
+            on(&self.exec, Op::Request, move |c| async move {
+                let limit = limit_arg(limit)?;
+                Ok(permit_out(c.try_acquire_permit(&name, limit, &opts).await?, exec))
+            })
+        }
+
+        fn acquire_permit / acquire_permit_sync(
+            &self,
+            name: String,
+            limit: Option<i128>,
+            options: &PyOptions,
+        ) -> NewPermit {
+            runtime::check_pid(self.pid)?;
+            let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
+            on(&self.exec, acquire_op(options), move |c| async move {
+                let limit = limit_arg(limit)?;
+                Ok(NewPermit::new(c.acquire_permit(&name, limit, &opts, wait).await?, exec))
+            })
+        }
+
+        fn semaphore_info / semaphore_info_sync(&self, name: String) -> Option<PySemaphoreInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                Ok(c.semaphore_info(&name).await?.map(PySemaphoreInfo::from))
+            })
+        }
+
+        /// Stores `limit` as the limit of semaphore `name`; returns the one it had, or None.
+        fn set_semaphore_limit / set_semaphore_limit_sync(
+            &self,
+            name: String,
+            limit: i128,
+        ) -> Option<u32> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                let limit = crate::semaphore::limit_of(limit)?;
+                c.set_semaphore_limit(&name, limit).await
+            })
+        }
+
+        /// Deletes the permit in `slot` of semaphore `name` if `lease_id` still holds it
+        /// (whoever holds it, given None); as `force_release`.
+        #[pyo3(signature = (name, slot, *, lease_id=None))]
+        fn force_release_permit / force_release_permit_sync(
+            &self,
+            name: String,
+            slot: u32,
+            lease_id: Option<String>,
+        ) -> bool {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                let outcome = c.force_release_permit(&name, slot, lease_id.as_deref()).await?;
+                forced(&name, lease_id.as_deref(), outcome)
             })
         }
 
@@ -194,15 +263,11 @@ async fn listed(client: &LeaseClient, prefix: &str) -> crate::error::Result<Vec<
         .collect())
 }
 
-/// A forced release, answered for Python: whether a lease was deleted; a lease that changed
-/// hands since its lease id was shown is `LeaseUnavailable` naming both holders (nothing
-/// deleted).
-async fn forced(
-    client: &LeaseClient,
-    name: &str,
-    shown: Option<&str>,
-) -> crate::error::Result<bool> {
-    match client.force_release_if(name, shown).await? {
+/// A forced release (of a lease or a permit), answered for Python: whether one was deleted; one
+/// that changed hands since its lease id was shown is `LeaseUnavailable` naming both holders
+/// (nothing deleted).
+fn forced(name: &str, shown: Option<&str>, outcome: ForceReleased) -> crate::error::Result<bool> {
+    match outcome {
         ForceReleased::Released => Ok(true),
         ForceReleased::Absent => Ok(false),
         ForceReleased::HeldByOther(holder) => Err(crate::error::LeaseError::ChangedHands {

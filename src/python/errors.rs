@@ -1,8 +1,9 @@
 //! The Python exception hierarchy and the one place a core `LeaseError` becomes a Python exception.
 //!
-//! `LeaseError` > `LeaseUnavailable` (`.holder`), `LeaseLost` (`.name`, `.reason`),
-//! `ConfigError`, `BackendError` (`.kind`). Invalid arguments become `ValueError`. Messages come
-//! from the core, which never puts a secret in one.
+//! `LeaseError` > `LeaseUnavailable` (`.holder`, `.holders`), `LeaseLost` (`.name`, `.reason`),
+//! `LimitMismatch` (`.name`, `.stored`, `.asked`), `ConfigError`, `BackendError` (`.kind`).
+//! Invalid arguments become `ValueError`. Messages come from the core, which never puts a
+//! secret in one.
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -22,13 +23,19 @@ create_exception!(
     distributed_leasing,
     LeaseUnavailable,
     LeaseError,
-    "The lease is held by someone else; `.holder` is a LeaseInfo or None."
+    "The lease (or every permit of the semaphore) is held by someone else; `.holder` is a LeaseInfo or None, `.holders` a list of LeaseInfo."
 );
 create_exception!(
     distributed_leasing,
     LeaseLost,
     LeaseError,
     "The lease was lost while held; `.reason` says why."
+);
+create_exception!(
+    distributed_leasing,
+    LimitMismatch,
+    LeaseError,
+    "A semaphore was asked for with a limit other than its stored one; `.name`, `.stored`, `.asked`."
 );
 create_exception!(
     distributed_leasing,
@@ -58,21 +65,29 @@ fn kind_name(kind: BackendErrorKind) -> &'static str {
 pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
     let message = e.to_string();
     match e {
-        CoreError::Unavailable { name, holder, .. } => {
-            let err = LeaseUnavailable::new_err(message);
-            let value = err.value(py);
-            let holder = holder.and_then(|h| Py::new(py, PyLeaseInfo::from(*h)).ok());
-            let _ = value.setattr("holder", holder);
-            let _ = value.setattr("name", name);
-            err
+        CoreError::Unavailable {
+            name,
+            holder,
+            holders,
+            ..
+        } => {
+            // A lease's one holder; of a semaphore, every permit's, and the holder with its slot.
+            let shown = holder.map(|h| {
+                holders
+                    .iter()
+                    .find(|s| s.info == *h)
+                    .map_or_else(|| PyLeaseInfo::from(*h), |s| PyLeaseInfo::from(s.clone()))
+            });
+            let holders: Vec<PyLeaseInfo> = if holders.is_empty() {
+                shown.iter().cloned().collect()
+            } else {
+                holders.into_iter().map(PyLeaseInfo::from).collect()
+            };
+            unavailable(py, message, name, shown, holders)
         }
         CoreError::ChangedHands { name, holder, .. } => {
-            let err = LeaseUnavailable::new_err(message);
-            let value = err.value(py);
-            let holder = Py::new(py, PyLeaseInfo::from(*holder)).ok();
-            let _ = value.setattr("holder", holder);
-            let _ = value.setattr("name", name);
-            err
+            let holder = PyLeaseInfo::from(*holder);
+            unavailable(py, message, name, Some(holder.clone()), vec![holder])
         }
         CoreError::Lost { name, reason } => {
             let err = LeaseLost::new_err(message);
@@ -85,7 +100,7 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
             stored,
             asked,
         } => {
-            let err = LeaseError::new_err(message);
+            let err = LimitMismatch::new_err(message);
             let value = err.value(py);
             let _ = value.setattr("name", name);
             let _ = value.setattr("stored", stored);
@@ -100,4 +115,21 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
             err
         }
     }
+}
+
+/// `LeaseUnavailable` with its `.name`, `.holder` and `.holders`.
+fn unavailable(
+    py: Python<'_>,
+    message: String,
+    name: String,
+    holder: Option<PyLeaseInfo>,
+    holders: Vec<PyLeaseInfo>,
+) -> PyErr {
+    let err = LeaseUnavailable::new_err(message);
+    let value = err.value(py);
+    let holder = holder.and_then(|h| Py::new(py, h).ok());
+    let _ = value.setattr("holder", holder);
+    let _ = value.setattr("holders", holders);
+    let _ = value.setattr("name", name);
+    err
 }

@@ -1,4 +1,5 @@
-//! `LeaseInfo`, what anyone may see of a lease's holder, as a Python class. A leaf of the
+//! `LeaseInfo`, what anyone may see of a lease's holder (or of a semaphore's permit, with its
+//! slot), as a Python class. A leaf of the
 //! bindings: the exceptions (`errors`, for `LeaseUnavailable.holder`) and the classes both use
 //! it, and it uses neither.
 
@@ -8,17 +9,29 @@ use chrono::{DateTime, Utc};
 use pyo3::prelude::*;
 
 use crate::info::LeaseInfo;
+use crate::store::SemaphoreHolder;
 
 /// What anyone may see of a lease's holder.
 #[pyclass(name = "LeaseInfo", module = "distributed_leasing", frozen, eq)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PyLeaseInfo {
     info: LeaseInfo,
+    /// A semaphore's permit: its slot.
+    slot: Option<u32>,
 }
 
 impl From<LeaseInfo> for PyLeaseInfo {
     fn from(info: LeaseInfo) -> Self {
-        Self { info }
+        Self { info, slot: None }
+    }
+}
+
+impl From<SemaphoreHolder> for PyLeaseInfo {
+    fn from(h: SemaphoreHolder) -> Self {
+        Self {
+            info: h.info,
+            slot: Some(h.slot),
+        }
     }
 }
 
@@ -52,6 +65,11 @@ impl PyLeaseInfo {
     fn orphan(&self) -> bool {
         self.info.orphan
     }
+    /// The slot of a semaphore's permit (`name` is the semaphore's); None for a lease.
+    #[getter]
+    fn slot(&self) -> Option<u32> {
+        self.slot
+    }
     /// The holder for people (`us-east-1 (us-east)`), each part through `escape` when given;
     /// None without an instanceId. See `LeaseInfo::holder_label` in the core.
     #[pyo3(signature = (escape=None))]
@@ -63,8 +81,10 @@ impl PyLeaseInfo {
     }
     fn __repr__(&self) -> String {
         format!(
-            "LeaseInfo(name={:?}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={}{})",
+            "LeaseInfo(name={:?}{}, lease_id={:?}, fencing_token={}, metadata={:?}, ttl={}{})",
             self.info.name,
+            self.slot
+                .map_or_else(String::new, |s| format!(", slot={s}")),
             self.info.lease_id,
             self.info
                 .fencing_token

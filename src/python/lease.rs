@@ -19,7 +19,7 @@ use super::pairs::{on, pymethods_with_pairs};
 use super::runtime;
 
 /// A held lease.
-#[pyclass(name = "Lease", module = "distributed_leasing", frozen)]
+#[pyclass(name = "Lease", module = "distributed_leasing", frozen, subclass)]
 pub(crate) struct PyLease {
     inner: Arc<Lease>,
     pid: u32,
@@ -41,8 +41,13 @@ impl Drop for PyLease {
 
 impl PyLease {
     pub(crate) fn new(lease: Lease, exec: Executor) -> Self {
+        Self::shared(Arc::new(lease), exec)
+    }
+
+    /// Over a lease that a subclass (a semaphore's `Permit`) shares.
+    pub(crate) fn shared(lease: Arc<Lease>, exec: Executor) -> Self {
         Self {
-            inner: Arc::new(lease),
+            inner: lease,
             pid: runtime::pid(),
             exec,
         }

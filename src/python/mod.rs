@@ -5,7 +5,8 @@
 //! `inline` and `thread_twin` a client's connections driven by an event loop or a thread,
 //! `twins` the record of them that closes them with the client. The Python classes are one
 //! module each: `client` (`_Client`), `lease` (`Lease`), `events` (`LeaseEvent`, `LeaseEvents`),
-//! `info` (`LeaseInfo`) and `election` (`_LeaderInfo`, `_Observer`, the identity functions); `pairs` declares each of their operations once, for its awaitable
+//! `info` (`LeaseInfo`), `election` (`_LeaderInfo`, `_Observer`, the identity functions) and
+//! `semaphore` (`Permit`, `SemaphoreInfo`); `pairs` declares each of their operations once, for its awaitable
 //! and its blocking form. `options` holds the checked options every entry point takes,
 //! `functions` the module functions that are one call into the core (checks, configuration,
 //! fork hooks), `errors` the exception hierarchy, and `logging` forwards the core's `tracing`
@@ -25,6 +26,7 @@ mod logging;
 mod options;
 mod pairs;
 mod runtime;
+mod semaphore;
 mod thread_twin;
 mod twins;
 
@@ -46,6 +48,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::PyLeaseEvents>()?;
     m.add_class::<election::PyLeaderInfo>()?;
     m.add_class::<election::PyObserver>()?;
+    m.add_class::<semaphore::PyPermit>()?;
+    m.add_class::<semaphore::PySemaphoreInfo>()?;
     m.add_class::<options::PyOptions>()?;
     m.add_class::<options::PyClientOptions>()?;
     m.add("LeaseError", py.get_type::<errors::LeaseError>())?;
@@ -54,6 +58,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::LeaseUnavailable>(),
     )?;
     m.add("LeaseLost", py.get_type::<errors::LeaseLost>())?;
+    m.add("LimitMismatch", py.get_type::<errors::LimitMismatch>())?;
     m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
     m.add("BackendError", py.get_type::<errors::BackendError>())?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;

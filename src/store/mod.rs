@@ -217,15 +217,7 @@ pub struct PermitRequest<'a> {
     pub metadata: &'a BTreeMap<String, String>,
 }
 
-/// One holder of a semaphore: the permit's record as a lease (its `name` is the semaphore's)
-/// and its slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SemaphoreHolder {
-    /// The slot it occupies (`0..limit`, or above a limit that was lowered since).
-    pub slot: u32,
-    /// The permit as anyone may see it.
-    pub info: LeaseInfo,
-}
+pub use crate::info::SemaphoreHolder;
 
 /// The result of a permit acquire.
 #[derive(Debug, Clone, PartialEq, Eq)]

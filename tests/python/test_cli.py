@@ -672,3 +672,142 @@ def test_release_prompt_and_refusal_escape_the_holder(
         assert result.stdout == f"Release lease {name!r} held by {holder}? [y/N] Not released.\n"
     finally:
         lease.release_sync()
+
+
+# -- leasing semaphore (issue 25) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def permits(client: dl.LeaseClient, name: str) -> Iterator[list[dl.Permit]]:
+    held = [
+        client.acquire_permit_sync(name, 3, duration=30, metadata={"instanceId": f"w{i}"})
+        for i in range(2)
+    ]
+    yield held
+    for p in held:
+        p.release_sync()
+
+
+def test_semaphore_inspect_and_list_json(
+    demo_redis: RedisServer, permits: list[dl.Permit], name: str
+) -> None:
+    result = leasing("--url", demo_redis.url, "semaphore", "inspect", name, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["name"], out["limit"], out["held"]) == (name, 3, 2)
+    assert [(h["slot"], h["lease_id"], h["holder"]) for h in out["holders"]] == [
+        (p.slot, p.lease_id, f"w{i}") for i, p in enumerate(permits)
+    ]
+    assert [h["fencing_token"] for h in out["holders"]] == [p.fencing_token for p in permits]
+    listed = leasing("--url", demo_redis.url, "semaphore", "list", name, "--json")
+    assert listed.returncode == 0, listed.stderr
+    without_ttl = [{k: v for k, v in h.items() if k != "ttl"} for h in out["holders"]]
+    assert [{k: v for k, v in h.items() if k != "ttl"} for h in json.loads(listed.stdout)] == (
+        without_ttl
+    )
+    text = leasing("--url", demo_redis.url, "semaphore", "inspect", name)
+    assert text.returncode == 0, text.stderr
+    assert fields(text.stdout)["Limit"] == "3" and permits[1].lease_id in text.stdout
+    table = leasing("--url", demo_redis.url, "semaphore", "list", name)
+    assert table.stdout.splitlines()[1].startswith("SLOT")
+    unused = leasing("--url", demo_redis.url, "semaphore", "inspect", f"{name}-x", "--json")
+    assert unused.returncode == 0 and json.loads(unused.stdout) is None
+    # The permits are no leases: `leasing list` does not show them.
+    assert name not in leasing("--url", demo_redis.url, "list").stdout
+
+
+def test_semaphore_set_limit_refuses_without_terminal_and_yes(
+    demo_redis: RedisServer, client: dl.LeaseClient, permits: list[dl.Permit], name: str
+) -> None:
+    result = leasing("--url", demo_redis.url, "semaphore", "set-limit", name, "1")
+    assert result.returncode == 2
+    assert "--yes" in result.stderr and "not a terminal" in result.stderr
+    info = client.semaphore_info_sync(name)
+    assert info is not None and info.limit == 3
+    done = leasing("--url", demo_redis.url, "semaphore", "set-limit", name, "1", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"name": name, "changed": True, "limit": 1, "previous": 3}
+    info = client.semaphore_info_sync(name)
+    assert info is not None and info.limit == 1 and len(info.holders) == 2  # nobody evicted
+    bad = leasing("--url", demo_redis.url, "semaphore", "set-limit", name, "0", "--yes")
+    assert bad.returncode == 1 and "semaphore limit 0 is out of range" in bad.stderr
+
+
+@pytest.mark.parametrize(("answer", "changed"), [("n", False), ("y", True)])
+def test_semaphore_set_limit_asks_at_a_terminal(
+    demo_redis: RedisServer,
+    client: dl.LeaseClient,
+    permits: list[dl.Permit],
+    name: str,
+    answer: str,
+    changed: bool,
+) -> None:
+    master, slave = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())
+        result = leasing("--url", demo_redis.url, "semaphore", "set-limit", name, "5", stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Set the limit of semaphore {name!r} (limit 3, 2 held)")
+    info = client.semaphore_info_sync(name)
+    assert info is not None and info.limit == (5 if changed else 3)
+
+
+def test_semaphore_release_force_needs_yes_without_terminal_and_removes_the_shown_holder(
+    demo_redis: RedisServer, client: dl.LeaseClient, name: str
+) -> None:
+    victim = client.acquire_permit_sync(name, 2, duration=3, renew_interval=0.5)
+    other = client.acquire_permit_sync(name, 2, duration=30)
+    try:
+        args = ("--url", demo_redis.url, "semaphore", "release", name, "--slot", str(victim.slot))
+        unforced = leasing(*args)
+        assert unforced.returncode == 2 and "--force" in unforced.stderr
+        refused = leasing(*args, "--force")
+        assert refused.returncode == 2
+        assert "--yes" in refused.stderr and "not a terminal" in refused.stderr
+        assert not victim.is_lost
+        done = leasing(*args, "--force", "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert (out["released"], out["slot"]) == (True, victim.slot)
+        assert out["holder"]["lease_id"] == victim.lease_id
+        assert wait_lost(victim)  # its holder finds out at its next renewal
+        assert victim.lost_reason == "missing"
+        assert not other.is_lost
+        again = leasing(*args, "--force", "--yes", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["released"] is False
+    finally:
+        other.release_sync()
+
+
+def test_semaphore_release_never_removes_a_holder_it_did_not_show(
+    demo_redis: RedisServer,
+    client: dl.LeaseClient,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = client.acquire_permit_sync(name, 1, duration=30, metadata={"instanceId": "w-first"})
+    successor: list[dl.Permit] = []
+
+    def confirm_after_the_slot_changed_hands(question: str) -> bool:
+        assert f"permit 0 of semaphore {name!r} held by w-first" in question
+        assert client.force_release_permit_sync(name, 0)
+        successor.append(client.acquire_permit_sync(name, 1, duration=30))
+        return True
+
+    monkeypatch.setattr(cli, "_confirm", confirm_after_the_slot_changed_hands)
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    code = cli.main(
+        ["--url", demo_redis.url, "semaphore", "release", name, "--slot", "0", "--force"]
+    )
+    assert code == 2
+    assert "changed hands" in capsys.readouterr().err
+    info = client.semaphore_info_sync(name)
+    assert info is not None and [h.lease_id for h in info.holders] == [successor[0].lease_id]
+    assert not first.release_sync()  # its slot is the successor's: a late release frees nothing
+    info = client.semaphore_info_sync(name)
+    assert info is not None and [h.lease_id for h in info.holders] == [successor[0].lease_id]
+    successor[0].release_sync()
