@@ -2088,6 +2088,7 @@ class Orchestrator:
                        compare_and_delete=checked, t0=t0, t1=time.monotonic())  # fmt: skip
         else:
             raise ValueError(kind)
+        rec["t_end"] = time.monotonic()
         return rec
 
     def _force_release(self, lease_id: str) -> tuple[bool, bool]:
@@ -2238,9 +2239,11 @@ class Orchestrator:
                     return [], f"{type(e).__name__}: {e}"[:300]
                 time.sleep(0.5)
                 continue
+            t = time.monotonic()
             return [
                 {"name": i.name, "lease_id": i.lease_id, "token": i.fencing_token,
-                 "ttl": i.ttl, "metadata": dict(i.metadata)}
+                 "ttl": i.ttl, "metadata": dict(i.metadata), "t": t,
+                 "permit": getattr(i, "slot", None) is not None}
                 for i in [*infos.values(), *permits]
             ], None  # fmt: skip
 
@@ -2355,12 +2358,15 @@ def analyze(
             v["lease_id_reused"].append(
                 {"lease_id": lid, "handles": sorted(hs)[:6],
                  "pids": sorted({acqs[h]["pid"] for h in hs})[:6]})  # fmt: skip
-    last = 0
+    last: dict[int, int] = defaultdict(int)  # per slot of the register
     for r in reg_log:
         if r["accepted"]:
-            if r["token"] < last:
-                v["token_regression"].append({"seq": r["seq"], "token": r["token"], "after": last})
-            last = max(last, r["token"])
+            slot = r.get("slot", 0)
+            if r["token"] < last[slot]:
+                v["token_regression"].append(
+                    {"seq": r["seq"], "slot": slot, "token": r["token"], "after": last[slot]}
+                )
+            last[slot] = max(last[slot], r["token"])
     # Grant order: a lease acquired after another's acquire returned has a larger token.
     real = [a for a in acqs.values() if not a["lease_id"].startswith("nolease-")]
     by_call = sorted(real, key=lambda a: a["t_call"])
@@ -2489,6 +2495,11 @@ def analyze(
             excuse = "its renewals could not reach the store"
         elif a is None and wid in acquire_failed and info["name"] == name:
             excuse = "an acquire of its process failed"
+        elif a is None and info.get("permit") and _dropped_then(info, faults, duration):
+            # The Redis store retries a permit acquire whose connection dropped; the first
+            # request's permit, if it won, is nobody's and expires by itself (its lease id is
+            # never seen: src/store/redis/semaphore.rs)
+            excuse = "a permit acquire retried after its connection dropped"
         item = {**info, "excuse": excuse,
                 "holder": a and {"pid": a["pid"], "handle": a["h"], "lane": a["lane"]},
                 "end": e and _brief(e)}  # fmt: skip
@@ -2637,6 +2648,25 @@ def analyze(
     s.violations = {k: len(items) for k, items in v.items() if items}
     s.details = {k: items[:10] for k, items in v.items() if items}
     return s
+
+
+# The faults that drop a store's connections (a request then on the wire may have won)
+DROPS = ("client_kill", "restart", "blackhole", "pg_restart", "pg_kill", "member_kill",
+         "quorum_loss")  # fmt: skip
+
+
+def _dropped_then(info: dict[str, Any], faults: list[dict[str, Any]], duration: float) -> bool:
+    """Whether a fault that drops connections was under way when a held record left at the end
+    was granted (its grant inferred from its ttl at the end: ``duration - ttl`` before the
+    listing, within 1 s)."""
+    if info.get("ttl") is None or "t" not in info:
+        return False
+    granted = info["t"] - (duration - info["ttl"])
+    return any(
+        f.get("kind") in DROPS and f["t"] - 1.0 <= granted <= f.get("t_end", f["t"]) + 1.0
+        for f in faults
+        if "skipped" not in f
+    )
 
 
 def _check_semaphore(
