@@ -311,3 +311,36 @@ def test_checker_sees_two_holders_of_one_slot(tmp_path: Path) -> None:
     assert got.get("slot_out_of_range") == 1, summary.text()
     sem = summary.operations["semaphore"]
     assert sem["peak"] == 4 and sem["claims_disowned"] == 1, summary.text()
+
+
+def test_an_orphan_permit_is_excused_only_by_a_dropped_connection_at_its_grant(
+    tmp_path: Path,
+) -> None:
+    """A permit left held at the end whose lease id no handle has (the Redis store retried its
+    acquire after a dropped connection: the first request's permit is nobody's and expires by
+    itself) is excused only if a fault that drops connections was under way when it was
+    granted (inferred from its ttl); otherwise it is held by nobody."""
+    import json
+
+    records = tmp_path / "records"
+    records.mkdir()
+    metrics = {"acquisitions.total": 0, "leases_lost.total": 0}
+    exit_rec = {"ev": "exit", "pid": 1, "wid": "w", "counts": {}, "handles": 0, "lost": 0,
+                "ended": 0, "metrics": metrics}  # fmt: skip
+    (records / "w-1-w.jsonl").write_text(json.dumps(exit_rec) + "\n")
+    # listed at t=100 with 0.5 s left of a 2 s permit: granted at 98.5
+    orphan = {"name": "checker", "lease_id": "nobodys", "token": 9, "ttl": 0.5, "t": 100.0,
+              "permit": True, "metadata": {"pid": "1", "wid": "w", "lane": "sync_ctx"}}  # fmt: skip
+
+    def held_by_nobody(faults: list[dict[str, object]]) -> int:
+        summary = checker.analyze(
+            store="redis", seed=0, seconds=0, records_dir=records, reg_log=[], final_value=0,
+            faults=faults, stuck=[], crashed=[], held=[orphan], duration=2.0,
+            semaphore_limit=3,
+        )  # fmt: skip
+        return summary.violations.get("held_by_nobody", 0)
+
+    assert held_by_nobody([]) == 1
+    assert held_by_nobody([{"kind": "client_kill", "t": 98.4, "t_end": 98.45}]) == 0
+    assert held_by_nobody([{"kind": "restart", "t": 90.0, "t_end": 91.0}]) == 1
+    assert held_by_nobody([{"kind": "sigstop", "t": 98.4, "t_end": 98.45}]) == 1
