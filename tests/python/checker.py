@@ -4,6 +4,7 @@
     python tests/python/checker.py --store all --seconds 20 --seed 7 --json out.json
     python tests/python/checker.py --store sqlite --prefork --seconds 30
     python tests/python/checker.py --store etcd --election --seconds 30
+    python tests/python/checker.py --store redis --semaphore --seconds 30
 
 Stores: Redis, Redis Cluster (3 masters), SQLite, PostgreSQL and etcd (3 members), each a
 private server (or file) the checker starts, kills and restarts itself. Many worker processes
@@ -137,6 +138,29 @@ also observes the election (``election.observe()``), and the checks add:
     (``observed_term_down``), and each leader seen is one that was elected with that term
     (``observed_term_mismatch``: a lease id a worker recorded with another fencing token).
 
+The semaphore mode (``--semaphore``, ``run_store(semaphore=True)``): the same workload and
+checks, through the permits of one semaphore of limit ``SEMAPHORE_LIMIT`` (3) instead of the
+lease: ``async with`` / ``with client.semaphore(...)``, ``try_acquire_permit`` /
+``acquire_permit(wait=...)`` and their ``_sync`` forms (a tenth of the acquires, once the
+process has held a permit, pass ``limit=None``: the stored one). Eight worker processes (six
+direct of two lanes each, three of them through the proxy, and the two children of a fork host)
+under the store's faults, the forced release being ``force_release_permit(name, slot,
+lease_id=...)`` of a holder that ``semaphore_info`` showed. The register keeps one counter per
+slot, each fenced by the last token it has seen (the resource side of the fencing recipe), and a
+holder writes to its permit's slot; (a) and (b) hold per slot (the tokens come from one counter
+per semaphore, so the grant order holds across slots). Before each register operation a holder
+*claims* its permit: it records whether it holds it by its own account (not lost, local validity
+left), at an instant taken before it looks. The checks add:
+
+(g) every permit's slot is below the limit (``slot_out_of_range``); counting each handle as a
+    holder from its acquire's return to its last claim, never more than the limit hold at
+    once (``over_limit``) and never two hold one slot at once (``slot_shared``); a
+    force-released permit's window ends when its forced release was called. The peak
+    count is reported (the test requires it to reach the limit). A store that does not
+    support semaphores gives a ``Summary`` with ``unsupported`` set and nothing run.
+
+``--sabotage overlimit`` (semaphore mode) has the workers ask for one permit more than the
+checker's limit: (g) must then see a holder count above it and a slot out of range.
 ``--sabotage nolease`` skips the lease (token 0 for all): the register must then see lost
 updates and shared tokens (a control that shows the checks can fail). ``--sabotage noaof``
 restarts Redis *without* persistence: the fencing counter restarts at 1 and (b) must flag it.
@@ -184,6 +208,8 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "postgres": ("sigkill", "sigstop", "force_release", "pg_restart", "pg_kill"),
     "etcd": ("sigkill", "sigstop", "force_release", "member_kill", "quorum_loss"),
 }
+# The semaphore mode's limit (``--semaphore``)
+SEMAPHORE_LIMIT = 3
 # The prefork mode's faults: they hit the children only (the parent's operations must then
 # never stall or fail, so nothing may hit the store it talks to).
 PREFORK_FAULTS = ("sigkill", "sigstop", "force_release")
@@ -201,33 +227,37 @@ EXPECTED_ERRORS = ("LeaseUnavailable", "LeaseLost", "BackendError")
 
 @dataclass(frozen=True)
 class Who:
-    """Who performs a register operation: the handle and the token it carries."""
+    """Who performs a register operation: the handle, the token it carries and the register's
+    slot it works on (the semaphore mode's permit slot; 0 otherwise)."""
 
     pid: int
     wid: str
     handle: str
     lease_id: str
     token: int
+    slot: int = 0
 
 
 class FencedRegister:
-    """A counter in its own SQLite file that refuses tokens lower than the highest it has seen.
+    """Counters in their own SQLite file, one per slot (``Who.slot``: the semaphore mode's
+    permit slots; slot 0 otherwise), each refusing tokens lower than the highest it has seen:
+    the resource side of the fencing recipe, which keeps the last token per slot.
 
     ``read`` and ``write`` each run in one ``BEGIN IMMEDIATE`` transaction (the file's write
     lock is taken first, so two operations never interleave), compare the caller's token with
-    the highest one seen, raise the highest on acceptance, and log the operation whatever the
-    outcome. Equal tokens are accepted (the same holder reads, then writes).
+    the highest one its slot has seen, raise the highest on acceptance, and log the operation
+    whatever the outcome. Equal tokens are accepted (the same holder reads, then writes).
     """
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS reg (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
+        slot INTEGER PRIMARY KEY,
         highest INTEGER NOT NULL,
         value INTEGER NOT NULL
     );
-    INSERT OR IGNORE INTO reg VALUES (1, 0, 0);
     CREATE TABLE IF NOT EXISTS log (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        slot INTEGER NOT NULL,
         op TEXT NOT NULL,
         accepted INTEGER NOT NULL,
         pid INTEGER NOT NULL,
@@ -259,20 +289,25 @@ class FencedRegister:
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:
-            highest, value = con.execute("SELECT highest, value FROM reg WHERE id = 1").fetchone()
+            con.execute("INSERT OR IGNORE INTO reg VALUES (?, 0, 0)", (who.slot,))
+            highest, value = con.execute(
+                "SELECT highest, value FROM reg WHERE slot = ?", (who.slot,)
+            ).fetchone()
             accepted = who.token >= highest
             if accepted:
                 if op == "write":
                     con.execute(
-                        "UPDATE reg SET highest = ?, value = ? WHERE id = 1", (who.token, new)
+                        "UPDATE reg SET highest = ?, value = ? WHERE slot = ?",
+                        (who.token, new, who.slot),
                     )
                 elif who.token > highest:
-                    con.execute("UPDATE reg SET highest = ? WHERE id = 1", (who.token,))
+                    con.execute("UPDATE reg SET highest = ? WHERE slot = ?", (who.token, who.slot))
             con.execute(
-                "INSERT INTO log (op, accepted, pid, wid, handle, lease_id, token, highest_before,"
-                " value_before, value_read, value_written, t) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (op, int(accepted), who.pid, who.wid, who.handle, who.lease_id, who.token,
-                 highest, value, value if op == "read" else value_read,
+                "INSERT INTO log (slot, op, accepted, pid, wid, handle, lease_id, token,"
+                " highest_before, value_before, value_read, value_written, t)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (who.slot, op, int(accepted), who.pid, who.wid, who.handle, who.lease_id,
+                 who.token, highest, value, value if op == "read" else value_read,
                  new if op == "write" else None, time.monotonic()),
             )  # fmt: skip
             con.execute("COMMIT")
@@ -292,9 +327,14 @@ class FencedRegister:
         accepted, _ = self._op("write", who, value_read, new)
         return accepted
 
-    def state(self) -> tuple[int, int]:
-        highest, value = self._con.execute("SELECT highest, value FROM reg WHERE id = 1").fetchone()
-        return int(highest), int(value)
+    def state(self, slot: int = 0) -> tuple[int, int]:
+        """The highest token and the value of ``slot``'s counter ((0, 0) if never used)."""
+        row = self._con.execute("SELECT highest, value FROM reg WHERE slot = ?", (slot,)).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def total(self) -> int:
+        """The sum of every slot's counter."""
+        return int(self._con.execute("SELECT coalesce(sum(value), 0) FROM reg").fetchone()[0])
 
     def log(self) -> list[dict[str, Any]]:
         cur = self._con.execute("SELECT * FROM log ORDER BY seq")
@@ -363,6 +403,7 @@ class Handle:
     wait_lost: str | None = None
     events: dict[str, Any] | None = None
     t_end_deadline: float = 0.0
+    slot: int = 0  # the semaphore mode's permit slot
 
 
 class Leaf:
@@ -380,6 +421,10 @@ class Leaf:
         self.sabotage: str | None = cfg.get("sabotage")
         self.election_mode: bool = bool(cfg.get("election"))
         self.election: Any = None  # this process's Election in the election mode
+        # The semaphore mode: the limit this process's permits ask for (the checker's limit;
+        # one more under the sabotage "overlimit")
+        self.limit: int | None = cfg.get("limit") if cfg.get("semaphore") else None
+        self._permits_won = 0
         self.end_timeout = self.duration * 3 + 10.0
         out = Path(cfg["outdir"]) / f"w-{self.pid}-{self.wid}.jsonl"
         self._out = open(out, "a", buffering=1)  # noqa: SIM115 - closed in run()
@@ -408,7 +453,7 @@ class Leaf:
         return {"pid": str(self.pid), "wid": self.wid, "lane": lane}
 
     def who(self, h: Handle) -> Who:
-        return Who(self.pid, self.wid, h.hid, h.lease_id, h.token)
+        return Who(self.pid, self.wid, h.hid, h.lease_id, h.token, h.slot)
 
     def acquired(self, lane: str, lease: Any, t_call: float, wait: float | None) -> Handle:
         t_ret = time.monotonic()
@@ -419,12 +464,71 @@ class Leaf:
             h = Handle(hid, lane, None, f"nolease-{hid}", 0, t_call, t_ret, wait)
         else:
             h = Handle(hid, lane, lease, lease.lease_id, lease.fencing_token, t_call, t_ret, wait)
+        rec: dict[str, Any] = {}
+        if self.limit is not None and lease is not None:
+            h.slot = lease.slot
+            rec["slot"] = h.slot
+            self._permits_won += 1
         with self._lock:
             self.handles.append(h)
         self.counts[lane]["wins"] += 1
         self.emit(ev="acq", h=hid, lane=lane, lease_id=h.lease_id, token=h.token,
-                  t_call=t_call, t_ret=t_ret, wait=wait)  # fmt: skip
+                  t_call=t_call, t_ret=t_ret, wait=wait, **rec)  # fmt: skip
         return h
+
+    def claim(self, h: Handle) -> None:
+        """The semaphore mode: records whether the holder holds its permit by its own account
+        (not lost, local validity left), at an instant taken *before* it looks, so that a
+        holder that says yes held the permit at that instant if the library is right (a
+        validity that still holds later held then too). The analysis counts the holders whose
+        windows (from the acquire's return to the last "yes") overlap: never more than the
+        limit. The sabotage "overlimit" asks for one permit more than the checker's limit."""
+        if self.limit is None or h.lease is None:
+            return
+        t = time.monotonic()
+        lease = h.lease
+        self.emit(ev="claim", h=h.hid, t=t, slot=h.slot,
+                  ok=not lease.is_lost and (lease.expires_in or 0.0) > 0.0)  # fmt: skip
+
+    # -- acquire calls: a lease, or a permit in the semaphore mode ---------------------------
+
+    def _limit(self, rng: random.Random) -> int | None:
+        """The limit an acquire passes: the process's, or now and then (once this process has
+        held a permit, so the semaphore exists) None, "the stored one"."""
+        if self._permits_won and rng.random() < 0.1 and self.sabotage != "overlimit":
+            return None
+        return self.limit
+
+    def held_ctx(
+        self, client: Any, wait: float, on_lost: str, kw: dict[str, Any], rng: random.Random
+    ) -> Any:
+        """``client.lease(...)``, or in the semaphore mode ``client.semaphore(...)``."""
+        if self.limit is None:
+            return client.lease(self.name, wait=wait, on_lost=on_lost, **kw)
+        limit = self._limit(rng)
+        return client.semaphore(self.name, limit=limit, wait=wait, on_lost=on_lost, **kw)
+
+    def try_sync(self, client: Any, kw: dict[str, Any], rng: random.Random) -> Any:
+        if self.limit is None:
+            return client.try_acquire_sync(self.name, **kw)
+        return client.try_acquire_permit_sync(self.name, limit=self._limit(rng), **kw)
+
+    def acquire_sync(self, client: Any, wait: float, kw: dict[str, Any], rng: random.Random) -> Any:
+        if self.limit is None:
+            return client.acquire_sync(self.name, wait=wait, **kw)
+        return client.acquire_permit_sync(self.name, limit=self._limit(rng), wait=wait, **kw)
+
+    async def try_async(self, client: Any, kw: dict[str, Any], rng: random.Random) -> Any:
+        if self.limit is None:
+            return await client.try_acquire(self.name, **kw)
+        return await client.try_acquire_permit(self.name, limit=self._limit(rng), **kw)
+
+    async def acquire_async(
+        self, client: Any, wait: float, kw: dict[str, Any], rng: random.Random
+    ) -> Any:
+        if self.limit is None:
+            return await client.acquire(self.name, wait=wait, **kw)
+        return await client.acquire_permit(self.name, limit=self._limit(rng), wait=wait, **kw)
 
     def unexpected(self, lane: str, where: str, exc: BaseException) -> None:
         self.counts[lane]["unexpected"] += 1
@@ -491,6 +595,7 @@ class Leaf:
         self, reg: FencedRegister, h: Handle, rng: random.Random, term: Any = None
     ) -> None:
         who = self.who(h)
+        self.claim(h)
         v = reg.read(who)
         if v is None:
             h.read = "refused"
@@ -502,12 +607,14 @@ class Leaf:
         if term is not None and rng.random() < 0.3:
             # A proclaim between the read and the write (LeaseLost when no longer leader).
             term.proclaim_sync({**self.metadata(h.lane), "value": str(v)})
+        self.claim(h)
         h.write = "accepted" if reg.write(who, v, v + 1) else "refused"
 
     async def body_async(
         self, reg: FencedRegister, h: Handle, rng: random.Random, term: Any = None
     ) -> None:
         who = self.who(h)
+        self.claim(h)
         v = reg.read(who)
         if v is None:
             h.read = "refused"
@@ -518,6 +625,7 @@ class Leaf:
             await asyncio.sleep(hold)
         if term is not None and rng.random() < 0.3:
             await term.proclaim({**self.metadata(h.lane), "value": str(v)})
+        self.claim(h)
         h.write = "accepted" if reg.write(who, v, v + 1) else "refused"
 
     def pick_hold(self, rng: random.Random) -> float:
@@ -526,6 +634,9 @@ class Leaf:
         fault."""
         if self.election_mode and rng.random() < 0.9:
             return rng.uniform(0.0, 0.005)
+        if self.limit is not None and rng.random() < 0.7:
+            # Permits are held for up to 30 ms mostly, so that several overlap.
+            return rng.uniform(0.0, 0.03)
         return pick_hold(rng, self.duration)
 
     def lease_kwargs(self, rng: random.Random, lane: str) -> dict[str, Any]:
@@ -554,7 +665,7 @@ class Leaf:
         if lane == "sync_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
-                with client.lease(self.name, wait=wait, on_lost=on_lost, **kw) as lease:
+                with self.held_ctx(client, wait, on_lost, kw, rng) as lease:
                     box.append(self.acquired(lane, lease, t_call, wait))
                     box[0].on_lost = on_lost
                     self.body_sync(reg, box[0], rng)
@@ -575,9 +686,9 @@ class Leaf:
         # sync_acquire
         try:
             if not wait and rng.random() < 0.5:
-                lease = client.try_acquire_sync(self.name, **kw)
+                lease = self.try_sync(client, kw, rng)
             else:
-                lease = client.acquire_sync(self.name, wait=wait, **kw)
+                lease = self.acquire_sync(client, wait, kw, rng)
         except dl.LeaseUnavailable:
             self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
             return False
@@ -708,7 +819,7 @@ class Leaf:
         if lane == "async_ctx":
             on_lost = "cancel" if rng.random() < 0.8 else "ignore"
             try:
-                async with client.lease(self.name, wait=wait, on_lost=on_lost, **kw) as lease:
+                async with self.held_ctx(client, wait, on_lost, kw, rng) as lease:
                     box.append(self.acquired(lane, lease, t_call, wait))
                     box[0].on_lost = on_lost
                     watch = self.watch(lease)
@@ -730,9 +841,9 @@ class Leaf:
         # async_try
         try:
             if not wait and rng.random() < 0.6:
-                lease = await client.try_acquire(self.name, **kw)
+                lease = await self.try_async(client, kw, rng)
             else:
-                lease = await client.acquire(self.name, wait=wait, **kw)
+                lease = await self.acquire_async(client, wait, kw, rng)
         except dl.LeaseUnavailable:
             self.counts[lane]["unavailable" if not wait else "unavailable_after_wait"] += 1
             return False
@@ -1630,11 +1741,23 @@ def _worker_env() -> dict[str, str]:
 
 
 def host_plan(
-    fork: bool = True, prefork: bool = False, election: bool = False
+    fork: bool = True, prefork: bool = False, election: bool = False, semaphore: bool = False
 ) -> list[dict[str, Any]]:
     """The worker processes of a run: 4 direct (two through the proxy) and 2 fork hosts; in
     the prefork mode, one prefork host with 3 children at a time; in the election mode, 5
-    direct processes of 2 lanes each (ten candidates), two through the proxy."""
+    direct processes of 2 lanes each (ten candidates), two through the proxy; in the
+    semaphore mode, 8 worker processes: 6 direct of 2 lanes each (three through the proxy) and
+    the 2 children of a fork host."""
+    if semaphore:
+        return [
+            {"id": "A", "kind": "direct", "lanes": ["async_ctx", "async_try"], "via": "direct"},
+            {"id": "B", "kind": "direct", "lanes": ["sync_ctx", "sync_acquire"], "via": "direct"},
+            {"id": "C", "kind": "direct", "lanes": ["async_try", "sync_ctx"], "via": "proxied"},
+            {"id": "D", "kind": "direct", "lanes": ["async_ctx", "sync_acquire"], "via": "proxied"},
+            {"id": "E", "kind": "direct", "lanes": ["async_ctx", "sync_ctx"], "via": "direct"},
+            {"id": "G", "kind": "direct", "lanes": ["async_try", "sync_acquire"], "via": "proxied"},
+            {"id": "F", "kind": "fork", "children": 2, "via": "direct"},
+        ][: None if fork else -1]
     if prefork:
         return [{"id": "P", "kind": "prefork", "children": 3, "via": "direct"}]
     if election:
@@ -1669,6 +1792,8 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     fault_log: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Why the run did not happen (the store refused the mode: semaphores it does not support)
+    unsupported: str | None = None
 
     @property
     def total_violations(self) -> int:
@@ -1709,6 +1834,10 @@ class Summary:
             lines.insert(-2, f"   prefork: {ops['prefork']}")
         if "observed" in ops:
             lines.insert(-2, f"   observed: {ops['observed']}")
+        if "semaphore" in ops:
+            lines.insert(-2, f"   semaphore: {ops['semaphore']}")
+        if self.unsupported is not None:
+            lines.insert(1, f"   not run: {self.unsupported}")
         for kind, items in sorted(self.details.items()):
             for item in items[:5]:
                 lines.append(f"     {kind}: {json.dumps(item, default=str)[:400]}")
@@ -1730,11 +1859,13 @@ class Orchestrator:
         fork: bool = True,
         prefork: bool = False,
         election: bool = False,
+        semaphore: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.fork = fork
         self.prefork = prefork
         self.election = election
+        self.semaphore = semaphore
         self.store = store
         self.seconds = seconds
         self.seed = seed
@@ -1752,6 +1883,10 @@ class Orchestrator:
         self.env: StoreEnv | None = None
         self.admin: Any = None
         self.name = LEASE_NAME
+        # The lease name whose Redis key the store-side faults aim at: in the semaphore mode
+        # the record of the semaphore's slot 0 (src/store/mod.rs, permit_record: every key of
+        # one semaphore is in its hash slot)
+        self.key_name = f"\x1e{{{LEASE_NAME}}}\x1e{0:010}" if semaphore else LEASE_NAME
         self.notes: list[str] = []
 
     # -- processes --------------------------------------------------------------------------
@@ -1769,10 +1904,15 @@ class Orchestrator:
             "seed": str(self.seed),
             "sabotage": self.sabotage,
             "election": self.election,
+            "semaphore": self.semaphore,
+            "limit": SEMAPHORE_LIMIT + (self.sabotage == "overlimit"),
         }
 
+    def plan(self) -> list[dict[str, Any]]:
+        return host_plan(self.fork, self.prefork, self.election, self.semaphore)
+
     def start_hosts(self) -> None:
-        for spec in host_plan(self.fork, self.prefork, self.election):
+        for spec in self.plan():
             self.hosts.append(Host(spec, self._cfg(), self.workdir, 0))
 
     def respawn_dead(self) -> None:
@@ -1785,9 +1925,18 @@ class Orchestrator:
     def leaves(self) -> list[tuple[int, Host]]:
         return [(pid, h) for h in self.hosts for pid in h.leaves()]
 
+    def holder(self) -> Any:
+        """The holder of the lease, or in the semaphore mode one of the permits' holders at
+        random (``LeaseInfo``), or None."""
+        if not self.semaphore:
+            return self.admin.inspect_sync(self.name)
+        sem = self.admin.semaphore_info_sync(self.name)
+        holders = [] if sem is None else list(sem.holders)
+        return self.rng.choice(holders) if holders else None
+
     def holder_pid(self) -> int | None:
         try:
-            info = self.admin.inspect_sync(self.name)
+            info = self.holder()
         except Exception:  # the store may be down: then no holder is known
             return None
         if info is None:
@@ -1833,7 +1982,7 @@ class Orchestrator:
         elif kind == "client_kill":
             nodes = self.env.nodes()
             i = (
-                self.env.lease_node(self.name)
+                self.env.lease_node(self.key_name)
                 if self.rng.random() < 0.7
                 else self.rng.randrange(len(nodes))
             )
@@ -1863,7 +2012,7 @@ class Orchestrator:
         elif kind == "blackhole":
             proxies = self.env.proxies()
             i = (
-                self.env.lease_node(self.name)
+                self.env.lease_node(self.key_name)
                 if self.rng.random() < 0.7
                 else self.rng.randrange(len(proxies))
             )
@@ -1922,17 +2071,24 @@ class Orchestrator:
             # Leaders of the election mode hold for milliseconds: look often, and longer.
             until = time.monotonic() + (6.0 if self.election else 3.0)
             while info is None and time.monotonic() < until:
-                info = self.admin.inspect_sync(self.name)
+                info = self.holder()
                 if info is None:
                     time.sleep(0.005 if self.election else 0.05)
             if info is None:
                 return {**rec, "skipped": "no holder"}
             t0 = time.monotonic()
-            result, checked = self._force_release(info.lease_id)
+            if self.semaphore:  # the permit's slot, compare-and-delete on its lease id
+                result = bool(self.admin.force_release_permit_sync(
+                    self.name, info.slot, lease_id=info.lease_id))  # fmt: skip
+                checked = True
+                rec.update(slot=info.slot)
+            else:
+                result, checked = self._force_release(info.lease_id)
             rec.update(lease_id=info.lease_id, token=info.fencing_token, result=result,
                        compare_and_delete=checked, t0=t0, t1=time.monotonic())  # fmt: skip
         else:
             raise ValueError(kind)
+        rec["t_end"] = time.monotonic()
         return rec
 
     def _force_release(self, lease_id: str) -> tuple[bool, bool]:
@@ -1991,6 +2147,10 @@ class Orchestrator:
                 self.env.url_direct, connect_timeout=5.0, operation_timeout=5.0
             )
             stack.callback(self.admin.close_sync)
+            if self.semaphore and (why := self._semaphores_unsupported()) is not None:
+                s = Summary(self.store, self.seed, self.seconds, unsupported=why)
+                s.elapsed = time.monotonic() - started
+                return s
             stack.callback(self._kill_all)
             self.start_hosts()
             self._wait_started(timeout=60.0)
@@ -2001,7 +2161,7 @@ class Orchestrator:
             stuck = self._stop_all()
             t_stopped = time.monotonic()
             held, held_error = self.held_at_end()
-            _, final = reg.state()
+            final = reg.total()
             log_rows = reg.log()
         t_cleaned = time.monotonic()
         summary = analyze(
@@ -2009,6 +2169,7 @@ class Orchestrator:
             records_dir=self.workdir / "records", reg_log=log_rows, final_value=final,
             faults=self.fault_log, stuck=stuck, held=held, held_error=held_error,
             duration=self.duration, name=self.name,
+            semaphore_limit=SEMAPHORE_LIMIT if self.semaphore else None,
             crashed=[(h.spec["id"], h.popen.returncode, h.stderr_tail())
                      for h in [*self.dead_hosts, *self.hosts]
                      if h.popen.returncode not in (0, -signal.SIGKILL, None)],
@@ -2030,6 +2191,18 @@ class Orchestrator:
                         + h.stderr_tail(20000)
                     )
         return summary
+
+    def _semaphores_unsupported(self) -> str | None:
+        """The store's refusal of semaphores (a ``ConfigError`` saying so), or None."""
+        import distributed_leasing as dl
+
+        try:
+            self.admin.semaphore_info_sync(self.name)
+        except dl.ConfigError as e:
+            if "does not support semaphores" in str(e):
+                return str(e)
+            raise
+        return None
 
     def held_at_end(self) -> tuple[list[dict[str, Any]], str | None]:
         """Every lease the store still shows held once every worker has ended, through a
@@ -2056,6 +2229,9 @@ class Orchestrator:
                     for name in sorted(names - set(infos)):
                         if (i := client.inspect_sync(name)) is not None:
                             infos[name] = i
+                    # the semaphore's permits (which no lease listing shows)
+                    sem = client.semaphore_info_sync(self.name) if self.semaphore else None
+                    permits = [] if sem is None else list(sem.holders)
                 finally:
                     client.close_sync()
             except dl.LeaseError as e:
@@ -2063,17 +2239,19 @@ class Orchestrator:
                     return [], f"{type(e).__name__}: {e}"[:300]
                 time.sleep(0.5)
                 continue
+            t = time.monotonic()
             return [
                 {"name": i.name, "lease_id": i.lease_id, "token": i.fencing_token,
-                 "ttl": i.ttl, "metadata": dict(i.metadata)}
-                for i in infos.values()
+                 "ttl": i.ttl, "metadata": dict(i.metadata), "t": t,
+                 "permit": getattr(i, "slot", None) is not None}
+                for i in [*infos.values(), *permits]
             ], None  # fmt: skip
 
     def _wait_started(self, timeout: float) -> None:
         # a record file per leaf, and one of the prefork parent
         expected = sum(
             1 if s["kind"] == "direct" else s["children"] + (s["kind"] == "prefork")
-            for s in host_plan(self.fork, self.prefork, self.election)
+            for s in self.plan()
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -2136,6 +2314,7 @@ def analyze(
     held_error: str | None = None,
     duration: float = 2.0,
     name: str = LEASE_NAME,
+    semaphore_limit: int | None = None,
 ) -> Summary:
     s = Summary(store, seed, seconds)
     v: dict[str, list[Any]] = defaultdict(list)
@@ -2179,12 +2358,15 @@ def analyze(
             v["lease_id_reused"].append(
                 {"lease_id": lid, "handles": sorted(hs)[:6],
                  "pids": sorted({acqs[h]["pid"] for h in hs})[:6]})  # fmt: skip
-    last = 0
+    last: dict[int, int] = defaultdict(int)  # per slot of the register
     for r in reg_log:
         if r["accepted"]:
-            if r["token"] < last:
-                v["token_regression"].append({"seq": r["seq"], "token": r["token"], "after": last})
-            last = max(last, r["token"])
+            slot = r.get("slot", 0)
+            if r["token"] < last[slot]:
+                v["token_regression"].append(
+                    {"seq": r["seq"], "slot": slot, "token": r["token"], "after": last[slot]}
+                )
+            last[slot] = max(last[slot], r["token"])
     # Grant order: a lease acquired after another's acquire returned has a larger token.
     real = [a for a in acqs.values() if not a["lease_id"].startswith("nolease-")]
     by_call = sorted(real, key=lambda a: a["t_call"])
@@ -2313,6 +2495,11 @@ def analyze(
             excuse = "its renewals could not reach the store"
         elif a is None and wid in acquire_failed and info["name"] == name:
             excuse = "an acquire of its process failed"
+        elif a is None and info.get("permit") and _dropped_then(info, faults, duration):
+            # The Redis store retries a permit acquire whose connection dropped; the first
+            # request's permit, if it won, is nobody's and expires by itself (its lease id is
+            # never seen: src/store/redis/semaphore.rs)
+            excuse = "a permit acquire retried after its connection dropped"
         item = {**info, "excuse": excuse,
                 "holder": a and {"pid": a["pid"], "handle": a["h"], "lane": a["lane"]},
                 "end": e and _brief(e)}  # fmt: skip
@@ -2376,6 +2563,11 @@ def analyze(
                     v["observed_term_mismatch"].append({"observer": wid, "seen": r,
                                                         "granted": granted})  # fmt: skip
 
+    # (g) the semaphore mode ----------------------------------------------------------------
+    sem_figures = None
+    if semaphore_limit is not None:
+        sem_figures = _check_semaphore(records, acqs, semaphore_limit, forced, v)
+
     # figures --------------------------------------------------------------------------------
     wins_by_lane: Counter[str] = Counter()
     wins_by_kind: Counter[str] = Counter()
@@ -2420,6 +2612,8 @@ def analyze(
     }
     if parents:
         s.operations["prefork"] = prefork
+    if sem_figures is not None:
+        s.operations["semaphore"] = sem_figures
     if observed:
         s.operations["observed"] = {
             "observers": len(by_observer),
@@ -2454,6 +2648,97 @@ def analyze(
     s.violations = {k: len(items) for k, items in v.items() if items}
     s.details = {k: items[:10] for k, items in v.items() if items}
     return s
+
+
+# The faults that drop a store's connections (a request then on the wire may have won)
+DROPS = ("client_kill", "restart", "blackhole", "pg_restart", "pg_kill", "member_kill",
+         "quorum_loss")  # fmt: skip
+
+
+def _dropped_then(info: dict[str, Any], faults: list[dict[str, Any]], duration: float) -> bool:
+    """Whether a fault that drops connections was under way when a held record left at the end
+    was granted (its grant inferred from its ttl at the end: ``duration - ttl`` before the
+    listing, within 1 s)."""
+    if info.get("ttl") is None or "t" not in info:
+        return False
+    granted = info["t"] - (duration - info["ttl"])
+    return any(
+        f.get("kind") in DROPS and f["t"] - 1.0 <= granted <= f.get("t_end", f["t"]) + 1.0
+        for f in faults
+        if "skipped" not in f
+    )
+
+
+def _check_semaphore(
+    records: list[dict[str, Any]],
+    acqs: dict[str, dict[str, Any]],
+    limit: int,
+    forced: dict[str, dict[str, Any]],
+    v: dict[str, list[Any]],
+) -> dict[str, Any]:
+    """(g): every permit's slot is below the limit; from the holders' own view (each handle's
+    window runs from its acquire's return to its last claim of holding, see ``Leaf.claim``)
+    no more than ``limit`` hold at any instant and no two hold one slot at once. A permit an
+    administrator force-released (``forced``: handle -> the fault) is its holder's until the
+    forced release was called: its holder learns of it at its next renewal, so its later
+    claims do not count. Returns the figures: the peak count of holders, how long each count
+    lasted, the slots used."""
+    claims: dict[str, list[float]] = defaultdict(list)
+    disowned = 0
+    for r in records:
+        if r.get("ev") == "claim":
+            if r["h"] in forced and r["t"] > forced[r["h"]]["t0"]:
+                continue
+            if r["ok"]:
+                claims[r["h"]].append(r["t"])
+            else:
+                disowned += 1
+    windows: list[tuple[float, float, str]] = []
+    by_slot: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
+    for h, a in acqs.items():
+        slot = a.get("slot")
+        if not isinstance(slot, int) or not 0 <= slot < limit:
+            v["slot_out_of_range"].append(
+                {"pid": a["pid"], "handle": h, "slot": slot, "limit": limit})  # fmt: skip
+        if claims.get(h):
+            w = (a["t_ret"], max(claims[h]), h)
+            windows.append(w)
+            by_slot[slot].append(w)
+    # A sweep over the windows' ends (an end before a start at the same instant).
+    events = sorted([(t0, 1, h) for t0, _, h in windows] + [(t1, -1, h) for _, t1, h in windows],
+                    key=lambda e: (e[0], e[1]))  # fmt: skip
+    holding: set[str] = set()
+    peak = 0
+    time_at: Counter[int] = Counter()
+    last_t: float | None = None
+    for t, step, h in events:
+        if last_t is not None:
+            time_at[len(holding)] += t - last_t
+        last_t = t
+        if step > 0:
+            holding.add(h)
+            if len(holding) > limit:
+                v["over_limit"].append(
+                    {"t": t, "holders": len(holding), "limit": limit,
+                     "handles": sorted(holding)[:8]})  # fmt: skip
+            peak = max(peak, len(holding))
+        else:
+            holding.discard(h)
+    for slot, ws in by_slot.items():
+        ws.sort()
+        latest = ws[0]  # the window that ends last among those started so far
+        for w in ws[1:]:
+            if w[0] < latest[1]:
+                v["slot_shared"].append({"slot": slot, "first": list(latest), "second": list(w)})
+            latest = max(latest, w, key=lambda x: x[1])
+    return {
+        "limit": limit,
+        "peak": peak,
+        "windows": len(windows),
+        "claims_disowned": disowned,
+        "seconds_at": {n: round(x, 3) for n, x in sorted(time_at.items())},
+        "slots": sorted({a.get("slot") for a in acqs.values()}, key=str),
+    }
 
 
 def _brief(e: dict[str, Any]) -> dict[str, Any]:
@@ -2494,14 +2779,16 @@ def run_store(
     fork: bool = True,
     prefork: bool = False,
     election: bool = False,
+    semaphore: bool = False,
     keep: bool = False,
     verbose: bool = False,
 ) -> Summary:
-    """One run of the checker on one store; never raises for a violation (see ``Summary``)."""
+    """One run of the checker on one store; never raises for a violation (see ``Summary``;
+    ``Summary.unsupported`` says why a semaphore run did not happen)."""
     with _workdir(keep, workdir) as wd:
         orch = Orchestrator(
             store, seconds, seed, wd, duration=duration, sabotage=sabotage, faults=faults,
-            fork=fork, prefork=prefork, election=election,
+            fork=fork, prefork=prefork, election=election, semaphore=semaphore,
             log=(lambda m: print(f"[{store}] {m}", file=sys.stderr, flush=True))
             if verbose else None,
         )  # fmt: skip
@@ -2528,11 +2815,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=int(os.environ.get("CHECKER_SEED", 1)))
     p.add_argument("--duration", type=float, default=2.0, help="lease duration, seconds")
-    p.add_argument("--sabotage", choices=["nolease", "noaof", "leak"], default=None)
+    p.add_argument("--sabotage", choices=["nolease", "noaof", "leak", "overlimit"], default=None)
     p.add_argument("--faults", default=None, help="comma-separated fault kinds (default: all)")
     p.add_argument("--no-fork", action="store_true", help="no forked children")
     p.add_argument("--prefork", action="store_true", help="the prefork mode (see above)")
     p.add_argument("--election", action="store_true", help="the election mode (see above)")
+    p.add_argument("--semaphore", action="store_true", help="the semaphore mode (see above)")
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")
     p.add_argument("--keep", action="store_true", help="keep the records directory")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -2549,7 +2837,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_store(
             store, seconds=args.seconds, seed=args.seed, duration=args.duration,
             sabotage=args.sabotage, faults=faults, fork=not args.no_fork, prefork=args.prefork,
-            election=args.election, keep=args.keep,
+            election=args.election, semaphore=args.semaphore, keep=args.keep,
             verbose=args.verbose,
         )  # fmt: skip
         print(summary.text(), flush=True)
