@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,7 +258,10 @@ async def compete(args: argparse.Namespace, signals: list[str]) -> int:
         return EXIT_SIGTERM if signals[0] == "SIGTERM" else EXIT_SIGINT
 
 
-async def main_async(args: argparse.Namespace) -> int:
+async def run_until_signal(run: Callable[[list[str]], Awaitable[int]], instance: str) -> int:
+    """Runs ``run(signals)`` with SIGINT and SIGTERM cancelling it (once; ``signals`` names the
+    one received), and returns its exit code, or that of the signal if it came out cancelled.
+    Shared by this demo and examples/leader.py."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -271,17 +275,21 @@ async def main_async(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        return await compete(args, signals)
+        return await run(signals)
     except asyncio.CancelledError:
         if not signals:
             raise
-        say(f"[{args.instance}] Interrupted")
+        say(f"[{instance}] Interrupted")
         return EXIT_SIGTERM if signals[0] == "SIGTERM" else EXIT_SIGINT
     finally:
         if signals:
             task.uncancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    return await run_until_signal(lambda signals: compete(args, signals), args.instance)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import signal
 import socket
 import sys
 import time
@@ -40,6 +39,7 @@ from compete import (
     STORE_TITLES,
     open_store,
     positive_seconds,
+    run_until_signal,
     say,
     seconds,
 )
@@ -156,30 +156,7 @@ async def elect(args: argparse.Namespace, signals: list[str]) -> int:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    signals: list[str] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        if not signals:
-            signals.append(sig.name)
-            task.cancel(msg=f"{sig.name} received")
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await elect(args, signals)
-    except asyncio.CancelledError:
-        if not signals:
-            raise
-        say(f"[{args.instance}] Interrupted")
-        return EXIT_SIGTERM if signals[0] == "SIGTERM" else EXIT_SIGINT
-    finally:
-        if signals:
-            task.uncancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return await run_until_signal(lambda signals: elect(args, signals), args.instance)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,7 @@ impl SharedCluster {
 pub fn shared_cluster() -> &'static SharedCluster {
     static CLUSTER: OnceLock<SharedCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
+        remove_stale_dirs("dl-test-cluster-", "server.pid");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let ports: Vec<u16> = (0..3).map(|_| free_port(true)).collect();
@@ -158,7 +159,7 @@ pub fn shared_cluster() -> &'static SharedCluster {
             for p in &ports {
                 let dir = temp_dir("cluster");
                 let conf = dir.join("nodes.conf");
-                children.push(spawn_server(
+                let child = spawn_server(
                     *p,
                     &dir,
                     &[
@@ -170,7 +171,10 @@ pub fn shared_cluster() -> &'static SharedCluster {
                         "2000",
                     ],
                     true,
-                ));
+                );
+                // For the next run's remove_stale_dirs: this directory outlives its server.
+                let _ = std::fs::write(dir.join("server.pid"), child.id().to_string());
+                children.push(child);
             }
             for p in &ports {
                 wait_ping(*p);
@@ -273,18 +277,20 @@ fn postgres_user() -> Option<(u32, u32)> {
     ))
 }
 
-/// Removes data directories of earlier runs whose server is gone (a shared server is killed,
-/// not stopped, when its test binary exits, so its directory stays behind).
-fn remove_stale_postgres_dirs() {
+/// Removes the directories named `<tmp>/<prefix>*` of earlier runs whose server is gone: its
+/// pid (the first line of `pid_file` in the directory) names no process, or, with no pid
+/// file, the directory is over an hour old. A shared server is killed, not stopped, when its
+/// test binary exits, so its directory stays behind.
+fn remove_stale_dirs(prefix: &str, pid_file: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in entries.flatten() {
         let path = e.path();
-        if !e.file_name().to_string_lossy().starts_with("dl-test-pg-") {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
-        let pid = std::fs::read_to_string(path.join("data/postmaster.pid"))
+        let pid = std::fs::read_to_string(path.join(pid_file))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
         let old = e
@@ -415,7 +421,7 @@ impl PostgresServer {
         let bin = postgres_bin_dir().expect(
             "PostgreSQL binaries are missing: apt-get install postgresql (scripts/test.sh does)",
         );
-        remove_stale_postgres_dirs();
+        remove_stale_dirs("dl-test-pg-", "data/postmaster.pid");
         let user = postgres_user();
         let dir = temp_dir("pg");
         let pwfile = dir.join("pwfile");
@@ -846,6 +852,7 @@ extern "C" fn remove_shared_etcd() {
 pub fn shared_etcd() -> &'static EtcdCluster {
     static CLUSTER: OnceLock<EtcdCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
+        remove_stale_dirs("dl-test-cluster-", "server.pid");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut cluster = EtcdCluster::start_with(3, true, false);
