@@ -13,7 +13,7 @@
 //! Owns: [`Permit`] (the handle: its semaphore's name and its slot over a [`Lease`] of the
 //! slot's record), [`TryPermit`], the checks of a semaphore's name and limit at the client's
 //! edge, and the permit operations of [`LeaseClient`] (`try_acquire_permit`, `acquire_permit`
-//! with a wait, `semaphore_info`, `set_semaphore_limit`, `force_release_permit`). The store's side (the stored limit,
+//! with a wait, `semaphore_info`, `list_semaphores`, `set_semaphore_limit`, `force_release_permit`). The store's side (the stored limit,
 //! the first free slot, the counter) is [`LeaseStore::try_acquire_permit`].
 //!
 //! The limit is stored with the semaphore: an acquire with another limit is refused with
@@ -330,6 +330,22 @@ impl LeaseClient {
     pub async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
         validate_name(name)?;
         self.store().semaphore_info(name).await
+    }
+
+    /// Every semaphore whose name starts with `prefix` (`""`: all), sorted by name: its stored
+    /// limit and live permits (none, once all are released: the limit stays). Leases are never
+    /// listed ([`Self::list`] lists them).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a prefix with a control character (no name has one); backend
+    /// errors.
+    pub async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        if prefix.chars().any(char::is_control) {
+            return Err(LeaseError::InvalidArgument(format!(
+                "semaphore prefix {prefix:?} contains a control character, which no name has; use printable characters only"
+            )));
+        }
+        self.store().list_semaphores(prefix).await
     }
 
     /// Stores `limit` as the limit of the semaphore `name` (an administrator's act); returns

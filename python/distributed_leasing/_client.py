@@ -238,6 +238,18 @@ class LeaseClient:
         _args.text("name", name, "crawlers")
         return self._native.semaphore_info_sync(name)
 
+    async def list_semaphores(self, prefix: str = "") -> builtins.list[SemaphoreInfo]:
+        """Every semaphore whose name starts with ``prefix`` (all by default), sorted by name:
+        its stored limit and live permits (``holders``; none once all are released: the limit
+        stays). Leases are never listed (``list`` lists them)."""
+        _args.text("prefix", prefix, "crawlers-")
+        return await self._native.list_semaphores(prefix)
+
+    def list_semaphores_sync(self, prefix: str = "") -> builtins.list[SemaphoreInfo]:
+        """``list_semaphores`` for synchronous code."""
+        _args.text("prefix", prefix, "crawlers-")
+        return self._native.list_semaphores_sync(prefix)
+
     async def set_semaphore_limit(self, name: str, limit: int) -> int | None:
         """Stores ``limit`` as the limit of semaphore ``name`` (an administrator's act);
         returns the limit it had (None: never used). Lowering it evicts nobody and admits

@@ -7,7 +7,7 @@
     leasing release NAME --force [--yes]         delete a lease (only the holder shown and
                                                  confirmed: if it changed hands, nothing)
     leasing semaphore inspect NAME               a semaphore's limit and each permit's holder
-    leasing semaphore list NAME                  its held permits (a table, by slot)
+    leasing semaphore list [PREFIX]              every semaphore: name, limit, permits held
     leasing semaphore set-limit NAME N [--yes]   store another limit (lowering evicts nobody)
     leasing semaphore release NAME --slot I --force [--yes]
                                                  delete one permit (only the holder shown
@@ -140,12 +140,19 @@ def _print_info(info: LeaseInfo) -> None:
         print(f"({ORPHAN_NOTE})")
 
 
-def _print_table(infos: Sequence[LeaseInfo], *, first: str = "NAME") -> None:
-    """One row per lease; ``first="SLOT"``: per permit of one semaphore, by slot."""
-    header = (first, "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
+def _print_columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """``header`` and ``rows`` in aligned columns."""
+    widths = [max(len(r[c]) for r in (header, *rows)) for c in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_table(infos: Sequence[LeaseInfo]) -> None:
+    """One row per lease."""
+    header = ("NAME", "HOLDER", "LEASE ID", "FENCING", "TTL", "ACQUIRED AT")
     rows = [
         (
-            _safe(i.name) if i.slot is None else str(i.slot),
+            _safe(i.name),
             "orphan" if i.orphan else i.holder_label(_safe) or "-",
             "-" if i.orphan else _safe(i.lease_id[:8]),
             "-" if i.fencing_token is None else str(i.fencing_token),
@@ -154,9 +161,7 @@ def _print_table(infos: Sequence[LeaseInfo], *, first: str = "NAME") -> None:
         )
         for i in infos
     ]
-    widths = [max(len(r[c]) for r in (header, *rows)) for c in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_columns(header, rows)
     if any(i.fencing_token is None and not i.orphan for i in infos):
         print(f"(FENCING '-': {NO_FENCING})")
     if any(i.orphan for i in infos):
@@ -376,16 +381,15 @@ def _semaphore_inspect(args: argparse.Namespace) -> int:
 
 
 def _semaphore_list(args: argparse.Namespace) -> int:
-    info = _client(args).semaphore_info_sync(args.name)
+    infos = _client(args).list_semaphores_sync(args.prefix)
     if args.json:
-        print(json.dumps([] if info is None else [_as_json(h) for h in info.holders], indent=2))
-    elif info is None:
-        print(_not_used(args.name))
-    elif not info.holders:
-        print(f"No permits of semaphore {args.name!r} are held (limit {info.limit}).")
+        print(json.dumps([_semaphore_json(i) for i in infos], indent=2))
+    elif not infos:
+        where = f" whose name starts with {args.prefix!r}" if args.prefix else ""
+        print(f"No semaphores{where}.")
     else:
-        print(f"Semaphore {_safe(info.name)!s}: {len(info.holders)} of {info.limit} held")
-        _print_table(info.holders, first="SLOT")
+        rows = [(_safe(i.name), str(i.limit), str(len(i.holders))) for i in infos]
+        _print_columns(("NAME", "LIMIT", "HELD"), rows)
     return EXIT_OK
 
 
@@ -557,16 +561,24 @@ def _semaphore_parser(sub: Any) -> None:
     _store_options(sem, suppress=True)
     cmds = sem.add_subparsers(dest="semaphore_command", metavar="SUBCOMMAND", required=True)
 
-    def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> Any:
+    def command(
+        name: str, help: str, run: Callable[[argparse.Namespace], int], *, by_name: bool = True
+    ) -> Any:
         s = cmds.add_parser(name, help=help)
-        s.add_argument("name", metavar="NAME")
+        if by_name:
+            s.add_argument("name", metavar="NAME")
         s.add_argument("--json", action="store_true", help="print JSON")
         _store_options(s, suppress=True)
         s.set_defaults(run=run)
         return s
 
     command("inspect", "show a semaphore's limit and its holders", _semaphore_inspect)
-    command("list", "list a semaphore's held permits by slot", _semaphore_list)
+    s = command(
+        "list", "list semaphores: name, limit, permits held", _semaphore_list, by_name=False
+    )
+    s.add_argument(
+        "prefix", nargs="?", default="", metavar="PREFIX", help="only names starting with this"
+    )
     s = command("set-limit", "store another limit (administrators)", _semaphore_set_limit)
     s.add_argument("limit", metavar="N", type=int, help="the new limit (1 to 2147483647)")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")

@@ -210,6 +210,16 @@ pymethods_with_pairs! {
             })
         }
 
+        /// Every semaphore whose name starts with `prefix` (all, by default), by name.
+        #[pyo3(signature = (prefix=String::new()))]
+        fn list_semaphores / list_semaphores_sync(&self, prefix: String) -> Vec<PySemaphoreInfo> {
+            runtime::check_pid(self.pid)?;
+            on(&self.exec, Op::Request, move |c| async move {
+                let listed = c.list_semaphores(&prefix).await?;
+                Ok(listed.into_iter().map(PySemaphoreInfo::from).collect::<Vec<_>>())
+            })
+        }
+
         /// Stores `limit` as the limit of semaphore `name`; returns the one it had, or None.
         fn set_semaphore_limit / set_semaphore_limit_sync(
             &self,

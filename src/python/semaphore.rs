@@ -1,6 +1,7 @@
 //! A semaphore's classes: `Permit`, a held permit, which is a `Lease` (a subclass: the lease of
 //! its slot's record, so its getters, events, loss hooks and `release` are the lease's) that
-//! tells its semaphore's name and its slot; and `SemaphoreInfo`, what `semaphore_info` answers.
+//! tells its semaphore's name and its slot; and `SemaphoreInfo`, what `semaphore_info` answers
+//! (and `list_semaphores`, one per semaphore).
 //! The client's semaphore operations are in `client` (one `#[pymethods]` block per class); the
 //! answers they give Python are made here.
 

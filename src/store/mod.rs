@@ -11,7 +11,7 @@
 //! PostgreSQL, in-process ones on SQLite).
 //!
 //! Semaphores ([`LeaseStore::try_acquire_permit`], [`LeaseStore::semaphore_info`],
-//! [`LeaseStore::set_semaphore_limit`]): a permit is a lease record named [`permit_record`] (a
+//! [`LeaseStore::list_semaphores`], [`LeaseStore::set_semaphore_limit`]): a permit is a lease record named [`permit_record`] (a
 //! name no lease can take), so renewing, releasing and force-releasing it are the lease
 //! operations; a store keeps beside it the semaphore's limit and token counter. The in-memory
 //! test store and every store (SQLite, Redis, Redis Cluster, PostgreSQL, etcd) have them;
@@ -170,6 +170,17 @@ pub fn parse_permit_record(record: &str) -> Option<(&str, u32)> {
 #[must_use]
 pub fn semaphore_key(name: &str) -> String {
     format!("{SEMAPHORE_MARK}{{{name}}}")
+}
+
+/// The semaphore whose own key ([`semaphore_key`]) is `record`; `None` for any other record
+/// (a lease's, a permit's).
+#[must_use]
+pub fn parse_semaphore_key(record: &str) -> Option<&str> {
+    let name = record
+        .strip_prefix(SEMAPHORE_MARK)?
+        .strip_prefix('{')?
+        .strip_suffix('}')?;
+    (!name.contains(SEMAPHORE_MARK)).then_some(name)
 }
 
 /// The bounds (exclusive) between which the record names of the permits of `name` sort, and
@@ -396,6 +407,19 @@ pub trait LeaseStore: Any + Send + Sync + Debug {
         Err(semaphores_unsupported(self.kind()))
     }
 
+    /// Every semaphore whose name starts with `prefix` (literally; `""` for all), by name: its
+    /// stored limit and live permits, as [`Self::semaphore_info`] tells them (a semaphore whose
+    /// permits are all released or expired is listed with its limit and no holder). Leases are
+    /// never listed.
+    ///
+    /// # Errors
+    /// Backend failures; a malformed semaphore record. The default: a store without
+    /// semaphores.
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        let _ = prefix;
+        Err(semaphores_unsupported(self.kind()))
+    }
+
     /// Stores `limit` (1..=[`MAX_SEMAPHORE_LIMIT`]) as the limit of the semaphore `name`
     /// (an administrator's act), creating it if it was never used; returns the limit it had.
     /// Nobody is evicted: after a lowering, nobody is admitted until fewer than `limit`
@@ -588,6 +612,9 @@ mod tests {
         // Sorted by slot within a semaphore.
         assert!(permit_record(name, 9) < permit_record(name, 10));
         assert_eq!(release_notice_name(&record), semaphore_key(name));
+        assert_eq!(parse_semaphore_key(&semaphore_key(name)), Some(name));
+        assert_eq!(parse_semaphore_key(&record), None);
+        assert_eq!(parse_semaphore_key(name), None);
         assert_eq!(release_notice_name(name), name);
         let (low, high) = permit_records_range(name);
         assert!(low < record && record < high);

@@ -347,6 +347,19 @@ impl MemStore {
         })
     }
 
+    /// Every semaphore whose name starts with `prefix`, by name.
+    #[must_use]
+    pub fn semaphores(&self, prefix: &str) -> Vec<SemaphoreInfo> {
+        let mut names: Vec<String> = lock(&self.leases)
+            .semaphores
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        names.sort();
+        names.iter().filter_map(|n| self.semaphore(n)).collect()
+    }
+
     /// Stores `limit` for `name`; returns the limit it had.
     pub fn set_limit(&self, name: &str, limit: u32) -> Option<u32> {
         let mut l = lock(&self.leases);
@@ -496,6 +509,10 @@ impl LeaseStore for MemStore {
 
     async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
         Ok(self.semaphore(name))
+    }
+
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        Ok(self.semaphores(prefix))
     }
 
     async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
@@ -848,6 +865,10 @@ impl LeaseStore for FaultStore {
 
     async fn semaphore_info(&self, name: &str) -> Result<Option<SemaphoreInfo>> {
         Ok(self.mem.semaphore(name))
+    }
+
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        Ok(self.mem.semaphores(prefix))
     }
 
     async fn set_semaphore_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {

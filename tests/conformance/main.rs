@@ -371,6 +371,7 @@ semaphore_stores!(
     a_permit_release_is_owner_checked_and_adds_no_permit,
     an_expired_permit_is_never_renewed_or_re_created,
     a_semaphore_and_a_lease_of_one_name_are_separate,
+    semaphores_are_listed_by_prefix_with_their_limits,
     a_huge_limit_with_a_long_name_stays_cheap,
     a_release_wakes_a_permit_waiter,
     a_cancelled_permit_wait_leaves_nothing,

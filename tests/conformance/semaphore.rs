@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distributed_leasing::store::{
-    permit_record, ReleaseOutcome, RenewOutcome, MAX_SEMAPHORE_LIMIT,
+    permit_record, ReleaseOutcome, RenewOutcome, SemaphoreInfo, MAX_SEMAPHORE_LIMIT,
 };
 use distributed_leasing::{LeaseError, LeaseOptions, LostReason, Permit, TryPermit};
 
@@ -437,6 +437,90 @@ pub async fn a_semaphore_and_a_lease_of_one_name_are_separate(h: &Harness) {
         .unwrap();
     assert!(c.semaphore_info(&other).await.unwrap().is_none());
     l.release().await.unwrap();
+}
+
+pub async fn semaphores_are_listed_by_prefix_with_their_limits(h: &Harness) {
+    let c = h.client().await;
+    let base = unique("sem-list");
+    let (a, b, braced) = (
+        format!("{base}/a"),
+        format!("{base}/b"),
+        format!("{base}/{{c}}"),
+    );
+    let opts = LeaseOptions::default();
+    let held: Vec<Permit> = vec![
+        won(c.try_acquire_permit(&a, Some(3), &opts).await.unwrap()),
+        won(c.try_acquire_permit(&a, Some(3), &opts).await.unwrap()),
+    ];
+    // No permit held: the stored limit is listed all the same.
+    let gone = won(c.try_acquire_permit(&b, Some(5), &opts).await.unwrap());
+    assert!(gone.release().await.unwrap());
+    assert_eq!(c.set_semaphore_limit(&braced, 2).await.unwrap(), None);
+    // Sharing the prefix as text but not the `/`, a semaphore named the bare prefix, and a
+    // lease under the prefix: none listed under `{base}/`.
+    let sibling = format!("{base}x/a");
+    let p_sibling = won(c
+        .try_acquire_permit(&sibling, Some(1), &opts)
+        .await
+        .unwrap());
+    let p_bare = won(c.try_acquire_permit(&base, Some(4), &opts).await.unwrap());
+    let lease_name = format!("{base}/lease");
+    let lease = c.acquire(&lease_name, &opts, NOW).await.unwrap();
+
+    let listed = c.list_semaphores(&format!("{base}/")).await.unwrap();
+    let seen: Vec<(&str, u32, Vec<u32>)> = listed
+        .iter()
+        .map(|s| {
+            let slots = s.holders.iter().map(|h| h.slot).collect();
+            (s.name.as_str(), s.limit, slots)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (a.as_str(), 3, vec![0, 1]),
+            (b.as_str(), 5, vec![]),
+            (braced.as_str(), 2, vec![]),
+        ],
+        "{listed:?}"
+    );
+    let ids: Vec<&str> = listed[0]
+        .holders
+        .iter()
+        .map(|h| h.info.lease_id.as_str())
+        .collect();
+    assert_eq!(ids, [held[0].lease_id(), held[1].lease_id()]);
+    assert!(listed[0].holders.iter().all(|h| h.info.name == a));
+    // The bare prefix takes the sibling and the bare name too; "" takes them all.
+    let names = |l: Vec<SemaphoreInfo>| l.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(c.list_semaphores(&base).await.unwrap()),
+        [
+            base.clone(),
+            a.clone(),
+            b.clone(),
+            braced.clone(),
+            sibling.clone()
+        ]
+    );
+    let all = names(c.list_semaphores("").await.unwrap());
+    for name in [&base, &a, &b, &braced, &sibling] {
+        assert!(all.contains(name), "{name} not in {all:?}");
+    }
+    assert!(!all.contains(&lease_name), "{all:?}");
+    assert!(c
+        .list_semaphores(&format!("{base}/none"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        c.list_semaphores("bad\u{1e}").await,
+        Err(LeaseError::InvalidArgument(_))
+    ));
+    for p in held.into_iter().chain([p_sibling, p_bare]) {
+        assert!(p.release().await.unwrap());
+    }
+    assert!(lease.release().await.unwrap());
 }
 
 pub async fn a_huge_limit_with_a_long_name_stays_cheap(h: &Harness) {

@@ -688,7 +688,7 @@ def permits(client: dl.LeaseClient, name: str) -> Iterator[list[dl.Permit]]:
         p.release_sync()
 
 
-def test_semaphore_inspect_and_list_json(
+def test_semaphore_inspect_json_and_text(
     demo_redis: RedisServer, permits: list[dl.Permit], name: str
 ) -> None:
     result = leasing("--url", demo_redis.url, "semaphore", "inspect", name, "--json")
@@ -699,21 +699,53 @@ def test_semaphore_inspect_and_list_json(
         (p.slot, p.lease_id, f"w{i}") for i, p in enumerate(permits)
     ]
     assert [h["fencing_token"] for h in out["holders"]] == [p.fencing_token for p in permits]
-    listed = leasing("--url", demo_redis.url, "semaphore", "list", name, "--json")
-    assert listed.returncode == 0, listed.stderr
-    without_ttl = [{k: v for k, v in h.items() if k != "ttl"} for h in out["holders"]]
-    assert [{k: v for k, v in h.items() if k != "ttl"} for h in json.loads(listed.stdout)] == (
-        without_ttl
-    )
     text = leasing("--url", demo_redis.url, "semaphore", "inspect", name)
     assert text.returncode == 0, text.stderr
     assert fields(text.stdout)["Limit"] == "3" and permits[1].lease_id in text.stdout
-    table = leasing("--url", demo_redis.url, "semaphore", "list", name)
-    assert table.stdout.splitlines()[1].startswith("SLOT")
     unused = leasing("--url", demo_redis.url, "semaphore", "inspect", f"{name}-x", "--json")
     assert unused.returncode == 0 and json.loads(unused.stdout) is None
     # The permits are no leases: `leasing list` does not show them.
     assert name not in leasing("--url", demo_redis.url, "list").stdout
+
+
+def test_semaphore_list_by_prefix_json_and_text(
+    demo_redis: RedisServer, client: dl.LeaseClient, permits: list[dl.Permit], name: str
+) -> None:
+    # Under the prefix `name`: `name` (2 of 3 held) and `name-idle` (limit 5, none held); a
+    # lease under it and a semaphore that only contains it are not listed.
+    assert client.set_semaphore_limit_sync(f"{name}-idle", 5) is None
+    assert client.set_semaphore_limit_sync(f"other-{name}", 2) is None
+    lease = client.acquire_sync(f"{name}-lease")
+    try:
+        result = leasing("--url", demo_redis.url, "semaphore", "list", name, "--json")
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert [(s["name"], s["limit"], s["held"]) for s in out] == [
+            (name, 3, 2),
+            (f"{name}-idle", 5, 0),
+        ]
+        assert [h["lease_id"] for h in out[0]["holders"]] == [p.lease_id for p in permits]
+        assert out[1]["holders"] == []
+        table = leasing("--url", demo_redis.url, "semaphore", "list", name)
+        assert table.returncode == 0, table.stderr
+        assert [line.split() for line in table.stdout.splitlines()] == [
+            ["NAME", "LIMIT", "HELD"],
+            [name, "3", "2"],
+            [f"{name}-idle", "5", "0"],
+        ]
+        everything = json.loads(
+            leasing("--url", demo_redis.url, "semaphore", "list", "--json").stdout
+        )
+        names = [s["name"] for s in everything]
+        assert {name, f"{name}-idle", f"other-{name}"} <= set(names)
+        assert f"{name}-lease" not in names and names == sorted(names)
+        none = leasing("--url", demo_redis.url, "semaphore", "list", f"{name}-none")
+        assert none.returncode == 0, none.stderr
+        assert none.stdout == f"No semaphores whose name starts with {name + '-none'!r}.\n"
+        empty = leasing("--url", demo_redis.url, "semaphore", "list", f"{name}-none", "--json")
+        assert json.loads(empty.stdout) == []
+    finally:
+        lease.release_sync()
 
 
 def test_semaphore_set_limit_refuses_without_terminal_and_yes(

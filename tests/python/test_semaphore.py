@@ -335,6 +335,33 @@ def test_a_lease_and_a_semaphore_of_one_name_never_see_each_other(
     assert client.inspect_sync(unique_name) is None
 
 
+async def test_list_semaphores_by_prefix(client: dl.LeaseClient, unique_name: str) -> None:
+    permit = await client.try_acquire_permit(unique_name, 3, metadata={"instanceId": "w1"})
+    assert permit is not None
+    assert await client.set_semaphore_limit(f"{unique_name}-idle", 2) is None
+    lease = await client.acquire(f"{unique_name}-lease")
+    try:
+        listed = await client.list_semaphores(unique_name)
+        assert [(s.name, s.limit) for s in listed] == [(unique_name, 3), (f"{unique_name}-idle", 2)]
+        [h] = listed[0].holders
+        assert (h.name, h.slot, h.lease_id) == (unique_name, permit.slot, permit.lease_id)
+        assert h.metadata == {"instanceId": "w1"} and listed[1].holders == []
+        assert h.fencing_token == permit.fencing_token
+        dashed = await client.list_semaphores(f"{unique_name}-")
+        assert [s.name for s in dashed] == [f"{unique_name}-idle"]
+        everything = client.list_semaphores_sync()
+        assert {unique_name, f"{unique_name}-idle"} <= {s.name for s in everything}
+        assert f"{unique_name}-lease" not in {s.name for s in everything}
+        assert client.list_semaphores_sync(f"{unique_name}-none") == []
+        with pytest.raises(ValueError, match="control character"):
+            client.list_semaphores_sync("a\x1e")
+        with pytest.raises(TypeError, match=r"prefix=3 is a int"):
+            client.list_semaphores_sync(3)  # type: ignore[arg-type]
+    finally:
+        assert await permit.release()
+        await lease.release()
+
+
 @pytest.mark.parametrize("limit", [0, -1, 2**31])
 def test_a_bad_limit_is_a_clear_error_naming_it(
     client: dl.LeaseClient, unique_name: str, limit: int

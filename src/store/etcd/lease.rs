@@ -664,6 +664,10 @@ impl LeaseStore for EtcdStore {
         self.store_limit(name, limit).await
     }
 
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        self.read_semaphores(prefix).await
+    }
+
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         let board: &Arc<ReleaseBoard> = self.inner.watcher.board();
         board.join(name)

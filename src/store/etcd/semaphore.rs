@@ -42,13 +42,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::lease::{info, RecordIn, RecordOut};
-use super::{EtcdStore, Inner, Kv, TxnResponse, B64};
+use super::{prefix_end, EtcdStore, Inner, Kv, RangeResponse, TxnResponse, B64};
 use crate::backoff::Backoff;
 use crate::error::{BackendErrorKind, LeaseError, Result};
 use crate::info::format_timestamp;
 use crate::store::{
-    common, parse_permit_record, permit_record, permit_records_range, semaphore_key, PermitOutcome,
-    PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_REPORTED_HOLDERS, MAX_SEMAPHORE_LIMIT,
+    common, parse_permit_record, parse_semaphore_key, permit_record, permit_records_range,
+    semaphore_key, PermitOutcome, PermitRequest, SemaphoreHolder, SemaphoreInfo,
+    MAX_REPORTED_HOLDERS, MAX_SEMAPHORE_LIMIT, SEMAPHORE_MARK,
 };
 
 /// How many races an acquire may lose (another permit taken, or the limit changed, between
@@ -359,6 +360,42 @@ impl EtcdStore {
             limit,
             holders: inner.holders(name, seen.slots).await?,
         }))
+    }
+
+    /// Every semaphore whose name starts with `prefix`: one keys-only range over the records
+    /// of all of them finds their config keys, then each is read as [`Self::read_semaphore`]
+    /// reads it (one deleted between is left out).
+    pub(super) async fn read_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        let inner = self.inner()?;
+        let from = inner.key(&format!("{SEMAPHORE_MARK}{{{prefix}"));
+        let r: RangeResponse = inner
+            .http
+            .call(
+                "/v3/kv/range",
+                &json!({
+                    "key": B64.encode(&from),
+                    "range_end": B64.encode(prefix_end(&from)),
+                    "keys_only": true,
+                }),
+            )
+            .await?;
+        let names: Vec<String> = r
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8(B64.decode(kv.key.as_bytes()).ok()?).ok()?;
+                let record = key.strip_prefix(&inner.prefix)?;
+                parse_semaphore_key(record).map(str::to_owned)
+            })
+            .collect();
+        let mut listed = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(info) = self.read_semaphore(&name).await? {
+                listed.push(info);
+            }
+        }
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
     }
 
     pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {

@@ -554,6 +554,10 @@ impl LeaseStore for PostgresStore {
         self.store_limit(name, limit).await
     }
 
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        self.read_semaphores(prefix).await
+    }
+
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.inner.listener.board().join(name)
     }

@@ -534,6 +534,35 @@ impl PostgresStore {
         }))
     }
 
+    /// Every semaphore whose name starts with `prefix`, by name: its names in one query, then
+    /// each one as [`Self::read_semaphore`] reads it (one named between is left out).
+    pub(super) async fn read_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        if !self.semaphores_table(false).await? {
+            return Ok(Vec::new());
+        }
+        let key_prefix = self.inner.prefix.as_str();
+        let rows = self
+            .call(|c, _| async move {
+                c.client
+                    .query(
+                        "SELECT name FROM distributed_leasing.semaphores
+                          WHERE key_prefix = $1 AND name >= $2 AND starts_with(name, $2)
+                          ORDER BY name",
+                        &[&key_prefix, &prefix],
+                    )
+                    .await
+            })
+            .await?;
+        let mut listed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: String = row.try_get(0).map_err(|e| self.inner.endpoint.error(&e))?;
+            if let Some(info) = self.read_semaphore(&name).await? {
+                listed.push(info);
+            }
+        }
+        Ok(listed)
+    }
+
     pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
         self.semaphores_table(true).await?;
         for _ in 0..PERMIT_ATTEMPTS {

@@ -304,6 +304,10 @@ impl LeaseStore for RedisStore {
         self.store_limit(name, limit).await
     }
 
+    async fn list_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        self.read_semaphores(prefix).await
+    }
+
     fn watch_releases(&self, name: &str) -> ReleaseWatch {
         self.notifier.board().join(&self.keys.released(name))
     }

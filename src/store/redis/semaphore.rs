@@ -10,8 +10,11 @@
 //! holders, at most [`MAX_REPORTED_HOLDERS`]. A permit's release is told on the semaphore's
 //! channel (`release.lua` with the channel given), which its waiters subscribe to.
 //! [`LeaseStore::semaphore_info`](crate::store::LeaseStore::semaphore_info) reads the config,
-//! then SCANs for the slot keys (an administrator's read: its cost is the keyspace's).
+//! then SCANs for the slot keys (an administrator's read: its cost is the keyspace's);
+//! [`LeaseStore::list_semaphores`](crate::store::LeaseStore::list_semaphores) finds the config
+//! hashes and slot keys of every semaphore under a prefix in one SCAN, then reads them.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use redis::{Script, ScriptInvocation, Value};
@@ -22,8 +25,9 @@ use super::RedisStore;
 use crate::error::{LeaseError, Result};
 use crate::info::format_timestamp;
 use crate::store::{
-    permit_record, semaphore_key, LeaseStore, PermitOutcome, PermitRequest, SemaphoreHolder,
-    SemaphoreInfo, MAX_REPORTED_HOLDERS,
+    parse_permit_record, parse_semaphore_key, permit_record, semaphore_key, LeaseStore,
+    PermitOutcome, PermitRequest, SemaphoreHolder, SemaphoreInfo, MAX_REPORTED_HOLDERS,
+    SEMAPHORE_MARK,
 };
 
 static PERMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/permit.lua")));
@@ -123,26 +127,64 @@ impl RedisStore {
             return Ok(None);
         };
         let (base, _) = self.keys.permit_parts(name);
+        let slots = self
+            .scan_keys(&self.keys.permit_scan_pattern(name))
+            .await?
+            .into_iter()
+            .filter_map(|key| {
+                key.strip_prefix(&base)
+                    .and_then(|rest| rest.get(..10))
+                    .and_then(|digits| digits.parse::<u32>().ok())
+            })
+            .collect();
+        self.semaphore_of(name, limit, slots).await.map(Some)
+    }
+
+    /// The semaphore `name` with its stored `limit` and the live permits among `slots`.
+    async fn semaphore_of(&self, name: &str, limit: u32, slots: Vec<u32>) -> Result<SemaphoreInfo> {
         let mut holders = Vec::new();
-        for key in self.scan_keys(&self.keys.permit_scan_pattern(name)).await? {
-            let Some(slot) = key
-                .strip_prefix(&base)
-                .and_then(|rest| rest.get(..10))
-                .and_then(|digits| digits.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for slot in slots {
             if let Some(mut info) = self.inspect(&permit_record(name, slot)).await? {
                 name.clone_into(&mut info.name);
                 holders.push(SemaphoreHolder { slot, info });
             }
         }
         holders.sort_by_key(|h| h.slot);
-        Ok(Some(SemaphoreInfo {
+        Ok(SemaphoreInfo {
             name: name.to_owned(),
             limit,
             holders,
-        }))
+        })
+    }
+
+    /// Every semaphore whose name starts with `prefix`: one SCAN finds the config hashes and
+    /// the permits' keys of them all, then each config and permit is read.
+    pub(super) async fn read_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        let mut found: BTreeMap<String, (bool, Vec<u32>)> = BTreeMap::new();
+        let pattern = self
+            .keys
+            .scan_pattern(&format!("{SEMAPHORE_MARK}{{{prefix}"));
+        for key in self.scan_keys(&pattern).await? {
+            let Some(record) = self.keys.name_of(&key) else {
+                continue;
+            };
+            if let Some(name) = parse_semaphore_key(&record) {
+                found.entry(name.to_owned()).or_default().0 = true;
+            } else if let Some((name, slot)) = parse_permit_record(&record) {
+                found.entry(name.to_owned()).or_default().1.push(slot);
+            }
+        }
+        let mut listed = Vec::with_capacity(found.len());
+        for (name, (configured, slots)) in found {
+            if !configured || !name.starts_with(prefix) {
+                continue;
+            }
+            // Gone since the SCAN: left out.
+            if let Some(limit) = self.semaphore_config(&name, None).await? {
+                listed.push(self.semaphore_of(&name, limit, slots).await?);
+            }
+        }
+        Ok(listed)
     }
 
     pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {

@@ -206,6 +206,46 @@ impl SqliteStore {
         .await
     }
 
+    /// Every semaphore whose name starts with `prefix`, by name: one read transaction.
+    pub(super) async fn read_semaphores(&self, prefix: &str) -> Result<Vec<SemaphoreInfo>> {
+        let prefix = prefix.to_owned();
+        // substr() counts characters, not bytes, on text.
+        let prefix_chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let exists: bool = tx
+                .prepare_cached(
+                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'semaphores'",
+                )?
+                .exists([])?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let now = now_ms();
+            // Not LIKE (wildcards, ASCII case); `name >= prefix` lets the key skip ahead.
+            let names = tx
+                .prepare_cached(
+                    "SELECT name FROM semaphores WHERE name >= ?1 AND substr(name, 1, ?2) = ?1
+                     ORDER BY name",
+                )?
+                .query_map(params![prefix, prefix_chars], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut listed = Vec::with_capacity(names.len());
+            for name in names {
+                if let Some((limit, _)) = config(&tx, &name)? {
+                    let holders = live_permits(&tx, &name, now)?;
+                    listed.push(SemaphoreInfo {
+                        name,
+                        limit,
+                        holders,
+                    });
+                }
+            }
+            Ok(listed)
+        })
+        .await
+    }
+
     pub(super) async fn store_limit(&self, name: &str, limit: u32) -> Result<Option<u32>> {
         let name = name.to_owned();
         self.run(move |conn| {
