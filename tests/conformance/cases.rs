@@ -736,8 +736,9 @@ pub async fn many_leases_are_renewed_in_batches(h: &Harness) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Never more often than the interval asks (a renewal per lease per interval, one spare).
-    let most = u64::try_from(started.elapsed().as_millis() / interval.as_millis()).unwrap() + 2;
+    // Not in a loop: at most twice per interval (a batch may renew a lease early to join the
+    // others', and a renewal that failed under load is retried sooner), with two spare.
+    let most = 2 * u64::try_from(started.elapsed().as_millis() / interval.as_millis()).unwrap() + 2;
     for l in &leases {
         assert!(!l.is_lost(), "{} lost: {:?}", l.name(), l.lost_reason());
         assert!(
