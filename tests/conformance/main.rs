@@ -6,6 +6,9 @@
 //! commands go over a connection of its own and fall back to the store's after a drop.
 //! `memory` runs the in-memory fake of the paused-time tests (`tests/state_machine.rs`), so that
 //! the fake those tests trust is held to the same cases as the real stores.
+//! `as_permit_limit1` and `as_permit_limit5` run the lease cases again with every lease served
+//! by the last free permit of a semaphore (`as_permit.rs`), at limit 1 and at limit 5 with the
+//! 4 other permits held.
 
 #[path = "../common/mod.rs"]
 mod common;
