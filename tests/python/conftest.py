@@ -12,6 +12,7 @@ never kill/pause/restart them; take ``fresh_redis_server`` or ``redis_server_fac
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -29,6 +30,14 @@ from etcd_server import EtcdCluster, etcd_installed  # noqa: E402
 from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
 from redis_servers import RedisCluster, RedisServer  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
+
+# A run started in the background of a non-interactive shell (`nohup bash .ci/run &`) inherits
+# SIGINT ignored, and so would every process the tests start: bash cannot trap a signal ignored
+# at its start, and Python installs no KeyboardInterrupt handler for it, so the tests of Ctrl-C
+# (the demo script, `leasing leader --watch`, the wizard, an interrupted wait) would see it
+# ignored. A handler here is reset to the default in the children at exec, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ============================================================================================
 # Harness fixtures (servers, cluster, proxy)
