@@ -123,7 +123,8 @@ pub enum TryAcquire {
 #[derive(Debug, Clone)]
 pub struct LeaseClient {
     store: Arc<dyn LeaseStore>,
-    options: ClientOptions,
+    /// Shared by the clones (one per operation on the Python side): a clone copies no string.
+    options: Arc<ClientOptions>,
     pub(crate) renewals: renewal::Scheduler,
     /// Set in a view made by [`Self::via`]: the store its requests go through.
     via: Option<Arc<dyn LeaseStore>>,
@@ -183,7 +184,7 @@ impl LeaseClient {
         let renewals = renewal::Scheduler::new(Arc::clone(&store), settle);
         Self {
             store,
-            options,
+            options: Arc::new(options),
             renewals,
             via: None,
             runtime: tokio::runtime::Handle::try_current().ok(),

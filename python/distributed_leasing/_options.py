@@ -150,6 +150,9 @@ def _check(
         check(key, value)
 
 
+_DEFAULT = _native._Options()
+
+
 def lease_options(
     call: str,
     kind: Literal["lease", "acquire", "context"],
@@ -163,6 +166,10 @@ def lease_options(
     ``announce`` is no option of the entry points: an election's campaign sets it, so that
     observers are told of its acquisition at once."""
     _args.text("name", name, "critical-section-lock")
+    if not options and not announce:
+        # The common call (no options): one shared, frozen default, built once (the checks
+        # and a native object per acquire were a tenth of a cycle's instructions).
+        return _DEFAULT
     _check(call, _KINDS[kind], options)
     native: dict[str, Any] = {k: v for k, v in options.items() if k != "on_lost"}
     if announce:
