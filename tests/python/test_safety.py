@@ -14,6 +14,7 @@ unkind user would (issue 12). Each test here failed on the build before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -89,13 +90,14 @@ USES: dict[str, Callable[[str, str], None]] = {
 }
 
 
-def _child(url: str, name: str, conn: Connection, hold: float) -> None:
-    """Runs in a forked child: its own client, one attempt, hold, report."""
+def _child(url: str, name: str, conn: Connection) -> None:
+    """Runs in a forked child: its own client, one attempt, report, then hold until the parent
+    has every child's report (so that no attempt can come after the winner's release)."""
     try:
         c = dl.LeaseClient.connect_sync(url)
         lease = c.try_acquire_sync(name, duration=30)
         conn.send(("won", lease.lease_id, lease.fencing_token) if lease else ("lost", None, 0))
-        time.sleep(hold)
+        conn.poll(60)
         if lease is not None:
             lease.release_sync()
         c.close_sync()
@@ -110,8 +112,8 @@ def _fork_and_compete(url: str, name: str) -> list[tuple[str, Any, int]]:
     pipes: list[Connection] = []
     procs = []
     for _ in range(CHILDREN):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, args=(url, name, child_end, 3.0))
+        parent_end, child_end = ctx.Pipe()
+        p = ctx.Process(target=_child, args=(url, name, child_end))
         p.start()
         child_end.close()
         pipes.append(parent_end)
@@ -123,6 +125,9 @@ def _fork_and_compete(url: str, name: str) -> list[tuple[str, Any, int]]:
             results.append(r.recv())
         return results
     finally:
+        for r in pipes:  # every attempt is in: the holders may release
+            with contextlib.suppress(OSError):
+                r.send("release")
         for p in procs:
             p.join(30)
             if p.is_alive():
