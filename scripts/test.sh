@@ -23,8 +23,9 @@
 # also builds the aarch64 and musllinux wheels, the latter given musl's soname by
 # scripts/fix_musl_wheel.py, a wheel from the sdist and `pip wheel .`'s: ~5 min each, not in CI).
 # CONFORMANCE_ALL=1 (the lease conformance cases on semaphores run on every store, not only
-# Redis and PostgreSQL), DEMO_ALL_STORES=1 (test_demo.py runs the whole demo script on PostgreSQL and etcd too, not only
-# on the embedded store and Redis).
+# Redis and PostgreSQL), DEMO_ALL_STORES=1 (test_demo.py runs the whole demo script on
+# PostgreSQL and etcd too, not only on the embedded store and Redis), CHECKER_ALL=1
+# (test_checker.py's election and semaphore modes on all five stores, not two each).
 # Extra arguments go to pytest, e.g. `SKIP_RUST=1 SKIP_BUILD=1 scripts/test.sh -k harness`.
 set -euo pipefail
 
