@@ -49,13 +49,16 @@ def _lost_error(lease: Lease) -> LeaseLost:
 
 
 def _weak_callback(method: Callable[[str | None], None]) -> Callable[[str | None], None]:
-    """``method`` (bound) through a weak reference to its object: a no-op once it is gone."""
-    ref = weakref.WeakMethod(method)
+    """``method`` (bound) through a weak reference to its object: a no-op once it is gone.
+    (What ``weakref.WeakMethod`` does, without its Python-level object: one per ``async with``.)
+    """
+    ref = weakref.ref(method.__self__)  # type: ignore[attr-defined]
+    func = method.__func__  # type: ignore[attr-defined]
 
     def call(reason: str | None) -> None:
         target = ref()
         if target is not None:
-            target(reason)
+            func(target, reason)
 
     return call
 
@@ -125,7 +128,8 @@ class LeaseContext:
         self._state = "inside"
         # A loop closed while this body still waits (its task kept alive by a reference)
         # never runs it again: the lease is then released instead of renewed forever.
-        lease._release_if_loop_closed(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        lease._release_if_loop_closed(loop)
         if self._on_lost == "cancel":
             task = asyncio.current_task()
             if task is not None:
@@ -135,7 +139,7 @@ class LeaseContext:
                 # cannot see them, so a strong reference back to this context would keep an
                 # abandoned context (its task left pending by a closed loop) and its lease
                 # alive, and renewed, for as long as the process lives.
-                lease._on_end(asyncio.get_running_loop(), _weak_callback(self._on_end))
+                lease._on_end(loop, _weak_callback(self._on_end))
         return lease
 
     def _on_end(self, reason: str | None) -> None:
