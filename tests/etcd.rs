@@ -866,11 +866,12 @@ async fn permit_and_lease_cycles_per_second() {
 }
 
 /// The peak case on etcd, where an acquire that loses a race reads again: 100 tasks on
-/// 4 clients at limit 10, all at once, each waiting for a permit, holding it 300 ms and
-/// releasing it: the peak is exactly 10, and no acquire fails under that contention (an
-/// acquire that lost many races reports the semaphore full, and its waiter waits on). The
-/// acquires that race for one free slot are served one at a time (one wins per read and
-/// write): with holds much shorter than that, fewer than 10 are inside at once.
+/// 4 clients at limit 10, all at once, each waiting for a permit, holding it until 10 have
+/// been inside at once (at most 10 s) and releasing it: the peak is exactly 10, and no
+/// acquire fails under that contention (an acquire that lost many races reports the
+/// semaphore full, and its waiter waits on). The acquires that race for one free slot are
+/// served one at a time (one wins per read and write), which is why a fixed short hold is
+/// not enough for 10 to be inside at once on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_tasks_at_limit_10_peak_at_exactly_10() {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -904,7 +905,13 @@ async fn a_hundred_tasks_at_limit_10_peak_at_exactly_10() {
                 .unwrap();
             assert!(p.slot() < 10);
             peak.fetch_max(inside.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Held until 10 have been inside at once (at most 10 s), so that the peak does
+            // not hang on how fast a loaded etcd serves the racing acquires.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while peak.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
             inside.fetch_sub(1, Ordering::SeqCst);
             assert!(p.release().await.unwrap());
         }));

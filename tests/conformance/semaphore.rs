@@ -38,6 +38,16 @@ fn full(t: &TryPermit) -> bool {
     matches!(t, TryPermit::Full { .. })
 }
 
+/// Holds on until `limit` permits have been inside at once (at most 10 s), so that whether
+/// the peak reaches the limit does not hang on how fast a loaded store admits the next one:
+/// a store that never admits `limit` at once still fails the peak assertion, after the wait.
+async fn until_peak(peak: &AtomicU32, limit: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while peak.load(Ordering::SeqCst) < limit && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn semaphore_never_admits_more_than_its_limit(h: &Harness) {
     let name = unique("sem-peak");
     let inside = Arc::new(AtomicU32::new(0));
@@ -61,6 +71,7 @@ pub async fn semaphore_never_admits_more_than_its_limit(h: &Harness) {
                     assert!(p.slot() < 3, "slot {} of a semaphore of 3", p.slot());
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
+                    until_peak(&peak, 3).await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     inside.fetch_sub(1, Ordering::SeqCst);
                     assert!(p.release().await.unwrap());
