@@ -63,8 +63,19 @@ fn try_out(r: TryAcquire, exec: Executor) -> TryOut {
     }
 }
 
-/// Where an acquire with `options` runs: one attempt is one request, a wait may be long.
+/// Where a lease's acquire with `options` runs: one attempt is one request, a wait may be
+/// long (and, blocking, waits on the thread's own connection when it has one).
 fn acquire_op(options: &PyOptions) -> Op {
+    if options.one_attempt() {
+        Op::Request
+    } else {
+        Op::LeaseWait
+    }
+}
+
+/// Where a permit's acquire with `options` runs: as [`acquire_op`], a wait always on the
+/// runtime (its attempts start tasks of their own there).
+fn permit_op(options: &PyOptions) -> Op {
     if options.one_attempt() {
         Op::Request
     } else {
@@ -197,7 +208,7 @@ pymethods_with_pairs! {
         ) -> NewPermit {
             runtime::check_pid(self.pid)?;
             let (opts, wait, exec) = (options.options.clone(), options.wait, self.exec.clone());
-            on(&self.exec, acquire_op(options), move |c| async move {
+            on(&self.exec, permit_op(options), move |c| async move {
                 let limit = limit_arg(limit)?;
                 Ok(NewPermit::new(c.acquire_permit(&name, limit, &opts, wait).await?, exec))
             })

@@ -16,13 +16,15 @@
 //! | `await`, one request, loop twin ready (Redis over TCP/TLS) | on the event loop's thread (`inline`) | the loop's own socket | `acquiring::GiveBack` gives back what it may have won |
 //! | `await`, one request, otherwise | a tokio task (`bridge::future_into_py`) | the store's shared connection | the task finishes; `acquiring::Delivery` gives back what it won |
 //! | `await`, a wait (`Op::Wait`) | a tokio task, aborted on cancel | shared | abort; each attempt is one of the above |
-//! | `_sync`, one request, thread twin ready (Redis) | the calling thread's runtime (`thread_twin`) | the thread's own socket | `GiveBack` (Ctrl-C drops the future) |
+//! | `_sync`, one request or a lease's wait (`Op::LeaseWait`), thread twin ready (Redis) | the calling thread's runtime (`thread_twin`) | the thread's own socket (notices: the shared feed) | `GiveBack` (Ctrl-C drops the future) |
 //! | `_sync`, otherwise | blocks on the process runtime | shared | `Delivery` |
 //!
 //! Why the twins: on a 2-core machine the two cross-thread hops of the tokio route cost more
 //! than a loopback Redis round trip; the loop's own connection took one async task's
 //! acquire+release from 13.3k to 18.5k cycles/s and the thread's own connection the sync one
-//! from 17.0k to 22.0k (`bench/README.md`, "Where the time goes"). Waits, Entra ID, clusters
+//! from 17.0k to 22.0k (`bench/README.md`, "Where the time goes"); a blocking wait for a lease
+//! on the thread's own connection saves the same two hops between a release notice and the
+//! next attempt (the hand-off). Awaited waits, permit and campaign waits, Entra ID, clusters
 //! and the other stores keep the tokio route. Whatever the route, the one mechanism that
 //! undoes a cancelled acquire is `crate::acquiring::give_back`; a lease already handed over is
 //! given back by dropping its handle.
@@ -54,6 +56,12 @@ pub(crate) enum Op {
     /// An operation that may wait long (an acquire with a wait, a wait for the lease's end):
     /// on the runtime, aborted when its await is cancelled.
     Wait,
+    /// A lease's acquire with a wait: as [`Op::Wait`] for an await; a blocking one runs on
+    /// the caller's own connection when it has one ready, its attempts written and read by
+    /// the waiting thread, the release notices from the store's shared feed (which runs on the
+    /// client's runtime). Not for permits and campaigns, whose attempts start tasks of their
+    /// own on the current runtime.
+    LeaseWait,
 }
 
 /// Runs the operations of one client (and of the leases it took). Cheap to clone.
@@ -98,7 +106,7 @@ impl Executor {
                 }
                 None => future_into_py(py, op(self.client.clone())),
             },
-            Op::Wait => abortable_future_into_py(py, op(self.client.clone())),
+            Op::Wait | Op::LeaseWait => abortable_future_into_py(py, op(self.client.clone())),
         }
     }
 
@@ -109,7 +117,7 @@ impl Executor {
         Fut: Future<Output = Result<T, CoreError>> + Send,
         T: Send,
     {
-        if kind == Op::Request {
+        if matches!(kind, Op::Request | Op::LeaseWait) {
             if let Some(ready) = self.on_thread(py) {
                 let fut = op(ready.client.clone());
                 return ready.block_on(py, fut);

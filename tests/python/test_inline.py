@@ -335,6 +335,66 @@ async def test_leases_taken_on_a_loops_connection_are_renewed_by_the_client(
     assert await lease.release() is True
 
 
+SLOW_POLL = dl.Backoff.fixed(60.0)
+"""A waiter that polls once a minute: only a release notice (or the TTL) wakes it in time."""
+
+
+def release_later(lease: dl.Lease, after: float, released: list[bool]) -> threading.Timer:
+    timer = threading.Timer(after, lambda: released.append(lease.release_sync()))
+    timer.start()
+    return timer
+
+
+def test_a_blocking_wait_runs_on_the_threads_connection_woken_by_the_shared_feed(
+    fresh_redis_server: RedisServer, monitor: Monitor, unique_name: str
+) -> None:
+    """A blocking acquire with a wait sends its attempts over the thread's own connection and
+    is woken by the release notice (the holder keeps its lease 30 s, the waiter polls once a
+    minute: 20 s would be missed without the notice). The notices' feed runs on the client's
+    runtime, not on the runtime of the thread that first waited: a second thread's wait, while
+    that first thread makes no call, is woken by its release too."""
+    srv = fresh_redis_server
+    holder = dl.LeaseClient.connect_sync(srv.url)
+    client = dl.LeaseClient.connect_sync(srv.url)
+    own = open_thread_connection(client, srv, unique_name)
+    held = holder.acquire_sync(unique_name, duration=30)
+    released: list[bool] = []
+    monitor.data = b""
+    timer = release_later(held, 0.5, released)
+    started = time.monotonic()
+    lease = client.acquire_sync(unique_name, wait=50, backoff=SLOW_POLL)
+    assert time.monotonic() - started < 20, "the waiter was not woken by the release"
+    timer.join(10)
+    assert released == [True]
+    time.sleep(0.3)  # MONITOR output is asynchronous
+    # One attempt, one more once the subscription is confirmed (a release may have come
+    # between the two), one after the release: all three on this thread's connection.
+    attempts = monitor.senders(b"EVALSHA").count(own)
+    assert attempts == 3, f"{attempts} attempts on this thread's connection (expected 3)"
+    assert lease.release_sync() is True
+
+    # Another thread waits while this one makes no call.
+    other = unique_name + "-2"
+    held = holder.acquire_sync(other, duration=30)
+    got: list[float] = []
+
+    def wait_in_another_thread() -> None:
+        t0 = time.monotonic()
+        lease = client.acquire_sync(other, wait=50, backoff=SLOW_POLL)
+        got.append(time.monotonic() - t0)
+        assert lease.release_sync() is True
+
+    waiter = threading.Thread(target=wait_in_another_thread)
+    waiter.start()
+    timer = release_later(held, 1.0, released)
+    waiter.join(60)
+    timer.join(10)
+    assert released == [True, True]
+    assert len(got) == 1 and got[0] < 20, f"the second thread's wait took {got} s"
+    client.close_sync()
+    holder.close_sync()
+
+
 def test_a_thread_that_ends_closes_its_connection(
     fresh_redis_server: RedisServer, unique_name: str
 ) -> None:

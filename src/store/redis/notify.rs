@@ -163,6 +163,12 @@ struct Start {
     stop_rx: oneshot::Receiver<()>,
     connect: Connector,
     addr: String,
+    /// The runtime the store was connected on, where the supervisor runs: not whichever
+    /// runtime first asks for the board, which may be a thread's own runtime that runs only
+    /// during that thread's calls (a blocking wait on its own connection, see
+    /// `python::thread_twin`), and would then leave every other waiter's notices until it
+    /// next runs. `None` outside a runtime: the first user's runtime.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -174,7 +180,8 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// A notifier that will connect with `connect` when the first waiter joins.
+    /// A notifier that will connect with `connect` when the first waiter joins, its
+    /// supervisor on the runtime this is called on.
     pub(crate) fn new(connect: Connector, addr: String) -> Self {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let hook_tx = control_tx.clone();
@@ -190,6 +197,7 @@ impl Notifier {
                 stop_rx,
                 connect,
                 addr,
+                home: tokio::runtime::Handle::try_current().ok(),
             })),
             task: crate::store::TaskSlot::default(),
             _stop: stop,
@@ -231,8 +239,11 @@ impl Notifier {
                 failures: 0,
                 warned: false,
             };
-            self.task
-                .set(tokio::spawn(supervisor.run(s.control_rx, s.stop_rx)));
+            let run = supervisor.run(s.control_rx, s.stop_rx);
+            self.task.set(match &s.home {
+                Some(home) => home.spawn(run),
+                None => tokio::spawn(run),
+            });
         }
         drop(start);
         &self.board
