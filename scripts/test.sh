@@ -234,7 +234,9 @@ else
     set +e
     (
         set -x
-        "$PY_EXE" -m pytest tests/python -q -p no:cacheprovider --timeout="$PYTEST_TIMEOUT" "$@"
+        # --durations: the slowest tests in every log, where the suite's time goes (CI's budget).
+        "$PY_EXE" -m pytest tests/python -q -p no:cacheprovider --timeout="$PYTEST_TIMEOUT" \
+            --durations=15 "$@"
     )
     rc=$?
     set -e
