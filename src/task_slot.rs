@@ -15,6 +15,21 @@ impl TaskSlot {
         }
     }
 
+    /// Spawns `task` on `home` (the runtime its owner was made on; the current one when
+    /// `None`) and keeps it. A supervisor started lazily must not land on whichever runtime
+    /// first asked: a thread's own runtime (`python::thread_twin`) runs only during that
+    /// thread's calls, and would hold every other waiter's notices until it next runs.
+    pub(crate) fn start_on(
+        &self,
+        home: Option<&tokio::runtime::Handle>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.set(match home {
+            Some(home) => home.spawn(task),
+            None => tokio::spawn(task),
+        });
+    }
+
     /// Aborts the task and returns once it (and what it owns: a connection) has been dropped.
     pub(crate) async fn stop(&self) {
         let task = self.lock().take();

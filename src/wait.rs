@@ -339,12 +339,15 @@ pub(crate) struct FedBoard {
     board: Arc<ReleaseBoard>,
     /// The supervisor until it is started (or the board closed first).
     start: Mutex<Option<Supervisor>>,
+    /// The runtime the board was made on (the store's), where the supervisor runs.
+    home: Option<tokio::runtime::Handle>,
     task: TaskSlot,
 }
 
 #[cfg(any(feature = "postgres", feature = "etcd"))]
 impl FedBoard {
-    /// `board`, to be fed by `supervisor` once the board is first used.
+    /// `board`, to be fed by `supervisor` once the board is first used, on the runtime this
+    /// is called on.
     pub(crate) fn new(
         board: Arc<ReleaseBoard>,
         supervisor: impl Future<Output = ()> + Send + 'static,
@@ -352,6 +355,7 @@ impl FedBoard {
         Self {
             board,
             start: Mutex::new(Some(Box::pin(supervisor))),
+            home: tokio::runtime::Handle::try_current().ok(),
             task: TaskSlot::default(),
         }
     }
@@ -361,7 +365,7 @@ impl FedBoard {
         // Held until the task is recorded, so that `close` cannot miss it.
         let mut start = self.unstarted();
         if let Some(s) = start.take() {
-            self.task.set(tokio::spawn(s));
+            self.task.start_on(self.home.as_ref(), s);
         }
         drop(start);
         &self.board

@@ -163,11 +163,8 @@ struct Start {
     stop_rx: oneshot::Receiver<()>,
     connect: Connector,
     addr: String,
-    /// The runtime the store was connected on, where the supervisor runs: not whichever
-    /// runtime first asks for the board, which may be a thread's own runtime that runs only
-    /// during that thread's calls (a blocking wait on its own connection, see
-    /// `python::thread_twin`), and would then leave every other waiter's notices until it
-    /// next runs. `None` outside a runtime: the first user's runtime.
+    /// The runtime the store was connected on, where the supervisor runs (see
+    /// [`crate::store::TaskSlot::start_on`]).
     home: Option<tokio::runtime::Handle>,
 }
 
@@ -239,11 +236,8 @@ impl Notifier {
                 failures: 0,
                 warned: false,
             };
-            let run = supervisor.run(s.control_rx, s.stop_rx);
-            self.task.set(match &s.home {
-                Some(home) => home.spawn(run),
-                None => tokio::spawn(run),
-            });
+            self.task
+                .start_on(s.home.as_ref(), supervisor.run(s.control_rx, s.stop_rx));
         }
         drop(start);
         &self.board
